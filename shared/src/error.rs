@@ -1,0 +1,153 @@
+//! The stable, machine-readable error codes every component speaks, and the
+//! body that carries one (`{"code": ..., "message": ...}`).
+//!
+//! A code never changes meaning once published: clients branch on it. The
+//! HTTP status belongs to the code, so the coordinator and the participants
+//! answer the same thing the same way.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // 400: the request itself is wrong; nothing was looked at.
+    InvalidRequest,
+    InvalidAmount,
+    InvalidCurrency,
+    InvalidAccountId,
+    InvalidTransactionId,
+    // 401/404/409/413/422: the request is well formed but cannot be done.
+    Unauthorized,
+    AccountNotFound,
+    TransferNotFound,
+    NotFound,
+    AccountExists,
+    InProgress,
+    PayloadTooLarge,
+    SameAccount,
+    CurrencyMismatch,
+    InsufficientFunds,
+    BalanceOverflow,
+    IdempotencyKeyReused,
+    /// A leg was already aborted (for example by recovery) when its prepare arrived.
+    LegAborted,
+    // 421/429/5xx: try again later.
+    WrongPartitionOwner,
+    Overloaded,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest | InvalidAmount | InvalidCurrency | InvalidAccountId
+            | InvalidTransactionId => 400,
+            Unauthorized => 401,
+            AccountNotFound | TransferNotFound | NotFound => 404,
+            AccountExists | InProgress => 409,
+            PayloadTooLarge => 413,
+            SameAccount | CurrencyMismatch | InsufficientFunds | BalanceOverflow
+            | IdempotencyKeyReused | LegAborted => 422,
+            WrongPartitionOwner => 421,
+            Overloaded => 429,
+            Internal => 500,
+            Unavailable => 503,
+        }
+    }
+
+    /// The code's wire spelling (the same as serde's, which a test checks).
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            InvalidAmount => "invalid_amount",
+            InvalidCurrency => "invalid_currency",
+            InvalidAccountId => "invalid_account_id",
+            InvalidTransactionId => "invalid_transaction_id",
+            Unauthorized => "unauthorized",
+            AccountNotFound => "account_not_found",
+            TransferNotFound => "transfer_not_found",
+            NotFound => "not_found",
+            AccountExists => "account_exists",
+            InProgress => "in_progress",
+            PayloadTooLarge => "payload_too_large",
+            SameAccount => "same_account",
+            CurrencyMismatch => "currency_mismatch",
+            InsufficientFunds => "insufficient_funds",
+            BalanceOverflow => "balance_overflow",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            LegAborted => "leg_aborted",
+            WrongPartitionOwner => "wrong_partition_owner",
+            Overloaded => "overloaded",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+
+    /// Every code, for tests and documentation.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidAmount,
+        ErrorCode::InvalidCurrency,
+        ErrorCode::InvalidAccountId,
+        ErrorCode::InvalidTransactionId,
+        ErrorCode::Unauthorized,
+        ErrorCode::AccountNotFound,
+        ErrorCode::TransferNotFound,
+        ErrorCode::NotFound,
+        ErrorCode::AccountExists,
+        ErrorCode::InProgress,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::SameAccount,
+        ErrorCode::CurrencyMismatch,
+        ErrorCode::InsufficientFunds,
+        ErrorCode::BalanceOverflow,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::LegAborted,
+        ErrorCode::WrongPartitionOwner,
+        ErrorCode::Overloaded,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why something was refused: a code and a sentence for humans. This is also
+/// the JSON error body of every HTTP API in the project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_snake_case_name() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, serde_json::Value::String(code.as_str().to_string()));
+        }
+    }
+}

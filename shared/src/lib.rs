@@ -1,0 +1,20 @@
+//! What every wallet component shares: the domain types that parse (an
+//! `AccountId`, `Currency`, `Amount` or `TransactionId` that exists is valid),
+//! the stable partition hash, the partition map in etcd, the messages between
+//! coordinators and participants, the error codes, retries, config and logs.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod map;
+pub mod money;
+pub mod partition;
+pub mod protocol;
+pub mod retry;
+pub mod telemetry;
+
+pub use error::{ErrorCode, Rejection};
+pub use ids::{AccountId, TransactionId};
+pub use map::{MapHandle, MapStore, NodeId, PartitionMap};
+pub use money::{Amount, Currency};
+pub use partition::PartitionId;

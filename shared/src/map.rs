@@ -1,0 +1,358 @@
+//! The partition map: which node owns each partition, and where each node
+//! listens. It lives in etcd under one prefix (default `/wallet/`):
+//!
+//! ```text
+//! {prefix}partition_count       -> "64"
+//! {prefix}nodes/{node_id}       -> "http://127.0.0.1:7001"
+//! {prefix}partitions/{p:05}     -> "{node_id}"
+//! ```
+//!
+//! A map read from etcd carries the etcd revision it was read at. Every
+//! coordinator-to-participant request carries that revision, so a participant
+//! that has seen an older map first catches up, then refuses a partition it
+//! does not own (`wrong_partition_owner`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::ids::{AccountId, TransactionId};
+use crate::partition::{account_partition, decision_partition, PartitionId};
+use crate::retry;
+
+pub type NodeId = String;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no partition map under {0:?} in etcd yet")]
+    Missing(String),
+    #[error("partition map under {prefix:?} is invalid: {why}")]
+    Invalid { prefix: String, why: String },
+    #[error("a partition map already exists under {0:?}")]
+    AlreadyExists(String),
+}
+
+/// One consistent reading of the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMap {
+    /// etcd revision this reading reflects; newer readings have larger ones.
+    pub revision: i64,
+    /// Owner of each partition, indexed by partition number.
+    pub owners: Vec<NodeId>,
+    /// Base URL of each node.
+    pub nodes: BTreeMap<NodeId, String>,
+}
+
+impl PartitionMap {
+    pub fn partition_count(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    pub fn account_partition(&self, account: &AccountId) -> PartitionId {
+        account_partition(account, self.partition_count())
+    }
+
+    pub fn decision_partition(&self, id: TransactionId) -> PartitionId {
+        decision_partition(id, self.partition_count())
+    }
+
+    pub fn owner(&self, partition: PartitionId) -> Option<&NodeId> {
+        self.owners.get(partition as usize)
+    }
+
+    pub fn url(&self, node: &str) -> Option<&str> {
+        self.nodes.get(node).map(String::as_str)
+    }
+
+    /// Builds a map from the key-values found under `prefix`.
+    fn from_kvs<'a>(
+        prefix: &str,
+        revision: i64,
+        kvs: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, MapError> {
+        let invalid = |why: String| MapError::Invalid {
+            prefix: prefix.to_string(),
+            why,
+        };
+        let mut count: Option<u32> = None;
+        let mut nodes = BTreeMap::new();
+        let mut owners = BTreeMap::new();
+        for (key, value) in kvs {
+            let Some(rest) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            if rest == "partition_count" {
+                count = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(format!("partition_count {value:?}")))?,
+                );
+            } else if let Some(node) = rest.strip_prefix("nodes/") {
+                nodes.insert(node.to_string(), value.to_string());
+            } else if let Some(p) = rest.strip_prefix("partitions/") {
+                let p: u32 = p
+                    .parse()
+                    .map_err(|_| invalid(format!("partition key {key:?}")))?;
+                owners.insert(p, value.to_string());
+            }
+        }
+        let Some(count) = count else {
+            return Err(MapError::Missing(prefix.to_string()));
+        };
+        let mut list = Vec::with_capacity(count as usize);
+        for p in 0..count {
+            let owner = owners
+                .remove(&p)
+                .ok_or_else(|| invalid(format!("partition {p} has no owner")))?;
+            if !nodes.contains_key(&owner) {
+                return Err(invalid(format!(
+                    "partition {p} is owned by unknown node {owner:?}"
+                )));
+            }
+            list.push(owner);
+        }
+        if let Some((p, _)) = owners.into_iter().next() {
+            return Err(invalid(format!(
+                "partition {p} is beyond partition_count {count}"
+            )));
+        }
+        Ok(PartitionMap {
+            revision,
+            owners: list,
+            nodes,
+        })
+    }
+}
+
+/// The etcd side of the map: read, write the first one, follow changes.
+#[derive(Clone)]
+pub struct MapStore {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl MapStore {
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, MapError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(options)))
+            .await
+            .map_err(|_| MapError::Timeout(timeout))??;
+        Ok(MapStore {
+            client,
+            prefix: prefix.to_string(),
+            timeout,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Reads the whole map in one etcd read (one revision).
+    pub async fn load(&self) -> Result<PartitionMap, MapError> {
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(
+            self.timeout,
+            client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| MapError::Timeout(self.timeout))??;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kvs = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((kv.key_str().ok()?, kv.value_str().ok()?)));
+        PartitionMap::from_kvs(&self.prefix, revision, kvs)
+    }
+
+    /// Writes a first map that spreads `partition_count` partitions round-robin
+    /// over `nodes`. Refuses if a map exists, unless `force`.
+    pub async fn init(
+        &self,
+        partition_count: u32,
+        nodes: &[(NodeId, String)],
+        force: bool,
+    ) -> Result<PartitionMap, MapError> {
+        if nodes.is_empty() || partition_count == 0 {
+            return Err(MapError::Invalid {
+                prefix: self.prefix.clone(),
+                why: "a map needs at least one node and one partition".into(),
+            });
+        }
+        let count_key = format!("{}partition_count", self.prefix);
+        let mut ops = vec![TxnOp::delete(
+            self.prefix.as_str(),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )];
+        ops.push(TxnOp::put(
+            count_key.as_str(),
+            partition_count.to_string(),
+            None,
+        ));
+        for (id, url) in nodes {
+            ops.push(TxnOp::put(
+                format!("{}nodes/{id}", self.prefix),
+                url.as_str(),
+                None,
+            ));
+        }
+        for p in 0..partition_count {
+            let (owner, _) = &nodes[p as usize % nodes.len()];
+            ops.push(TxnOp::put(
+                format!("{}partitions/{p:05}", self.prefix),
+                owner.as_str(),
+                None,
+            ));
+        }
+        let mut txn = Txn::new().and_then(ops);
+        if !force {
+            txn = txn.when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)]);
+        }
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(self.timeout, client.txn(txn))
+            .await
+            .map_err(|_| MapError::Timeout(self.timeout))??;
+        if !resp.succeeded() {
+            return Err(MapError::AlreadyExists(self.prefix.clone()));
+        }
+        self.load().await
+    }
+
+    /// Waits for a valid map (bounded retries with backoff), then follows etcd
+    /// with a watch, so [`MapHandle::current`] is at most one event behind.
+    pub async fn follow(self) -> Result<MapHandle, MapError> {
+        let first = retry::with_backoff("load partition map", retry::Policy::startup(), || {
+            self.load()
+        })
+        .await?;
+        let (tx, _) = watch::channel(Arc::new(first));
+        let handle = MapHandle {
+            store: self,
+            tx: Arc::new(tx),
+        };
+        tokio::spawn(handle.clone().watch_loop());
+        Ok(handle)
+    }
+}
+
+/// A shared, always-current view of the map.
+#[derive(Clone)]
+pub struct MapHandle {
+    store: MapStore,
+    /// Holds the newest map seen; readers borrow it without locking etcd.
+    tx: Arc<watch::Sender<Arc<PartitionMap>>>,
+}
+
+impl MapHandle {
+    pub fn current(&self) -> Arc<PartitionMap> {
+        self.tx.borrow().clone()
+    }
+
+    /// Re-reads etcd now. Used when a peer shows a newer revision than ours.
+    pub async fn refresh(&self) -> Result<Arc<PartitionMap>, MapError> {
+        let fresh = self.store.load().await?;
+        self.tx.send_if_modified(|cur| {
+            if fresh.revision > cur.revision {
+                *cur = Arc::new(fresh);
+                true
+            } else {
+                false
+            }
+        });
+        Ok(self.current())
+    }
+
+    /// Makes sure our map is at least as new as `revision`.
+    pub async fn at_least(&self, revision: i64) -> Result<Arc<PartitionMap>, MapError> {
+        let cur = self.current();
+        if cur.revision >= revision {
+            return Ok(cur);
+        }
+        self.refresh().await
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PartitionMap>> {
+        self.tx.subscribe()
+    }
+
+    async fn watch_loop(self) {
+        // A watch can break (etcd restart, network cut); each time, re-read
+        // the map and watch again from the revision we have. A periodic
+        // refresh covers whatever a broken watch missed.
+        let mut backoff = retry::Policy::background().backoff();
+        loop {
+            let from = self.current().revision + 1;
+            let mut client = self.store.client.clone();
+            let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+            match client.watch(self.store.prefix.as_str(), Some(opts)).await {
+                Ok(mut stream) => loop {
+                    match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+                        Ok(Ok(Some(resp))) if !resp.events().is_empty() => {
+                            if let Err(e) = self.refresh().await {
+                                tracing::warn!(error = %e, "partition map refresh failed");
+                            }
+                        }
+                        Ok(Ok(Some(_))) => {}
+                        Err(_) => {
+                            if let Err(e) = self.refresh().await {
+                                tracing::warn!(error = %e, "partition map refresh failed");
+                                break;
+                            }
+                        }
+                        Ok(Ok(None)) | Ok(Err(_)) => break,
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot watch the partition map"),
+            }
+            tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_needs_every_partition_owned_by_a_known_node() {
+        let kvs = [
+            ("/w/partition_count", "2"),
+            ("/w/nodes/a", "http://a"),
+            ("/w/partitions/00000", "a"),
+            ("/w/partitions/00001", "a"),
+        ];
+        let map = PartitionMap::from_kvs("/w/", 7, kvs.iter().copied()).unwrap();
+        assert_eq!(map.owners, vec!["a", "a"]);
+        assert_eq!(map.revision, 7);
+        assert_eq!(map.url("a"), Some("http://a"));
+
+        let missing = PartitionMap::from_kvs("/w/", 7, kvs[..3].iter().copied());
+        assert!(matches!(missing, Err(MapError::Invalid { .. })));
+        let unknown = [("/w/partition_count", "1"), ("/w/partitions/00000", "b")];
+        assert!(matches!(
+            PartitionMap::from_kvs("/w/", 1, unknown.iter().copied()),
+            Err(MapError::Invalid { .. })
+        ));
+        assert!(matches!(
+            PartitionMap::from_kvs("/w/", 1, std::iter::empty()),
+            Err(MapError::Missing(_))
+        ));
+    }
+}

@@ -1,0 +1,498 @@
+//! Messages between coordinators and participants (JSON over HTTP, under
+//! `/internal/v1/`). Amounts here are integers in minor units.
+//!
+//! A cross-node transfer is, in order:
+//! 1. `begin` at the transfer's decision partition: dedup record + lease.
+//! 2. `legs/prepare` on the debit's and the credit's node: the debit moves
+//!    funds from available to held, the credit records a pending credit.
+//! 3. `decide` at the decision partition: compare-and-set `preparing ->
+//!    committed|aborted`. The first decision wins; every later one reads it.
+//! 4. `legs/commit` or `legs/abort` on the legs' nodes, as the decision says.
+//! 5. `complete` at the decision partition, so recovery stops looking at it.
+//!
+//! When the decision partition and both accounts live on one node,
+//! `transfers/execute` does all of it in one local transaction.
+//! Every call takes many items, so concurrent transfers can share one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Rejection;
+use crate::ids::{AccountId, TransactionId};
+use crate::money::{Amount, Currency};
+use crate::partition::PartitionId;
+
+/// Every internal request names the map revision it was routed with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Routed<T> {
+    pub map_revision: i64,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// A transfer as the client asked for it, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferSpec {
+    pub transaction_id: TransactionId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+impl TransferSpec {
+    /// What "the same body" means for deduplication.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&[
+            "transfer",
+            self.from.as_str(),
+            self.to.as_str(),
+            &self.amount.minor().to_string(),
+            self.currency.code(),
+        ])
+    }
+}
+
+/// SHA-256 (hex) of the parts, each length-prefixed so no two lists collide.
+pub fn fingerprint(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegRole {
+    Debit,
+    Credit,
+}
+
+impl LegRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegRole::Debit => "debit",
+            LegRole::Credit => "credit",
+        }
+    }
+}
+
+/// One side of a transfer, as sent to the node that owns its account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    pub transaction_id: TransactionId,
+    pub role: LegRole,
+    pub account: AccountId,
+    pub partition: PartitionId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub counterparty: AccountId,
+    /// Where the transfer's decision lives; recovery asks there.
+    pub decision_partition: PartitionId,
+}
+
+impl Leg {
+    pub fn both(
+        spec: &TransferSpec,
+        from_partition: PartitionId,
+        to_partition: PartitionId,
+        decision_partition: PartitionId,
+    ) -> [Leg; 2] {
+        let leg = |role, account: &AccountId, partition, counterparty: &AccountId| Leg {
+            transaction_id: spec.transaction_id,
+            role,
+            account: account.clone(),
+            partition,
+            amount: spec.amount,
+            currency: spec.currency,
+            counterparty: counterparty.clone(),
+            decision_partition,
+        };
+        [
+            leg(LegRole::Debit, &spec.from, from_partition, &spec.to),
+            leg(LegRole::Credit, &spec.to, to_partition, &spec.from),
+        ]
+    }
+
+    pub fn key(&self) -> LegKey {
+        LegKey {
+            transaction_id: self.transaction_id,
+            role: self.role,
+            partition: self.partition,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LegKey {
+    pub transaction_id: TransactionId,
+    pub role: LegRole,
+    pub partition: PartitionId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegState {
+    Prepared,
+    Committed,
+    Aborted,
+    /// Commit asked for a leg this node never saw (must not happen; logged).
+    Missing,
+}
+
+// ---- begin -----------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Begin {
+    pub spec: TransferSpec,
+    /// The decision partition (`decision_partition(transaction_id)`).
+    pub partition: PartitionId,
+    /// How long this coordinator claims the transfer; a retry after that
+    /// takes it over.
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BeginRequest {
+    pub transfers: Vec<Begin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum BeginResult {
+    /// The caller holds the lease: prepare, decide, commit.
+    Proceed,
+    /// Another coordinator holds a live lease on it.
+    InProgress,
+    /// Same id, another body.
+    Reused,
+    /// Already decided: answer with this.
+    Decided { record: TransferRecord },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BeginReply {
+    pub results: Vec<BeginResult>,
+}
+
+// ---- prepare / commit / abort ---------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareRequest {
+    pub legs: Vec<Leg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "vote", rename_all = "snake_case")]
+pub enum Vote {
+    Yes,
+    No { reason: Rejection },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareReply {
+    pub votes: Vec<Vote>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LegsRequest {
+    pub legs: Vec<LegKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LegsReply {
+    pub states: Vec<LegState>,
+}
+
+// ---- decide / complete / lookup -------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Commit,
+    Abort { reason: Rejection },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decide {
+    pub transaction_id: TransactionId,
+    pub partition: PartitionId,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecideRequest {
+    pub decisions: Vec<Decide>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecideReply {
+    /// The record after the compare-and-set: the winning decision. `None`
+    /// when no transfer with that id began there.
+    pub records: Vec<Option<TransferRecord>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TransferRef {
+    pub transaction_id: TransactionId,
+    pub partition: PartitionId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub transfers: Vec<TransferRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    Preparing,
+    Committed,
+    Aborted,
+}
+
+/// The dedup record and decision of a transfer, kept at its decision partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub spec: TransferSpec,
+    pub state: TransferState,
+    /// Why it aborted, for aborted transfers.
+    pub reason: Option<Rejection>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Every leg has applied the decision; recovery no longer looks at it.
+    pub completed: bool,
+}
+
+// ---- one local transaction -------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    pub begin: Begin,
+    pub legs: [Leg; 2],
+}
+
+// ---- recovery ----------------------------------------------------------------
+
+/// What recovery should look at on one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unresolved {
+    /// Decision records here that are decided but not completed, or still
+    /// preparing with an expired lease.
+    pub transfers: Vec<TransferRecord>,
+    /// Legs here still prepared after the grace period.
+    pub legs: Vec<Leg>,
+}
+
+// ---- accounts ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAccount {
+    pub account_id: AccountId,
+    pub partition: PartitionId,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovementKind {
+    Deposit,
+    Withdrawal,
+}
+
+/// Money entering or leaving the system through one account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Movement {
+    pub transaction_id: TransactionId,
+    pub kind: MovementKind,
+    pub account_id: AccountId,
+    pub partition: PartitionId,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+impl Movement {
+    pub fn fingerprint(&self) -> String {
+        let kind = match self.kind {
+            MovementKind::Deposit => "deposit",
+            MovementKind::Withdrawal => "withdrawal",
+        };
+        fingerprint(&[
+            kind,
+            self.account_id.as_str(),
+            &self.amount.minor().to_string(),
+            self.currency.code(),
+        ])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBalance {
+    pub account_id: AccountId,
+    pub currency: Currency,
+    /// Money that is the account's.
+    pub posted: i64,
+    /// Part of `posted` held by prepared debits.
+    pub held: i64,
+    /// Prepared credits, not yet the account's.
+    pub pending_credit: i64,
+    /// Sequence number of the account's newest event.
+    pub last_seq: i64,
+}
+
+impl AccountBalance {
+    pub fn available(&self) -> i64 {
+        self.posted - self.held
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Opened,
+    Deposited,
+    Withdrawn,
+    DebitHeld,
+    DebitPosted,
+    DebitReleased,
+    CreditPending,
+    CreditPosted,
+    CreditVoided,
+    /// Both sides in one local transaction: posted directly, no hold.
+    TransferredOut,
+    TransferredIn,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Opened,
+        EventKind::Deposited,
+        EventKind::Withdrawn,
+        EventKind::DebitHeld,
+        EventKind::DebitPosted,
+        EventKind::DebitReleased,
+        EventKind::CreditPending,
+        EventKind::CreditPosted,
+        EventKind::CreditVoided,
+        EventKind::TransferredOut,
+        EventKind::TransferredIn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::Deposited => "deposited",
+            EventKind::Withdrawn => "withdrawn",
+            EventKind::DebitHeld => "debit_held",
+            EventKind::DebitPosted => "debit_posted",
+            EventKind::DebitReleased => "debit_released",
+            EventKind::CreditPending => "credit_pending",
+            EventKind::CreditPosted => "credit_posted",
+            EventKind::CreditVoided => "credit_voided",
+            EventKind::TransferredOut => "transferred_out",
+            EventKind::TransferredIn => "transferred_in",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// How this event changes (posted, held, pending credit). The fold of
+    /// these over an account's events is its balance: the stored balance row
+    /// is only a projection of it.
+    pub fn effect(self, amount: i64) -> (i64, i64, i64) {
+        match self {
+            EventKind::Opened => (0, 0, 0),
+            EventKind::Deposited | EventKind::TransferredIn => (amount, 0, 0),
+            EventKind::Withdrawn | EventKind::TransferredOut => (-amount, 0, 0),
+            EventKind::DebitHeld => (0, amount, 0),
+            EventKind::DebitPosted => (-amount, -amount, 0),
+            EventKind::DebitReleased => (0, -amount, 0),
+            EventKind::CreditPending => (0, 0, amount),
+            EventKind::CreditPosted => (amount, 0, -amount),
+            EventKind::CreditVoided => (0, 0, -amount),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub account_id: AccountId,
+    pub seq: i64,
+    pub kind: EventKind,
+    pub amount: i64,
+    pub transaction_id: Option<TransactionId>,
+    pub counterparty: Option<AccountId>,
+    pub at: DateTime<Utc>,
+}
+
+/// (posted, held, pending credit) after applying `events` in order.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> (i64, i64, i64) {
+    events.into_iter().fold((0, 0, 0), |(p, h, c), e| {
+        let (dp, dh, dc) = e.kind.effect(e.amount);
+        (p + dp, h + dh, c + dc)
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    /// Pass as `after` to read the next page; absent at the end.
+    pub next_after: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoricalBalance {
+    pub balance: AccountBalance,
+    /// Events folded to answer.
+    pub events_replayed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_leaves_posted_balances_moved_and_nothing_held() {
+        let at = Utc::now();
+        let ev = |kind, amount| Event {
+            account_id: AccountId::parse("a").unwrap(),
+            seq: 0,
+            kind,
+            amount,
+            transaction_id: None,
+            counterparty: None,
+            at,
+        };
+        let debit = [
+            ev(EventKind::Deposited, 100),
+            ev(EventKind::DebitHeld, 30),
+            ev(EventKind::DebitPosted, 30),
+        ];
+        assert_eq!(replay(&debit), (70, 0, 0));
+        let released = [
+            ev(EventKind::Deposited, 100),
+            ev(EventKind::DebitHeld, 30),
+            ev(EventKind::DebitReleased, 30),
+        ];
+        assert_eq!(replay(&released), (100, 0, 0));
+        let credit = [
+            ev(EventKind::CreditPending, 30),
+            ev(EventKind::CreditPosted, 30),
+        ];
+        assert_eq!(replay(&credit), (30, 0, 0));
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+    }
+
+    #[test]
+    fn fingerprints_tell_bodies_apart() {
+        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
+        assert_eq!(fingerprint(&["x"]), fingerprint(&["x"]));
+    }
+}
