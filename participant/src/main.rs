@@ -1,1 +1,78 @@
-fn main() {}
+//! The participant: an HTTP service in front of one Postgres database. It
+//! holds the balances, legs, decision records and event log of the
+//! partitions the partition map gives its node.
+
+mod app;
+mod config;
+mod db;
+mod decisions;
+mod error;
+mod ledger;
+mod legs;
+mod movements;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wallet_shared::MapStore;
+
+use crate::config::ParticipantConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    wallet_shared::telemetry::init("participant");
+    let file = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("WALLET_CONFIG").map(PathBuf::from));
+    let cfg: ParticipantConfig =
+        wallet_shared::config::load(file.as_deref()).context("loading participant config")?;
+    let pool = db::connect(&cfg).await.context("connecting to Postgres")?;
+    let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
+    let store = wallet_shared::retry::with_backoff(
+        "connect to etcd",
+        wallet_shared::retry::Policy::startup(),
+        || MapStore::connect(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout),
+    )
+    .await
+    .context("connecting to etcd")?;
+    let map = store.follow().await.context("reading the partition map")?;
+    let app = app::App {
+        node_id: Arc::from(cfg.node_id.as_str()),
+        pool,
+        map,
+    };
+    let body_limit = axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024);
+    let router = app::router(app).layer(body_limit).layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen_addr))?;
+    tracing::info!(node_id = %cfg.node_id, addr = %cfg.listen_addr, "participant ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -116,21 +116,6 @@ impl Leg {
             leg(LegRole::Credit, &spec.to, to_partition, &spec.from),
         ]
     }
-
-    pub fn key(&self) -> LegKey {
-        LegKey {
-            transaction_id: self.transaction_id,
-            role: self.role,
-            partition: self.partition,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LegKey {
-    pub transaction_id: TransactionId,
-    pub role: LegRole,
-    pub partition: PartitionId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +138,9 @@ pub struct Begin {
     /// How long this coordinator claims the transfer; a retry after that
     /// takes it over.
     pub lease_ms: u64,
+    /// Names this attempt, so its own retry of `begin` (after a lost reply)
+    /// proceeds instead of finding the transfer "in progress".
+    pub attempt: uuid::Uuid,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,9 +185,11 @@ pub struct PrepareReply {
     pub votes: Vec<Vote>,
 }
 
+/// Commit or abort these legs. Whole legs, not keys: an abort of a leg the
+/// node never saw leaves a complete tombstone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LegsRequest {
-    pub legs: Vec<LegKey>,
+    pub legs: Vec<Leg>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

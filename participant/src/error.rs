@@ -1,0 +1,69 @@
+//! The participant's errors: a refusal that is an answer (`Rejection`, with
+//! its stable code), or a failure of the store that is not one.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use wallet_shared::{ErrorCode, Rejection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn corrupt(why: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt(why.to_string())
+    }
+
+    /// Deadlocks, serialization failures and lost connections are worth
+    /// another try of the whole transaction.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(db)) => {
+                matches!(
+                    db.code().as_deref(),
+                    Some("40001" | "40P01" | "55P03" | "57014")
+                )
+            }
+            StoreError::Db(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What an HTTP handler of the participant returns on failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self {
+            ApiError::Rejected(r) => r,
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                let code = if e.is_transient() {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Internal
+                };
+                Rejection::new(code, e.to_string())
+            }
+        };
+        let status = StatusCode::from_u16(body.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
