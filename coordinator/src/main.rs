@@ -1,1 +1,61 @@
-fn main() {}
+//! The coordinator: a stateless HTTP service that owns the public API, runs
+//! the transfer protocol against the participants, and resolves in-doubt
+//! transfers in the background. Run as many as you like.
+
+mod api;
+mod client;
+mod config;
+mod resolver;
+mod transfer;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use wallet_shared::{retry, MapStore};
+
+use crate::config::CoordinatorConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    wallet_shared::telemetry::init("coordinator");
+    let file = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("WALLET_CONFIG").map(PathBuf::from));
+    let cfg: CoordinatorConfig =
+        wallet_shared::config::load(file.as_deref()).context("loading coordinator config")?;
+    let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
+    let store = retry::with_backoff("connect to etcd", retry::Policy::startup(), || {
+        MapStore::connect(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
+    })
+    .await
+    .context("connecting to etcd")?;
+    let map = store.follow().await.context("reading the partition map")?;
+    let participants =
+        client::Participants::new(map, Duration::from_millis(cfg.participant_timeout_ms))?;
+    let coordinator = transfer::Coordinator {
+        participants,
+        lease: Duration::from_millis(cfg.lease_ms),
+        crash_at: cfg.crash_at.clone(),
+    };
+    tokio::spawn(resolver::run(
+        coordinator.clone(),
+        Duration::from_millis(cfg.resolver_interval_ms),
+        Duration::from_millis(cfg.resolver_grace_ms),
+    ));
+    let router = api::router(coordinator, cfg.max_body_bytes).layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen_addr))?;
+    tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
+        .await?;
+    Ok(())
+}

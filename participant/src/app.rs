@@ -227,7 +227,7 @@ fn account_order(legs: &[Leg]) -> Vec<usize> {
 
 async fn prepare(
     State(app): State<App>,
-    Json(req): Json<Routed<PrepareRequest>>,
+    Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<PrepareReply>> {
     for leg in &req.body.legs {
         app.check_partition(&leg.account, leg.partition)?;

@@ -56,23 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
     tracing::info!(node_id = %cfg.node_id, addr = %cfg.listen_addr, "participant ready");
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
         .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     InsufficientFunds,
     BalanceOverflow,
     IdempotencyKeyReused,
+    /// Aborted for a reason outside the request (a node did not answer, or
+    /// its coordinator stopped before deciding). Final for this id.
+    TransferAborted,
     /// A leg was already aborted (for example by recovery) when its prepare arrived.
     LegAborted,
     // 421/429/5xx: try again later.
@@ -48,7 +51,7 @@ impl ErrorCode {
             | InvalidTransactionId => 400,
             Unauthorized => 401,
             AccountNotFound | TransferNotFound | NotFound => 404,
-            AccountExists | InProgress => 409,
+            AccountExists | InProgress | TransferAborted => 409,
             PayloadTooLarge => 413,
             SameAccount | CurrencyMismatch | InsufficientFunds | BalanceOverflow
             | IdempotencyKeyReused | LegAborted => 422,
@@ -80,6 +83,7 @@ impl ErrorCode {
             InsufficientFunds => "insufficient_funds",
             BalanceOverflow => "balance_overflow",
             IdempotencyKeyReused => "idempotency_key_reused",
+            TransferAborted => "transfer_aborted",
             LegAborted => "leg_aborted",
             WrongPartitionOwner => "wrong_partition_owner",
             Overloaded => "overloaded",
@@ -107,6 +111,7 @@ impl ErrorCode {
         ErrorCode::InsufficientFunds,
         ErrorCode::BalanceOverflow,
         ErrorCode::IdempotencyKeyReused,
+        ErrorCode::TransferAborted,
         ErrorCode::LegAborted,
         ErrorCode::WrongPartitionOwner,
         ErrorCode::Overloaded,

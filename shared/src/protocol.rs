@@ -168,11 +168,6 @@ pub struct BeginReply {
 
 // ---- prepare / commit / abort ---------------------------------------------
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrepareRequest {
-    pub legs: Vec<Leg>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "vote", rename_all = "snake_case")]
 pub enum Vote {
@@ -185,8 +180,8 @@ pub struct PrepareReply {
     pub votes: Vec<Vote>,
 }
 
-/// Commit or abort these legs. Whole legs, not keys: an abort of a leg the
-/// node never saw leaves a complete tombstone.
+/// Prepare, commit or abort these legs. Whole legs, not keys: an abort of a
+/// leg the node never saw leaves a complete tombstone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LegsRequest {
     pub legs: Vec<Leg>,

@@ -1,4 +1,5 @@
-//! Logs: `tracing`, one line per event, level from `RUST_LOG` (default info).
+//! Logs: `tracing`, one line per event, level from `RUST_LOG` (default
+//! info); and the shutdown signal both services stop on.
 
 pub fn init(component: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -10,4 +11,21 @@ pub fn init(component: &str) {
         .compact()
         .try_init();
     tracing::info!(component, version = env!("CARGO_PKG_VERSION"), "starting");
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
 }

@@ -1,0 +1,418 @@
+//! The public API (`/v1/wallet/...`). Requests are parsed into domain types
+//! at the edge: a body that gets past [`ApiJson`] and the `parse` functions
+//! is valid. Amounts come in and go out as decimal strings in the major unit.
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wallet_shared::protocol::*;
+use wallet_shared::{AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
+
+use crate::client::CallError;
+use crate::transfer::{Coordinator, TransferOutcome};
+
+pub fn router(coordinator: Coordinator, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/wallet/balance_transfer", post(balance_transfer))
+        .route("/v1/wallet/transfers/{id}", get(transfer_status))
+        .route("/v1/wallet/accounts", post(open_account))
+        .route("/v1/wallet/accounts/{id}/deposit", post(deposit))
+        .route("/v1/wallet/accounts/{id}/withdraw", post(withdraw))
+        .route("/v1/wallet/accounts/{id}/balance", get(balance))
+        .route("/v1/wallet/accounts/{id}/events", get(events))
+        .fallback(|| async { ApiError(Rejection::new(ErrorCode::NotFound, "no such endpoint")) })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(coordinator)
+}
+
+/// The one error-to-response mapping of the public API: `{code, message}`
+/// with the code's HTTP status.
+#[derive(Debug)]
+pub struct ApiError(pub Rejection);
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        ApiError(r)
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Rejected(r) => ApiError(r),
+            CallError::Unknown(why) => ApiError(Rejection::new(
+                ErrorCode::Unavailable,
+                format!("a node did not answer ({why}); the outcome is unknown, retry with the same transaction_id"),
+            )),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        reply(
+            self.0.code.http_status(),
+            serde_json::to_value(&self.0).unwrap_or(Value::Null),
+        )
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response()
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+fn invalid(message: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::InvalidRequest, message)
+}
+
+/// JSON body extractor whose every failure is a `{code, message}` error:
+/// 413 over the size limit, 400 for anything that is not the expected JSON
+/// (unknown fields included). The content type is not required.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Rejection::new(
+                        ErrorCode::PayloadTooLarge,
+                        "request body is larger than the limit",
+                    )
+                } else {
+                    invalid(format!("cannot read the request body: {e}"))
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError(invalid(format!("invalid JSON body: {e}"))))
+    }
+}
+
+/// Amounts must be JSON strings: a JSON number may already have lost
+/// precision in the client's float.
+fn parse_amount(value: &Value, currency: Currency) -> Result<Amount, Rejection> {
+    match value {
+        Value::String(s) => Amount::parse(s, currency),
+        Value::Number(_) => Err(Rejection::new(
+            ErrorCode::InvalidAmount,
+            "amount must be a decimal string such as \"12.34\", not a JSON number",
+        )),
+        _ => Err(Rejection::new(
+            ErrorCode::InvalidAmount,
+            "amount must be a decimal string such as \"12.34\"",
+        )),
+    }
+}
+
+async fn health(State(c): State<Coordinator>) -> Json<Value> {
+    Json(json!({ "status": "ok", "map_revision": c.participants.map.current().revision }))
+}
+
+// ---- transfers ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    transaction_id: String,
+    from_account: String,
+    to_account: String,
+    amount: Value,
+    currency: String,
+}
+
+fn parse_transfer(body: TransferBody) -> Result<TransferSpec, Rejection> {
+    let transaction_id = TransactionId::parse(&body.transaction_id)?;
+    let from = AccountId::parse(body.from_account)?;
+    let to = AccountId::parse(body.to_account)?;
+    let currency = Currency::parse(&body.currency)?;
+    let amount = parse_amount(&body.amount, currency)?;
+    if from == to {
+        return Err(Rejection::new(
+            ErrorCode::SameAccount,
+            format!("from_account and to_account are both {from}"),
+        ));
+    }
+    Ok(TransferSpec {
+        transaction_id,
+        from,
+        to,
+        amount,
+        currency,
+    })
+}
+
+async fn balance_transfer(
+    State(c): State<Coordinator>,
+    ApiJson(body): ApiJson<TransferBody>,
+) -> ApiResult {
+    let spec = parse_transfer(body)?;
+    let id = spec.transaction_id;
+    Ok(match c.transfer(spec).await {
+        TransferOutcome::Decided(record) => record_response(&record),
+        TransferOutcome::Pending(why) => pending(id, &why),
+        TransferOutcome::InProgress => ApiError(Rejection::new(
+            ErrorCode::InProgress,
+            format!("transfer {id} is being processed right now; retry shortly or GET /v1/wallet/transfers/{id}"),
+        ))
+        .into_response(),
+        TransferOutcome::Reused => ApiError(Rejection::new(
+            ErrorCode::IdempotencyKeyReused,
+            format!("transaction_id {id} was already used with a different body; nothing was applied"),
+        ))
+        .into_response(),
+        TransferOutcome::Refused(r) => ApiError(r).into_response(),
+    })
+}
+
+fn pending(id: TransactionId, why: &str) -> Response {
+    reply(
+        202,
+        json!({
+            "status": "pending",
+            "transaction_id": id,
+            "message": format!("the outcome is not known yet ({why}); it will be resolved: GET /v1/wallet/transfers/{id}"),
+        }),
+    )
+}
+
+/// The answer for a transfer that has a record: the same on every retry.
+fn record_response(record: &TransferRecord) -> Response {
+    let spec = &record.spec;
+    let mut body = json!({
+        "transaction_id": spec.transaction_id,
+        "from_account": spec.from,
+        "to_account": spec.to,
+        "amount": spec.currency.format(spec.amount.minor()),
+        "currency": spec.currency,
+        "created_at": record.created_at,
+        "decided_at": record.decided_at,
+    });
+    let status = match (&record.state, &record.reason) {
+        (TransferState::Committed, _) => {
+            body["status"] = json!("committed");
+            200
+        }
+        (TransferState::Preparing, _) => {
+            body["status"] = json!("pending");
+            202
+        }
+        (TransferState::Aborted, reason) => {
+            let reason = reason
+                .clone()
+                .unwrap_or_else(|| Rejection::new(ErrorCode::TransferAborted, "aborted"));
+            body["status"] = json!("aborted");
+            body["code"] = json!(reason.code);
+            body["message"] = json!(reason.message);
+            reason.code.http_status()
+        }
+    };
+    reply(status, body)
+}
+
+async fn transfer_status(State(c): State<Coordinator>, Path(id): Path<String>) -> ApiResult {
+    let id = TransactionId::parse(&id)?;
+    let partition = c.participants.map.current().decision_partition(id);
+    let record: TransferRecord = c
+        .participants
+        .get(partition, &format!("/internal/v1/transfers/{id}"), &[])
+        .await?;
+    // A status lookup answers 200 with the status in the body, whatever it is.
+    let mut response = record_response(&record);
+    *response.status_mut() = StatusCode::OK;
+    Ok(response)
+}
+
+// ---- accounts -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenBody {
+    account_id: String,
+    currency: String,
+}
+
+async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenBody>) -> ApiResult {
+    let account_id = AccountId::parse(body.account_id)?;
+    let currency = Currency::parse(&body.currency)?;
+    let partition = c.participants.map.current().account_partition(&account_id);
+    let req = OpenAccount {
+        account_id,
+        partition,
+        currency,
+    };
+    let balance: AccountBalance = c
+        .participants
+        .post(&[partition], "/internal/v1/accounts", &req)
+        .await?;
+    Ok(reply(200, balance_json(&balance)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MovementBody {
+    transaction_id: String,
+    amount: Value,
+    currency: String,
+}
+
+async fn deposit(
+    state: State<Coordinator>,
+    path: Path<String>,
+    body: ApiJson<MovementBody>,
+) -> ApiResult {
+    movement(state, path, body, MovementKind::Deposit).await
+}
+
+async fn withdraw(
+    state: State<Coordinator>,
+    path: Path<String>,
+    body: ApiJson<MovementBody>,
+) -> ApiResult {
+    movement(state, path, body, MovementKind::Withdrawal).await
+}
+
+async fn movement(
+    State(c): State<Coordinator>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MovementBody>,
+    kind: MovementKind,
+) -> ApiResult {
+    let transaction_id = TransactionId::parse(&body.transaction_id)?;
+    let account_id = AccountId::parse(id)?;
+    let currency = Currency::parse(&body.currency)?;
+    let amount = parse_amount(&body.amount, currency)?;
+    let partition = c.participants.map.current().account_partition(&account_id);
+    let m = Movement {
+        transaction_id,
+        kind,
+        account_id,
+        partition,
+        amount,
+        currency,
+    };
+    let span = tracing::info_span!("movement", transaction_id = %transaction_id);
+    let _: AccountBalance = tracing::Instrument::instrument(
+        c.participants
+            .post(&[partition], "/internal/v1/movements", &m),
+        span,
+    )
+    .await?;
+    Ok(reply(
+        200,
+        json!({
+            "status": "committed",
+            "transaction_id": m.transaction_id,
+            "account_id": m.account_id,
+            "kind": m.kind,
+            "amount": currency.format(amount.minor()),
+            "currency": currency,
+        }),
+    ))
+}
+
+fn balance_json(b: &AccountBalance) -> Value {
+    json!({
+        "account_id": b.account_id,
+        "currency": b.currency,
+        "balance": b.currency.format(b.posted),
+        "available": b.currency.format(b.available()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalanceQuery {
+    as_of: Option<String>,
+}
+
+async fn balance(
+    State(c): State<Coordinator>,
+    Path(id): Path<String>,
+    Query(q): Query<BalanceQuery>,
+) -> ApiResult {
+    let account_id = AccountId::parse(id)?;
+    let partition = c.participants.map.current().account_partition(&account_id);
+    let mut query = Vec::new();
+    if let Some(as_of) = &q.as_of {
+        let t = chrono::DateTime::parse_from_rfc3339(as_of).map_err(|_| {
+            invalid(format!(
+                "as_of {as_of:?} is not an RFC 3339 instant such as 2026-01-31T12:00:00Z"
+            ))
+        })?;
+        query.push(("as_of", t.with_timezone(&chrono::Utc).to_rfc3339()));
+    }
+    let path = format!("/internal/v1/accounts/{account_id}/balance");
+    let h: HistoricalBalance = c.participants.get(partition, &path, &query).await?;
+    let mut body = balance_json(&h.balance);
+    if let Some(as_of) = q.as_of {
+        body["as_of"] = json!(as_of);
+        body["events_replayed"] = json!(h.events_replayed);
+    }
+    Ok(reply(200, body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(c): State<Coordinator>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult {
+    let account_id = AccountId::parse(id)?;
+    let partition = c.participants.map.current().account_partition(&account_id);
+    let mut query = vec![("after", q.after.unwrap_or(0).to_string())];
+    if let Some(limit) = q.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    let path = format!("/internal/v1/accounts/{account_id}/events");
+    let page: EventsPage = c.participants.get(partition, &path, &query).await?;
+    let balance: HistoricalBalance = c
+        .participants
+        .get(
+            partition,
+            &format!("/internal/v1/accounts/{account_id}/balance"),
+            &[],
+        )
+        .await?;
+    let currency = balance.balance.currency;
+    let events: Vec<Value> = page
+        .events
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "type": e.kind,
+                "amount": currency.format(e.amount),
+                "currency": currency,
+                "transaction_id": e.transaction_id,
+                "counterparty": e.counterparty,
+                "at": e.at,
+            })
+        })
+        .collect();
+    Ok(reply(
+        200,
+        json!({ "account_id": account_id, "events": events, "next_after": page.next_after }),
+    ))
+}

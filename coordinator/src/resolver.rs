@@ -1,0 +1,148 @@
+//! Recovery: finds every unresolved transfer and leg, however old, on every
+//! node, and drives it to its decision. Any number of coordinators may run
+//! it at once: decisions are compare-and-set and leg operations idempotent.
+//!
+//! Each round, for each node:
+//! - a record still `preparing` after its lease: decide abort (the CAS loses
+//!   to a decision that got there first, and then that one is applied);
+//! - a decided record not yet complete: apply the decision to both legs;
+//! - a leg still prepared after the grace period: look up its decision and
+//!   apply it; no record at all means abort (presumed abort).
+
+use std::time::Duration;
+
+use tracing::Instrument;
+use wallet_shared::protocol::{
+    Decision, Leg, LegRole, LegsReply, LegsRequest, TransferRecord, TransferState, Unresolved,
+};
+use wallet_shared::{ErrorCode, PartitionMap, Rejection};
+
+use crate::client::CallError;
+use crate::transfer::Coordinator;
+
+pub async fn run(coordinator: Coordinator, interval: Duration, grace: Duration) {
+    loop {
+        let jitter = Duration::from_millis(fastrand::u64(0..=interval.as_millis() as u64 / 4 + 1));
+        tokio::time::sleep(interval + jitter).await;
+        let n = round(&coordinator, grace).await;
+        if n > 0 {
+            tracing::info!(resolved = n, "recovery round");
+        }
+    }
+}
+
+/// One pass over every node; returns how many items it worked on.
+pub async fn round(coordinator: &Coordinator, grace: Duration) -> usize {
+    let map = coordinator.participants.map.current();
+    let mut worked = 0;
+    for node in map.nodes.keys() {
+        let query = [("grace_ms", grace.as_millis().to_string())];
+        let found: Unresolved = match coordinator
+            .participants
+            .get_node(node, "/internal/v1/unresolved", &query)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%node, error = %e, "recovery cannot scan node");
+                continue;
+            }
+        };
+        worked += found.transfers.len() + found.legs.len();
+        for record in found.transfers {
+            let span = tracing::info_span!("recover", transaction_id = %record.spec.transaction_id);
+            resolve_record(coordinator, &map, record)
+                .instrument(span)
+                .await;
+        }
+        for leg in found.legs {
+            let span = tracing::info_span!("recover_leg", transaction_id = %leg.transaction_id);
+            resolve_leg(coordinator, &map, leg).instrument(span).await;
+        }
+    }
+    worked
+}
+
+fn legs_of(map: &PartitionMap, record: &TransferRecord) -> [Leg; 2] {
+    let spec = &record.spec;
+    Leg::both(
+        spec,
+        map.account_partition(&spec.from),
+        map.account_partition(&spec.to),
+        map.decision_partition(spec.transaction_id),
+    )
+}
+
+async fn resolve_record(coordinator: &Coordinator, map: &PartitionMap, record: TransferRecord) {
+    let id = record.spec.transaction_id;
+    let record = if record.state == TransferState::Preparing {
+        let reason = Rejection::new(
+            ErrorCode::TransferAborted,
+            "its coordinator stopped before deciding; recovery aborted it and nothing was applied",
+        );
+        match coordinator
+            .decide(id, map.decision_partition(id), Decision::Abort { reason })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery could not decide");
+                return;
+            }
+        }
+    } else {
+        record
+    };
+    tracing::info!(state = ?record.state, "recovery applies the decision");
+    let legs = legs_of(map, &record);
+    coordinator.finish(map, record, &legs).await;
+}
+
+async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {
+    let id = leg.transaction_id;
+    let path = format!("/internal/v1/transfers/{id}");
+    match coordinator
+        .participants
+        .get::<TransferRecord>(leg.decision_partition, &path, &[])
+        .await
+    {
+        Ok(record) if record.state == TransferState::Preparing => {
+            // Its lease has not run out yet; the record's own turn comes then.
+        }
+        Ok(record) if matches_leg(&record, &leg) => {
+            let legs = legs_of(map, &record);
+            coordinator.finish(map, record, &legs).await;
+        }
+        Ok(_) => {
+            tracing::error!("a prepared leg does not match its transfer record; aborting the leg");
+            abort_leg(coordinator, leg).await;
+        }
+        Err(CallError::Rejected(r)) if r.code == ErrorCode::TransferNotFound => {
+            tracing::warn!("prepared leg without a transfer record: presumed abort");
+            abort_leg(coordinator, leg).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot look up the decision"),
+    }
+}
+
+fn matches_leg(record: &TransferRecord, leg: &Leg) -> bool {
+    let spec = &record.spec;
+    let account = match leg.role {
+        LegRole::Debit => &spec.from,
+        LegRole::Credit => &spec.to,
+    };
+    *account == leg.account && spec.amount == leg.amount && spec.currency == leg.currency
+}
+
+async fn abort_leg(coordinator: &Coordinator, leg: Leg) {
+    let req = LegsRequest {
+        legs: vec![leg.clone()],
+    };
+    if let Err(e) = coordinator
+        .participants
+        .post::<_, LegsReply>(&[leg.partition], "/internal/v1/legs/abort", &req)
+        .await
+    {
+        tracing::warn!(error = %e, "could not abort leg");
+    }
+}

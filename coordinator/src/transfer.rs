@@ -1,0 +1,301 @@
+//! The transfer protocol, as the coordinator runs it.
+//!
+//! ```text
+//! begin (decision partition) -> prepare legs (their nodes, in parallel)
+//!   -> decide (CAS at the decision partition) -> commit|abort legs -> complete
+//! ```
+//!
+//! The decision is written before any leg is committed, and it is the only
+//! truth: whatever happens after it, recovery drives every leg to it. Before
+//! it, any failure leaves the transfer undecided, which recovery turns into
+//! an abort once the lease runs out (presumed abort). An unclear answer is
+//! never read as a success: the client gets `pending`.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tracing::Instrument;
+use wallet_shared::protocol::*;
+use wallet_shared::{ErrorCode, PartitionMap, Rejection};
+
+use crate::client::{CallError, Participants};
+
+/// What a transfer request comes to.
+#[derive(Debug)]
+pub enum TransferOutcome {
+    /// Decided; for an aborted one, the record says why.
+    Decided(TransferRecord),
+    /// The outcome is not known yet; recovery will settle it.
+    Pending(String),
+    /// Another coordinator is running this transaction id right now.
+    InProgress,
+    /// This transaction id was used with another body.
+    Reused,
+    /// Refused before anything was recorded.
+    Refused(Rejection),
+}
+
+#[derive(Clone)]
+pub struct Coordinator {
+    pub participants: Participants,
+    pub lease: Duration,
+    /// Test hook: where to kill this process (see `CoordinatorConfig::crash_at`).
+    pub crash_at: Option<String>,
+}
+
+impl Coordinator {
+    pub async fn transfer(&self, spec: TransferSpec) -> TransferOutcome {
+        let span = tracing::info_span!("transfer", transaction_id = %spec.transaction_id);
+        self.run(spec).instrument(span).await
+    }
+
+    async fn run(&self, spec: TransferSpec) -> TransferOutcome {
+        let map = self.participants.map.current();
+        let home = map.decision_partition(spec.transaction_id);
+        let legs = Leg::both(
+            &spec,
+            map.account_partition(&spec.from),
+            map.account_partition(&spec.to),
+            home,
+        );
+        let begin = Begin {
+            spec,
+            partition: home,
+            lease_ms: self.lease.as_millis() as u64,
+            attempt: uuid::Uuid::new_v4(),
+        };
+        let owners: Vec<_> = [home, legs[0].partition, legs[1].partition]
+            .iter()
+            .map(|&p| map.owner(p))
+            .collect();
+        if owners.iter().all(|o| *o == owners[0]) {
+            // Decision and both accounts on one node: one local transaction.
+            let partitions = [home, legs[0].partition, legs[1].partition];
+            let req = ExecuteRequest { begin, legs };
+            return match self
+                .participants
+                .post(&partitions, "/internal/v1/transfers/execute", &req)
+                .await
+            {
+                Ok(result) => started(result).unwrap_or_else(|| {
+                    TransferOutcome::Pending("unexpected answer to execute".into())
+                }),
+                Err(e) => not_begun(e),
+            };
+        }
+
+        let req = BeginRequest {
+            transfers: vec![begin],
+        };
+        match self
+            .participants
+            .post::<_, BeginReply>(&[home], "/internal/v1/transfers/begin", &req)
+            .await
+        {
+            Ok(reply) => match reply.results.into_iter().next() {
+                Some(BeginResult::Proceed) => {}
+                Some(other) => return started(other).unwrap_or(TransferOutcome::InProgress),
+                None => return TransferOutcome::Pending("empty answer to begin".into()),
+            },
+            Err(e) => return not_begun(e),
+        }
+        let transaction_id = req.transfers[0].spec.transaction_id;
+
+        let votes = self
+            .on_legs(
+                &map,
+                &legs,
+                "/internal/v1/legs/prepare",
+                |r: PrepareReply| r.votes,
+            )
+            .await;
+        crash_point(&self.crash_at, "after_prepare");
+        let decision = decide_from(&votes);
+        tracing::info!(?decision, "votes counted");
+
+        let record = match self.decide(transaction_id, home, decision).await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "decision not confirmed; recovery will settle it");
+                return TransferOutcome::Pending(format!(
+                    "the decision could not be confirmed: {e}"
+                ));
+            }
+        };
+        crash_point(&self.crash_at, "after_decision");
+        self.finish(&map, record.clone(), &legs).await;
+        TransferOutcome::Decided(record)
+    }
+
+    /// Compare-and-set of the decision at the decision partition; returns the
+    /// winning record, which may hold the other decision.
+    pub async fn decide(
+        &self,
+        transaction_id: wallet_shared::TransactionId,
+        partition: wallet_shared::PartitionId,
+        decision: Decision,
+    ) -> Result<TransferRecord, CallError> {
+        let req = DecideRequest {
+            decisions: vec![Decide {
+                transaction_id,
+                partition,
+                decision,
+            }],
+        };
+        let reply: DecideReply = self
+            .participants
+            .post(&[partition], "/internal/v1/transfers/decide", &req)
+            .await?;
+        reply
+            .records
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| CallError::Unknown(format!("no decision record for {transaction_id}")))
+    }
+
+    /// Drives both legs to the recorded decision, then marks the record
+    /// complete. Used by live transfers and by recovery alike.
+    pub async fn finish(
+        &self,
+        map: &PartitionMap,
+        record: TransferRecord,
+        legs: &[Leg; 2],
+    ) -> bool {
+        let path = match record.state {
+            TransferState::Committed => "/internal/v1/legs/commit",
+            TransferState::Aborted => "/internal/v1/legs/abort",
+            TransferState::Preparing => return false,
+        };
+        let states = self.on_legs(map, legs, path, |r: LegsReply| r.states).await;
+        let done = states
+            .iter()
+            .all(|s| matches!(s, Ok(LegState::Committed | LegState::Aborted)));
+        if !done {
+            tracing::warn!(
+                ?states,
+                "not every leg applied the decision yet; recovery will retry"
+            );
+            return false;
+        }
+        let partition = legs[0].decision_partition;
+        let complete = CompleteRequest {
+            transfers: vec![TransferRef {
+                transaction_id: record.spec.transaction_id,
+                partition,
+            }],
+        };
+        // Best effort: if this is lost, recovery re-applies the (idempotent)
+        // decision and completes it later.
+        let participants = self.participants.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = participants
+                    .post::<_, ()>(&[partition], "/internal/v1/transfers/complete", &complete)
+                    .await
+                {
+                    tracing::debug!(error = %e, "complete not confirmed");
+                }
+            }
+            .in_current_span(),
+        );
+        true
+    }
+
+    /// Sends legs to their nodes (legs on one node in one request, nodes in
+    /// parallel) and returns one answer per leg, in order.
+    async fn on_legs<Reply, T>(
+        &self,
+        map: &PartitionMap,
+        legs: &[Leg; 2],
+        path: &str,
+        pick: impl Fn(Reply) -> Vec<T>,
+    ) -> Vec<Result<T, CallError>>
+    where
+        Reply: serde::de::DeserializeOwned,
+        T: Clone,
+    {
+        let together = map.owner(legs[0].partition) == map.owner(legs[1].partition);
+        let groups: Vec<Vec<Leg>> = if together {
+            vec![legs.to_vec()]
+        } else {
+            legs.iter().map(|l| vec![l.clone()]).collect()
+        };
+        let pick = &pick;
+        let calls = groups.iter().map(|group| async move {
+            let partitions: Vec<_> = group.iter().map(|l| l.partition).collect();
+            let req = LegsRequest {
+                legs: group.clone(),
+            };
+            let reply = self
+                .participants
+                .post::<_, Reply>(&partitions, path, &req)
+                .await;
+            match reply.map(pick) {
+                Ok(items) if items.len() == group.len() => {
+                    items.into_iter().map(Ok).collect::<Vec<_>>()
+                }
+                Ok(_) => vec![
+                    Err(CallError::Unknown(
+                        "answer has the wrong number of legs".into()
+                    ));
+                    group.len()
+                ],
+                Err(e) => vec![Err(e); group.len()],
+            }
+        });
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+}
+
+/// Commit only on two known yes votes; a refusal aborts with its reason; a
+/// vote we never heard aborts too (nothing is committed without a yes).
+fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
+    let mut unknown = None;
+    for v in votes {
+        match v {
+            Ok(Vote::Yes) => {}
+            Ok(Vote::No { reason }) | Err(CallError::Rejected(reason)) => {
+                return Decision::Abort {
+                    reason: reason.clone(),
+                }
+            }
+            Err(CallError::Unknown(why)) => unknown = Some(why.clone()),
+        }
+    }
+    match unknown {
+        None => Decision::Commit,
+        Some(why) => Decision::Abort {
+            reason: Rejection::new(
+                ErrorCode::TransferAborted,
+                format!("a node did not answer the prepare ({why}); nothing was applied, use a new transaction_id to try again"),
+            ),
+        },
+    }
+}
+
+fn started(result: BeginResult) -> Option<TransferOutcome> {
+    match result {
+        BeginResult::Proceed => None,
+        BeginResult::InProgress => Some(TransferOutcome::InProgress),
+        BeginResult::Reused => Some(TransferOutcome::Reused),
+        BeginResult::Decided { record } => Some(TransferOutcome::Decided(record)),
+    }
+}
+
+/// A failure of the first call: a refusal means nothing was recorded; no
+/// answer means it may have been, and recovery will settle it.
+fn not_begun(e: CallError) -> TransferOutcome {
+    match e {
+        CallError::Rejected(r) => TransferOutcome::Refused(r),
+        CallError::Unknown(why) => TransferOutcome::Pending(why),
+    }
+}
+
+/// Test hook: dies exactly like `kill -9` at the named point.
+pub fn crash_point(configured: &Option<String>, point: &str) {
+    if configured.as_deref() == Some(point) {
+        tracing::warn!(point, "crash point reached: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
