@@ -1,1 +1,182 @@
-fn main() {}
+//! `devcluster run`: the whole cluster in the foreground, for `make run`.
+//!
+//! Data lives under `--data-dir` (default `.data/`) and survives the next run;
+//! `make clean-data` wipes it. Ports are fixed: coordinator 8080, participants
+//! 7001.., Postgres 5433.., etcd 2379/2380. Ctrl-C or SIGTERM stops everything
+//! gracefully.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use devcluster::{Cluster, ClusterOptions, FixedPorts};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(about = "Runs a local wallet cluster (etcd, Postgres, participants, coordinators)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Starts the cluster and runs until Ctrl-C or SIGTERM.
+    Run {
+        /// Where every component keeps its data and log.
+        #[arg(long, default_value = ".data")]
+        data_dir: PathBuf,
+        /// Port of the (first) coordinator: the public API.
+        #[arg(long, default_value_t = 8080)]
+        coordinator_port: u16,
+        /// Number of participants, each with its own Postgres.
+        #[arg(long, default_value_t = 3)]
+        participants: usize,
+        /// Number of coordinators (on consecutive ports).
+        #[arg(long, default_value_t = 1)]
+        coordinators: usize,
+        /// Partition count of a new partition map (an existing map is kept).
+        #[arg(long, default_value_t = 64)]
+        partitions: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    wallet_shared::telemetry::init("devcluster");
+    match Cli::parse().command {
+        Cmd::Run {
+            data_dir,
+            coordinator_port,
+            participants,
+            coordinators,
+            partitions,
+        } => {
+            run(
+                data_dir,
+                ClusterOptions {
+                    participants,
+                    coordinators,
+                    partitions,
+                    ports: Some(FixedPorts {
+                        coordinator: coordinator_port,
+                        ..FixedPorts::default()
+                    }),
+                    ..ClusterOptions::default()
+                },
+            )
+            .await
+        }
+    }
+}
+
+async fn run(data_dir: PathBuf, mut options: ClusterOptions) -> Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = std::path::absolute(&data_dir)?;
+    options.root = Some(data_dir.clone());
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let started = Instant::now();
+    let cluster = tokio::select! {
+        cluster = Cluster::start(options) => cluster?,
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted while starting"); return Ok(()) }
+        _ = sigterm.recv() => { tracing::info!("terminated while starting"); return Ok(()) }
+    };
+    let manifest_path = data_dir.join("cluster.json");
+    cluster.write_manifest(&manifest_path)?;
+    print_banner(&cluster, &manifest_path, started.elapsed());
+
+    let mut mut_cluster = cluster;
+    let mut reported = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("Ctrl-C: stopping"); break }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break }
+            _ = tick.tick() => report_exits(&mut mut_cluster, &mut reported),
+        }
+    }
+    let stopped = mut_cluster.stop().await;
+    if let Err(e) = std::fs::remove_file(&manifest_path) {
+        tracing::warn!(error = %e, "cannot remove {}", manifest_path.display());
+    }
+    stopped?;
+    tracing::info!(
+        "all stopped; data kept in {} (make clean-data wipes it)",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// Says once when a component exits by itself.
+fn report_exits(cluster: &mut Cluster, reported: &mut std::collections::HashSet<String>) {
+    let mut dead = Vec::new();
+    for i in 0..cluster.coordinators().len() {
+        let s = cluster.coordinator_mut(i);
+        if !s.is_running() {
+            dead.push((s.name().to_string(), s.log_path()));
+        }
+    }
+    for i in 0..cluster.participants().len() {
+        let s = cluster.participant_mut(i);
+        if !s.is_running() {
+            dead.push((s.name().to_string(), s.log_path()));
+        }
+    }
+    for i in 0..cluster.options().participants {
+        let pg = cluster.postgres_mut(i);
+        if !pg.is_running() {
+            dead.push((format!("postgres-{}", i + 1), pg.log_path()));
+        }
+    }
+    if !cluster.etcd_mut().is_running() {
+        dead.push(("etcd".to_string(), cluster.etcd().log_path()));
+    }
+    for (name, log) in dead {
+        if reported.insert(name.clone()) {
+            tracing::error!("{name} exited; see {}", log.display());
+        }
+    }
+}
+
+fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration) {
+    let api = cluster.coordinator_url(0);
+    let mut lines = vec![
+        String::new(),
+        format!("wallet dev cluster up in {:.1} s", elapsed.as_secs_f64()),
+        format!("  coordinator (public API): {api}"),
+    ];
+    for (i, p) in cluster.participants().iter().enumerate() {
+        lines.push(format!(
+            "  {} ({}): {}   database {}",
+            p.name(),
+            cluster.node_id(i),
+            p.url(),
+            cluster.postgres_url(i)
+        ));
+    }
+    lines.push(format!("  etcd: {}", cluster.etcd().url()));
+    lines.push(format!(
+        "  manifest: {}   data and logs: {}",
+        manifest.display(),
+        cluster.root().display()
+    ));
+    let tx = uuid::Uuid::new_v4();
+    let dep = uuid::Uuid::new_v4();
+    let json = "-H 'content-type: application/json'";
+    lines.extend([
+        String::new(),
+        "try:".to_string(),
+        format!("  curl -s {json} -d '{{\"account_id\":\"alice\",\"currency\":\"USD\"}}' {api}/v1/wallet/accounts"),
+        format!("  curl -s {json} -d '{{\"account_id\":\"bob\",\"currency\":\"USD\"}}' {api}/v1/wallet/accounts"),
+        format!("  curl -s {json} -d '{{\"transaction_id\":\"{dep}\",\"amount\":\"100.00\",\"currency\":\"USD\"}}' {api}/v1/wallet/accounts/alice/deposit"),
+        format!("  curl -s {json} -d '{{\"transaction_id\":\"{tx}\",\"from_account\":\"alice\",\"to_account\":\"bob\",\"amount\":\"25.00\",\"currency\":\"USD\"}}' {api}/v1/wallet/balance_transfer"),
+        format!("  curl -s {api}/v1/wallet/accounts/alice/balance"),
+        format!("  curl -s {api}/v1/wallet/transfers/{tx}"),
+        format!("  curl -s {api}/v1/wallet/accounts/alice/events"),
+        String::new(),
+        "Ctrl-C stops everything (data is kept; make clean-data wipes it).".to_string(),
+    ]);
+    println!("{}", lines.join("\n"));
+}

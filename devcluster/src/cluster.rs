@@ -1,0 +1,664 @@
+//! A whole local cluster: etcd, one Postgres per participant, the
+//! participants, the coordinators, all real processes.
+//!
+//! Layout of the root directory: `etcd/`, `postgres-N/`, `participant-N/`,
+//! `coordinator-N/`, each with its log. Participant `i` (0-based in the
+//! accessors) is node `node-{i+1}`, backed by `postgres-{i+1}`.
+//!
+//! Dropping a [`Cluster`] SIGKILLs every process (coordinators first, etcd
+//! last), also while a test panics, and removes a temporary root. Set
+//! `DEVCLUSTER_KEEP=1` to keep a temporary root for a post-mortem; when a test
+//! panics, the ends of the services' logs are printed to stderr.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use futures::future::try_join_all;
+use serde::Serialize;
+use wallet_shared::map::MapError;
+use wallet_shared::{MapStore, PartitionMap};
+
+use crate::etcd::Etcd;
+use crate::ports::{free_port, local, port_is_free};
+use crate::postgres::{absolute, Postgres};
+use crate::service::{find_binary, Service, ServiceConfig};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of participants (and of Postgres servers).
+    pub participants: usize,
+    /// Number of coordinators started with the cluster.
+    pub coordinators: usize,
+    /// Partition count of the map written at start.
+    pub partitions: u32,
+    /// Root directory; `None`: a temporary directory, removed on drop.
+    pub root: Option<PathBuf>,
+    /// Fixed ports (for `devcluster run`); `None`: free ports.
+    pub ports: Option<FixedPorts>,
+    /// Key prefix of the partition map in etcd.
+    pub etcd_prefix: String,
+    /// Extra environment for every coordinator.
+    pub coordinator_env: Vec<(String, String)>,
+    /// Extra environment for every participant.
+    pub participant_env: Vec<(String, String)>,
+    /// Where the `participant` and `coordinator` binaries are; `None`: see
+    /// [`find_binary`].
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            participants: 3,
+            coordinators: 1,
+            partitions: 64,
+            root: None,
+            ports: None,
+            etcd_prefix: "/wallet/".into(),
+            coordinator_env: Vec::new(),
+            participant_env: Vec::new(),
+            bin_dir: None,
+        }
+    }
+}
+
+/// Fixed ports; the `N`th component of a kind gets `first + N - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedPorts {
+    /// etcd's client port.
+    pub etcd_client: u16,
+    /// etcd's peer port.
+    pub etcd_peer: u16,
+    /// The first Postgres server's port.
+    pub postgres: u16,
+    /// The first participant's port.
+    pub participant: u16,
+    /// The first coordinator's port.
+    pub coordinator: u16,
+}
+
+impl Default for FixedPorts {
+    /// etcd 2379/2380, Postgres 5433.., participants 7001.., coordinators 8080...
+    fn default() -> Self {
+        FixedPorts {
+            etcd_client: 2379,
+            etcd_peer: 2380,
+            postgres: 5433,
+            participant: 7001,
+            coordinator: 8080,
+        }
+    }
+}
+
+/// A running cluster. Fields are in the order processes die on drop.
+pub struct Cluster {
+    /// Coordinators, in start order (including ones started later).
+    coordinators: Vec<Service>,
+    /// Participants; index `i` is node `node-{i+1}`.
+    participants: Vec<Service>,
+    /// Postgres servers; index `i` backs participant `i`.
+    postgres: Vec<Postgres>,
+    /// The etcd member.
+    etcd: Etcd,
+    /// The root directory.
+    root: PathBuf,
+    /// What the cluster was started with.
+    options: ClusterOptions,
+    /// Number of coordinators ever started (names and fixed ports).
+    coordinators_started: usize,
+    /// The temporary root, if any; dropped last, after every process died.
+    temp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts etcd and the Postgres servers, writes the partition map (an
+    /// existing one is kept), then starts the participants and coordinators.
+    pub async fn start(options: ClusterOptions) -> Result<Cluster> {
+        let started = Instant::now();
+        let (root, temp) = match &options.root {
+            Some(root) => {
+                std::fs::create_dir_all(root)
+                    .with_context(|| format!("creating {}", root.display()))?;
+                (absolute(root)?, None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("devcluster-")
+                    .tempdir()
+                    .context("creating a temporary directory")?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        // The postgres user must be able to reach its data directories.
+        set_mode(&root, 0o755)?;
+
+        let n = options.participants;
+        let ports = match options.ports {
+            Some(fixed) => Ports::fixed(fixed, n, options.coordinators)?,
+            None => Ports::free(n)?,
+        };
+
+        let (etcd, postgres) = tokio::try_join!(
+            Etcd::start(root.join("etcd"), ports.etcd_client, ports.etcd_peer),
+            try_join_all((0..n).map(|i| Postgres::start(
+                root.join(format!("postgres-{}", i + 1)),
+                ports.postgres[i]
+            ))),
+        )?;
+
+        let nodes: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                (
+                    node_id(i),
+                    format!("http://{}", local(ports.participants[i])),
+                )
+            })
+            .collect();
+        if !nodes.is_empty() {
+            write_partition_map(
+                &etcd.endpoints(),
+                &options.etcd_prefix,
+                options.partitions,
+                &nodes,
+            )
+            .await?;
+        }
+
+        let participants = if n == 0 {
+            Vec::new()
+        } else {
+            let program = binary(&options, "participant")?;
+            try_join_all((0..n).map(|i| {
+                let mut config = ServiceConfig::new(
+                    format!("participant-{}", i + 1),
+                    &program,
+                    root.join(format!("participant-{}", i + 1)),
+                    local(ports.participants[i]),
+                )
+                .env("WALLET_NODE_ID", node_id(i))
+                .env(
+                    "WALLET_LISTEN_ADDR",
+                    local(ports.participants[i]).to_string(),
+                )
+                .env("WALLET_DATABASE_URL", postgres[i].url())
+                .env("WALLET_ETCD_ENDPOINTS", etcd.url())
+                .env("WALLET_ETCD_PREFIX", &options.etcd_prefix);
+                config.env.extend(options.participant_env.iter().cloned());
+                Service::start(config)
+            }))
+            .await?
+        };
+
+        let mut cluster = Cluster {
+            coordinators: Vec::new(),
+            participants,
+            postgres,
+            etcd,
+            root,
+            options,
+            coordinators_started: 0,
+            temp,
+        };
+        let configs = (0..cluster.options.coordinators)
+            .map(|_| cluster.next_coordinator(Vec::new()))
+            .collect::<Result<Vec<_>>>()?;
+        cluster.coordinators = try_join_all(configs.into_iter().map(Service::start)).await?;
+        tracing::info!(
+            root = %cluster.root.display(),
+            participants = n,
+            coordinators = cluster.coordinators.len(),
+            elapsed = ?started.elapsed(),
+            "cluster ready"
+        );
+        Ok(cluster)
+    }
+
+    /// Starts one more coordinator, with the cluster's coordinator
+    /// environment plus `extra_env` (later entries win); returns its index.
+    pub async fn start_coordinator(&mut self, extra_env: Vec<(String, String)>) -> Result<usize> {
+        let config = self.next_coordinator(extra_env)?;
+        self.coordinators.push(Service::start(config).await?);
+        Ok(self.coordinators.len() - 1)
+    }
+
+    fn next_coordinator(&mut self, extra_env: Vec<(String, String)>) -> Result<ServiceConfig> {
+        self.coordinators_started += 1;
+        let k = self.coordinators_started;
+        let port = match self.options.ports {
+            Some(fixed) => fixed.coordinator + (k as u16 - 1),
+            None => free_port()?,
+        };
+        let mut config = ServiceConfig::new(
+            format!("coordinator-{k}"),
+            binary(&self.options, "coordinator")?,
+            self.root.join(format!("coordinator-{k}")),
+            local(port),
+        )
+        .env("WALLET_LISTEN_ADDR", local(port).to_string())
+        .env("WALLET_ETCD_ENDPOINTS", self.etcd.url())
+        .env("WALLET_ETCD_PREFIX", &self.options.etcd_prefix);
+        config
+            .env
+            .extend(self.options.coordinator_env.iter().cloned());
+        config.env.extend(extra_env);
+        Ok(config)
+    }
+
+    /// Coordinator `i` (start order, 0-based). Panics if there is none.
+    pub fn coordinator(&self, i: usize) -> &Service {
+        &self.coordinators[i]
+    }
+
+    /// Coordinator `i`, to kill or restart it.
+    pub fn coordinator_mut(&mut self, i: usize) -> &mut Service {
+        &mut self.coordinators[i]
+    }
+
+    /// Every coordinator started so far.
+    pub fn coordinators(&self) -> &[Service] {
+        &self.coordinators
+    }
+
+    /// Base URL of coordinator `i`.
+    pub fn coordinator_url(&self, i: usize) -> String {
+        self.coordinators[i].url()
+    }
+
+    /// Participant `i` (0-based: participant 0 is `node-1`).
+    pub fn participant(&self, i: usize) -> &Service {
+        &self.participants[i]
+    }
+
+    /// Participant `i`, to kill or restart it.
+    pub fn participant_mut(&mut self, i: usize) -> &mut Service {
+        &mut self.participants[i]
+    }
+
+    /// Every participant.
+    pub fn participants(&self) -> &[Service] {
+        &self.participants
+    }
+
+    /// Base URL of participant `i`.
+    pub fn participant_url(&self, i: usize) -> String {
+        self.participants[i].url()
+    }
+
+    /// Node id of participant `i`: `node-{i+1}`.
+    pub fn node_id(&self, i: usize) -> String {
+        node_id(i)
+    }
+
+    /// The Postgres server of participant `i`.
+    pub fn postgres(&self, i: usize) -> &Postgres {
+        &self.postgres[i]
+    }
+
+    /// The Postgres server of participant `i`, to kill or restart it.
+    pub fn postgres_mut(&mut self, i: usize) -> &mut Postgres {
+        &mut self.postgres[i]
+    }
+
+    /// URL of the database of participant `i`.
+    pub fn postgres_url(&self, i: usize) -> String {
+        self.postgres[i].url()
+    }
+
+    /// The etcd member.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// The etcd member, to kill or restart it.
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
+    /// etcd endpoints, as clients take them.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd.endpoints()
+    }
+
+    /// Key prefix of the partition map.
+    pub fn etcd_prefix(&self) -> &str {
+        &self.options.etcd_prefix
+    }
+
+    /// A client of the partition map in this cluster's etcd.
+    pub async fn map_store(&self) -> Result<MapStore> {
+        MapStore::connect(
+            &self.etcd_endpoints(),
+            &self.options.etcd_prefix,
+            Duration::from_secs(5),
+        )
+        .await
+        .context("connecting to etcd")
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// What the cluster was started with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// What runs where, for people and scripts.
+    pub fn manifest(&self) -> Manifest {
+        let mut components = vec![Component {
+            name: "etcd".into(),
+            kind: "etcd",
+            pid: self.etcd.pid(),
+            address: self.etcd.addr().to_string(),
+            url: self.etcd.url(),
+            data_dir: self.etcd.data_dir(),
+            log: self.etcd.log_path(),
+            node_id: None,
+        }];
+        for (i, pg) in self.postgres.iter().enumerate() {
+            components.push(Component {
+                name: format!("postgres-{}", i + 1),
+                kind: "postgres",
+                pid: pg.pid(),
+                address: pg.addr().to_string(),
+                url: pg.url(),
+                data_dir: pg.data_dir().to_path_buf(),
+                log: pg.log_path(),
+                node_id: None,
+            });
+        }
+        for (kind, services) in [
+            ("participant", &self.participants),
+            ("coordinator", &self.coordinators),
+        ] {
+            for (i, s) in services.iter().enumerate() {
+                components.push(Component {
+                    name: s.name().to_string(),
+                    kind,
+                    pid: s.pid(),
+                    address: s.addr().to_string(),
+                    url: s.url(),
+                    data_dir: s.dir().to_path_buf(),
+                    log: s.log_path(),
+                    node_id: (kind == "participant").then(|| node_id(i)),
+                });
+            }
+        }
+        Manifest {
+            root: self.root.clone(),
+            etcd_endpoints: self.etcd_endpoints(),
+            etcd_prefix: self.options.etcd_prefix.clone(),
+            coordinator_url: self.coordinators.first().map(Service::url),
+            coordinator_urls: self.coordinators.iter().map(Service::url).collect(),
+            components,
+        }
+    }
+
+    /// Writes [`Cluster::manifest`] as pretty JSON to `path` (atomically).
+    pub fn write_manifest(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json = serde_json::to_string_pretty(&self.manifest())?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Stops everything gracefully: coordinators, participants, Postgres
+    /// (fast shutdown), then etcd. Goes on after a failure and returns the
+    /// first one.
+    pub async fn stop(mut self) -> Result<()> {
+        let mut first_error = None;
+        let mut note = |what: &str, result: Result<()>| {
+            if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), "stopping {what} failed");
+                first_error.get_or_insert(e.context(format!("stopping {what}")));
+            }
+        };
+        let results =
+            futures::future::join_all(self.coordinators.iter_mut().map(Service::stop)).await;
+        results.into_iter().for_each(|r| note("a coordinator", r));
+        let results =
+            futures::future::join_all(self.participants.iter_mut().map(Service::stop)).await;
+        results.into_iter().for_each(|r| note("a participant", r));
+        let results = futures::future::join_all(self.postgres.iter_mut().map(Postgres::stop)).await;
+        results.into_iter().for_each(|r| note("postgres", r));
+        note("etcd", self.etcd.stop().await);
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "devcluster: dropping the cluster in {} during a panic",
+                self.root.display()
+            );
+            for s in self.coordinators.iter().chain(&self.participants) {
+                eprintln!(
+                    "----- end of {} -----\n{}",
+                    s.log_path().display(),
+                    s.log_tail(30)
+                );
+            }
+        }
+        // Kill in order: nothing should talk to a database that is gone.
+        self.coordinators.clear();
+        self.participants.clear();
+        self.postgres.clear();
+        if std::env::var_os("DEVCLUSTER_KEEP").is_some() {
+            if let Some(temp) = self.temp.take() {
+                let kept = temp.keep();
+                eprintln!(
+                    "devcluster: DEVCLUSTER_KEEP is set; kept {}",
+                    kept.display()
+                );
+            }
+        }
+    }
+}
+
+/// The cluster, as written by [`Cluster::write_manifest`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// Root directory of the cluster.
+    pub root: PathBuf,
+    /// etcd endpoints for clients.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the partition map.
+    pub etcd_prefix: String,
+    /// The first coordinator's URL: where the public API is.
+    pub coordinator_url: Option<String>,
+    /// Every coordinator's URL.
+    pub coordinator_urls: Vec<String>,
+    /// Every process.
+    pub components: Vec<Component>,
+}
+
+/// One process of the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    /// e.g. `postgres-1`, `participant-2`, `coordinator-1`, `etcd`.
+    pub name: String,
+    /// `etcd`, `postgres`, `participant` or `coordinator`.
+    pub kind: &'static str,
+    /// PID while running.
+    pub pid: Option<u32>,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    /// How to reach it (`postgres://...` or `http://...`).
+    pub url: String,
+    /// Its data directory (services: their working directory).
+    pub data_dir: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    /// Participants: their node id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// Node id of participant `i`.
+fn node_id(i: usize) -> String {
+    format!("node-{}", i + 1)
+}
+
+fn binary(options: &ClusterOptions, name: &str) -> Result<PathBuf> {
+    match &options.bin_dir {
+        Some(dir) => {
+            let path = dir.join(name);
+            if !path.is_file() {
+                bail!("{} not found (ClusterOptions::bin_dir)", path.display());
+            }
+            Ok(path)
+        }
+        None => find_binary(name),
+    }
+}
+
+/// Writes the first partition map, or keeps the one already in etcd
+/// (`devcluster run` on old data).
+///
+/// The map is written here rather than with `MapStore::init`, which fails
+/// against a real etcd (its transaction deletes the prefix and puts keys
+/// under it: "duplicate key given in txn request"; without `force` it panics
+/// in etcd-client). The layout is the one `wallet_shared::map` documents,
+/// partitions round-robin over the nodes like `init`, and the result is read
+/// back with `MapStore::load`, which validates it. `partition_count` is
+/// written last, so a reader sees no map until it is complete, and the
+/// writes go in chunks below etcd's 128 operations per transaction.
+pub async fn write_partition_map(
+    endpoints: &[String],
+    prefix: &str,
+    partitions: u32,
+    nodes: &[(String, String)],
+) -> Result<PartitionMap> {
+    let timeout = Duration::from_secs(5);
+    let store = MapStore::connect(endpoints, prefix, timeout)
+        .await
+        .context("connecting to etcd")?;
+    match store.load().await {
+        Ok(map) => {
+            tracing::info!(
+                revision = map.revision,
+                partitions = map.partition_count(),
+                "partition map already in etcd; kept"
+            );
+            if map.nodes.len() != nodes.len() {
+                tracing::warn!(
+                    existing = map.nodes.len(),
+                    wanted = nodes.len(),
+                    "the kept map names a different number of nodes (make clean-data starts afresh)"
+                );
+            }
+            return Ok(map);
+        }
+        Err(MapError::Missing(_)) => {}
+        Err(e) => return Err(e).context("reading the partition map"),
+    }
+    if partitions == 0 || nodes.is_empty() {
+        bail!("a partition map needs at least one partition and one node");
+    }
+    let mut client = etcd_client::Client::connect(endpoints, None)
+        .await
+        .context("connecting to etcd")?;
+    let mut puts: Vec<(String, String)> = nodes
+        .iter()
+        .map(|(id, url)| (format!("{prefix}nodes/{id}"), url.clone()))
+        .collect();
+    puts.extend((0..partitions).map(|p| {
+        let (owner, _) = &nodes[p as usize % nodes.len()];
+        (format!("{prefix}partitions/{p:05}"), owner.clone())
+    }));
+    for chunk in puts.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+            .collect();
+        tokio::time::timeout(timeout, client.txn(Txn::new().and_then(ops)))
+            .await
+            .context("etcd did not answer in time")?
+            .context("writing the partition map")?;
+    }
+    let count_key = format!("{prefix}partition_count");
+    let txn = Txn::new()
+        .when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(count_key.as_str(), partitions.to_string(), None)]);
+    let resp = tokio::time::timeout(timeout, client.txn(txn))
+        .await
+        .context("etcd did not answer in time")?
+        .context("writing the partition map")?;
+    if !resp.succeeded() {
+        bail!("someone else wrote a partition map under {prefix:?} while the cluster started");
+    }
+    let map = store
+        .load()
+        .await
+        .context("reading back the partition map")?;
+    tracing::info!(
+        revision = map.revision,
+        partitions = map.partition_count(),
+        "partition map written"
+    );
+    Ok(map)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// The ports a new cluster uses.
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    postgres: Vec<u16>,
+    participants: Vec<u16>,
+}
+
+impl Ports {
+    fn free(n: usize) -> Result<Ports> {
+        Ok(Ports {
+            etcd_client: free_port()?,
+            etcd_peer: free_port()?,
+            postgres: (0..n).map(|_| free_port()).collect::<Result<_>>()?,
+            participants: (0..n).map(|_| free_port()).collect::<Result<_>>()?,
+        })
+    }
+
+    /// The fixed ports, after checking that each one is free.
+    fn fixed(fixed: FixedPorts, n: usize, coordinators: usize) -> Result<Ports> {
+        let nth = |first: u16, i: usize| first + i as u16;
+        let mut wanted = vec![
+            ("etcd (client)".to_string(), fixed.etcd_client),
+            ("etcd (peer)".to_string(), fixed.etcd_peer),
+        ];
+        for i in 0..n {
+            wanted.push((format!("postgres-{}", i + 1), nth(fixed.postgres, i)));
+            wanted.push((format!("participant-{}", i + 1), nth(fixed.participant, i)));
+        }
+        for i in 0..coordinators {
+            wanted.push((format!("coordinator-{}", i + 1), nth(fixed.coordinator, i)));
+        }
+        for (who, port) in &wanted {
+            if !port_is_free(*port) {
+                bail!(
+                    "port {port} (for {who}) is already in use on 127.0.0.1; \
+                     stop whatever listens there (`ss -ltnp 'sport = :{port}'` shows it) \
+                     or choose other ports"
+                );
+            }
+        }
+        Ok(Ports {
+            etcd_client: fixed.etcd_client,
+            etcd_peer: fixed.etcd_peer,
+            postgres: (0..n).map(|i| nth(fixed.postgres, i)).collect(),
+            participants: (0..n).map(|i| nth(fixed.participant, i)).collect(),
+        })
+    }
+}

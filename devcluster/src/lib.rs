@@ -1,0 +1,38 @@
+//! A local cluster of real processes for development and tests: etcd, one
+//! PostgreSQL server per participant, the participants and the coordinators.
+//!
+//! Used two ways:
+//! - as a library by integration tests: [`Cluster::start`] with
+//!   [`ClusterOptions::default`] starts everything in a temporary directory on
+//!   free ports, and dropping the [`Cluster`] kills every process and removes
+//!   the directory (also when the test panics);
+//! - as the `devcluster` binary, which `make run` runs in the foreground with
+//!   fixed ports and data kept in `.data/`.
+//!
+//! Each piece can also be used on its own: [`Postgres`], [`Etcd`] and
+//! [`Service`] each start one process, wait until it is ready, and can
+//! `kill9`, `restart` and `stop` it.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use devcluster::{Cluster, ClusterOptions};
+//! let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+//! let api = cluster.coordinator_url(0);
+//! cluster.postgres_mut(1).kill9().await?;
+//! cluster.postgres_mut(1).restart().await?;
+//! # let _ = api; Ok(()) }
+//! ```
+
+pub mod cluster;
+pub mod etcd;
+pub mod ports;
+pub mod postgres;
+mod process;
+pub mod service;
+
+pub use cluster::{write_partition_map, Cluster, ClusterOptions, Component, FixedPorts, Manifest};
+pub use etcd::Etcd;
+pub use ports::free_port;
+pub use postgres::Postgres;
+pub use process::log_tail;
+pub use service::{find_binary, Service, ServiceConfig};

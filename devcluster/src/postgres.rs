@@ -1,0 +1,552 @@
+//! One real PostgreSQL server in a directory of its own.
+//!
+//! Layout of `dir`: `data/` (the data directory, owned by the OS user that
+//! runs Postgres, with the Unix socket in it) and `postgres.log` (the
+//! server's output, appended across restarts).
+//!
+//! A new data directory is a copy of a template made once per machine and
+//! major version (initdb plus `CREATE DATABASE wallet`, in the system temp
+//! dir, published by an atomic rename): copying takes ~0.1 s where initdb
+//! takes ~0.7 s. initdb runs with `--no-sync`; the server itself always runs
+//! with `fsync=on` and `synchronous_commit=on`.
+//!
+//! As root, initdb and the server run as the `postgres` OS user, and the PID
+//! we hold is the postmaster's own, so [`Postgres::kill9`] kills exactly it.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use tokio::sync::OnceCell;
+
+use crate::ports::{local, wait_port_free};
+use crate::process::{self, log_tail, Proc, RunAs, POLL};
+
+/// Name of the database every server gets.
+pub const DATABASE: &str = "wallet";
+
+/// How long a start (including crash recovery) may take.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fast shutdown may take before we SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bump when the template's content changes.
+const TEMPLATE_VERSION: u32 = 1;
+
+/// A PostgreSQL server we started.
+#[derive(Debug)]
+pub struct Postgres {
+    /// The directory that holds `data/` and `postgres.log`.
+    dir: PathBuf,
+    /// The data directory (`dir/data`).
+    data_dir: PathBuf,
+    /// TCP port on 127.0.0.1.
+    port: u16,
+    /// The postmaster, while started.
+    proc: Option<Proc>,
+    /// Where the Postgres binaries are.
+    bin: PathBuf,
+    /// Who the server runs as (`None`: as ourselves).
+    run_as: Option<RunAs>,
+}
+
+impl Postgres {
+    /// Starts a server on 127.0.0.1:`port` with its data in `dir/data`,
+    /// creating (copying) the data directory unless it already holds one.
+    /// Returns once it accepts connections.
+    pub async fn start(dir: impl AsRef<Path>, port: u16) -> Result<Postgres> {
+        let dir = absolute(dir.as_ref())?;
+        let bin = bin_dir()?;
+        let run_as = RunAs::postgres()?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(run_as) = &run_as {
+            check_traversable(&dir)?;
+            run_as.chown(&dir)?;
+        }
+        let data_dir = dir.join("data");
+        if !data_dir.join("PG_VERSION").exists() {
+            if data_dir.exists() {
+                // A half-made data directory from an interrupted start.
+                std::fs::remove_dir_all(&data_dir)
+                    .with_context(|| format!("removing {}", data_dir.display()))?;
+            }
+            let template = template(&bin, run_as).await?;
+            run(
+                tokio::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(template)
+                    .arg(&data_dir),
+                "copying the template data directory",
+            )
+            .await?;
+        }
+        let mut pg = Postgres {
+            dir,
+            data_dir,
+            port,
+            proc: None,
+            bin,
+            run_as,
+        };
+        pg.launch().await?;
+        Ok(pg)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/wallet`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        local(self.port)
+    }
+
+    /// The postmaster's PID, unless it is known to have exited.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(Proc::live_pid)
+    }
+
+    /// Whether the postmaster is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.exited().is_none())
+    }
+
+    /// The directory given to [`Postgres::start`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// Runs `sql` with `psql` (unaligned, tuples only) and returns its output,
+    /// trimmed. Handy in tests.
+    pub async fn psql(&self, sql: &str) -> Result<String> {
+        let out = tokio::process::Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.url())
+            .arg("-c")
+            .arg(sql)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!(
+                "psql -c {sql:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Crashes the server: SIGKILL to the postmaster and every backend it had
+    /// (what a crash of the database machine looks like to clients: nothing
+    /// more is committed). Returns once all are gone and the port is free, so
+    /// that [`Postgres::restart`] can follow at once.
+    pub async fn kill9(&mut self) -> Result<()> {
+        let Some(proc) = self.proc.as_mut() else {
+            return Ok(());
+        };
+        let pid = proc.pid();
+        let exe = self.bin.join("postgres");
+        let family = if proc.exited().is_none() {
+            // Freeze the postmaster so it cannot fork while we list its children.
+            proc.signal(Signal::SIGSTOP)?;
+            let family = process::find_processes(&exe, Some(pid), &self.data_dir);
+            proc.signal(Signal::SIGKILL)?;
+            family
+        } else {
+            process::find_processes(&exe, None, &self.data_dir)
+        };
+        process::kill_pids(&family);
+        if proc.wait_exit(Duration::from_secs(10)).await.is_none() {
+            bail!("postmaster {pid} survived SIGKILL for 10 s");
+        }
+        process::wait_pids_gone(&family, Duration::from_secs(10))
+            .await
+            .context("waiting for the Postgres backends to die")?;
+        wait_port_free(self.port, Duration::from_secs(10)).await?;
+        tracing::info!(port = self.port, pid, "postgres killed (SIGKILL)");
+        Ok(())
+    }
+
+    /// Fast shutdown (SIGINT: roll back open transactions, checkpoint,
+    /// exit); SIGKILL if it takes longer than 60 s.
+    pub async fn stop(&mut self) -> Result<()> {
+        let Some(proc) = self.proc.as_mut() else {
+            return Ok(());
+        };
+        let status = proc.terminate(Signal::SIGINT, STOP_TIMEOUT).await?;
+        let left = process::find_processes(&self.bin.join("postgres"), None, &self.data_dir);
+        process::kill_pids(&left);
+        process::wait_pids_gone(&left, Duration::from_secs(10)).await?;
+        wait_port_free(self.port, Duration::from_secs(10)).await?;
+        tracing::info!(port = self.port, %status, "postgres stopped");
+        Ok(())
+    }
+
+    /// Starts the server again on the same directory and port (after
+    /// [`Postgres::kill9`] it runs crash recovery first). Stops it first if it
+    /// still runs. Returns once it accepts connections.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            self.stop().await?;
+        }
+        self.launch().await
+    }
+
+    /// Spawns the postmaster and waits until it accepts connections.
+    async fn launch(&mut self) -> Result<()> {
+        self.clear_stale_pid_file()?;
+        let log_path = self.log_path();
+        let log = process::open_log(&log_path, &format!("postgres on port {}", self.port))?;
+        let (out, err) = process::log_stdio(&log)?;
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "postgres".into());
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.data_dir.display()
+            ));
+        for setting in [
+            "listen_addresses=127.0.0.1",
+            "max_connections=200",
+            // Participants hold prepared transactions (two-phase commit).
+            "max_prepared_transactions=200",
+            "shared_buffers=128MB",
+            "fsync=on",
+            "synchronous_commit=on",
+            "full_page_writes=on",
+            "huge_pages=off",
+            "logging_collector=off",
+            "log_line_prefix=%m [%p] ",
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.arg("-c")
+            .arg(format!("cluster_name={name}"))
+            .current_dir(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(run_as) = &self.run_as {
+            run_as.apply(&mut cmd);
+        }
+        let started = Instant::now();
+        self.proc = Some(Proc::new(process::spawn(cmd)?));
+        self.wait_ready().await?;
+        tracing::info!(
+            port = self.port,
+            pid = self.proc.as_ref().map(Proc::pid),
+            elapsed = ?started.elapsed(),
+            "postgres ready"
+        );
+        Ok(())
+    }
+
+    /// Polls `pg_isready` until the server accepts connections.
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
+                bail!(
+                    "postgres on port {} exited during startup ({status}); end of {}:\n{}",
+                    self.port,
+                    self.log_path().display(),
+                    log_tail(&self.log_path(), 30)
+                );
+            }
+            let ready = tokio::process::Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-t", "1", "-h", "127.0.0.1", "-U", "postgres", "-d"])
+                .arg(DATABASE)
+                .arg("-p")
+                .arg(self.port.to_string())
+                .stdin(Stdio::null())
+                .status()
+                .await
+                .context("running pg_isready")?;
+            if ready.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "postgres on port {} not ready after {START_TIMEOUT:?}; end of {}:\n{}",
+                    self.port,
+                    self.log_path().display(),
+                    log_tail(&self.log_path(), 30)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Removes `postmaster.pid` when its PID belongs to some other live
+    /// process (PID reuse after a kill), which Postgres would take for a
+    /// running server. Refuses if a postmaster still runs on this data dir.
+    fn clear_stale_pid_file(&self) -> Result<()> {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
+            return Ok(());
+        };
+        if process::pid_gone(pid) {
+            // Postgres handles this case itself (and frees the old shared memory).
+            return Ok(());
+        }
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let postgres = std::fs::canonicalize(self.bin.join("postgres")).ok();
+        if exe.is_some() && exe == postgres {
+            bail!(
+                "a postgres (pid {pid}) is already running on {}; stop it first (kill {pid})",
+                self.data_dir.display()
+            );
+        }
+        std::fs::remove_file(&pid_file)
+            .with_context(|| format!("removing stale {}", pid_file.display()))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let Some(proc) = self.proc.as_mut() else {
+            return;
+        };
+        let exe = self.bin.join("postgres");
+        let family = if proc.exited().is_none() {
+            let _ = proc.signal(Signal::SIGSTOP);
+            let family = process::find_processes(&exe, Some(proc.pid()), &self.data_dir);
+            proc.kill_blocking();
+            family
+        } else {
+            process::find_processes(&exe, None, &self.data_dir)
+        };
+        process::kill_pids(&family);
+        process::wait_pids_gone_blocking(&family, Duration::from_secs(5));
+    }
+}
+
+/// The directory of the newest installed PostgreSQL's binaries:
+/// `$WALLET_PG_BIN_DIR`, else the highest `/usr/lib/postgresql/*/bin`, else
+/// the directory of `postgres` on `PATH`.
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("WALLET_PG_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for entry in entries.flatten() {
+            let Some(major) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let bin = entry.path().join("bin");
+            if bin.join("postgres").exists() && best.as_ref().is_none_or(|(m, _)| major > *m) {
+                best = Some((major, bin));
+            }
+        }
+    }
+    if let Some((_, bin)) = best {
+        return Ok(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .find(|dir| dir.join("postgres").exists() && dir.join("initdb").exists())
+        .ok_or_else(|| {
+            anyhow!(
+                "PostgreSQL not found (no /usr/lib/postgresql/*/bin, no postgres on PATH); \
+                 run scripts/ensure-deps.sh or set WALLET_PG_BIN_DIR"
+            )
+        })
+}
+
+/// The data directory template (see the module docs), made on first use.
+async fn template(bin: &Path, run_as: Option<RunAs>) -> Result<PathBuf> {
+    static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_try_init(|| make_template(bin, run_as))
+        .await
+        .cloned()
+}
+
+async fn make_template(bin: &Path, run_as: Option<RunAs>) -> Result<PathBuf> {
+    let version = tokio::process::Command::new(bin.join("postgres"))
+        .arg("--version")
+        .output()
+        .await
+        .context("running postgres --version")?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let major = version
+        .split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
+        .ok_or_else(|| anyhow!("cannot read the Postgres version from {version:?}"))?;
+    let owner = run_as.map_or_else(nix::unistd::Uid::effective, |r| r.uid);
+    let key = format!("devcluster-pg{major}-template-v{TEMPLATE_VERSION}-uid{owner}");
+    let home = std::env::temp_dir().join(&key);
+    let data = home.join("data");
+    let done = home.join("complete");
+    if done.exists() {
+        return Ok(data);
+    }
+    let started = Instant::now();
+    let staging = std::env::temp_dir().join(format!(
+        "{key}.tmp-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let made = build_template(bin, run_as, &staging).await;
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    // Publish atomically; if another process won the race, use its copy.
+    if std::fs::rename(&staging, &home).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !done.exists() {
+            bail!(
+                "{} exists but is incomplete; remove it and try again",
+                home.display()
+            );
+        }
+    }
+    tracing::info!(dir = %home.display(), elapsed = ?started.elapsed(), "postgres template ready");
+    Ok(data)
+}
+
+async fn build_template(bin: &Path, run_as: Option<RunAs>, staging: &Path) -> Result<()> {
+    std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
+    std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o755))?;
+    if let Some(run_as) = &run_as {
+        run_as.chown(staging)?;
+    }
+    let data = staging.join("data");
+    let mut initdb = tokio::process::Command::new(bin.join("initdb"));
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+        .args(["--locale=C"])
+        .current_dir(staging);
+    if let Some(run_as) = &run_as {
+        initdb.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
+    }
+    run(&mut initdb, "initdb").await?;
+
+    // Single-user mode creates the database without a server or a port.
+    let mut single = tokio::process::Command::new(bin.join("postgres"));
+    single
+        .args(["--single", "-D"])
+        .arg(&data)
+        .args(["-c", "fsync=off", "template1"])
+        .current_dir(staging)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(run_as) = &run_as {
+        single.uid(run_as.uid.as_raw()).gid(run_as.gid.as_raw());
+    }
+    let mut child = single.spawn().context("starting postgres --single")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(format!("CREATE DATABASE {DATABASE};\n").as_bytes())
+            .await
+            .context("writing to postgres --single")?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .context("postgres --single did not finish in 60 s")??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() || text.contains("ERROR") {
+        bail!(
+            "creating database {DATABASE} failed ({}):\n{text}",
+            out.status
+        );
+    }
+    std::fs::write(staging.join("complete"), b"")?;
+    Ok(())
+}
+
+/// Runs a short command, failing with its output if it fails.
+async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        cmd.stdin(Stdio::null()).kill_on_drop(true).output(),
+    )
+    .await
+    .with_context(|| format!("{what} did not finish in 120 s"))?
+    .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute (against the current directory), without resolving links.
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Fails with a clear message when another user (postgres) could not reach
+/// `dir` because a parent directory is closed to others.
+fn check_traversable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
+        if meta.mode() & 0o001 == 0 {
+            bail!(
+                "{} is not traversable by the postgres user, who must reach {}: \
+                 chmod o+x {} (or use another directory)",
+                ancestor.display(),
+                dir.display(),
+                ancestor.display()
+            );
+        }
+    }
+    Ok(())
+}
