@@ -197,10 +197,18 @@ impl MapStore {
             });
         }
         let count_key = format!("{}partition_count", self.prefix);
-        let mut ops = vec![TxnOp::delete(
-            self.prefix.as_str(),
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )];
+        let mut client = self.client.clone();
+        if force {
+            // etcd refuses a txn that deletes and puts the same keys.
+            let delete = client.delete(
+                self.prefix.as_str(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            );
+            tokio::time::timeout(self.timeout, delete)
+                .await
+                .map_err(|_| MapError::Timeout(self.timeout))??;
+        }
+        let mut ops = Vec::new();
         ops.push(TxnOp::put(
             count_key.as_str(),
             partition_count.to_string(),
@@ -225,7 +233,6 @@ impl MapStore {
         if !force {
             txn = txn.when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)]);
         }
-        let mut client = self.client.clone();
         let resp = tokio::time::timeout(self.timeout, client.txn(txn))
             .await
             .map_err(|_| MapError::Timeout(self.timeout))??;

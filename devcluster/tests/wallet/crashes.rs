@@ -1,0 +1,179 @@
+//! Crashes at the worst moments: the coordinator killed (`kill -9`, by its
+//! crash hook) between prepare and decision and between decision and
+//! commit; a participant's Postgres killed under traffic.
+
+use std::time::Duration;
+
+use devcluster::ClusterOptions;
+
+use crate::concurrency::{check_history, run_traffic, Traffic};
+use crate::support::{quick_recovery, TestCluster};
+
+async fn crashing_cluster(point: &str) -> TestCluster {
+    let mut env = quick_recovery();
+    env.push(("WALLET_CRASH_AT".into(), point.into()));
+    TestCluster::start_with(ClusterOptions {
+        coordinator_env: env,
+        ..ClusterOptions::default()
+    })
+    .await
+}
+
+/// Sends a transfer to a coordinator that dies on it, waits for the death,
+/// then starts a healthy coordinator and switches the helpers to it.
+async fn transfer_into_crash(
+    t: &mut TestCluster,
+    from: &str,
+    to: &str,
+    amount: &str,
+) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    let body = TestCluster::transfer_body(id, from, to, amount, "USD");
+    let url = format!(
+        "{}/v1/wallet/balance_transfer",
+        t.cluster.coordinator_url(0)
+    );
+    let sent = t.http.post(url).json(&body).send().await;
+    assert!(
+        sent.is_err(),
+        "the coordinator should have died mid-transfer, but answered {:?}",
+        sent.map(|r| r.status())
+    );
+    t.cluster
+        .coordinator_mut(0)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("coordinator died");
+    id
+}
+
+async fn restart_coordinator(t: &mut TestCluster) {
+    t.coordinator = t
+        .cluster
+        .start_coordinator(quick_recovery())
+        .await
+        .expect("healthy coordinator starts");
+}
+
+async fn two_accounts(t: &TestCluster, prefix: &str) -> (String, String) {
+    let from = t.accounts_on(0, &format!("{prefix}-from"), 1).remove(0);
+    let to = t.accounts_on(1, &format!("{prefix}-to"), 1).remove(0);
+    t.open(&from, "USD").await;
+    t.open(&to, "USD").await;
+    t.deposit(&from, "100", "USD").await;
+    (from, to)
+}
+
+#[tokio::test]
+async fn coordinator_killed_before_the_decision_aborts_the_transfer() {
+    let mut t = crashing_cluster("after_prepare").await;
+    let (from, to) = two_accounts(&t, "undecided").await;
+    let id = transfer_into_crash(&mut t, &from, &to, "30").await;
+
+    // It died holding the funds: the debit is prepared, nothing decided.
+    let audit = t.audit().await;
+    assert_eq!(audit.accounts[&from].held, 3_000);
+    assert_eq!(audit.accounts[&to].pending_credit, 3_000);
+
+    restart_coordinator(&mut t).await;
+    let status = t.settled(id, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "aborted", "{status}");
+    assert_eq!(status["code"], "transfer_aborted");
+    // A retry of the same id gets that same final answer.
+    let retry = t
+        .post(
+            "/v1/wallet/balance_transfer",
+            TestCluster::transfer_body(id, &from, &to, "30", "USD"),
+        )
+        .await;
+    assert_eq!(
+        (retry.status, retry.body["status"].as_str()),
+        (409, Some("aborted"))
+    );
+
+    let audit = wait_settled(&t).await;
+    assert_eq!(audit.applied(id), (0, 0));
+    assert_eq!(audit.posted(&from), 10_000);
+    assert_eq!(audit.posted(&to), 0);
+}
+
+#[tokio::test]
+async fn coordinator_killed_after_the_decision_commits_the_transfer() {
+    let mut t = crashing_cluster("after_decision").await;
+    let (from, to) = two_accounts(&t, "decided").await;
+    let id = transfer_into_crash(&mut t, &from, &to, "30").await;
+
+    // Decided, but no leg has heard of it yet.
+    let audit = t.audit().await;
+    assert_eq!(audit.accounts[&from].held, 3_000);
+    assert_eq!(audit.accounts[&to].posted, 0);
+
+    restart_coordinator(&mut t).await;
+    let status = t.settled(id, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "committed", "{status}");
+    let audit = wait_settled(&t).await;
+    assert_eq!(audit.applied(id), (1, 1));
+    assert_eq!(audit.posted(&from), 7_000);
+    assert_eq!(audit.posted(&to), 3_000);
+    assert_eq!(t.balance(&to).await, ("30.00".into(), "30.00".into()));
+}
+
+#[tokio::test]
+async fn postgres_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
+    let mut t = TestCluster::start().await;
+    let traffic = Traffic::setup(&t, 9, "100").await;
+    let load = tokio::spawn(run_traffic(
+        t.api(),
+        traffic.clone(),
+        4,
+        Duration::from_secs(10),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = tokio::time::Instant::now();
+    t.cluster
+        .postgres_mut(1)
+        .kill9()
+        .await
+        .expect("kill -9 postgres");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    t.cluster
+        .postgres_mut(1)
+        .restart()
+        .await
+        .expect("postgres restarts");
+    let restarted = tokio::time::Instant::now();
+    let history = load.await.expect("traffic");
+    let across = history
+        .iter()
+        .filter(|op| op.invoked < restarted && op.completed > killed)
+        .count();
+    assert!(
+        across > 0,
+        "no transfer was in flight while Postgres was down"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|op| op.invoked > restarted && op.status == 200),
+        "transfers commit after the restart"
+    );
+    check_history(&t, &traffic, &history).await;
+}
+
+/// Waits until no leg is left prepared, then returns the settled audit.
+pub async fn wait_settled(t: &TestCluster) -> crate::support::Audit {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = t.audit().await;
+        let busy = audit.prepared_legs > 0
+            || audit
+                .accounts
+                .values()
+                .any(|s| s.held > 0 || s.pending_credit > 0);
+        if !busy || tokio::time::Instant::now() > deadline {
+            audit.assert_settled();
+            return audit;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

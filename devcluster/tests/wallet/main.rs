@@ -1,0 +1,8 @@
+//! End-to-end tests of the wallet: a real cluster (etcd, three Postgres
+//! servers, three participants, coordinators) per test, driven through the
+//! public HTTP API and audited in Postgres.
+
+mod api;
+mod concurrency;
+mod crashes;
+mod support;
