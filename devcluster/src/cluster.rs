@@ -563,8 +563,17 @@ pub async fn write_partition_map(
     if partitions == 0 || nodes.is_empty() {
         bail!("a partition map needs at least one partition and one node");
     }
-    let mut client = etcd_client::Client::connect(endpoints, None)
+    let connect = etcd_client::Client::connect(
+        endpoints,
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(timeout)
+                .with_timeout(timeout),
+        ),
+    );
+    let mut client = tokio::time::timeout(timeout, connect)
         .await
+        .context("etcd did not answer in time")?
         .context("connecting to etcd")?;
     let mut puts: Vec<(String, String)> = nodes
         .iter()

@@ -78,7 +78,7 @@ async fn run(data_dir: PathBuf, mut options: ClusterOptions) -> Result<()> {
     options.root = Some(data_dir.clone());
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let started = Instant::now();
-    let cluster = tokio::select! {
+    let mut cluster = tokio::select! {
         cluster = Cluster::start(options) => cluster?,
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted while starting"); return Ok(()) }
         _ = sigterm.recv() => { tracing::info!("terminated while starting"); return Ok(()) }
@@ -87,17 +87,16 @@ async fn run(data_dir: PathBuf, mut options: ClusterOptions) -> Result<()> {
     cluster.write_manifest(&manifest_path)?;
     print_banner(&cluster, &manifest_path, started.elapsed());
 
-    let mut mut_cluster = cluster;
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { tracing::info!("Ctrl-C: stopping"); break }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break }
-            _ = tick.tick() => report_exits(&mut mut_cluster, &mut reported),
+            _ = tick.tick() => report_exits(&mut cluster, &mut reported),
         }
     }
-    let stopped = mut_cluster.stop().await;
+    let stopped = cluster.stop().await;
     if let Err(e) = std::fs::remove_file(&manifest_path) {
         tracing::warn!(error = %e, "cannot remove {}", manifest_path.display());
     }

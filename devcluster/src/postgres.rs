@@ -420,7 +420,12 @@ async fn make_template(bin: &Path, run_as: Option<RunAs>) -> Result<PathBuf> {
     let data = home.join("data");
     let done = home.join("complete");
     if done.exists() {
-        return Ok(data);
+        if data.join("PG_VERSION").exists() && data.join("global/pg_control").exists() {
+            return Ok(data);
+        }
+        // Something (a temp cleaner) removed files from it: make it again.
+        tracing::warn!(dir = %home.display(), "postgres template is damaged; rebuilding");
+        std::fs::remove_dir_all(&home).with_context(|| format!("removing {}", home.display()))?;
     }
     let started = Instant::now();
     let staging = std::env::temp_dir().join(format!(

@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -70,7 +70,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// Spawns `cmd` from the long-lived spawner thread, in its own process group,
 /// with SIGKILL as its parent-death signal.
 pub(crate) fn spawn(mut cmd: Command) -> Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    static SPAWNER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
     let parent = std::process::id();
     cmd.process_group(0);
     // SAFETY: the closure runs in the forked child before exec; it only makes
@@ -82,30 +82,32 @@ pub(crate) fn spawn(mut cmd: Command) -> Result<Child> {
             // We may have died between fork and prctl: then nobody would kill
             // this child later.
             if nix::unistd::getppid().as_raw() as u32 != parent {
-                return Err(io::Error::other("the parent exited while spawning"));
+                return Err(io::Error::from(nix::errno::Errno::ESRCH));
             }
             Ok(())
         });
     }
-    let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("devcluster-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("cannot start the devcluster spawner thread");
-        Mutex::new(tx)
-    });
     let program = cmd.get_program().to_string_lossy().into_owned();
     let (reply_tx, reply_rx) = mpsc::channel();
-    sender
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .send((cmd, reply_tx))
-        .map_err(|_| anyhow::anyhow!("the devcluster spawner thread is gone"))?;
+    {
+        let mut sender = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+        if sender.is_none() {
+            let (tx, rx) = mpsc::channel::<SpawnRequest>();
+            std::thread::Builder::new()
+                .name("devcluster-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let _ = reply.send(cmd.spawn());
+                    }
+                })
+                .context("starting the devcluster spawner thread")?;
+            *sender = Some(tx);
+        }
+        sender
+            .as_ref()
+            .and_then(|tx| tx.send((cmd, reply_tx)).ok())
+            .ok_or_else(|| anyhow::anyhow!("the devcluster spawner thread is gone"))?;
+    }
     reply_rx
         .recv()
         .map_err(|_| anyhow::anyhow!("the devcluster spawner thread is gone"))?

@@ -115,8 +115,22 @@ async fn postgres_survives_kill9_with_committed_rows_and_restarts_on_the_same_po
         .unwrap();
     assert!(backends.parse::<u32>().unwrap() >= 1);
 
+    let family: Vec<u32> = pg
+        .psql("select pid from pg_stat_activity")
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        family.len() >= 4,
+        "backends and background workers: {family:?}"
+    );
     pg.kill9().await.unwrap();
     assert!(!alive(pid), "the postmaster is gone");
+    for p in family {
+        assert!(!alive(p), "backend {p} outlived kill9");
+    }
     assert_eq!(pg.pid(), None);
     assert!(devcluster::ports::port_is_free(port));
     assert!(conn.ping().await.is_err(), "the old connection is dead");
