@@ -624,9 +624,13 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// The ports a new cluster uses.
 struct Ports {
+    /// etcd's client port.
     etcd_client: u16,
+    /// etcd's peer port.
     etcd_peer: u16,
+    /// One per Postgres server.
     postgres: Vec<u16>,
+    /// One per participant.
     participants: Vec<u16>,
 }
 
