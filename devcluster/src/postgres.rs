@@ -74,6 +74,7 @@ impl Postgres {
                     .with_context(|| format!("removing {}", data_dir.display()))?;
             }
             let template = template(&bin, run_as).await?;
+            let copying = Instant::now();
             run(
                 tokio::process::Command::new("cp")
                     .arg("-a")
@@ -82,6 +83,7 @@ impl Postgres {
                 "copying the template data directory",
             )
             .await?;
+            tracing::debug!(dir = %data_dir.display(), elapsed = ?copying.elapsed(), "data directory copied");
         }
         let mut pg = Postgres {
             dir,
