@@ -387,15 +387,7 @@ async fn events(
     }
     let path = format!("/internal/v1/accounts/{account_id}/events");
     let page: EventsPage = c.participants.get(partition, &path, &query).await?;
-    let balance: HistoricalBalance = c
-        .participants
-        .get(
-            partition,
-            &format!("/internal/v1/accounts/{account_id}/balance"),
-            &[],
-        )
-        .await?;
-    let currency = balance.balance.currency;
+    let currency = page.currency;
     let events: Vec<Value> = page
         .events
         .iter()

@@ -162,15 +162,15 @@ impl Coordinator {
         record: TransferRecord,
         legs: &[Leg; 2],
     ) -> bool {
-        let path = match record.state {
-            TransferState::Committed => "/internal/v1/legs/commit",
-            TransferState::Aborted => "/internal/v1/legs/abort",
+        let (path, wanted) = match record.state {
+            TransferState::Committed => ("/internal/v1/legs/commit", LegState::Committed),
+            TransferState::Aborted => ("/internal/v1/legs/abort", LegState::Aborted),
             TransferState::Preparing => return false,
         };
         let states = self.on_legs(map, legs, path, |r: LegsReply| r.states).await;
         let done = states
             .iter()
-            .all(|s| matches!(s, Ok(LegState::Committed | LegState::Aborted)));
+            .all(|s| matches!(s, Ok(state) if *state == wanted));
         if !done {
             tracing::warn!(
                 ?states,

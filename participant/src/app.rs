@@ -420,9 +420,10 @@ async fn events(
     app.check_partition(&id, q.partition)?;
     app.fence(q.map_revision, [q.partition]).await?;
     let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    if ledger::balance(&mut conn, &id).await?.is_none() {
-        return Err(ledger::not_found(&id).into());
-    }
+    let currency = ledger::balance(&mut conn, &id)
+        .await?
+        .ok_or_else(|| ledger::not_found(&id))?
+        .currency;
     let limit = q.limit.clamp(1, 1000);
     let mut events = ledger::events(&mut conn, &id, q.after, limit + 1, None).await?;
     let next_after = if events.len() as i64 > limit {
@@ -431,5 +432,9 @@ async fn events(
     } else {
         None
     };
-    Ok(Json(EventsPage { events, next_after }))
+    Ok(Json(EventsPage {
+        currency,
+        events,
+        next_after,
+    }))
 }

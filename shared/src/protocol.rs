@@ -425,6 +425,8 @@ pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> (i64, i64, i64
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventsPage {
+    /// The account's currency, the unit of every amount below.
+    pub currency: Currency,
     pub events: Vec<Event>,
     /// Pass as `after` to read the next page; absent at the end.
     pub next_after: Option<i64>,

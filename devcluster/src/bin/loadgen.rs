@@ -39,8 +39,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(args.clients).build()?;
-    let accounts: Vec<String> = (0..args.accounts).map(|i| format!("{}-{i}", args.prefix)).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    let accounts: Vec<String> = (0..args.accounts)
+        .map(|i| format!("{}-{i}", args.prefix))
+        .collect();
 
     eprintln!("opening and funding {} accounts...", accounts.len());
     let setup = stream::iter(accounts.iter().cloned())
@@ -62,17 +67,26 @@ async fn main() -> anyhow::Result<()> {
         .buffer_unordered(32)
         .collect::<Vec<anyhow::Result<()>>>()
         .await;
-    setup.into_iter().collect::<anyhow::Result<Vec<()>>>().context("setting up accounts")?;
+    setup
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()
+        .context("setting up accounts")?;
 
     let partition: Vec<u32> = accounts
         .iter()
-        .map(|a| Ok(account_partition(&AccountId::parse(a.as_str())?, args.partitions)))
+        .map(|a| {
+            Ok(account_partition(
+                &AccountId::parse(a.as_str())?,
+                args.partitions,
+            ))
+        })
         .collect::<Result<_, wallet_shared::Rejection>>()?;
     eprintln!("running {} clients for {} s...", args.clients, args.seconds);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let loops = (0..args.clients).map(|c| {
-        let (http, url, accounts, partition) = (http.clone(), args.url.clone(), &accounts, &partition);
+        let (http, url, accounts, partition) =
+            (http.clone(), args.url.clone(), &accounts, &partition);
         async move {
             let mut rng = fastrand::Rng::with_seed(c as u64);
             let mut latencies = Vec::new();
@@ -88,7 +102,12 @@ async fn main() -> anyhow::Result<()> {
                     "to_account": accounts[to], "amount": "0.01", "currency": "USD",
                 });
                 let t0 = Instant::now();
-                let status = match http.post(format!("{url}/v1/wallet/balance_transfer")).json(&body).send().await {
+                let status = match http
+                    .post(format!("{url}/v1/wallet/balance_transfer"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) => r.status().as_u16(),
                     Err(_) => 0,
                 };
@@ -109,11 +128,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let committed = statuses.get(&200).copied().unwrap_or(0);
-    println!("cross-partition transfers: {} clients, {:.1} s", args.clients, elapsed.as_secs_f64());
-    println!("committed: {committed} ({:.0} transfers/s)", committed as f64 / elapsed.as_secs_f64());
+    println!(
+        "cross-partition transfers: {} clients, {:.1} s",
+        args.clients,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "committed: {committed} ({:.0} transfers/s)",
+        committed as f64 / elapsed.as_secs_f64()
+    );
     println!("answers by HTTP status (0 = no answer): {statuses:?}");
-    println!("latency p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}", pct(0.50), pct(0.99), pct(0.999), latencies.last().copied().unwrap_or_default());
+    println!(
+        "latency p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        latencies.last().copied().unwrap_or_default()
+    );
     Ok(())
 }
