@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures::future::try_join_all;
 use serde::Serialize;
 use wallet_shared::map::MapError;
@@ -560,54 +559,13 @@ pub async fn write_partition_map(
         Err(MapError::Missing(_)) => {}
         Err(e) => return Err(e).context("reading the partition map"),
     }
-    if partitions == 0 || nodes.is_empty() {
-        bail!("a partition map needs at least one partition and one node");
-    }
-    let connect = etcd_client::Client::connect(
-        endpoints,
-        Some(
-            etcd_client::ConnectOptions::new()
-                .with_connect_timeout(timeout)
-                .with_timeout(timeout),
-        ),
-    );
-    let mut client = tokio::time::timeout(timeout, connect)
-        .await
-        .context("etcd did not answer in time")?
-        .context("connecting to etcd")?;
-    let mut puts: Vec<(String, String)> = nodes
-        .iter()
-        .map(|(id, url)| (format!("{prefix}nodes/{id}"), url.clone()))
-        .collect();
-    puts.extend((0..partitions).map(|p| {
-        let (owner, _) = &nodes[p as usize % nodes.len()];
-        (format!("{prefix}partitions/{p:05}"), owner.clone())
-    }));
-    for chunk in puts.chunks(100) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
-            .collect();
-        tokio::time::timeout(timeout, client.txn(Txn::new().and_then(ops)))
-            .await
-            .context("etcd did not answer in time")?
-            .context("writing the partition map")?;
-    }
-    let count_key = format!("{prefix}partition_count");
-    let txn = Txn::new()
-        .when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(count_key.as_str(), partitions.to_string(), None)]);
-    let resp = tokio::time::timeout(timeout, client.txn(txn))
-        .await
-        .context("etcd did not answer in time")?
-        .context("writing the partition map")?;
-    if !resp.succeeded() {
-        bail!("someone else wrote a partition map under {prefix:?} while the cluster started");
-    }
-    let map = store
-        .load()
-        .await
-        .context("reading back the partition map")?;
+    let map = match store.init(partitions, nodes, false).await {
+        Ok(map) => map,
+        Err(MapError::AlreadyExists(_)) => {
+            bail!("someone else wrote a partition map under {prefix:?} while the cluster started")
+        }
+        Err(e) => return Err(e).context("writing the partition map"),
+    };
     tracing::info!(
         revision = map.revision,
         partitions = map.partition_count(),

@@ -182,8 +182,12 @@ impl MapStore {
         PartitionMap::from_kvs(&self.prefix, revision, kvs)
     }
 
-    /// Writes a first map that spreads `partition_count` partitions round-robin
-    /// over `nodes`. Refuses if a map exists, unless `force`.
+    /// Writes a first map that spreads `partition_count` partitions
+    /// round-robin over `nodes`. Refuses if a map exists, unless `force`.
+    ///
+    /// etcd takes at most 128 operations per transaction, so the owners go in
+    /// chunks and `partition_count` last, with a compare-and-set: until that
+    /// key exists there is no map to read, so no reader sees half of one.
     pub async fn init(
         &self,
         partition_count: u32,
@@ -196,10 +200,9 @@ impl MapStore {
                 why: "a map needs at least one node and one partition".into(),
             });
         }
-        let count_key = format!("{}partition_count", self.prefix);
         let mut client = self.client.clone();
+        let count_key = format!("{}partition_count", self.prefix);
         if force {
-            // etcd refuses a txn that deletes and puts the same keys.
             let delete = client.delete(
                 self.prefix.as_str(),
                 Some(etcd_client::DeleteOptions::new().with_prefix()),
@@ -207,32 +210,40 @@ impl MapStore {
             tokio::time::timeout(self.timeout, delete)
                 .await
                 .map_err(|_| MapError::Timeout(self.timeout))??;
+        } else {
+            let existing = client.get(count_key.as_str(), None);
+            let existing = tokio::time::timeout(self.timeout, existing)
+                .await
+                .map_err(|_| MapError::Timeout(self.timeout))??;
+            if !existing.kvs().is_empty() {
+                return Err(MapError::AlreadyExists(self.prefix.clone()));
+            }
         }
-        let mut ops = Vec::new();
-        ops.push(TxnOp::put(
-            count_key.as_str(),
-            partition_count.to_string(),
-            None,
-        ));
-        for (id, url) in nodes {
-            ops.push(TxnOp::put(
-                format!("{}nodes/{id}", self.prefix),
-                url.as_str(),
-                None,
-            ));
-        }
-        for p in 0..partition_count {
+        let mut puts: Vec<(String, String)> = nodes
+            .iter()
+            .map(|(id, url)| (format!("{}nodes/{id}", self.prefix), url.clone()))
+            .collect();
+        puts.extend((0..partition_count).map(|p| {
             let (owner, _) = &nodes[p as usize % nodes.len()];
-            ops.push(TxnOp::put(
-                format!("{}partitions/{p:05}", self.prefix),
-                owner.as_str(),
+            (format!("{}partitions/{p:05}", self.prefix), owner.clone())
+        }));
+        for chunk in puts.chunks(100) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+                .collect();
+            let txn = client.txn(Txn::new().and_then(ops));
+            tokio::time::timeout(self.timeout, txn)
+                .await
+                .map_err(|_| MapError::Timeout(self.timeout))??;
+        }
+        let txn = Txn::new()
+            .when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                count_key.as_str(),
+                partition_count.to_string(),
                 None,
-            ));
-        }
-        let mut txn = Txn::new().and_then(ops);
-        if !force {
-            txn = txn.when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)]);
-        }
+            )]);
         let resp = tokio::time::timeout(self.timeout, client.txn(txn))
             .await
             .map_err(|_| MapError::Timeout(self.timeout))??;
