@@ -8,30 +8,21 @@ mod config;
 mod resolver;
 mod transfer;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use wallet_shared::{retry, MapStore};
 
 use crate::config::CoordinatorConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("coordinator");
-    let file = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("WALLET_CONFIG").map(PathBuf::from));
     let cfg: CoordinatorConfig =
-        wallet_shared::config::load(file.as_deref()).context("loading coordinator config")?;
+        wallet_shared::config::load_from_args().context("loading coordinator config")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
-    let store = retry::with_backoff("connect to etcd", retry::Policy::startup(), || {
-        MapStore::connect(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
-    })
-    .await
-    .context("connecting to etcd")?;
-    let map = store.follow().await.context("reading the partition map")?;
+    let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
+        .await
+        .context("following the partition map in etcd")?;
     let participants =
         client::Participants::new(map, Duration::from_millis(cfg.participant_timeout_ms))?;
     let coordinator = transfer::Coordinator {

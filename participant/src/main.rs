@@ -11,34 +11,23 @@ mod ledger;
 mod legs;
 mod movements;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use wallet_shared::MapStore;
 
 use crate::config::ParticipantConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("participant");
-    let file = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("WALLET_CONFIG").map(PathBuf::from));
     let cfg: ParticipantConfig =
-        wallet_shared::config::load(file.as_deref()).context("loading participant config")?;
+        wallet_shared::config::load_from_args().context("loading participant config")?;
     let pool = db::connect(&cfg).await.context("connecting to Postgres")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
-    let store = wallet_shared::retry::with_backoff(
-        "connect to etcd",
-        wallet_shared::retry::Policy::startup(),
-        || MapStore::connect(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout),
-    )
-    .await
-    .context("connecting to etcd")?;
-    let map = store.follow().await.context("reading the partition map")?;
+    let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
+        .await
+        .context("following the partition map in etcd")?;
     let app = app::App {
         node_id: Arc::from(cfg.node_id.as_str()),
         pool,

@@ -19,3 +19,13 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> anyhow::Result<T> {
     let loaded = builder.add_source(env).build()?;
     Ok(loaded.try_deserialize()?)
 }
+
+/// Loads with the file named by the first command-line argument, or by
+/// `WALLET_CONFIG`, or none.
+pub fn load_from_args<T: DeserializeOwned>() -> anyhow::Result<T> {
+    let file = std::env::args()
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("WALLET_CONFIG").map(std::path::PathBuf::from));
+    load(file.as_deref())
+}

@@ -270,6 +270,20 @@ impl MapStore {
     }
 }
 
+/// What every service does at start: connect to etcd (waiting for it, with
+/// bounded retries), then follow the map.
+pub async fn follow_map(
+    endpoints: &[String],
+    prefix: &str,
+    timeout: Duration,
+) -> Result<MapHandle, MapError> {
+    let store = retry::with_backoff("connect to etcd", retry::Policy::startup(), || {
+        MapStore::connect(endpoints, prefix, timeout)
+    })
+    .await?;
+    store.follow().await
+}
+
 /// A shared, always-current view of the map.
 #[derive(Clone)]
 pub struct MapHandle {
