@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, ErrorCode, MapHandle, PartitionId, Rejection, TransactionId};
 
-use crate::db::transaction;
+use crate::db::{batch, transaction};
 use crate::error::{ApiResult, StoreError};
 use crate::{decisions, ledger, legs, movements};
 
@@ -53,6 +53,15 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Every leg in its account's partition, and every partition ours.
+    async fn check_legs(&self, map_revision: i64, legs: &[Leg]) -> ApiResult<()> {
+        for leg in legs {
+            self.check_partition(&leg.account, leg.partition)?;
+        }
+        self.fence(map_revision, legs.iter().map(|l| l.partition))
+            .await
     }
 
     /// A leg's partition must be its account's: guards against a caller
@@ -104,19 +113,13 @@ async fn begin(
         req.body.transfers.iter().map(|b| b.partition),
     )
     .await?;
-    let mut order: Vec<usize> = (0..req.body.transfers.len()).collect();
-    order.sort_by_key(|&i| req.body.transfers[i].spec.transaction_id);
-    let transfers = req.body.transfers;
-    let results = transaction(&app.pool, "begin", |conn| {
-        let (transfers, order) = (transfers.clone(), order.clone());
-        Box::pin(async move {
-            let mut out = vec![BeginResult::InProgress; transfers.len()];
-            for i in order {
-                out[i] = decisions::begin(conn, &transfers[i]).await?;
-            }
-            Ok(out)
-        })
-    })
+    let results = batch(
+        &app.pool,
+        "begin",
+        req.body.transfers,
+        |b| b.spec.transaction_id,
+        |conn, b| Box::pin(decisions::begin(conn, b)),
+    )
     .await?;
     Ok(Json(BeginReply { results }))
 }
@@ -130,21 +133,13 @@ async fn decide(
         req.body.decisions.iter().map(|d| d.partition),
     )
     .await?;
-    let mut items = req.body.decisions;
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| items[i].transaction_id);
-    let items_ref = std::mem::take(&mut items);
-    let records = transaction(&app.pool, "decide", |conn| {
-        let (items, order) = (items_ref.clone(), order.clone());
-        Box::pin(async move {
-            let mut out = vec![None; items.len()];
-            for i in order {
-                out[i] =
-                    decisions::decide(conn, items[i].transaction_id, &items[i].decision).await?;
-            }
-            Ok(out)
-        })
-    })
+    let records = batch(
+        &app.pool,
+        "decide",
+        req.body.decisions,
+        |d| d.transaction_id,
+        |conn, d| Box::pin(decisions::decide(conn, d.transaction_id, &d.decision)),
+    )
     .await?;
     Ok(Json(DecideReply { records }))
 }
@@ -215,60 +210,44 @@ async fn transfer(
     }
 }
 
-/// Legs in account order (so concurrent batches lock accounts in one order),
-/// answers in request order.
-fn account_order(legs: &[Leg]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..legs.len()).collect();
-    order.sort_by(|&a, &b| {
-        (&legs[a].account, legs[a].role.as_str()).cmp(&(&legs[b].account, legs[b].role.as_str()))
-    });
-    order
+/// Legs go in account order, so concurrent batches lock accounts in one order.
+fn leg_order(leg: &Leg) -> (AccountId, &'static str) {
+    (leg.account.clone(), leg.role.as_str())
 }
 
 async fn prepare(
     State(app): State<App>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<PrepareReply>> {
-    for leg in &req.body.legs {
-        app.check_partition(&leg.account, leg.partition)?;
-    }
-    app.fence(req.map_revision, req.body.legs.iter().map(|l| l.partition))
-        .await?;
-    let legs_ = req.body.legs;
-    let order = account_order(&legs_);
-    let votes = transaction(&app.pool, "prepare", |conn| {
-        let (legs_, order) = (legs_.clone(), order.clone());
-        Box::pin(async move {
-            let mut out = vec![Vote::Yes; legs_.len()];
-            for i in order {
-                out[i] = legs::prepare(conn, &legs_[i]).await?;
-            }
-            Ok(out)
-        })
-    })
+    app.check_legs(req.map_revision, &req.body.legs).await?;
+    let votes = batch(
+        &app.pool,
+        "prepare",
+        req.body.legs,
+        leg_order,
+        |conn, leg| Box::pin(legs::prepare(conn, leg)),
+    )
     .await?;
     Ok(Json(PrepareReply { votes }))
 }
 
 async fn finish(app: App, req: Routed<LegsRequest>, commit: bool) -> ApiResult<Json<LegsReply>> {
-    for leg in &req.body.legs {
-        app.check_partition(&leg.account, leg.partition)?;
-    }
-    app.fence(req.map_revision, req.body.legs.iter().map(|l| l.partition))
-        .await?;
-    let legs_ = req.body.legs;
-    let order = account_order(&legs_);
-    let states = transaction(&app.pool, if commit { "commit" } else { "abort" }, |conn| {
-        let (legs_, order) = (legs_.clone(), order.clone());
-        Box::pin(async move {
-            let mut out = vec![LegState::Missing; legs_.len()];
-            for i in order {
-                out[i] = legs::finish(conn, &legs_[i], commit).await?;
-            }
-            Ok(out)
+    app.check_legs(req.map_revision, &req.body.legs).await?;
+    let states = if commit {
+        batch(
+            &app.pool,
+            "commit",
+            req.body.legs,
+            leg_order,
+            |conn, leg| Box::pin(legs::finish(conn, leg, true)),
+        )
+        .await?
+    } else {
+        batch(&app.pool, "abort", req.body.legs, leg_order, |conn, leg| {
+            Box::pin(legs::finish(conn, leg, false))
         })
-    })
-    .await?;
+        .await?
+    };
     Ok(Json(LegsReply { states }))
 }
 

@@ -50,3 +50,37 @@ where
     )
     .await
 }
+
+/// One step of a batch: what to do with one item inside the transaction.
+pub type Step<I, T> =
+    for<'a> fn(&'a mut PgConnection, &'a I) -> BoxFuture<'a, Result<T, StoreError>>;
+
+/// Applies `step` to every item in one transaction, in `key` order (so
+/// concurrent batches take row locks in one order and never deadlock), and
+/// answers in request order.
+pub async fn batch<I, K, T>(
+    pool: &PgPool,
+    what: &str,
+    items: Vec<I>,
+    key: impl Fn(&I) -> K,
+    step: Step<I, T>,
+) -> Result<Vec<T>, StoreError>
+where
+    I: Clone + Send + Sync + 'static,
+    K: Ord,
+    T: Send + 'static,
+{
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| key(&items[a]).cmp(&key(&items[b])));
+    transaction(pool, what, |conn| {
+        let (items, order) = (items.clone(), order.clone());
+        Box::pin(async move {
+            let mut out: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
+            for i in order {
+                out[i] = Some(step(conn, &items[i]).await?);
+            }
+            Ok(out.into_iter().flatten().collect())
+        })
+    })
+    .await
+}
