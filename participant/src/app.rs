@@ -9,24 +9,23 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use sqlx::PgPool;
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, ErrorCode, MapHandle, PartitionId, Rejection, TransactionId};
 
-use crate::db::{batch, transaction};
-use crate::error::{ApiResult, StoreError};
+use crate::error::ApiResult;
+use crate::store::Store;
 use crate::{decisions, ledger, legs, movements};
 
 #[derive(Clone)]
-pub struct App {
+pub struct App<S> {
     /// This node's id in the partition map.
     pub node_id: Arc<str>,
-    pub pool: PgPool,
+    pub store: S,
     /// Current partition map, followed from etcd.
     pub map: MapHandle,
 }
 
-impl App {
+impl<S: Store> App<S> {
     /// Refuses unless this node owns every partition at (at least) the
     /// request's map revision.
     async fn fence(
@@ -79,96 +78,92 @@ impl App {
     }
 }
 
-pub fn router(app: App) -> Router {
+pub fn router<S: Store>(app: App<S>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/internal/v1/transfers/begin", post(begin))
-        .route("/internal/v1/transfers/decide", post(decide))
-        .route("/internal/v1/transfers/complete", post(complete))
-        .route("/internal/v1/transfers/execute", post(execute))
-        .route("/internal/v1/transfers/{id}", get(transfer))
-        .route("/internal/v1/legs/prepare", post(prepare))
-        .route("/internal/v1/legs/commit", post(commit))
-        .route("/internal/v1/legs/abort", post(abort))
-        .route("/internal/v1/unresolved", get(unresolved))
-        .route("/internal/v1/accounts", post(open_account))
-        .route("/internal/v1/movements", post(movement))
-        .route("/internal/v1/accounts/{id}/balance", get(balance))
-        .route("/internal/v1/accounts/{id}/events", get(events))
+        .route("/internal/v1/transfers/begin", post(begin::<S>))
+        .route("/internal/v1/transfers/decide", post(decide::<S>))
+        .route("/internal/v1/transfers/complete", post(complete::<S>))
+        .route("/internal/v1/transfers/execute", post(execute::<S>))
+        .route("/internal/v1/transfers/{id}", get(transfer::<S>))
+        .route("/internal/v1/legs/prepare", post(prepare::<S>))
+        .route("/internal/v1/legs/commit", post(commit::<S>))
+        .route("/internal/v1/legs/abort", post(abort::<S>))
+        .route("/internal/v1/unresolved", get(unresolved::<S>))
+        .route("/internal/v1/accounts", post(open_account::<S>))
+        .route("/internal/v1/movements", post(movement::<S>))
+        .route("/internal/v1/accounts/{id}/balance", get(balance::<S>))
+        .route("/internal/v1/accounts/{id}/events", get(events::<S>))
         .with_state(app)
 }
 
-async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+async fn health<S: Store>(State(app): State<App<S>>) -> Json<serde_json::Value> {
     Json(
         serde_json::json!({ "node_id": &*app.node_id, "map_revision": app.map.current().revision }),
     )
 }
 
-async fn begin(
-    State(app): State<App>,
+async fn begin<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<BeginRequest>>,
 ) -> ApiResult<Json<BeginReply>> {
-    app.fence(
-        req.map_revision,
-        req.body.transfers.iter().map(|b| b.partition),
-    )
-    .await?;
-    let results = batch(
-        &app.pool,
-        "begin",
-        req.body.transfers,
-        |b| b.spec.transaction_id,
-        |conn, b| Box::pin(decisions::begin(conn, b)),
-    )
-    .await?;
+    let items = req.body.transfers;
+    app.fence(req.map_revision, items.iter().map(|b| b.partition))
+        .await?;
+    let results = app
+        .store
+        .batch(
+            "begin",
+            &items,
+            |b| decisions::keys([b.spec.transaction_id]),
+            decisions::begin,
+        )
+        .await?;
     Ok(Json(BeginReply { results }))
 }
 
-async fn decide(
-    State(app): State<App>,
+async fn decide<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<DecideRequest>>,
 ) -> ApiResult<Json<DecideReply>> {
-    app.fence(
-        req.map_revision,
-        req.body.decisions.iter().map(|d| d.partition),
-    )
-    .await?;
-    let records = batch(
-        &app.pool,
-        "decide",
-        req.body.decisions,
-        |d| d.transaction_id,
-        |conn, d| Box::pin(decisions::decide(conn, d.transaction_id, &d.decision)),
-    )
-    .await?;
+    let items = req.body.decisions;
+    app.fence(req.map_revision, items.iter().map(|d| d.partition))
+        .await?;
+    let records = app
+        .store
+        .batch(
+            "decide",
+            &items,
+            |d| decisions::keys([d.transaction_id]),
+            |w, d| decisions::decide(w, d.transaction_id, &d.decision),
+        )
+        .await?;
     Ok(Json(DecideReply { records }))
 }
 
-async fn complete(
-    State(app): State<App>,
+async fn complete<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<CompleteRequest>>,
 ) -> ApiResult<StatusCode> {
-    app.fence(
-        req.map_revision,
-        req.body.transfers.iter().map(|t| t.partition),
-    )
-    .await?;
-    let ids: Vec<uuid::Uuid> = req
-        .body
-        .transfers
-        .iter()
-        .map(|t| t.transaction_id.0)
-        .collect();
-    transaction(&app.pool, "complete", |conn| {
-        let ids = ids.clone();
-        Box::pin(async move { decisions::complete(conn, &ids).await })
-    })
-    .await?;
+    let items = req.body.transfers;
+    app.fence(req.map_revision, items.iter().map(|t| t.partition))
+        .await?;
+    app.store
+        .batch(
+            "complete",
+            &items,
+            |t| decisions::keys([t.transaction_id]),
+            |w, t| {
+                decisions::complete(w, t.transaction_id);
+                Ok(())
+            },
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn execute(
-    State(app): State<App>,
+async fn execute<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<ExecuteRequest>>,
 ) -> ApiResult<Json<BeginResult>> {
     let ExecuteRequest { begin, legs } = req.body;
@@ -180,11 +175,11 @@ async fn execute(
         [begin.partition, legs[0].partition, legs[1].partition],
     )
     .await?;
-    let result = transaction(&app.pool, "execute", |conn| {
-        let (begin, legs) = (begin.clone(), legs.clone());
-        Box::pin(async move { decisions::execute(conn, &begin, &legs).await })
-    })
-    .await?;
+    let keys = decisions::execute_keys(&begin, &legs);
+    let result = app
+        .store
+        .transaction("execute", keys, |w| decisions::execute(w, &begin, &legs))
+        .await?;
     Ok(Json(result))
 }
 
@@ -194,15 +189,14 @@ struct Routing {
     partition: PartitionId,
 }
 
-async fn transfer(
-    State(app): State<App>,
+async fn transfer<S: Store>(
+    State(app): State<App<S>>,
     Path(id): Path<String>,
     Query(q): Query<Routing>,
 ) -> ApiResult<Json<TransferRecord>> {
     let id = TransactionId::parse(&id)?;
     app.fence(q.map_revision, [q.partition]).await?;
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    match decisions::lookup(&mut conn, id).await? {
+    match app.store.lookup(id).await? {
         Some(record) => Ok(Json(record)),
         None => {
             Err(Rejection::new(ErrorCode::TransferNotFound, format!("no transfer {id}")).into())
@@ -210,56 +204,53 @@ async fn transfer(
     }
 }
 
-/// Legs go in account order, so concurrent batches lock accounts in one order.
-fn leg_order(leg: &Leg) -> (AccountId, &'static str) {
-    (leg.account.clone(), leg.role.as_str())
-}
-
-async fn prepare(
-    State(app): State<App>,
+async fn prepare<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<PrepareReply>> {
-    app.check_legs(req.map_revision, &req.body.legs).await?;
-    let votes = batch(
-        &app.pool,
-        "prepare",
-        req.body.legs,
-        leg_order,
-        |conn, leg| Box::pin(legs::prepare(conn, leg)),
-    )
-    .await?;
+    let items = req.body.legs;
+    app.check_legs(req.map_revision, &items).await?;
+    let votes = app
+        .store
+        .batch(
+            "prepare",
+            &items,
+            |l| legs::keys(std::slice::from_ref(l)),
+            legs::prepare,
+        )
+        .await?;
     Ok(Json(PrepareReply { votes }))
 }
 
-async fn finish(app: App, req: Routed<LegsRequest>, commit: bool) -> ApiResult<Json<LegsReply>> {
-    app.check_legs(req.map_revision, &req.body.legs).await?;
+async fn finish<S: Store>(
+    app: App<S>,
+    req: Routed<LegsRequest>,
+    commit: bool,
+) -> ApiResult<Json<LegsReply>> {
+    let items = req.body.legs;
+    app.check_legs(req.map_revision, &items).await?;
+    let keys = |l: &Leg| legs::keys(std::slice::from_ref(l));
     let states = if commit {
-        batch(
-            &app.pool,
-            "commit",
-            req.body.legs,
-            leg_order,
-            |conn, leg| Box::pin(legs::finish(conn, leg, true)),
-        )
-        .await?
+        app.store
+            .batch("commit", &items, keys, |w, l| legs::finish(w, l, true))
+            .await?
     } else {
-        batch(&app.pool, "abort", req.body.legs, leg_order, |conn, leg| {
-            Box::pin(legs::finish(conn, leg, false))
-        })
-        .await?
+        app.store
+            .batch("abort", &items, keys, |w, l| legs::finish(w, l, false))
+            .await?
     };
     Ok(Json(LegsReply { states }))
 }
 
-async fn commit(
-    State(app): State<App>,
+async fn commit<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<LegsReply>> {
     finish(app, req, true).await
 }
 
-async fn abort(
-    State(app): State<App>,
+async fn abort<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<LegsReply>> {
     finish(app, req, false).await
@@ -267,7 +258,7 @@ async fn abort(
 
 #[derive(Deserialize)]
 struct UnresolvedQuery {
-    grace_ms: i64,
+    grace_ms: u64,
     #[serde(default = "default_limit")]
     limit: i64,
 }
@@ -276,59 +267,51 @@ fn default_limit() -> i64 {
     200
 }
 
-async fn unresolved(
-    State(app): State<App>,
+async fn unresolved<S: Store>(
+    State(app): State<App<S>>,
     Query(q): Query<UnresolvedQuery>,
 ) -> ApiResult<Json<Unresolved>> {
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
     let limit = q.limit.clamp(1, 10_000);
-    let transfers = decisions::unresolved(&mut conn, q.grace_ms, limit).await?;
-    let legs = legs::stale_prepared(&mut conn, q.grace_ms, limit).await?;
-    Ok(Json(Unresolved { transfers, legs }))
+    let grace = std::time::Duration::from_millis(q.grace_ms);
+    let (transfers, stale) = app.store.unresolved(grace, limit).await?;
+    Ok(Json(Unresolved {
+        transfers: transfers.into_iter().map(|t| t.record).collect(),
+        legs: stale.iter().map(legs::as_leg).collect::<Result<_, _>>()?,
+    }))
 }
 
-async fn open_account(
-    State(app): State<App>,
+async fn open_account<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<OpenAccount>>,
 ) -> ApiResult<(StatusCode, Json<AccountBalance>)> {
     app.check_partition(&req.body.account_id, req.body.partition)?;
     app.fence(req.map_revision, [req.body.partition]).await?;
     let open = req.body;
-    let (created, balance) = transaction(&app.pool, "open account", |conn| {
-        let open = open.clone();
-        Box::pin(async move {
-            let created = match movements::open(conn, &open).await? {
-                Ok(created) => created,
-                Err(rejection) => return Ok(Err(rejection)),
-            };
-            let balance = ledger::balance(conn, &open.account_id).await?;
-            Ok(Ok((created, balance)))
+    let (created, balance) = app
+        .store
+        .transaction("open account", movements::open_keys(&open), |w| {
+            movements::open(w, &open)
         })
-    })
-    .await??;
-    let balance = balance.ok_or_else(|| StoreError::corrupt("account vanished after opening"))?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(balance),
-    ))
+        .await??;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(balance)))
 }
 
-async fn movement(
-    State(app): State<App>,
+async fn movement<S: Store>(
+    State(app): State<App<S>>,
     Json(req): Json<Routed<Movement>>,
 ) -> ApiResult<Json<AccountBalance>> {
     app.check_partition(&req.body.account_id, req.body.partition)?;
     app.fence(req.map_revision, [req.body.partition]).await?;
     let m = req.body;
-    let balance = transaction(&app.pool, "movement", |conn| {
-        let m = m.clone();
-        Box::pin(async move { movements::apply(conn, &m).await })
-    })
-    .await??;
+    let balance = app
+        .store
+        .transaction("movement", movements::keys(&m), |w| movements::apply(w, &m))
+        .await??;
     Ok(Json(balance))
 }
 
@@ -339,18 +322,20 @@ struct BalanceQuery {
     as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-async fn balance(
-    State(app): State<App>,
+async fn balance<S: Store>(
+    State(app): State<App<S>>,
     Path(id): Path<String>,
     Query(q): Query<BalanceQuery>,
 ) -> ApiResult<Json<HistoricalBalance>> {
     let id = AccountId::parse(id)?;
     app.check_partition(&id, q.partition)?;
     app.fence(q.map_revision, [q.partition]).await?;
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    let current = ledger::balance(&mut conn, &id)
+    let current = app
+        .store
+        .account(&id)
         .await?
-        .ok_or_else(|| ledger::not_found(&id))?;
+        .ok_or_else(|| ledger::not_found(&id))?
+        .balance();
     let Some(as_of) = q.as_of else {
         return Ok(Json(HistoricalBalance {
             balance: current,
@@ -358,7 +343,7 @@ async fn balance(
         }));
     };
     // Rebuilt from the event log: the fold of every event up to `as_of`.
-    let events = ledger::events(&mut conn, &id, 0, i64::MAX, Some(as_of)).await?;
+    let events = app.store.events(&id, 0, i64::MAX, Some(as_of)).await?;
     let Some(last) = events.last() else {
         return Err(Rejection::new(
             ErrorCode::AccountNotFound,
@@ -390,21 +375,22 @@ struct EventsQuery {
     limit: i64,
 }
 
-async fn events(
-    State(app): State<App>,
+async fn events<S: Store>(
+    State(app): State<App<S>>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<EventsPage>> {
     let id = AccountId::parse(id)?;
     app.check_partition(&id, q.partition)?;
     app.fence(q.map_revision, [q.partition]).await?;
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    let currency = ledger::balance(&mut conn, &id)
+    let currency = app
+        .store
+        .account(&id)
         .await?
         .ok_or_else(|| ledger::not_found(&id))?
         .currency;
     let limit = q.limit.clamp(1, 1000);
-    let mut events = ledger::events(&mut conn, &id, q.after, limit + 1, None).await?;
+    let mut events = app.store.events(&id, q.after, limit + 1, None).await?;
     let next_after = if events.len() as i64 > limit {
         events.truncate(limit as usize);
         events.last().map(|e| e.seq)

@@ -12,6 +12,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// The store cannot be reached now (the simulation's down database).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -19,19 +22,21 @@ impl StoreError {
         StoreError::Corrupt(why.to_string())
     }
 
-    /// Deadlocks, serialization failures and lost connections are worth
-    /// another try of the whole transaction.
+    /// Deadlocks, serialization failures, a concurrent insert of the same
+    /// key (unique violation) and lost connections are worth another try of
+    /// the whole transaction, which then reads the winner's rows.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Db(sqlx::Error::Database(db)) => {
                 matches!(
                     db.code().as_deref(),
-                    Some("40001" | "40P01" | "55P03" | "57014")
+                    Some("23505" | "40001" | "40P01" | "55P03" | "57014")
                 )
             }
             StoreError::Db(
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
             ) => true,
+            StoreError::Unavailable(_) => true,
             _ => false,
         }
     }

@@ -3,152 +3,76 @@
 //! `(transaction_id, role)`, so duplicated, late and reordered messages are
 //! harmless: a prepare after an abort finds the tombstone and votes no.
 
-use sqlx::{PgConnection, Row};
-use wallet_shared::protocol::{EventKind, Leg, LegRole, LegState, Vote};
+use wallet_shared::protocol::{Decision, EventKind, Leg, LegRole, LegState, Vote};
 use wallet_shared::{ErrorCode, Rejection};
 
 use crate::error::StoreError;
 use crate::ledger;
+use crate::model::{Keys, LegKey, LegRow, RowRole, Working};
 
-/// What a stored leg says, for comparing with a request.
-struct StoredLeg {
-    account_id: String,
-    amount: i64,
-    currency: String,
-    state: LegState,
-    reason: Option<Rejection>,
-}
-
-async fn load(
-    conn: &mut PgConnection,
-    leg: &Leg,
-    lock: bool,
-) -> Result<Option<StoredLeg>, StoreError> {
-    let sql = if lock {
-        "SELECT account_id, amount, currency, state, reason_code, reason_message FROM legs
-         WHERE transaction_id = $1 AND role = $2 FOR UPDATE"
-    } else {
-        "SELECT account_id, amount, currency, state, reason_code, reason_message FROM legs
-         WHERE transaction_id = $1 AND role = $2"
+pub fn key(leg: &Leg) -> LegKey {
+    let role = match leg.role {
+        LegRole::Debit => RowRole::Debit,
+        LegRole::Credit => RowRole::Credit,
     };
-    let row = sqlx::query(sql)
-        .bind(leg.transaction_id.0)
-        .bind(leg.role.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(StoredLeg {
-        account_id: row.try_get("account_id")?,
-        amount: row.try_get("amount")?,
-        currency: row.try_get("currency")?,
-        state: parse_state(&row.try_get::<String, _>("state")?)?,
-        reason: read_reason(&row)?,
-    }))
+    (leg.transaction_id, role)
 }
 
-pub fn parse_state(s: &str) -> Result<LegState, StoreError> {
-    match s {
-        "prepared" => Ok(LegState::Prepared),
-        "committed" => Ok(LegState::Committed),
-        "aborted" => Ok(LegState::Aborted),
-        other => Err(StoreError::corrupt(format!("leg state {other:?}"))),
+/// The legs and their accounts (the store adds the accounts of the stored
+/// legs, which is what commit and abort touch).
+pub fn keys(legs: &[Leg]) -> Keys {
+    Keys {
+        legs: legs.iter().map(key).collect(),
+        accounts: legs.iter().map(|l| l.account.clone()).collect(),
+        ..Keys::default()
     }
 }
 
-/// Reads `reason_code` / `reason_message` columns into a rejection.
-pub fn read_reason(row: &sqlx::postgres::PgRow) -> Result<Option<Rejection>, StoreError> {
-    let code: Option<String> = row.try_get("reason_code")?;
-    let Some(code) = code else { return Ok(None) };
-    let code: ErrorCode =
-        serde_json::from_value(serde_json::Value::String(code)).map_err(StoreError::corrupt)?;
-    Ok(Some(Rejection::new(
-        code,
-        row.try_get::<Option<String>, _>("reason_message")?
-            .unwrap_or_default(),
-    )))
-}
-
-/// Inserts the leg's row in `state`; false when a row for it already exists.
-async fn insert(
-    conn: &mut PgConnection,
-    leg: &Leg,
-    state: &str,
-    reason: Option<&Rejection>,
-) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO legs (transaction_id, role, account_id, partition, amount, currency,
-                           counterparty, decision_partition, state, reason_code, reason_message)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (transaction_id, role) DO NOTHING",
-    )
-    .bind(leg.transaction_id.0)
-    .bind(leg.role.as_str())
-    .bind(leg.account.as_str())
-    .bind(leg.partition as i32)
-    .bind(leg.amount.minor())
-    .bind(leg.currency.code())
-    .bind(leg.counterparty.as_str())
-    .bind(leg.decision_partition as i32)
-    .bind(state)
-    .bind(reason.map(|r| r.code.as_str()))
-    .bind(reason.map(|r| r.message.as_str()))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+fn new_row(w: &Working, leg: &Leg, state: LegState, reason: Option<Rejection>) -> LegRow {
+    let (transaction_id, role) = key(leg);
+    LegRow {
+        transaction_id,
+        role,
+        account_id: leg.account.clone(),
+        partition: leg.partition,
+        amount: leg.amount.minor(),
+        currency: leg.currency,
+        counterparty: Some(leg.counterparty.clone()),
+        decision_partition: Some(leg.decision_partition),
+        fingerprint: None,
+        state,
+        reason,
+        created_at: w.now,
+        updated_at: w.now,
+    }
 }
 
 /// Records a leg that was applied (or refused) in the same local
 /// transaction as its decision.
-pub async fn insert_finished(
-    conn: &mut PgConnection,
-    leg: &Leg,
-    state: &str,
-    reason: Option<&Rejection>,
-) -> Result<(), StoreError> {
-    if !insert(conn, leg, state, reason).await? {
+pub fn insert_finished(w: &mut Working, leg: &Leg, decision: &Decision) -> Result<(), StoreError> {
+    if w.leg(key(leg)).is_some() {
         return Err(StoreError::corrupt(format!(
             "{} leg of {} exists although its transfer just began",
             leg.role.as_str(),
             leg.transaction_id
         )));
     }
-    Ok(())
-}
-
-async fn set_state(
-    conn: &mut PgConnection,
-    leg: &Leg,
-    state: &str,
-    reason: Option<&Rejection>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE legs SET state = $3, reason_code = $4, reason_message = $5, updated_at = now()
-         WHERE transaction_id = $1 AND role = $2",
-    )
-    .bind(leg.transaction_id.0)
-    .bind(leg.role.as_str())
-    .bind(state)
-    .bind(reason.map(|r| r.code.as_str()))
-    .bind(reason.map(|r| r.message.as_str()))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let (state, reason) = match decision {
+        Decision::Commit => (LegState::Committed, None),
+        Decision::Abort { reason } => (LegState::Aborted, Some(reason.clone())),
+    };
+    let row = new_row(w, leg, state, reason);
+    w.insert_leg(row)
 }
 
 /// Prepares one leg: a debit moves the amount from available to held, a
 /// credit records a pending credit. A refusal is recorded too (as an aborted
 /// leg), so every later prepare of the same leg gets the same vote.
-pub async fn prepare(conn: &mut PgConnection, leg: &Leg) -> Result<Vote, StoreError> {
-    if !insert(conn, leg, "prepared", None).await? {
-        let Some(stored) = load(conn, leg, false).await? else {
-            return Err(StoreError::corrupt(
-                "leg vanished after a conflicting insert",
-            ));
-        };
-        if stored.account_id != leg.account.as_str()
+pub fn prepare(w: &mut Working, leg: &Leg) -> Result<Vote, StoreError> {
+    if let Some(stored) = w.leg(key(leg)) {
+        if stored.account_id != leg.account
             || stored.amount != leg.amount.minor()
-            || stored.currency != leg.currency.code()
+            || stored.currency != leg.currency
         {
             return Ok(Vote::No {
                 reason: Rejection::new(
@@ -164,17 +88,19 @@ pub async fn prepare(conn: &mut PgConnection, leg: &Leg) -> Result<Vote, StoreEr
         return Ok(match stored.state {
             LegState::Prepared | LegState::Committed => Vote::Yes,
             LegState::Aborted | LegState::Missing => Vote::No {
-                reason: stored.reason.unwrap_or_else(|| already_aborted(leg)),
+                reason: stored
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| already_aborted(leg)),
             },
         });
     }
-    let accounts = ledger::lock(conn, &[&leg.account]).await?;
     let amount = leg.amount.minor();
-    let verdict = match accounts.get(&leg.account) {
+    let verdict = match w.account(&leg.account) {
         None => Err(ledger::not_found(&leg.account)),
         Some(a) => match leg.role {
-            LegRole::Debit => a.can_debit(&leg.account, amount, leg.currency),
-            LegRole::Credit => a.can_credit(&leg.account, amount, leg.currency),
+            LegRole::Debit => a.can_debit(amount, leg.currency),
+            LegRole::Credit => a.can_credit(amount, leg.currency),
         },
     };
     match verdict {
@@ -183,19 +109,20 @@ pub async fn prepare(conn: &mut PgConnection, leg: &Leg) -> Result<Vote, StoreEr
                 LegRole::Debit => EventKind::DebitHeld,
                 LegRole::Credit => EventKind::CreditPending,
             };
-            ledger::record(
-                conn,
+            w.record(
                 &leg.account,
                 kind,
                 amount,
                 Some(leg.transaction_id),
                 Some(&leg.counterparty),
-            )
-            .await?;
+            )?;
+            let row = new_row(w, leg, LegState::Prepared, None);
+            w.insert_leg(row)?;
             Ok(Vote::Yes)
         }
         Err(reason) => {
-            set_state(conn, leg, "aborted", Some(&reason)).await?;
+            let row = new_row(w, leg, LegState::Aborted, Some(reason.clone()));
+            w.insert_leg(row)?;
             Ok(Vote::No { reason })
         }
     }
@@ -214,98 +141,72 @@ fn already_aborted(leg: &Leg) -> Rejection {
 
 /// Applies a decision to one leg: commit posts it, abort releases it. An
 /// abort of a leg never seen leaves a tombstone, so a late prepare is refused.
-pub async fn finish(
-    conn: &mut PgConnection,
-    leg: &Leg,
-    commit: bool,
-) -> Result<LegState, StoreError> {
-    let Some(stored) = load(conn, leg, true).await? else {
+pub fn finish(w: &mut Working, leg: &Leg, commit: bool) -> Result<LegState, StoreError> {
+    let Some(stored) = w.leg(key(leg)) else {
         if commit {
             tracing::error!(transaction_id = %leg.transaction_id, role = leg.role.as_str(), "commit of a leg this node never prepared");
             return Ok(LegState::Missing);
         }
-        insert(conn, leg, "aborted", Some(&already_aborted(leg))).await?;
+        let row = new_row(w, leg, LegState::Aborted, Some(already_aborted(leg)));
+        w.insert_leg(row)?;
         return Ok(LegState::Aborted);
     };
+    let wanted = if commit {
+        LegState::Committed
+    } else {
+        LegState::Aborted
+    };
     if stored.state != LegState::Prepared {
-        let wanted = if commit {
-            LegState::Committed
-        } else {
-            LegState::Aborted
-        };
         if stored.state != wanted {
             tracing::error!(transaction_id = %leg.transaction_id, role = leg.role.as_str(), state = ?stored.state, ?wanted, "leg already finished the other way");
         }
         return Ok(stored.state);
     }
-    let account =
-        wallet_shared::AccountId::parse(stored.account_id).map_err(StoreError::corrupt)?;
+    let (account, amount) = (stored.account_id.clone(), stored.amount);
     let kind = match (leg.role, commit) {
         (LegRole::Debit, true) => EventKind::DebitPosted,
         (LegRole::Debit, false) => EventKind::DebitReleased,
         (LegRole::Credit, true) => EventKind::CreditPosted,
         (LegRole::Credit, false) => EventKind::CreditVoided,
     };
-    ledger::lock(conn, &[&account]).await?;
-    ledger::record(
-        conn,
+    w.record(
         &account,
         kind,
-        stored.amount,
+        amount,
         Some(leg.transaction_id),
         Some(&leg.counterparty),
-    )
-    .await?;
-    let state = if commit { "committed" } else { "aborted" };
-    set_state(conn, leg, state, None).await?;
-    Ok(if commit {
-        LegState::Committed
-    } else {
-        LegState::Aborted
-    })
+    )?;
+    let now = w.now;
+    if let Some(row) = w.leg_mut(key(leg)) {
+        row.state = wanted;
+        row.updated_at = now;
+    }
+    Ok(wanted)
 }
 
-/// Legs still prepared since before `grace_ms`: recovery's safety net.
-pub async fn stale_prepared(
-    conn: &mut PgConnection,
-    grace_ms: i64,
-    limit: i64,
-) -> Result<Vec<Leg>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT transaction_id, role, account_id, partition, amount, currency, counterparty, decision_partition
-         FROM legs WHERE state = 'prepared' AND created_at < now() - make_interval(secs => $1::float8 / 1000)
-         ORDER BY created_at LIMIT $2",
-    )
-    .bind(grace_ms)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(leg_from_row).collect()
-}
-
-fn leg_from_row(row: &sqlx::postgres::PgRow) -> Result<Leg, StoreError> {
-    let role = match row.try_get::<String, _>("role")?.as_str() {
-        "debit" => LegRole::Debit,
-        "credit" => LegRole::Credit,
-        other => return Err(StoreError::corrupt(format!("leg role {other:?}"))),
+/// A stored transfer leg as the protocol names it (recovery's view).
+pub fn as_leg(row: &LegRow) -> Result<Leg, StoreError> {
+    let role = match row.role {
+        RowRole::Debit => LegRole::Debit,
+        RowRole::Credit => LegRole::Credit,
+        other => {
+            return Err(StoreError::corrupt(format!(
+                "{} row is not a transfer leg",
+                other.as_str()
+            )))
+        }
     };
     Ok(Leg {
-        transaction_id: wallet_shared::TransactionId(row.try_get("transaction_id")?),
+        transaction_id: row.transaction_id,
         role,
-        account: wallet_shared::AccountId::parse(row.try_get::<String, _>("account_id")?)
-            .map_err(StoreError::corrupt)?,
-        partition: row.try_get::<i32, _>("partition")? as u32,
-        amount: wallet_shared::Amount::from_minor(row.try_get("amount")?)
-            .map_err(StoreError::corrupt)?,
-        currency: wallet_shared::Currency::parse(&row.try_get::<String, _>("currency")?)
-            .map_err(StoreError::corrupt)?,
-        counterparty: wallet_shared::AccountId::parse(
-            row.try_get::<Option<String>, _>("counterparty")?
-                .unwrap_or_default(),
-        )
-        .map_err(StoreError::corrupt)?,
-        decision_partition: row
-            .try_get::<Option<i32>, _>("decision_partition")?
-            .unwrap_or_default() as u32,
+        account: row.account_id.clone(),
+        partition: row.partition,
+        amount: wallet_shared::Amount::from_minor(row.amount).map_err(StoreError::corrupt)?,
+        currency: row.currency,
+        counterparty: row
+            .counterparty
+            .clone()
+            .ok_or_else(|| StoreError::corrupt("transfer leg without counterparty"))?,
+        decision_partition: row.decision_partition.unwrap_or_default(),
     })
 }

@@ -1,36 +1,28 @@
-//! The participant: an HTTP service in front of one Postgres database. It
-//! holds the balances, legs, decision records and event log of the
-//! partitions the partition map gives its node.
-
-mod app;
-mod config;
-mod db;
-mod decisions;
-mod error;
-mod ledger;
-mod legs;
-mod movements;
+//! The participant binary: see the library's documentation.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::ParticipantConfig;
+use participant::config::ParticipantConfig;
+use participant::{app, pg::PgStore};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("participant");
     let cfg: ParticipantConfig =
         wallet_shared::config::load_from_args().context("loading participant config")?;
-    let pool = db::connect(&cfg).await.context("connecting to Postgres")?;
+    let store = PgStore::connect(&cfg)
+        .await
+        .context("connecting to Postgres")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await
         .context("following the partition map in etcd")?;
     let app = app::App {
         node_id: Arc::from(cfg.node_id.as_str()),
-        pool,
+        store,
         map,
     };
     let body_limit = axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024);

@@ -1,0 +1,17 @@
+//! The participant: an HTTP service in front of one Postgres database. It
+//! holds the balances, legs, decision records and event log of the
+//! partitions the partition map gives its node.
+//!
+//! A library too, so the deterministic simulation runs the same router and
+//! rules on an in-memory [`store::Store`].
+
+pub mod app;
+pub mod config;
+pub mod decisions;
+pub mod error;
+pub mod ledger;
+pub mod legs;
+pub mod model;
+pub mod movements;
+pub mod pg;
+pub mod store;

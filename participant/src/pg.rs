@@ -1,0 +1,497 @@
+//! The Postgres store: loads a transaction's rows with one locking query per
+//! table (`= ANY`, in key order, so concurrent transactions never deadlock
+//! on them) and writes back its changes set-based (`UNNEST`), one statement
+//! per table, whatever the number of items in the batch.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use wallet_shared::protocol::{
+    Event, EventKind, LegState, TransferRecord, TransferSpec, TransferState,
+};
+use wallet_shared::{retry, AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
+
+use crate::config::ParticipantConfig;
+use crate::error::StoreError;
+use crate::model::{AccountRow, Changes, Keys, LegRow, RowRole, TransferRow, Working};
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pub pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects (retrying while Postgres starts) and applies the migrations.
+    pub async fn connect(cfg: &ParticipantConfig) -> anyhow::Result<Self> {
+        let timeout = format!("{}ms", cfg.statement_timeout_ms);
+        let options: PgConnectOptions = cfg.database_url.parse()?;
+        let options = options.options([
+            ("statement_timeout", timeout.as_str()),
+            ("lock_timeout", timeout.as_str()),
+        ]);
+        let pool = retry::with_backoff("connect to Postgres", retry::Policy::startup(), || {
+            PgPoolOptions::new()
+                .max_connections(cfg.db_pool_size)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+        })
+        .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+}
+
+const TRANSFER_COLUMNS: &str = "transaction_id, partition, fingerprint, from_account, to_account,
+     amount, currency, state, reason_code, reason_message, lease_until, lease_owner, created_at,
+     decided_at, completed";
+const LEG_COLUMNS: &str = "transaction_id, role, account_id, partition, amount, currency,
+     counterparty, decision_partition, fingerprint, state, reason_code, reason_message,
+     created_at, updated_at";
+const ACCOUNT_COLUMNS: &str =
+    "account_id, partition, currency, posted, held, pending_credit, last_seq, created_at";
+
+impl Store for PgStore {
+    async fn attempt<T, F>(&self, keys: &Keys, rules: &F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync,
+    {
+        let mut tx = self.pool.begin().await?;
+        let mut w = load(&mut tx, keys).await?;
+        let out = rules(&mut w)?;
+        let changes = w.into_changes();
+        if !changes.is_empty() {
+            save(&mut tx, &changes).await?;
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+
+    async fn lookup(&self, id: TransactionId) -> Result<Option<TransferRecord>, StoreError> {
+        let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transaction_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(|r| transfer_from_row(r).map(|t| t.record))
+            .transpose()
+    }
+
+    async fn unresolved(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<(Vec<TransferRow>, Vec<LegRow>), StoreError> {
+        // The SQL form of `model::needs_recovery` and `model::is_stale_prepared`.
+        let now = Utc::now();
+        let settled_before =
+            now - chrono::Duration::from_std(grace).map_err(StoreError::corrupt)?;
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers
+             WHERE NOT completed
+               AND ((state = 'preparing' AND lease_until < $1)
+                 OR (state <> 'preparing' AND decided_at < $2))
+             ORDER BY created_at LIMIT $3"
+        );
+        let transfers = sqlx::query(&sql)
+            .bind(now)
+            .bind(settled_before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(transfer_from_row)
+            .collect::<Result<_, _>>()?;
+        let sql = format!(
+            "SELECT {LEG_COLUMNS} FROM legs
+             WHERE state = 'prepared' AND role IN ('debit', 'credit') AND created_at < $1
+             ORDER BY created_at LIMIT $2"
+        );
+        let legs = sqlx::query(&sql)
+            .bind(settled_before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(leg_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((transfers, legs))
+    }
+
+    async fn account(&self, id: &AccountId) -> Result<Option<AccountRow>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn events(
+        &self,
+        id: &AccountId,
+        after: i64,
+        limit: i64,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, amount, transaction_id, counterparty, at FROM events
+             WHERE account_id = $1 AND seq > $2 AND ($4::timestamptz IS NULL OR at <= $4)
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(after)
+        .bind(limit)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(Event {
+                    account_id: id.clone(),
+                    seq: row.try_get("seq")?,
+                    kind: EventKind::parse(&kind)
+                        .ok_or_else(|| StoreError::corrupt(format!("event kind {kind:?}")))?,
+                    amount: row.try_get("amount")?,
+                    transaction_id: row
+                        .try_get::<Option<uuid::Uuid>, _>("transaction_id")?
+                        .map(TransactionId),
+                    counterparty: optional_account(row.try_get("counterparty")?)?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Loads and locks, table by table in one order (transfers, legs,
+/// accounts), each in key order.
+async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreError> {
+    let mut w = Working::new(Utc::now(), keys.clone());
+    if !keys.transfers.is_empty() {
+        let ids: Vec<uuid::Uuid> = keys.transfers.iter().map(|t| t.0).collect();
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transaction_id = ANY($1)
+             ORDER BY transaction_id FOR UPDATE"
+        );
+        for row in sqlx::query(&sql).bind(&ids).fetch_all(&mut *conn).await? {
+            w.load_transfer(transfer_from_row(&row)?);
+        }
+    }
+    let mut accounts: Vec<String> = keys.accounts.iter().map(|a| a.as_str().into()).collect();
+    if !keys.legs.is_empty() {
+        let ids: Vec<uuid::Uuid> = keys.legs.iter().map(|(t, _)| t.0).collect();
+        let roles: Vec<&str> = keys.legs.iter().map(|(_, r)| r.as_str()).collect();
+        let sql = format!(
+            "SELECT {LEG_COLUMNS} FROM legs
+             WHERE (transaction_id, role) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))
+             ORDER BY transaction_id, role FOR UPDATE"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&ids)
+            .bind(&roles)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in rows {
+            let leg = leg_from_row(&row)?;
+            accounts.push(leg.account_id.as_str().into());
+            w.load_leg(leg);
+        }
+    }
+    if !accounts.is_empty() {
+        accounts.sort_unstable();
+        accounts.dedup();
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1)
+             ORDER BY account_id FOR UPDATE"
+        );
+        for row in sqlx::query(&sql)
+            .bind(&accounts)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            w.load_account(account_from_row(&row)?);
+        }
+        for id in accounts {
+            // Accounts that do not exist are known to be absent, too.
+            let id = AccountId::parse(id).map_err(StoreError::corrupt)?;
+            w.note_account_key(id);
+        }
+    }
+    Ok(w)
+}
+
+/// Writes every change, one statement per table and kind; new rows are
+/// plain inserts, so a concurrent insert of the same key fails (and the
+/// whole transaction is retried on fresh rows) instead of being lost.
+async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
+    if !c.new_accounts.is_empty() {
+        let a = &c.new_accounts;
+        sqlx::query(
+            "INSERT INTO accounts (account_id, partition, currency, posted, held, pending_credit, last_seq, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::timestamptz[])",
+        )
+        .bind(a.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.currency.code()).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.posted).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.held).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.last_seq).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.changed_accounts.is_empty() {
+        let a = &c.changed_accounts;
+        sqlx::query(
+            "UPDATE accounts a SET posted = u.posted, held = u.held,
+                    pending_credit = u.pending_credit, last_seq = u.last_seq
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
+                  AS u(account_id, posted, held, pending_credit, last_seq)
+             WHERE a.account_id = u.account_id",
+        )
+        .bind(a.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.posted).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.held).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.last_seq).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.events.is_empty() {
+        let e = &c.events;
+        sqlx::query(
+            "INSERT INTO events (account_id, seq, kind, amount, transaction_id, counterparty, at)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::uuid[], $6::text[], $7::timestamptz[])",
+        )
+        .bind(e.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.amount).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.transaction_id.map(|t| t.0)).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.new_transfers.is_empty() {
+        let t = &c.new_transfers;
+        sqlx::query(
+            "INSERT INTO transfers (transaction_id, partition, fingerprint, from_account, to_account, amount,
+                                    currency, state, reason_code, reason_message, lease_until, lease_owner,
+                                    created_at, decided_at, completed)
+             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::uuid[],
+                                  $13::timestamptz[], $14::timestamptz[], $15::bool[])",
+        )
+        .bind(t.iter().map(|r| r.id().0).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.spec.from.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.spec.to.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.spec.amount.minor()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.spec.currency.code()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| transfer_state(r.record.state)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| reason_code(&r.record.reason)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| reason_message(&r.record.reason)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.lease_until).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.lease_owner).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.created_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.decided_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.completed).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.changed_transfers.is_empty() {
+        let t = &c.changed_transfers;
+        sqlx::query(
+            "UPDATE transfers t SET state = u.state, reason_code = u.reason_code,
+                    reason_message = u.reason_message, lease_until = u.lease_until,
+                    lease_owner = u.lease_owner, decided_at = u.decided_at, completed = u.completed
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
+                         $7::timestamptz[], $8::bool[])
+                  AS u(transaction_id, state, reason_code, reason_message, lease_until, lease_owner,
+                       decided_at, completed)
+             WHERE t.transaction_id = u.transaction_id",
+        )
+        .bind(t.iter().map(|r| r.id().0).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| transfer_state(r.record.state)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| reason_code(&r.record.reason)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| reason_message(&r.record.reason)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.lease_until).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.lease_owner).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.decided_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.completed).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.new_legs.is_empty() {
+        let l = &c.new_legs;
+        sqlx::query(
+            "INSERT INTO legs (transaction_id, role, account_id, partition, amount, currency, counterparty,
+                               decision_partition, fingerprint, state, reason_code, reason_message,
+                               created_at, updated_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[],
+                                  $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[],
+                                  $13::timestamptz[], $14::timestamptz[])",
+        )
+        .bind(l.iter().map(|r| r.transaction_id.0).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.role.as_str()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.amount).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.currency.code()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.decision_partition.map(|p| p as i32)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.fingerprint.as_deref()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| leg_state(r.state)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| reason_code(&r.reason)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| reason_message(&r.reason)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.changed_legs.is_empty() {
+        let l = &c.changed_legs;
+        sqlx::query(
+            "UPDATE legs l SET state = u.state, reason_code = u.reason_code,
+                    reason_message = u.reason_message, updated_at = u.updated_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+                  AS u(transaction_id, role, state, reason_code, reason_message, updated_at)
+             WHERE l.transaction_id = u.transaction_id AND l.role = u.role",
+        )
+        .bind(l.iter().map(|r| r.transaction_id.0).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.role.as_str()).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| leg_state(r.state)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| reason_code(&r.reason)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| reason_message(&r.reason)).collect::<Vec<_>>())
+        .bind(l.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn transfer_state(s: TransferState) -> &'static str {
+    match s {
+        TransferState::Preparing => "preparing",
+        TransferState::Committed => "committed",
+        TransferState::Aborted => "aborted",
+    }
+}
+
+fn leg_state(s: LegState) -> &'static str {
+    match s {
+        LegState::Prepared => "prepared",
+        LegState::Committed => "committed",
+        // `Missing` is an answer, never stored.
+        LegState::Aborted | LegState::Missing => "aborted",
+    }
+}
+
+fn reason_code(r: &Option<Rejection>) -> Option<&'static str> {
+    r.as_ref().map(|r| r.code.as_str())
+}
+
+fn reason_message(r: &Option<Rejection>) -> Option<&str> {
+    r.as_ref().map(|r| r.message.as_str())
+}
+
+fn read_reason(row: &PgRow) -> Result<Option<Rejection>, StoreError> {
+    let code: Option<String> = row.try_get("reason_code")?;
+    let Some(code) = code else { return Ok(None) };
+    let code: ErrorCode =
+        serde_json::from_value(serde_json::Value::String(code)).map_err(StoreError::corrupt)?;
+    Ok(Some(Rejection::new(
+        code,
+        row.try_get::<Option<String>, _>("reason_message")?
+            .unwrap_or_default(),
+    )))
+}
+
+fn account_id(s: String) -> Result<AccountId, StoreError> {
+    AccountId::parse(s).map_err(StoreError::corrupt)
+}
+
+fn optional_account(s: Option<String>) -> Result<Option<AccountId>, StoreError> {
+    s.map(account_id).transpose()
+}
+
+fn currency(row: &PgRow) -> Result<Currency, StoreError> {
+    Currency::parse(&row.try_get::<String, _>("currency")?).map_err(StoreError::corrupt)
+}
+
+fn transfer_from_row(row: &PgRow) -> Result<TransferRow, StoreError> {
+    let state = match row.try_get::<String, _>("state")?.as_str() {
+        "preparing" => TransferState::Preparing,
+        "committed" => TransferState::Committed,
+        "aborted" => TransferState::Aborted,
+        other => return Err(StoreError::corrupt(format!("transfer state {other:?}"))),
+    };
+    Ok(TransferRow {
+        record: TransferRecord {
+            spec: TransferSpec {
+                transaction_id: TransactionId(row.try_get("transaction_id")?),
+                from: account_id(row.try_get("from_account")?)?,
+                to: account_id(row.try_get("to_account")?)?,
+                amount: Amount::from_minor(row.try_get("amount")?).map_err(StoreError::corrupt)?,
+                currency: currency(row)?,
+            },
+            state,
+            reason: read_reason(row)?,
+            created_at: row.try_get("created_at")?,
+            decided_at: row.try_get("decided_at")?,
+            completed: row.try_get("completed")?,
+        },
+        partition: row.try_get::<i32, _>("partition")? as u32,
+        fingerprint: row.try_get("fingerprint")?,
+        lease_until: row.try_get("lease_until")?,
+        lease_owner: row.try_get("lease_owner")?,
+    })
+}
+
+fn leg_from_row(row: &PgRow) -> Result<LegRow, StoreError> {
+    let state = match row.try_get::<String, _>("state")?.as_str() {
+        "prepared" => LegState::Prepared,
+        "committed" => LegState::Committed,
+        "aborted" => LegState::Aborted,
+        other => return Err(StoreError::corrupt(format!("leg state {other:?}"))),
+    };
+    Ok(LegRow {
+        transaction_id: TransactionId(row.try_get("transaction_id")?),
+        role: RowRole::parse(&row.try_get::<String, _>("role")?)?,
+        account_id: account_id(row.try_get("account_id")?)?,
+        partition: row.try_get::<i32, _>("partition")? as u32,
+        amount: row.try_get("amount")?,
+        currency: currency(row)?,
+        counterparty: optional_account(row.try_get("counterparty")?)?,
+        decision_partition: row
+            .try_get::<Option<i32>, _>("decision_partition")?
+            .map(|p| p as u32),
+        fingerprint: row.try_get("fingerprint")?,
+        state,
+        reason: read_reason(row)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn account_from_row(row: &PgRow) -> Result<AccountRow, StoreError> {
+    Ok(AccountRow {
+        account_id: account_id(row.try_get("account_id")?)?,
+        partition: row.try_get::<i32, _>("partition")? as u32,
+        currency: currency(row)?,
+        posted: row.try_get("posted")?,
+        held: row.try_get("held")?,
+        pending_credit: row.try_get("pending_credit")?,
+        last_seq: row.try_get("last_seq")?,
+        created_at: row.try_get("created_at")?,
+    })
+}

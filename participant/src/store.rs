@@ -1,0 +1,107 @@
+//! What the participant needs from its storage. Production uses Postgres
+//! ([`crate::pg::PgStore`]); the deterministic simulation plugs in an
+//! in-memory store. Both run the same rules on the same [`Working`] set.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use wallet_shared::protocol::{Event, TransferRecord};
+use wallet_shared::{retry, AccountId, TransactionId};
+
+use crate::error::StoreError;
+use crate::model::{AccountRow, Keys, LegRow, TransferRow, Working};
+
+pub trait Store: Clone + Send + Sync + 'static {
+    /// One attempt at a local transaction: load and lock the rows `keys`
+    /// names (and the accounts of the loaded legs) into a [`Working`] set,
+    /// run `rules` on it, write back what changed and commit; or change
+    /// nothing at all.
+    fn attempt<T, F>(
+        &self,
+        keys: &Keys,
+        rules: &F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send,
+        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync;
+
+    /// A transfer's decision record.
+    fn lookup(
+        &self,
+        id: TransactionId,
+    ) -> impl Future<Output = Result<Option<TransferRecord>, StoreError>> + Send;
+
+    /// Recovery's work here (see [`crate::model::needs_recovery`] and
+    /// [`crate::model::is_stale_prepared`]), oldest first, at most `limit` of each.
+    fn unresolved(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> impl Future<Output = Result<(Vec<TransferRow>, Vec<LegRow>), StoreError>> + Send;
+
+    fn account(
+        &self,
+        id: &AccountId,
+    ) -> impl Future<Output = Result<Option<AccountRow>, StoreError>> + Send;
+
+    /// Events with `seq > after`, oldest first, at most `limit`, and only
+    /// those at or before `until` when given.
+    fn events(
+        &self,
+        id: &AccountId,
+        after: i64,
+        limit: i64,
+        until: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// The one way to run a local transaction: retried (bounded, with
+    /// backoff) on deadlocks, conflicting inserts and lost connections. The
+    /// rules run again on fresh rows, so a retry is always consistent.
+    fn transaction<T, F>(
+        &self,
+        what: &'static str,
+        keys: Keys,
+        rules: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send,
+        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync,
+    {
+        async move {
+            let (keys, rules) = (&keys, &rules);
+            retry::when(
+                what,
+                retry::Policy::request(),
+                || self.attempt(keys, rules),
+                StoreError::is_transient,
+            )
+            .await
+        }
+    }
+
+    /// Applies `step` to every item in one transaction and answers in
+    /// request order.
+    fn batch<I, T>(
+        &self,
+        what: &'static str,
+        items: &[I],
+        keys: impl Fn(&I) -> Keys,
+        step: fn(&mut Working, &I) -> Result<T, StoreError>,
+    ) -> impl Future<Output = Result<Vec<T>, StoreError>> + Send
+    where
+        I: Sync,
+        T: Send,
+    {
+        let mut all = Keys::default();
+        for item in items {
+            let k = keys(item);
+            all.transfers.extend(k.transfers);
+            all.legs.extend(k.legs);
+            all.accounts.extend(k.accounts);
+        }
+        self.transaction(what, all, move |w| {
+            items.iter().map(|item| step(w, item)).collect()
+        })
+    }
+}
