@@ -3,13 +3,76 @@
 //! (bounded, with backoff and jitter) on transport errors and on
 //! `wrong_partition_owner` after re-reading the map. Whatever is still not a
 //! clear answer after that is [`CallError::Unknown`], never a success.
+//!
+//! Bytes travel through a [`Transport`]: HTTP in production, the simulated
+//! network in the deterministic simulation.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wallet_shared::protocol::Routed;
 use wallet_shared::{retry, ErrorCode, MapHandle, PartitionId, Rejection};
+
+/// One request to a participant: `GET` when there is no body, else a JSON `POST`.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub url: String,
+    pub body: Option<Vec<u8>>,
+}
+
+/// What came back: the HTTP status and the body.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Carries requests to participants. An `Err` means no answer arrived: the
+/// request may or may not have taken effect.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, req: Outgoing) -> BoxFuture<'static, Result<Incoming, String>>;
+}
+
+/// The production transport: HTTP/1.1 with pooled connections.
+pub struct HttpTransport {
+    http: reqwest::Client,
+}
+
+impl HttpTransport {
+    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(HttpTransport { http })
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, req: Outgoing) -> BoxFuture<'static, Result<Incoming, String>> {
+        let builder = match req.body {
+            Some(body) => self
+                .http
+                .post(req.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            None => self.http.get(req.url),
+        };
+        Box::pin(async move {
+            let resp = builder.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(Incoming {
+                status,
+                body: body.to_vec(),
+            })
+        })
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
@@ -32,18 +95,51 @@ impl CallError {
 
 #[derive(Clone)]
 pub struct Participants {
-    http: reqwest::Client,
+    transport: Arc<dyn Transport>,
+    /// How long one call may take before its answer counts as unknown.
+    timeout: Duration,
     pub map: MapHandle,
 }
 
 impl Participants {
-    pub fn new(map: MapHandle, timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_max_idle_per_host(64)
-            .build()?;
-        Ok(Participants { http, map })
+    /// One request, bounded by the call timeout; the answer decoded.
+    async fn send<Resp: DeserializeOwned>(&self, req: Outgoing) -> Result<Resp, CallError> {
+        let resp = tokio::time::timeout(self.timeout, self.transport.send(req))
+            .await
+            .map_err(|_| CallError::Unknown(format!("no answer within {:?}", self.timeout)))?
+            .map_err(CallError::Unknown)?;
+        if (200..300).contains(&resp.status) {
+            let body = if resp.body.is_empty() {
+                &b"null"[..]
+            } else {
+                &resp.body[..]
+            };
+            return serde_json::from_slice(body)
+                .map_err(|e| CallError::Unknown(format!("unreadable answer: {e}")));
+        }
+        match serde_json::from_slice::<Rejection>(&resp.body) {
+            // 5xx: the participant could not do it now; what happened is unclear.
+            Ok(r) if resp.status >= 500 => Err(CallError::Unknown(r.to_string())),
+            Ok(r) => Err(CallError::Rejected(r)),
+            Err(_) => Err(CallError::Unknown(format!("HTTP {}", resp.status))),
+        }
+    }
+
+    pub fn new(map: MapHandle, transport: Arc<dyn Transport>, timeout: Duration) -> Self {
+        Participants {
+            transport,
+            timeout,
+            map,
+        }
+    }
+
+    /// Over HTTP (production).
+    pub fn http(map: MapHandle, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self::new(
+            map,
+            Arc::new(HttpTransport::new(timeout)?),
+            timeout,
+        ))
     }
 
     /// POSTs `body` to the node that owns `partitions` (all on one node).
@@ -53,10 +149,16 @@ impl Participants {
         path: &str,
         body: &Req,
     ) -> Result<Resp, CallError> {
-        self.call(partitions, path, |http, url, rev| {
-            http.post(url).json(&Routed {
+        self.call(partitions, path, |url, rev| {
+            let routed = Routed {
                 map_revision: rev,
                 body: body.clone(),
+            };
+            let body = serde_json::to_vec(&routed)
+                .map_err(|e| CallError::Unknown(format!("cannot encode the request: {e}")))?;
+            Ok(Outgoing {
+                url,
+                body: Some(body),
             })
         })
         .await
@@ -69,13 +171,15 @@ impl Participants {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<Resp, CallError> {
-        self.call(&[partition], path, |http, url, rev| {
-            http.get(url)
-                .query(&[
-                    ("map_revision", rev.to_string()),
-                    ("partition", partition.to_string()),
-                ])
-                .query(query)
+        self.call(&[partition], path, |url, rev| {
+            let routing = [
+                ("map_revision", rev.to_string()),
+                ("partition", partition.to_string()),
+            ];
+            Ok(Outgoing {
+                url: with_query(&url, routing.iter().chain(query))?,
+                body: None,
+            })
         })
         .await
     }
@@ -91,14 +195,15 @@ impl Participants {
         let base = map
             .url(node)
             .ok_or_else(|| CallError::Unknown(format!("node {node} is not in the map")))?;
-        send(self.http.get(format!("{base}{path}")).query(query)).await
+        let url = with_query(&format!("{base}{path}"), query)?;
+        self.send(Outgoing { url, body: None }).await
     }
 
     async fn call<Resp: DeserializeOwned>(
         &self,
         partitions: &[PartitionId],
         path: &str,
-        build: impl Fn(&reqwest::Client, String, i64) -> reqwest::RequestBuilder,
+        build: impl Fn(String, i64) -> Result<Outgoing, CallError>,
     ) -> Result<Resp, CallError> {
         retry::when(
             path,
@@ -107,7 +212,7 @@ impl Participants {
                 let map = self.map.current();
                 let node = single_owner(&map, partitions)?;
                 let base = map.url(node).ok_or_else(|| CallError::Unknown(format!("node {node} has no address")))?;
-                let result = send(build(&self.http, format!("{base}{path}"), map.revision)).await;
+                let result = self.send(build(format!("{base}{path}"), map.revision)?).await;
                 if let Err(CallError::Rejected(r)) = &result {
                     if r.code == ErrorCode::WrongPartitionOwner {
                         tracing::info!(%node, reason = %r.message, "stale partition map; re-reading it");
@@ -145,29 +250,12 @@ fn single_owner<'m>(
     owner.ok_or_else(|| CallError::Unknown("no partition to route by".into()))
 }
 
-async fn send<Resp: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<Resp, CallError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| CallError::Unknown(e.to_string()))?;
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| CallError::Unknown(e.to_string()))?;
-    if status.is_success() {
-        let body = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        return serde_json::from_slice(body)
-            .map_err(|e| CallError::Unknown(format!("unreadable answer: {e}")));
-    }
-    match serde_json::from_slice::<Rejection>(&bytes) {
-        // 5xx: the participant could not do it now; what happened is unclear.
-        Ok(r) if status.is_server_error() => Err(CallError::Unknown(r.to_string())),
-        Ok(r) => Err(CallError::Rejected(r)),
-        Err(_) => Err(CallError::Unknown(format!("HTTP {status}"))),
-    }
+fn with_query<'a>(
+    url: &str,
+    pairs: impl IntoIterator<Item = &'a (&'a str, String)>,
+) -> Result<String, CallError> {
+    let pairs = pairs.into_iter().map(|(k, v)| (*k, v.as_str()));
+    url::Url::parse_with_params(url, pairs)
+        .map(String::from)
+        .map_err(|e| CallError::Unknown(format!("bad participant address {url}: {e}")))
 }

@@ -1,18 +1,11 @@
-//! The coordinator: a stateless HTTP service that owns the public API, runs
-//! the transfer protocol against the participants, and resolves in-doubt
-//! transfers in the background. Run as many as you like.
-
-mod api;
-mod client;
-mod config;
-mod resolver;
-mod transfer;
+//! The coordinator binary: see the library's documentation.
 
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::CoordinatorConfig;
+use coordinator::config::CoordinatorConfig;
+use coordinator::{api, client, resolver, transfer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("following the partition map in etcd")?;
     let participants =
-        client::Participants::new(map, Duration::from_millis(cfg.participant_timeout_ms))?;
+        client::Participants::http(map, Duration::from_millis(cfg.participant_timeout_ms))?;
     let coordinator = transfer::Coordinator {
         participants,
         lease: Duration::from_millis(cfg.lease_ms),

@@ -262,7 +262,7 @@ impl MapStore {
         .await?;
         let (tx, _) = watch::channel(Arc::new(first));
         let handle = MapHandle {
-            store: self,
+            store: Some(self),
             tx: Arc::new(tx),
         };
         tokio::spawn(handle.clone().watch_loop());
@@ -287,19 +287,33 @@ pub async fn follow_map(
 /// A shared, always-current view of the map.
 #[derive(Clone)]
 pub struct MapHandle {
-    store: MapStore,
+    /// Where the map is read from; `None` for a fixed map.
+    store: Option<MapStore>,
     /// Holds the newest map seen; readers borrow it without locking etcd.
     tx: Arc<watch::Sender<Arc<PartitionMap>>>,
 }
 
 impl MapHandle {
+    /// A map that never changes, with no etcd behind it (the deterministic
+    /// simulation's).
+    pub fn fixed(map: PartitionMap) -> Self {
+        let (tx, _) = watch::channel(Arc::new(map));
+        MapHandle {
+            store: None,
+            tx: Arc::new(tx),
+        }
+    }
+
     pub fn current(&self) -> Arc<PartitionMap> {
         self.tx.borrow().clone()
     }
 
     /// Re-reads etcd now. Used when a peer shows a newer revision than ours.
     pub async fn refresh(&self) -> Result<Arc<PartitionMap>, MapError> {
-        let fresh = self.store.load().await?;
+        let Some(store) = &self.store else {
+            return Ok(self.current());
+        };
+        let fresh = store.load().await?;
         self.tx.send_if_modified(|cur| {
             if fresh.revision > cur.revision {
                 *cur = Arc::new(fresh);
@@ -325,15 +339,18 @@ impl MapHandle {
     }
 
     async fn watch_loop(self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         // A watch can break (etcd restart, network cut); each time, re-read
         // the map and watch again from the revision we have. A periodic
         // refresh covers whatever a broken watch missed.
         let mut backoff = retry::Policy::background().backoff();
         loop {
             let from = self.current().revision + 1;
-            let mut client = self.store.client.clone();
+            let mut client = store.client.clone();
             let opts = WatchOptions::new().with_prefix().with_start_revision(from);
-            match client.watch(self.store.prefix.as_str(), Some(opts)).await {
+            match client.watch(store.prefix.as_str(), Some(opts)).await {
                 Ok(mut stream) => loop {
                     match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
                         Ok(Ok(Some(resp))) if !resp.events().is_empty() => {
