@@ -1,13 +1,16 @@
 # make run         the whole cluster in the foreground (Ctrl-C stops it); data in .data/
 # make test        what CI runs: format, lints, build, every test
+# make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
 
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Extra arguments for `devcluster run`, e.g. make run RUN_ARGS='--coordinator-port 9090'
 RUN_ARGS ?=
+SIM_SEEDS ?= 1000
+SIM_FIRST ?= 1
 
-.PHONY: deps build run test clean-data
+.PHONY: deps build run test sim clean-data
 
 deps:
 	scripts/ensure-deps.sh
@@ -23,6 +26,10 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
+
+sim: deps
+	$(CARGO) build --release -p wallet-sim
+	$(TARGET_DIR)/release/wallet-sim --seeds $(SIM_SEEDS) --first $(SIM_FIRST)
 
 clean-data:
 	rm -rf .data

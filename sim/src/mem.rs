@@ -1,0 +1,176 @@
+//! The simulation's store: the participant's tables as maps in memory, one
+//! transaction at a time. Each transaction runs to the end without yielding
+//! (the simulation is single-threaded), so it is atomic and serializable,
+//! like the Postgres one; and what it wrote survives a crash of the node,
+//! like a committed Postgres transaction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use participant::error::StoreError;
+use participant::model::{self, AccountRow, Keys, LegKey, LegRow, TransferRow, Working};
+use participant::store::Store;
+use wallet_shared::protocol::{Event, TransferRecord};
+use wallet_shared::{AccountId, TransactionId};
+
+use crate::clock::NodeClock;
+
+#[derive(Debug, Default, Clone)]
+pub struct Tables {
+    pub transfers: BTreeMap<TransactionId, TransferRow>,
+    pub legs: BTreeMap<LegKey, LegRow>,
+    pub accounts: BTreeMap<AccountId, AccountRow>,
+    pub events: BTreeMap<AccountId, Vec<Event>>,
+    /// Transactions the rules refused as corrupt (a broken invariant).
+    pub corrupt: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct MemStore {
+    pub tables: Arc<Mutex<Tables>>,
+    pub clock: NodeClock,
+    /// The node's database is down: every call fails as Postgres's would.
+    pub down: Arc<Mutex<bool>>,
+}
+
+impl MemStore {
+    pub fn new(clock: NodeClock) -> Self {
+        MemStore {
+            tables: Arc::default(),
+            clock,
+            down: Arc::default(),
+        }
+    }
+
+    fn check_up(&self) -> Result<(), StoreError> {
+        if *self.down.lock().unwrap() {
+            return Err(StoreError::Unavailable("the database is down".into()));
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+impl Store for MemStore {
+    async fn attempt<T, F>(&self, keys: &Keys, rules: &F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync,
+    {
+        self.check_up()?;
+        let mut t = self.tables.lock().unwrap();
+        let mut w = Working::new(self.now(), keys.clone());
+        for id in &keys.transfers {
+            if let Some(row) = t.transfers.get(id) {
+                w.load_transfer(row.clone());
+            }
+        }
+        let mut accounts: Vec<AccountId> = keys.accounts.iter().cloned().collect();
+        for key in &keys.legs {
+            if let Some(row) = t.legs.get(key) {
+                accounts.push(row.account_id.clone());
+                w.load_leg(row.clone());
+            }
+        }
+        for id in accounts {
+            if let Some(row) = t.accounts.get(&id) {
+                w.load_account(row.clone());
+            }
+            w.note_account_key(id);
+        }
+        let out = match rules(&mut w) {
+            Ok(out) => out,
+            Err(e) => {
+                if let StoreError::Corrupt(why) = &e {
+                    t.corrupt.push(why.clone());
+                }
+                return Err(e);
+            }
+        };
+        let c = w.into_changes();
+        for row in c.new_transfers.into_iter().chain(c.changed_transfers) {
+            t.transfers.insert(row.id(), row);
+        }
+        for row in c.new_legs.into_iter().chain(c.changed_legs) {
+            t.legs.insert(row.key(), row);
+        }
+        for row in c.new_accounts.into_iter().chain(c.changed_accounts) {
+            t.accounts.insert(row.account_id.clone(), row);
+        }
+        for e in c.events {
+            let log = t.events.entry(e.account_id.clone()).or_default();
+            if e.seq != log.len() as i64 + 1 {
+                let why = format!("event {} of {} is not next in its log", e.seq, e.account_id);
+                t.corrupt.push(why.clone());
+                return Err(StoreError::corrupt(why));
+            }
+            log.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn lookup(&self, id: TransactionId) -> Result<Option<TransferRecord>, StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        Ok(t.transfers.get(&id).map(|r| r.record.clone()))
+    }
+
+    async fn unresolved(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<(Vec<TransferRow>, Vec<LegRow>), StoreError> {
+        self.check_up()?;
+        let now = self.now();
+        let grace = chrono::Duration::from_std(grace).map_err(StoreError::corrupt)?;
+        let t = self.tables.lock().unwrap();
+        let mut transfers: Vec<TransferRow> = t
+            .transfers
+            .values()
+            .filter(|r| model::needs_recovery(r, now, grace))
+            .cloned()
+            .collect();
+        transfers.sort_by_key(|r| (r.record.created_at, r.id()));
+        transfers.truncate(limit as usize);
+        let mut legs: Vec<LegRow> = t
+            .legs
+            .values()
+            .filter(|r| model::is_stale_prepared(r, now, grace))
+            .cloned()
+            .collect();
+        legs.sort_by_key(|r| (r.created_at, r.key()));
+        legs.truncate(limit as usize);
+        Ok((transfers, legs))
+    }
+
+    async fn account(&self, id: &AccountId) -> Result<Option<AccountRow>, StoreError> {
+        self.check_up()?;
+        Ok(self.tables.lock().unwrap().accounts.get(id).cloned())
+    }
+
+    async fn events(
+        &self,
+        id: &AccountId,
+        after: i64,
+        limit: i64,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        Ok(t.events
+            .get(id)
+            .map(|log| {
+                log.iter()
+                    .filter(|e| e.seq > after && until.is_none_or(|u| e.at <= u))
+                    .take(limit.max(0) as usize)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,741 @@
+//! One simulated run: the cluster, the clients, the nemesis, recovery, and
+//! the check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordinator::client::{CallError, Participants};
+use coordinator::transfer::{Coordinator, TransferOutcome};
+use participant::app::App;
+use participant::movements;
+use participant::store::Store;
+use serde::Serialize;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use wallet_shared::protocol::{AccountBalance, Movement, MovementKind, OpenAccount, TransferSpec};
+use wallet_shared::{AccountId, Amount, Currency, MapHandle, PartitionMap, TransactionId};
+
+use crate::check::{self, Anomaly};
+use crate::clock::NodeClock;
+use crate::mem::MemStore;
+use crate::net::{Net, NetStats, Node, SharedNet, SimTransport, Weather};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub nodes: usize,
+    pub coordinators: usize,
+    pub partitions: u32,
+    pub accounts: usize,
+    pub clients: usize,
+    pub ops_per_client: usize,
+    /// Faults on (off: the same workload on a healthy cluster).
+    pub faults: bool,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Self {
+        Options {
+            seed,
+            nodes: 3,
+            coordinators: 2,
+            partitions: 16,
+            accounts: 8,
+            clients: 4,
+            ops_per_client: 30,
+            faults: true,
+        }
+    }
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, Serialize)]
+pub enum Request {
+    Transfer(TransferSpec),
+    Movement(Movement),
+}
+
+impl Request {
+    pub fn id(&self) -> TransactionId {
+        match self {
+            Request::Transfer(s) => s.transaction_id,
+            Request::Movement(m) => m.transaction_id,
+        }
+    }
+}
+
+/// What the client heard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// Definitely applied.
+    Ok,
+    /// Definitely not applied, with the stable code.
+    Fail(String),
+    /// Might be either; recovery settles it.
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Op {
+    pub client: usize,
+    pub coordinator: usize,
+    pub request: Request,
+    /// A retry of an earlier request with the same id and body.
+    pub retry: bool,
+    pub invoked_ms: u64,
+    pub completed_ms: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub ops: BTreeMap<String, u64>,
+    pub faults: BTreeMap<String, u64>,
+    pub anomalies: Vec<Anomaly>,
+    /// Simulated time of the whole run, and from healing to all resolved.
+    pub sim_ms: u64,
+    pub resolved_ms: Option<u64>,
+    pub messages: BTreeMap<String, u64>,
+    /// A digest of the history and the final state: equal for equal seeds.
+    pub digest: u64,
+}
+
+/// Runs one seed to the end and checks it.
+pub fn run(opts: &Options) -> Report {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a Tokio runtime");
+    // backon's jitter and the resolver's draw from fastrand's thread-local
+    // generator: seed it too, so they repeat with the run.
+    fastrand::seed(opts.seed);
+    rt.block_on(simulate(opts.clone()))
+}
+
+const LEASE: Duration = Duration::from_millis(5000);
+const CALL_TIMEOUT: Duration = Duration::from_millis(2000);
+const RESOLVER_INTERVAL: Duration = Duration::from_millis(1000);
+const RESOLVER_GRACE: Duration = Duration::from_millis(2000);
+/// Promise 7: after the faults stop, everything resolves within this.
+pub const RESOLVE_WITHIN: Duration = Duration::from_secs(30);
+
+struct CoordinatorSlot {
+    coordinator: Option<Coordinator>,
+    /// Its tasks (requests it is serving, its resolver): a crash aborts them.
+    tasks: Vec<AbortHandle>,
+}
+
+pub(crate) struct World {
+    pub start: Instant,
+    pub net: SharedNet,
+    pub map: Arc<PartitionMap>,
+    pub stores: BTreeMap<String, MemStore>,
+    coordinators: Mutex<Vec<CoordinatorSlot>>,
+    pub rng: Mutex<fastrand::Rng>,
+    pub history: Mutex<Vec<Op>>,
+    pub faults: Mutex<BTreeMap<String, u64>>,
+    pub accounts: Vec<AccountId>,
+    pub currency: Currency,
+}
+
+impl World {
+    fn ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn coordinator_name(i: usize) -> String {
+        format!("coordinator-{i}")
+    }
+
+    fn start_coordinator(&self, i: usize) {
+        let transport = Arc::new(SimTransport {
+            net: self.net.clone(),
+            from: Self::coordinator_name(i),
+        });
+        let participants = Participants::new(
+            MapHandle::fixed((*self.map).clone()),
+            transport,
+            CALL_TIMEOUT,
+        );
+        let c = Coordinator {
+            participants,
+            lease: LEASE,
+            crash_at: None,
+        };
+        let resolver = tokio::spawn(coordinator::resolver::run(
+            c.clone(),
+            RESOLVER_INTERVAL,
+            RESOLVER_GRACE,
+        ));
+        let mut slots = self.coordinators.lock().unwrap();
+        slots[i] = CoordinatorSlot {
+            coordinator: Some(c),
+            tasks: vec![resolver.abort_handle()],
+        };
+    }
+
+    /// `kill -9`: every request it was serving stops where it stands.
+    fn crash_coordinator(&self, i: usize) {
+        let mut slots = self.coordinators.lock().unwrap();
+        for t in slots[i].tasks.drain(..) {
+            t.abort();
+        }
+        slots[i].coordinator = None;
+    }
+
+    fn fault(&self, kind: &str) {
+        *self.faults.lock().unwrap().entry(kind.into()).or_default() += 1;
+    }
+
+    fn rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+        f(&mut self.rng.lock().unwrap())
+    }
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{}", i + 1)
+}
+
+async fn simulate(opts: Options) -> Report {
+    let start = Instant::now();
+    let nodes: Vec<String> = (0..opts.nodes).map(node_name).collect();
+    let map = Arc::new(PartitionMap {
+        revision: 1,
+        owners: (0..opts.partitions as usize)
+            .map(|p| nodes[p % nodes.len()].clone())
+            .collect(),
+        nodes: nodes
+            .iter()
+            .map(|n| (n.clone(), format!("http://{n}")))
+            .collect(),
+    });
+    let mut net = Net {
+        rng: fastrand::Rng::with_seed(opts.seed ^ 0x6e65_7477_6f72_6b00),
+        nodes: BTreeMap::new(),
+        cuts: BTreeSet::new(),
+        weather: Weather::default(),
+        stats: NetStats::default(),
+        paused: BTreeMap::new(),
+    };
+    let mut stores = BTreeMap::new();
+    for n in &nodes {
+        let store = MemStore::new(NodeClock::new(start));
+        let app = App {
+            node_id: Arc::from(n.as_str()),
+            store: store.clone(),
+            map: MapHandle::fixed((*map).clone()),
+        };
+        net.nodes.insert(
+            n.clone(),
+            Node {
+                router: participant::app::router(app),
+                up: true,
+                incarnation: 0,
+            },
+        );
+        stores.insert(n.clone(), store);
+    }
+    let world = Arc::new(World {
+        start,
+        net: Arc::new(Mutex::new(net)),
+        map: map.clone(),
+        stores,
+        coordinators: Mutex::new(
+            (0..opts.coordinators)
+                .map(|_| CoordinatorSlot {
+                    coordinator: None,
+                    tasks: Vec::new(),
+                })
+                .collect(),
+        ),
+        rng: Mutex::new(fastrand::Rng::with_seed(opts.seed)),
+        history: Mutex::new(Vec::new()),
+        faults: Mutex::new(BTreeMap::new()),
+        accounts: (0..opts.accounts)
+            .map(|i| AccountId::parse(format!("acct-{i}")).unwrap())
+            .collect(),
+        currency: Currency::parse("USD").unwrap(),
+    });
+    for i in 0..opts.coordinators {
+        world.start_coordinator(i);
+    }
+    let mut anomalies = open_accounts(&world).await;
+
+    // Faults and clients together; the nemesis stops when the clients do.
+    let done = Arc::new(tokio::sync::Notify::new());
+    let nemesis = opts.faults.then(|| {
+        let (w, d, o) = (world.clone(), done.clone(), opts.clone());
+        tokio::spawn(async move { nemesis(w, d, o).await })
+    });
+    let clients: Vec<_> = (0..opts.clients)
+        .map(|c| {
+            let (w, o) = (world.clone(), opts.clone());
+            tokio::spawn(async move { client(w, c, o).await })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("a client task");
+    }
+    done.notify_one();
+    if let Some(n) = nemesis {
+        n.await.expect("the nemesis task");
+    }
+    heal(&world, &opts);
+    let healed_ms = world.ms();
+
+    // Recovery: faults off, every pending transfer must settle in time.
+    let mut resolved_ms = None;
+    while world.ms() - healed_ms <= RESOLVE_WITHIN.as_millis() as u64 {
+        if check::settled(&world.stores) {
+            resolved_ms = Some(world.ms() - healed_ms);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if resolved_ms.is_none() {
+        anomalies.push(Anomaly::new(
+            "not_resolved",
+            format!(
+                "still unsettled {} s after the faults stopped: {}",
+                RESOLVE_WITHIN.as_secs(),
+                check::unsettled(&world.stores).join("; ")
+            ),
+        ));
+    }
+    anomalies.extend(fresh_transfer_commits(&world).await);
+    let history = world.history.lock().unwrap().clone();
+    anomalies.extend(check::check(&world.stores, &history));
+
+    let mut ops = BTreeMap::new();
+    for op in &history {
+        let kind = match &op.request {
+            Request::Transfer(_) if op.retry => "transfer_retry",
+            Request::Transfer(_) => "transfer",
+            Request::Movement(m) if m.kind == MovementKind::Deposit => "deposit",
+            Request::Movement(_) => "withdrawal",
+        };
+        let outcome = match &op.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Fail(_) => "fail",
+            Outcome::Unknown(_) => "unknown",
+        };
+        *ops.entry(format!("{kind} {outcome}")).or_default() += 1;
+    }
+    let stats = world.net.lock().unwrap().stats.clone();
+    let messages = BTreeMap::from([
+        ("sent".to_string(), stats.sent),
+        ("delivered".to_string(), stats.delivered),
+        ("lost".to_string(), stats.lost),
+        ("duplicated".to_string(), stats.duplicated),
+        ("delayed".to_string(), stats.delayed),
+        ("dropped_by_cut".to_string(), stats.cut),
+        ("refused".to_string(), stats.refused),
+    ]);
+    let mut h = std::hash::DefaultHasher::new();
+    for op in &history {
+        format!("{op:?}").hash(&mut h);
+    }
+    for store in world.stores.values() {
+        let t = store.tables.lock().unwrap();
+        format!("{:?}", t.accounts).hash(&mut h);
+        format!(
+            "{:?}",
+            t.transfers.values().map(|r| &r.record).collect::<Vec<_>>()
+        )
+        .hash(&mut h);
+    }
+    let faults = world.faults.lock().unwrap().clone();
+    Report {
+        seed: opts.seed,
+        ops,
+        faults,
+        anomalies,
+        sim_ms: world.ms(),
+        resolved_ms,
+        messages,
+        digest: h.finish(),
+    }
+}
+
+/// Opens every account and funds it, through the participant rules, before
+/// any fault; the deposits are in the event log like any other.
+async fn open_accounts(world: &World) -> Vec<Anomaly> {
+    let mut anomalies = Vec::new();
+    for (i, account) in world.accounts.iter().enumerate() {
+        let partition = world.map.account_partition(account);
+        let node = world.map.owner(partition).expect("an owner").clone();
+        let store = &world.stores[&node];
+        let open = OpenAccount {
+            account_id: account.clone(),
+            partition,
+            currency: world.currency,
+        };
+        let deposit = Movement {
+            transaction_id: TransactionId(uuid::Uuid::from_u128(i as u128 + 1)),
+            kind: MovementKind::Deposit,
+            account_id: account.clone(),
+            partition,
+            amount: Amount::from_minor(world.rng(|r| r.i64(1..20_000))).unwrap(),
+            currency: world.currency,
+        };
+        let opened = store
+            .transaction("open", movements::open_keys(&open), |w| {
+                movements::open(w, &open)
+            })
+            .await;
+        let funded = store
+            .transaction("deposit", movements::keys(&deposit), |w| {
+                movements::apply(w, &deposit)
+            })
+            .await;
+        if !matches!(opened, Ok(Ok(_))) || !matches!(funded, Ok(Ok(_))) {
+            anomalies.push(Anomaly::new(
+                "setup",
+                format!("could not open and fund {account}"),
+            ));
+        }
+    }
+    anomalies
+}
+
+fn new_id(world: &World) -> TransactionId {
+    let bytes = world.rng(|r| r.u128(..)).to_le_bytes();
+    TransactionId(uuid::Builder::from_random_bytes(bytes).into_uuid())
+}
+
+/// One client: transfers among few accounts (so they contend and overdraw),
+/// deposits, withdrawals, and retries of its earlier requests.
+async fn client(world: Arc<World>, id: usize, opts: Options) {
+    let mut sent: Vec<Request> = Vec::new();
+    let mut done = 0;
+    while done < opts.ops_per_client {
+        let think = world.rng(|r| r.u64(0..40));
+        tokio::time::sleep(Duration::from_millis(think)).await;
+        // A coordinator that is down refuses the connection: nothing was
+        // sent, so it is no operation; the client tries again shortly.
+        let c = world.rng(|r| r.usize(0..opts.coordinators));
+        if world.coordinators.lock().unwrap()[c].coordinator.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        done += 1;
+        let roll = world.rng(|r| r.u32(0..100));
+        let (request, retry) = if roll < 15 && !sent.is_empty() {
+            let i = world.rng(|r| r.usize(0..sent.len()));
+            (sent[i].clone(), true)
+        } else if roll < 25 {
+            let kind = if roll < 20 {
+                MovementKind::Deposit
+            } else {
+                MovementKind::Withdrawal
+            };
+            let account = world.accounts[world.rng(|r| r.usize(0..world.accounts.len()))].clone();
+            (
+                Request::Movement(Movement {
+                    transaction_id: new_id(&world),
+                    kind,
+                    partition: world.map.account_partition(&account),
+                    account_id: account,
+                    amount: Amount::from_minor(world.rng(|r| r.i64(1..5_000))).unwrap(),
+                    currency: world.currency,
+                }),
+                false,
+            )
+        } else {
+            let n = world.accounts.len();
+            let from = world.rng(|r| r.usize(0..n));
+            let to = (from + world.rng(|r| r.usize(1..n))) % n;
+            (
+                Request::Transfer(TransferSpec {
+                    transaction_id: new_id(&world),
+                    from: world.accounts[from].clone(),
+                    to: world.accounts[to].clone(),
+                    amount: Amount::from_minor(world.rng(|r| r.i64(1..8_000))).unwrap(),
+                    currency: world.currency,
+                }),
+                false,
+            )
+        };
+        if !retry {
+            sent.push(request.clone());
+        }
+        let invoked_ms = world.ms();
+        let outcome = call(&world, c, request.clone()).await;
+        world.history.lock().unwrap().push(Op {
+            client: id,
+            coordinator: c,
+            request,
+            retry,
+            invoked_ms,
+            completed_ms: world.ms(),
+            outcome,
+        });
+    }
+}
+
+/// Sends one request through coordinator `c`, as a task that a crash of
+/// that coordinator aborts.
+async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
+    let coordinator = {
+        let slots = world.coordinators.lock().unwrap();
+        slots[c].coordinator.clone()
+    };
+    let Some(coordinator) = coordinator else {
+        return Outcome::Unknown("coordinator down: connection refused".into());
+    };
+    let task = tokio::spawn(async move {
+        match request {
+            Request::Transfer(spec) => transfer_outcome(coordinator.transfer(spec).await),
+            Request::Movement(m) => {
+                let r: Result<AccountBalance, CallError> = coordinator
+                    .participants
+                    .post(&[m.partition], "/internal/v1/movements", &m)
+                    .await;
+                match r {
+                    Ok(_) => Outcome::Ok,
+                    Err(CallError::Rejected(r)) => Outcome::Fail(r.code.as_str().into()),
+                    Err(CallError::Unknown(why)) => Outcome::Unknown(why),
+                }
+            }
+        }
+    });
+    {
+        let mut slots = world.coordinators.lock().unwrap();
+        slots[c].tasks.retain(|t| !t.is_finished());
+        slots[c].tasks.push(task.abort_handle());
+    }
+    match task.await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Unknown("coordinator crashed mid-request".into()),
+    }
+}
+
+fn transfer_outcome(o: TransferOutcome) -> Outcome {
+    use wallet_shared::protocol::TransferState;
+    match o {
+        TransferOutcome::Decided(record) => match record.state {
+            TransferState::Committed => Outcome::Ok,
+            TransferState::Aborted => Outcome::Fail(
+                record
+                    .reason
+                    .map(|r| r.code.as_str().to_string())
+                    .unwrap_or_else(|| "aborted".into()),
+            ),
+            TransferState::Preparing => Outcome::Unknown("preparing".into()),
+        },
+        TransferOutcome::Pending(why) => Outcome::Unknown(why),
+        TransferOutcome::InProgress => Outcome::Unknown("in_progress".into()),
+        TransferOutcome::Reused => Outcome::Fail("idempotency_key_reused".into()),
+        TransferOutcome::Refused(r) => Outcome::Fail(r.code.as_str().into()),
+    }
+}
+
+/// Faults, one after another, each healed after a while, until the clients
+/// are done. The weather (loss, duplicates, delays) stays bad throughout.
+async fn nemesis(world: Arc<World>, done: Arc<tokio::sync::Notify>, opts: Options) {
+    {
+        let weather = Weather {
+            loss: world.rng(|r| r.u32(0..60)),
+            duplicate: world.rng(|r| r.u32(0..80)),
+            long_delay: world.rng(|r| r.u32(0..50)),
+        };
+        world.net.lock().unwrap().weather = weather;
+    }
+    let nodes: Vec<String> = world.stores.keys().cloned().collect();
+    let stop = done.notified();
+    tokio::pin!(stop);
+    loop {
+        let wait = Duration::from_millis(world.rng(|r| r.u64(200..2500)));
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let heal_after = Duration::from_millis(world.rng(|r| r.u64(10..2500)));
+        match world.rng(|r| r.u32(0..8)) {
+            0 => {
+                let c = world.rng(|r| r.usize(0..opts.coordinators));
+                world.fault("coordinator_crash");
+                world.crash_coordinator(c);
+                let w = world.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(heal_after).await;
+                    w.start_coordinator(c);
+                });
+            }
+            1 => {
+                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
+                world.fault("participant_crash");
+                set_node_up(&world, &n, false);
+                let w = world.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(heal_after).await;
+                    set_node_up(&w, &n, true);
+                });
+            }
+            2 => {
+                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
+                world.fault("database_down");
+                *world.stores[&n].down.lock().unwrap() = true;
+                let w = world.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(heal_after).await;
+                    *w.stores[&n].down.lock().unwrap() = false;
+                });
+            }
+            3 | 4 => {
+                let c = World::coordinator_name(world.rng(|r| r.usize(0..opts.coordinators)));
+                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
+                let mut cuts = Vec::new();
+                let way = world.rng(|r| r.u32(0..3));
+                if way != 1 {
+                    cuts.push((c.clone(), n.clone()));
+                }
+                if way != 0 {
+                    cuts.push((n.clone(), c.clone()));
+                }
+                world.fault(match way {
+                    0 => "cut_requests_only",
+                    1 => "cut_replies_only",
+                    _ => "cut_both_ways",
+                });
+                world.net.lock().unwrap().cuts.extend(cuts.clone());
+                let w = world.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(heal_after).await;
+                    let mut net = w.net.lock().unwrap();
+                    for cut in cuts {
+                        net.cuts.remove(&cut);
+                    }
+                });
+            }
+            5 => {
+                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
+                let by = world.rng(|r| r.i64(-10_000..=10_000));
+                world.fault(if by >= 0 {
+                    "clock_jump_forward"
+                } else {
+                    "clock_jump_backward"
+                });
+                world.stores[&n].clock.jump(by);
+            }
+            6 => {
+                // A pause longer than the lease: the coordinator wakes up
+                // and carries on as if nothing happened.
+                let c = World::coordinator_name(world.rng(|r| r.usize(0..opts.coordinators)));
+                let pause = LEASE + Duration::from_millis(world.rng(|r| r.u64(0..4000)));
+                world.fault("coordinator_pause");
+                world
+                    .net
+                    .lock()
+                    .unwrap()
+                    .paused
+                    .insert(c, Instant::now() + pause);
+            }
+            _ => {
+                // Crash every coordinator at once: nothing is left running
+                // that knows what it was doing.
+                world.fault("all_coordinators_crash");
+                for c in 0..opts.coordinators {
+                    world.crash_coordinator(c);
+                }
+                let w = world.clone();
+                let n = opts.coordinators;
+                tokio::spawn(async move {
+                    tokio::time::sleep(heal_after).await;
+                    for c in 0..n {
+                        if w.coordinators.lock().unwrap()[c].coordinator.is_none() {
+                            w.start_coordinator(c);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn set_node_up(world: &World, node: &str, up: bool) {
+    let mut net = world.net.lock().unwrap();
+    if let Some(n) = net.nodes.get_mut(node) {
+        if n.up && !up {
+            n.incarnation += 1;
+        }
+        n.up = up;
+    }
+}
+
+/// Faults stop: every node and coordinator up, links whole, fair weather.
+/// Clock offsets stay (a clock that jumped does not jump back).
+fn heal(world: &World, opts: &Options) {
+    {
+        let mut net = world.net.lock().unwrap();
+        net.weather = Weather::default();
+        net.cuts.clear();
+        net.paused.clear();
+        for n in net.nodes.values_mut() {
+            n.up = true;
+        }
+    }
+    for s in world.stores.values() {
+        *s.down.lock().unwrap() = false;
+    }
+    for c in 0..opts.coordinators {
+        if world.coordinators.lock().unwrap()[c].coordinator.is_none() {
+            world.start_coordinator(c);
+        }
+    }
+}
+
+/// After recovery, a new transfer between funded accounts commits.
+async fn fresh_transfer_commits(world: &Arc<World>) -> Vec<Anomaly> {
+    let mut richest: Option<(i64, AccountId)> = None;
+    for store in world.stores.values() {
+        for a in store.tables.lock().unwrap().accounts.values() {
+            if richest.as_ref().is_none_or(|(v, _)| a.available() > *v) {
+                richest = Some((a.available(), a.account_id.clone()));
+            }
+        }
+    }
+    let Some((available, from)) = richest.filter(|(v, _)| *v > 0) else {
+        return Vec::new();
+    };
+    let to = world
+        .accounts
+        .iter()
+        .find(|a| {
+            world.map.owner(world.map.account_partition(a))
+                != world.map.owner(world.map.account_partition(&from))
+        })
+        .or_else(|| world.accounts.iter().find(|a| **a != from))
+        .cloned()
+        .expect("two accounts");
+    let spec = TransferSpec {
+        transaction_id: new_id(world),
+        from,
+        to,
+        amount: Amount::from_minor(available.min(100)).unwrap(),
+        currency: world.currency,
+    };
+    let invoked_ms = world.ms();
+    let outcome = call(world, 0, Request::Transfer(spec.clone())).await;
+    world.history.lock().unwrap().push(Op {
+        client: usize::MAX,
+        coordinator: 0,
+        request: Request::Transfer(spec),
+        retry: false,
+        invoked_ms,
+        completed_ms: world.ms(),
+        outcome: outcome.clone(),
+    });
+    if outcome != Outcome::Ok {
+        return vec![Anomaly::new(
+            "fresh_transfer_failed",
+            format!("a transfer after recovery did not commit: {outcome:?}"),
+        )];
+    }
+    Vec::new()
+}
