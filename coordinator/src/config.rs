@@ -26,6 +26,14 @@ pub struct CoordinatorConfig {
     /// to the coordinator that is finishing them.
     #[serde(default = "default_resolver_grace_ms")]
     pub resolver_grace_ms: u64,
+    /// Protocol messages of one kind for one node travel together: at most
+    /// this many per request...
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// ...with at most this many such requests out at once (more wait and
+    /// join the next one).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Largest accepted request body.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -55,6 +63,12 @@ fn default_resolver_interval_ms() -> u64 {
 }
 fn default_resolver_grace_ms() -> u64 {
     2_000
+}
+fn default_max_batch() -> usize {
+    256
+}
+fn default_max_in_flight() -> usize {
+    4
 }
 fn default_max_body_bytes() -> usize {
     16 * 1024

@@ -6,6 +6,7 @@
 //! code over a simulated network ([`client::Transport`]).
 
 pub mod api;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod resolver;

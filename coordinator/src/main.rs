@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use coordinator::config::CoordinatorConfig;
-use coordinator::{api, client, resolver, transfer};
+use coordinator::{api, batch, client, resolver, transfer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,11 +18,16 @@ async fn main() -> anyhow::Result<()> {
         .context("following the partition map in etcd")?;
     let participants =
         client::Participants::http(map, Duration::from_millis(cfg.participant_timeout_ms))?;
-    let coordinator = transfer::Coordinator {
-        participants,
-        lease: Duration::from_millis(cfg.lease_ms),
-        crash_at: cfg.crash_at.clone(),
+    let limits = batch::Limits {
+        max_batch: cfg.max_batch.max(1),
+        max_in_flight: cfg.max_in_flight.max(1),
     };
+    let coordinator = transfer::Coordinator::new(
+        participants,
+        Duration::from_millis(cfg.lease_ms),
+        limits,
+        cfg.crash_at.clone(),
+    );
     tokio::spawn(resolver::run(
         coordinator.clone(),
         Duration::from_millis(cfg.resolver_interval_ms),

@@ -12,9 +12,7 @@
 use std::time::Duration;
 
 use tracing::Instrument;
-use wallet_shared::protocol::{
-    Decision, Leg, LegRole, LegsReply, LegsRequest, TransferRecord, TransferState, Unresolved,
-};
+use wallet_shared::protocol::{Decision, Leg, LegRole, TransferRecord, TransferState, Unresolved};
 use wallet_shared::{ErrorCode, PartitionMap, Rejection};
 
 use crate::client::CallError;
@@ -95,7 +93,7 @@ async fn resolve_record(coordinator: &Coordinator, map: &PartitionMap, record: T
     };
     tracing::info!(state = ?record.state, "recovery applies the decision");
     let legs = legs_of(map, &record);
-    coordinator.finish(map, record, &legs).await;
+    coordinator.finish(record, &legs).await;
 }
 
 async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {
@@ -111,7 +109,7 @@ async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {
         }
         Ok(record) if matches_leg(&record, &leg) => {
             let legs = legs_of(map, &record);
-            coordinator.finish(map, record, &legs).await;
+            coordinator.finish(record, &legs).await;
         }
         Ok(_) => {
             tracing::error!("a prepared leg does not match its transfer record; aborting the leg");
@@ -135,14 +133,7 @@ fn matches_leg(record: &TransferRecord, leg: &Leg) -> bool {
 }
 
 async fn abort_leg(coordinator: &Coordinator, leg: Leg) {
-    let req = LegsRequest {
-        legs: vec![leg.clone()],
-    };
-    if let Err(e) = coordinator
-        .participants
-        .post::<_, LegsReply>(&[leg.partition], "/internal/v1/legs/abort", &req)
-        .await
-    {
+    if let Err(e) = coordinator.batches.abort.submit(leg).await {
         tracing::warn!(error = %e, "could not abort leg");
     }
 }

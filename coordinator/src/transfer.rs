@@ -16,8 +16,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use tracing::Instrument;
 use wallet_shared::protocol::*;
-use wallet_shared::{ErrorCode, PartitionMap, Rejection};
+use wallet_shared::{ErrorCode, Rejection};
 
+use crate::batch::{Batcher, Batches, Kind, Limits};
 use crate::client::{CallError, Participants};
 
 /// What a transfer request comes to.
@@ -38,12 +39,28 @@ pub enum TransferOutcome {
 #[derive(Clone)]
 pub struct Coordinator {
     pub participants: Participants,
+    /// Every protocol message goes through these, batched per node.
+    pub batches: Batches,
     pub lease: Duration,
     /// Test hook: where to kill this process (see `CoordinatorConfig::crash_at`).
     pub crash_at: Option<String>,
 }
 
 impl Coordinator {
+    pub fn new(
+        participants: Participants,
+        lease: Duration,
+        limits: Limits,
+        crash_at: Option<String>,
+    ) -> Self {
+        Coordinator {
+            batches: Batches::new(&participants, limits),
+            participants,
+            lease,
+            crash_at,
+        }
+    }
+
     pub async fn transfer(&self, spec: TransferSpec) -> TransferOutcome {
         let span = tracing::info_span!("transfer", transaction_id = %spec.transaction_id);
         self.run(spec).instrument(span).await
@@ -70,13 +87,8 @@ impl Coordinator {
             .collect();
         if owners.iter().all(|o| *o == owners[0]) {
             // Decision and both accounts on one node: one local transaction.
-            let partitions = [home, legs[0].partition, legs[1].partition];
             let req = ExecuteRequest { begin, legs };
-            return match self
-                .participants
-                .post(&partitions, "/internal/v1/transfers/execute", &req)
-                .await
-            {
+            return match self.batches.execute.submit(req).await {
                 Ok(result) => started(result).unwrap_or_else(|| {
                     TransferOutcome::Pending("unexpected answer to execute".into())
                 }),
@@ -84,31 +96,14 @@ impl Coordinator {
             };
         }
 
-        let req = BeginRequest {
-            transfers: vec![begin],
-        };
-        match self
-            .participants
-            .post::<_, BeginReply>(&[home], "/internal/v1/transfers/begin", &req)
-            .await
-        {
-            Ok(reply) => match reply.results.into_iter().next() {
-                Some(BeginResult::Proceed) => {}
-                Some(other) => return started(other).unwrap_or(TransferOutcome::InProgress),
-                None => return TransferOutcome::Pending("empty answer to begin".into()),
-            },
+        let transaction_id = begin.spec.transaction_id;
+        match self.batches.begin.submit(begin).await {
+            Ok(BeginResult::Proceed) => {}
+            Ok(other) => return started(other).unwrap_or(TransferOutcome::InProgress),
             Err(e) => return not_begun(e),
         }
-        let transaction_id = req.transfers[0].spec.transaction_id;
 
-        let votes = self
-            .on_legs(
-                &map,
-                &legs,
-                "/internal/v1/legs/prepare",
-                |r: PrepareReply| r.votes,
-            )
-            .await;
+        let votes = on_legs(&self.batches.prepare, &legs).await;
         crash_point(&self.crash_at, "after_prepare");
         let decision = decide_from(&votes);
         tracing::info!(?decision, "votes counted");
@@ -123,7 +118,7 @@ impl Coordinator {
             }
         };
         crash_point(&self.crash_at, "after_decision");
-        self.finish(&map, record.clone(), &legs).await;
+        self.finish(record.clone(), &legs).await;
         TransferOutcome::Decided(record)
     }
 
@@ -135,39 +130,29 @@ impl Coordinator {
         partition: wallet_shared::PartitionId,
         decision: Decision,
     ) -> Result<TransferRecord, CallError> {
-        let req = DecideRequest {
-            decisions: vec![Decide {
-                transaction_id,
-                partition,
-                decision,
-            }],
+        let decide = Decide {
+            transaction_id,
+            partition,
+            decision,
         };
-        let reply: DecideReply = self
-            .participants
-            .post(&[partition], "/internal/v1/transfers/decide", &req)
-            .await?;
-        reply
-            .records
-            .into_iter()
-            .next()
-            .flatten()
+        self.batches
+            .decide
+            .submit(decide)
+            .await?
             .ok_or_else(|| CallError::Unknown(format!("no decision record for {transaction_id}")))
     }
 
     /// Drives both legs to the recorded decision, then marks the record
     /// complete. Used by live transfers and by recovery alike.
-    pub async fn finish(
-        &self,
-        map: &PartitionMap,
-        record: TransferRecord,
-        legs: &[Leg; 2],
-    ) -> bool {
-        let (path, wanted) = match record.state {
-            TransferState::Committed => ("/internal/v1/legs/commit", LegState::Committed),
-            TransferState::Aborted => ("/internal/v1/legs/abort", LegState::Aborted),
+    pub async fn finish(&self, record: TransferRecord, legs: &[Leg; 2]) -> bool {
+        let (states, wanted) = match record.state {
+            TransferState::Committed => (
+                on_legs(&self.batches.commit, legs).await,
+                LegState::Committed,
+            ),
+            TransferState::Aborted => (on_legs(&self.batches.abort, legs).await, LegState::Aborted),
             TransferState::Preparing => return false,
         };
-        let states = self.on_legs(map, legs, path, |r: LegsReply| r.states).await;
         let done = states
             .iter()
             .all(|s| matches!(s, Ok(state) if *state == wanted));
@@ -178,22 +163,16 @@ impl Coordinator {
             );
             return false;
         }
-        let partition = legs[0].decision_partition;
-        let complete = CompleteRequest {
-            transfers: vec![TransferRef {
-                transaction_id: record.spec.transaction_id,
-                partition,
-            }],
+        let complete = TransferRef {
+            transaction_id: record.spec.transaction_id,
+            partition: legs[0].decision_partition,
         };
         // Best effort: if this is lost, recovery re-applies the (idempotent)
         // decision and completes it later.
-        let participants = self.participants.clone();
+        let batcher = self.batches.complete.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = participants
-                    .post::<_, ()>(&[partition], "/internal/v1/transfers/complete", &complete)
-                    .await
-                {
+                if let Err(e) = batcher.submit(complete).await {
                     tracing::debug!(error = %e, "complete not confirmed");
                 }
             }
@@ -201,51 +180,15 @@ impl Coordinator {
         );
         true
     }
+}
 
-    /// Sends legs to their nodes (legs on one node in one request, nodes in
-    /// parallel) and returns one answer per leg, in order.
-    async fn on_legs<Reply, T>(
-        &self,
-        map: &PartitionMap,
-        legs: &[Leg; 2],
-        path: &str,
-        pick: impl Fn(Reply) -> Vec<T>,
-    ) -> Vec<Result<T, CallError>>
-    where
-        Reply: serde::de::DeserializeOwned,
-        T: Clone,
-    {
-        let together = map.owner(legs[0].partition) == map.owner(legs[1].partition);
-        let groups: Vec<Vec<Leg>> = if together {
-            vec![legs.to_vec()]
-        } else {
-            legs.iter().map(|l| vec![l.clone()]).collect()
-        };
-        let pick = &pick;
-        let calls = groups.iter().map(|group| async move {
-            let partitions: Vec<_> = group.iter().map(|l| l.partition).collect();
-            let req = LegsRequest {
-                legs: group.clone(),
-            };
-            let reply = self
-                .participants
-                .post::<_, Reply>(&partitions, path, &req)
-                .await;
-            match reply.map(pick) {
-                Ok(items) if items.len() == group.len() => {
-                    items.into_iter().map(Ok).collect::<Vec<_>>()
-                }
-                Ok(_) => vec![
-                    Err(CallError::Unknown(
-                        "answer has the wrong number of legs".into()
-                    ));
-                    group.len()
-                ],
-                Err(e) => vec![Err(e); group.len()],
-            }
-        });
-        join_all(calls).await.into_iter().flatten().collect()
-    }
+/// Sends both legs (each to its node's lane) and returns one answer per
+/// leg, in order.
+async fn on_legs<K: Kind<Item = Leg>>(
+    batcher: &std::sync::Arc<Batcher<K>>,
+    legs: &[Leg; 2],
+) -> Vec<Result<K::Answer, CallError>> {
+    join_all(legs.iter().map(|l| batcher.submit(l.clone()))).await
 }
 
 /// Commit only on two known yes votes; a refusal aborts with its reason; a

@@ -164,23 +164,31 @@ async fn complete<S: Store>(
 
 async fn execute<S: Store>(
     State(app): State<App<S>>,
-    Json(req): Json<Routed<ExecuteRequest>>,
-) -> ApiResult<Json<BeginResult>> {
-    let ExecuteRequest { begin, legs } = req.body;
-    for leg in &legs {
-        app.check_partition(&leg.account, leg.partition)?;
+    Json(req): Json<Routed<ExecuteBatch>>,
+) -> ApiResult<Json<ExecuteReply>> {
+    let items = req.body.transfers;
+    for e in &items {
+        for leg in &e.legs {
+            app.check_partition(&leg.account, leg.partition)?;
+        }
     }
     app.fence(
         req.map_revision,
-        [begin.partition, legs[0].partition, legs[1].partition],
+        items
+            .iter()
+            .flat_map(|e| [e.begin.partition, e.legs[0].partition, e.legs[1].partition]),
     )
     .await?;
-    let keys = decisions::execute_keys(&begin, &legs);
-    let result = app
+    let results = app
         .store
-        .transaction("execute", keys, |w| decisions::execute(w, &begin, &legs))
+        .batch(
+            "execute",
+            &items,
+            |e| decisions::execute_keys(&e.begin, &e.legs),
+            |w, e| decisions::execute(w, &e.begin, &e.legs),
+        )
         .await?;
-    Ok(Json(result))
+    Ok(Json(ExecuteReply { results }))
 }
 
 #[derive(Deserialize)]

@@ -260,6 +260,18 @@ pub struct ExecuteRequest {
     pub legs: [Leg; 2],
 }
 
+/// Many one-phase transfers, each applied (or refused) on its own, all in
+/// one local transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecuteBatch {
+    pub transfers: Vec<ExecuteRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecuteReply {
+    pub results: Vec<BeginResult>,
+}
+
 // ---- recovery ----------------------------------------------------------------
 
 /// What recovery should look at on one node.

@@ -6,6 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coordinator::batch::Limits;
 use coordinator::client::{CallError, Participants};
 use coordinator::transfer::{Coordinator, TransferOutcome};
 use participant::app::App;
@@ -120,6 +121,11 @@ const LEASE: Duration = Duration::from_millis(5000);
 const CALL_TIMEOUT: Duration = Duration::from_millis(2000);
 const RESOLVER_INTERVAL: Duration = Duration::from_millis(1000);
 const RESOLVER_GRACE: Duration = Duration::from_millis(2000);
+/// Small, so that batches form and split in many ways.
+const BATCH_LIMITS: Limits = Limits {
+    max_batch: 8,
+    max_in_flight: 2,
+};
 /// Promise 7: after the faults stop, everything resolves within this.
 pub const RESOLVE_WITHIN: Duration = Duration::from_secs(30);
 
@@ -161,11 +167,7 @@ impl World {
             transport,
             CALL_TIMEOUT,
         );
-        let c = Coordinator {
-            participants,
-            lease: LEASE,
-            crash_at: None,
-        };
+        let c = Coordinator::new(participants, LEASE, BATCH_LIMITS, None);
         let resolver = tokio::spawn(coordinator::resolver::run(
             c.clone(),
             RESOLVER_INTERVAL,

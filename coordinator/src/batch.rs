@@ -1,0 +1,326 @@
+//! Group commit on the coordinator's side: items of one kind (begins, leg
+//! prepares, decisions, ...) bound for one node travel together, and the
+//! node applies each request in one local transaction.
+//!
+//! Each (kind, node) lane sends at once while fewer than `max_in_flight`
+//! of its requests are out; otherwise items wait, and whatever waited goes
+//! in the next request as soon as one comes back. Light load: no added
+//! latency. Heavy load: batches grow to `max_batch`, and the number of
+//! requests and commits per transfer falls.
+//!
+//! Batching changes how items travel, not what they mean: every answer is
+//! per item, in order, and an unclear answer for the request is unknown for
+//! every item in it.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+use wallet_shared::protocol::*;
+use wallet_shared::PartitionId;
+
+use crate::client::{CallError, Participants};
+
+/// One kind of batched item: how to route it, wrap many in a request, and
+/// read their answers from the reply.
+pub trait Kind: Send + Sync + 'static {
+    type Item: Serialize + Clone + Send + Sync + 'static;
+    type Request: Serialize + Clone + Send + Sync;
+    type Reply: DeserializeOwned + Send;
+    type Answer: Send + 'static;
+    const PATH: &'static str;
+    fn partitions(item: &Self::Item) -> Vec<PartitionId>;
+    fn request(items: Vec<Self::Item>) -> Self::Request;
+    fn answers(reply: Self::Reply, n: usize) -> Vec<Self::Answer>;
+}
+
+type Waiting<K> = (
+    <K as Kind>::Item,
+    oneshot::Sender<Result<<K as Kind>::Answer, CallError>>,
+);
+
+struct Lane<K: Kind> {
+    queue: Vec<Waiting<K>>,
+    in_flight: usize,
+}
+
+/// The lanes of one kind, one per node.
+pub struct Batcher<K: Kind> {
+    participants: Participants,
+    lanes: Mutex<HashMap<String, Lane<K>>>,
+    limits: Limits,
+    kind: PhantomData<K>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Items per request at most.
+    pub max_batch: usize,
+    /// Requests of one lane out at once at most.
+    pub max_in_flight: usize,
+}
+
+impl<K: Kind> Batcher<K> {
+    pub fn new(participants: Participants, limits: Limits) -> Arc<Self> {
+        Arc::new(Batcher {
+            participants,
+            lanes: Mutex::new(HashMap::new()),
+            limits,
+            kind: PhantomData,
+        })
+    }
+
+    /// Sends `item` with whatever else is bound for its node, and returns
+    /// its own answer.
+    pub async fn submit(self: &Arc<Self>, item: K::Item) -> Result<K::Answer, CallError> {
+        let node = {
+            let map = self.participants.map.current();
+            let partitions = K::partitions(&item);
+            let owner = partitions.first().and_then(|p| map.owner(*p)).cloned();
+            match owner {
+                Some(node) => node,
+                None => {
+                    return Err(CallError::Unknown(format!(
+                        "partitions {partitions:?} are not in the map"
+                    )))
+                }
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let batch = {
+            let mut lanes = self.lanes.lock().unwrap();
+            let lane = lanes.entry(node.clone()).or_insert_with(|| Lane {
+                queue: Vec::new(),
+                in_flight: 0,
+            });
+            lane.queue.push((item, tx));
+            if lane.in_flight < self.limits.max_in_flight {
+                lane.in_flight += 1;
+                Some(take(&mut lane.queue, self.limits.max_batch))
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = batch {
+            // Its own task: the batch carries other callers' items, so it
+            // must not stop when this caller goes away.
+            tokio::spawn(self.clone().drain(node, batch).in_current_span());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(CallError::Unknown("the batch was dropped".into())))
+    }
+
+    /// Sends `batch`, then whatever queued meanwhile, until the lane is empty.
+    async fn drain(self: Arc<Self>, node: String, mut batch: Vec<Waiting<K>>) {
+        loop {
+            self.send(batch).await;
+            let mut lanes = self.lanes.lock().unwrap();
+            let Some(lane) = lanes.get_mut(&node) else {
+                return;
+            };
+            if lane.queue.is_empty() {
+                lane.in_flight -= 1;
+                return;
+            }
+            batch = take(&mut lane.queue, self.limits.max_batch);
+        }
+    }
+
+    async fn send(&self, batch: Vec<Waiting<K>>) {
+        let n = batch.len();
+        let (items, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let mut partitions: Vec<PartitionId> = items.iter().flat_map(K::partitions).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let reply = self
+            .participants
+            .post::<K::Request, K::Reply>(&partitions, K::PATH, &K::request(items))
+            .await;
+        let answers = reply.map(|r| K::answers(r, n));
+        match answers {
+            Ok(answers) if answers.len() == n => {
+                for (tx, answer) in senders.into_iter().zip(answers) {
+                    let _ = tx.send(Ok(answer));
+                }
+            }
+            Ok(answers) => {
+                let e = CallError::Unknown(format!(
+                    "{} answers to {n} items from {}",
+                    answers.len(),
+                    K::PATH
+                ));
+                for tx in senders {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for tx in senders {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn take<T>(queue: &mut Vec<T>, max: usize) -> Vec<T> {
+    let n = queue.len().min(max);
+    queue.drain(..n).collect()
+}
+
+// ---- the kinds ---------------------------------------------------------------
+
+pub struct BeginKind;
+impl Kind for BeginKind {
+    type Item = Begin;
+    type Request = BeginRequest;
+    type Reply = BeginReply;
+    type Answer = BeginResult;
+    const PATH: &'static str = "/internal/v1/transfers/begin";
+    fn partitions(b: &Begin) -> Vec<PartitionId> {
+        vec![b.partition]
+    }
+    fn request(transfers: Vec<Begin>) -> BeginRequest {
+        BeginRequest { transfers }
+    }
+    fn answers(reply: BeginReply, _: usize) -> Vec<BeginResult> {
+        reply.results
+    }
+}
+
+pub struct ExecuteKind;
+impl Kind for ExecuteKind {
+    type Item = ExecuteRequest;
+    type Request = ExecuteBatch;
+    type Reply = ExecuteReply;
+    type Answer = BeginResult;
+    const PATH: &'static str = "/internal/v1/transfers/execute";
+    fn partitions(e: &ExecuteRequest) -> Vec<PartitionId> {
+        vec![e.begin.partition, e.legs[0].partition, e.legs[1].partition]
+    }
+    fn request(transfers: Vec<ExecuteRequest>) -> ExecuteBatch {
+        ExecuteBatch { transfers }
+    }
+    fn answers(reply: ExecuteReply, _: usize) -> Vec<BeginResult> {
+        reply.results
+    }
+}
+
+pub struct PrepareKind;
+impl Kind for PrepareKind {
+    type Item = Leg;
+    type Request = LegsRequest;
+    type Reply = PrepareReply;
+    type Answer = Vote;
+    const PATH: &'static str = "/internal/v1/legs/prepare";
+    fn partitions(l: &Leg) -> Vec<PartitionId> {
+        vec![l.partition]
+    }
+    fn request(legs: Vec<Leg>) -> LegsRequest {
+        LegsRequest { legs }
+    }
+    fn answers(reply: PrepareReply, _: usize) -> Vec<Vote> {
+        reply.votes
+    }
+}
+
+pub struct CommitKind;
+impl Kind for CommitKind {
+    type Item = Leg;
+    type Request = LegsRequest;
+    type Reply = LegsReply;
+    type Answer = LegState;
+    const PATH: &'static str = "/internal/v1/legs/commit";
+    fn partitions(l: &Leg) -> Vec<PartitionId> {
+        vec![l.partition]
+    }
+    fn request(legs: Vec<Leg>) -> LegsRequest {
+        LegsRequest { legs }
+    }
+    fn answers(reply: LegsReply, _: usize) -> Vec<LegState> {
+        reply.states
+    }
+}
+
+pub struct AbortKind;
+impl Kind for AbortKind {
+    type Item = Leg;
+    type Request = LegsRequest;
+    type Reply = LegsReply;
+    type Answer = LegState;
+    const PATH: &'static str = "/internal/v1/legs/abort";
+    fn partitions(l: &Leg) -> Vec<PartitionId> {
+        vec![l.partition]
+    }
+    fn request(legs: Vec<Leg>) -> LegsRequest {
+        LegsRequest { legs }
+    }
+    fn answers(reply: LegsReply, _: usize) -> Vec<LegState> {
+        reply.states
+    }
+}
+
+pub struct DecideKind;
+impl Kind for DecideKind {
+    type Item = Decide;
+    type Request = DecideRequest;
+    type Reply = DecideReply;
+    type Answer = Option<TransferRecord>;
+    const PATH: &'static str = "/internal/v1/transfers/decide";
+    fn partitions(d: &Decide) -> Vec<PartitionId> {
+        vec![d.partition]
+    }
+    fn request(decisions: Vec<Decide>) -> DecideRequest {
+        DecideRequest { decisions }
+    }
+    fn answers(reply: DecideReply, _: usize) -> Vec<Option<TransferRecord>> {
+        reply.records
+    }
+}
+
+pub struct CompleteKind;
+impl Kind for CompleteKind {
+    type Item = TransferRef;
+    type Request = CompleteRequest;
+    type Reply = ();
+    type Answer = ();
+    const PATH: &'static str = "/internal/v1/transfers/complete";
+    fn partitions(t: &TransferRef) -> Vec<PartitionId> {
+        vec![t.partition]
+    }
+    fn request(transfers: Vec<TransferRef>) -> CompleteRequest {
+        CompleteRequest { transfers }
+    }
+    fn answers(_: (), n: usize) -> Vec<()> {
+        vec![(); n]
+    }
+}
+
+/// One batcher per kind, shared by every transfer of a coordinator.
+#[derive(Clone)]
+pub struct Batches {
+    pub begin: Arc<Batcher<BeginKind>>,
+    pub execute: Arc<Batcher<ExecuteKind>>,
+    pub prepare: Arc<Batcher<PrepareKind>>,
+    pub commit: Arc<Batcher<CommitKind>>,
+    pub abort: Arc<Batcher<AbortKind>>,
+    pub decide: Arc<Batcher<DecideKind>>,
+    pub complete: Arc<Batcher<CompleteKind>>,
+}
+
+impl Batches {
+    pub fn new(participants: &Participants, limits: Limits) -> Self {
+        Batches {
+            begin: Batcher::new(participants.clone(), limits),
+            execute: Batcher::new(participants.clone(), limits),
+            prepare: Batcher::new(participants.clone(), limits),
+            commit: Batcher::new(participants.clone(), limits),
+            abort: Batcher::new(participants.clone(), limits),
+            decide: Batcher::new(participants.clone(), limits),
+            complete: Batcher::new(participants.clone(), limits),
+        }
+    }
+}
