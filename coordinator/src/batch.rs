@@ -173,114 +173,46 @@ fn take<T>(queue: &mut Vec<T>, max: usize) -> Vec<T> {
 
 // ---- the kinds ---------------------------------------------------------------
 
-pub struct BeginKind;
-impl Kind for BeginKind {
-    type Item = Begin;
-    type Request = BeginRequest;
-    type Reply = BeginReply;
-    type Answer = BeginResult;
-    const PATH: &'static str = "/internal/v1/transfers/begin";
-    fn partitions(b: &Begin) -> Vec<PartitionId> {
-        vec![b.partition]
-    }
-    fn request(transfers: Vec<Begin>) -> BeginRequest {
-        BeginRequest { transfers }
-    }
-    fn answers(reply: BeginReply, _: usize) -> Vec<BeginResult> {
-        reply.results
-    }
+/// A kind whose request wraps the items in one field and whose reply
+/// answers them in one field, in order.
+macro_rules! kind {
+    ($kind:ident: $item:ty => $request:ident { $items:ident } @ $path:literal,
+     $reply:ident { $answers:ident: $answer:ty }, |$i:ident| $partitions:expr) => {
+        pub struct $kind;
+        impl Kind for $kind {
+            type Item = $item;
+            type Request = $request;
+            type Reply = $reply;
+            type Answer = $answer;
+            const PATH: &'static str = $path;
+            fn partitions($i: &$item) -> Vec<PartitionId> {
+                $partitions
+            }
+            fn request($items: Vec<$item>) -> $request {
+                $request { $items }
+            }
+            fn answers(reply: $reply, _: usize) -> Vec<$answer> {
+                reply.$answers
+            }
+        }
+    };
 }
 
-pub struct ExecuteKind;
-impl Kind for ExecuteKind {
-    type Item = ExecuteRequest;
-    type Request = ExecuteBatch;
-    type Reply = ExecuteReply;
-    type Answer = BeginResult;
-    const PATH: &'static str = "/internal/v1/transfers/execute";
-    fn partitions(e: &ExecuteRequest) -> Vec<PartitionId> {
-        vec![e.begin.partition, e.legs[0].partition, e.legs[1].partition]
-    }
-    fn request(transfers: Vec<ExecuteRequest>) -> ExecuteBatch {
-        ExecuteBatch { transfers }
-    }
-    fn answers(reply: ExecuteReply, _: usize) -> Vec<BeginResult> {
-        reply.results
-    }
-}
+kind!(BeginKind: Begin => BeginRequest { transfers } @ "/internal/v1/transfers/begin",
+      BeginReply { results: BeginResult }, |b| vec![b.partition]);
+kind!(ExecuteKind: ExecuteRequest => ExecuteBatch { transfers } @ "/internal/v1/transfers/execute",
+      ExecuteReply { results: BeginResult },
+      |e| vec![e.begin.partition, e.legs[0].partition, e.legs[1].partition]);
+kind!(PrepareKind: Leg => LegsRequest { legs } @ "/internal/v1/legs/prepare",
+      PrepareReply { votes: Vote }, |l| vec![l.partition]);
+kind!(CommitKind: Leg => LegsRequest { legs } @ "/internal/v1/legs/commit",
+      LegsReply { states: LegState }, |l| vec![l.partition]);
+kind!(AbortKind: Leg => LegsRequest { legs } @ "/internal/v1/legs/abort",
+      LegsReply { states: LegState }, |l| vec![l.partition]);
+kind!(DecideKind: Decide => DecideRequest { decisions } @ "/internal/v1/transfers/decide",
+      DecideReply { records: Option<TransferRecord> }, |d| vec![d.partition]);
 
-pub struct PrepareKind;
-impl Kind for PrepareKind {
-    type Item = Leg;
-    type Request = LegsRequest;
-    type Reply = PrepareReply;
-    type Answer = Vote;
-    const PATH: &'static str = "/internal/v1/legs/prepare";
-    fn partitions(l: &Leg) -> Vec<PartitionId> {
-        vec![l.partition]
-    }
-    fn request(legs: Vec<Leg>) -> LegsRequest {
-        LegsRequest { legs }
-    }
-    fn answers(reply: PrepareReply, _: usize) -> Vec<Vote> {
-        reply.votes
-    }
-}
-
-pub struct CommitKind;
-impl Kind for CommitKind {
-    type Item = Leg;
-    type Request = LegsRequest;
-    type Reply = LegsReply;
-    type Answer = LegState;
-    const PATH: &'static str = "/internal/v1/legs/commit";
-    fn partitions(l: &Leg) -> Vec<PartitionId> {
-        vec![l.partition]
-    }
-    fn request(legs: Vec<Leg>) -> LegsRequest {
-        LegsRequest { legs }
-    }
-    fn answers(reply: LegsReply, _: usize) -> Vec<LegState> {
-        reply.states
-    }
-}
-
-pub struct AbortKind;
-impl Kind for AbortKind {
-    type Item = Leg;
-    type Request = LegsRequest;
-    type Reply = LegsReply;
-    type Answer = LegState;
-    const PATH: &'static str = "/internal/v1/legs/abort";
-    fn partitions(l: &Leg) -> Vec<PartitionId> {
-        vec![l.partition]
-    }
-    fn request(legs: Vec<Leg>) -> LegsRequest {
-        LegsRequest { legs }
-    }
-    fn answers(reply: LegsReply, _: usize) -> Vec<LegState> {
-        reply.states
-    }
-}
-
-pub struct DecideKind;
-impl Kind for DecideKind {
-    type Item = Decide;
-    type Request = DecideRequest;
-    type Reply = DecideReply;
-    type Answer = Option<TransferRecord>;
-    const PATH: &'static str = "/internal/v1/transfers/decide";
-    fn partitions(d: &Decide) -> Vec<PartitionId> {
-        vec![d.partition]
-    }
-    fn request(decisions: Vec<Decide>) -> DecideRequest {
-        DecideRequest { decisions }
-    }
-    fn answers(reply: DecideReply, _: usize) -> Vec<Option<TransferRecord>> {
-        reply.records
-    }
-}
-
+/// Completing answers nothing but "done" (204).
 pub struct CompleteKind;
 impl Kind for CompleteKind {
     type Item = TransferRef;
