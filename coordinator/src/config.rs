@@ -65,10 +65,10 @@ fn default_resolver_grace_ms() -> u64 {
     2_000
 }
 fn default_max_batch() -> usize {
-    256
+    512
 }
 fn default_max_in_flight() -> usize {
-    4
+    1
 }
 fn default_max_body_bytes() -> usize {
     16 * 1024

@@ -31,6 +31,9 @@ impl PgStore {
         let options = options.options([
             ("statement_timeout", timeout.as_str()),
             ("lock_timeout", timeout.as_str()),
+            // Every statement here looks rows up by key: one generic plan
+            // serves all, so Postgres need not plan each execution anew.
+            ("plan_cache_mode", "force_generic_plan"),
         ]);
         let pool = retry::with_backoff("connect to Postgres", retry::Policy::startup(), || {
             PgPoolOptions::new()
