@@ -11,7 +11,8 @@
 //!
 //! Each piece can also be used on its own: [`Postgres`], [`Etcd`] and
 //! [`Service`] each start one process, wait until it is ready, and can
-//! `kill9`, `restart` and `stop` it.
+//! `kill9`, `restart`, `stop`, `pause` and `resume` it; a [`Proxy`] cuts or
+//! silences a link on demand.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -28,6 +29,7 @@ pub mod etcd;
 pub mod ports;
 pub mod postgres;
 mod process;
+pub mod proxy;
 pub mod service;
 
 pub use cluster::{write_partition_map, Cluster, ClusterOptions, Component, FixedPorts, Manifest};
@@ -35,4 +37,5 @@ pub use etcd::Etcd;
 pub use ports::free_port;
 pub use postgres::Postgres;
 pub use process::log_tail;
+pub use proxy::Proxy;
 pub use service::{find_binary, Service, ServiceConfig};
