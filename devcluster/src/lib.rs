@@ -14,6 +14,9 @@
 //! `kill9`, `restart`, `stop`, `pause` and `resume` it; a [`Proxy`] cuts or
 //! silences a link on demand.
 //!
+//! [`chaos`] is the chaos suite built on all of it (the `chaos` binary,
+//! `make chaos`, and a short run in `make test`).
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use devcluster::{Cluster, ClusterOptions};
@@ -24,6 +27,7 @@
 //! # let _ = api; Ok(()) }
 //! ```
 
+pub mod chaos;
 pub mod cluster;
 pub mod etcd;
 pub mod ports;

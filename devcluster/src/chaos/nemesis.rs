@@ -1,0 +1,251 @@
+//! The nemesis: one fault at a time, on a random schedule, each healed
+//! after a bounded time before the next: `kill -9` and restart of a
+//! coordinator, a participant, a Postgres server (once its old processes are
+//! gone) or etcd; SIGSTOP/SIGCONT of any of them; a cut or a blackhole of a
+//! link, through the cluster's proxies (coordinators to one participant, or
+//! one coordinator to etcd). Every fault becomes a [`Fault`] in the history.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::time::Instant;
+
+use super::history::{Clock, Fault, FaultKind};
+use crate::proxy::Mode;
+use crate::{Cluster, Etcd, Postgres, Service};
+
+/// How often and how long.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Mean pause between one fault's healing and the next fault (uniform
+    /// between 0 and twice this).
+    pub interval: Duration,
+    /// Shortest time a fault lasts.
+    pub hold_min: Duration,
+    /// Longest time a fault lasts (a restart adds its own start-up time).
+    pub hold_max: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            interval: Duration::from_millis(1000),
+            hold_min: Duration::from_millis(300),
+            hold_max: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// A process the nemesis can kill, restart, pause and resume.
+trait Victim {
+    fn kill9(&mut self) -> impl Future<Output = Result<()>>;
+    fn restart(&mut self) -> impl Future<Output = Result<()>>;
+    fn pause(&mut self) -> Result<()>;
+    fn resume(&mut self) -> Result<()>;
+    fn is_running(&mut self) -> bool;
+}
+
+macro_rules! victim {
+    ($t:ty) => {
+        impl Victim for $t {
+            fn kill9(&mut self) -> impl Future<Output = Result<()>> {
+                <$t>::kill9(self)
+            }
+            fn restart(&mut self) -> impl Future<Output = Result<()>> {
+                <$t>::restart(self)
+            }
+            fn pause(&mut self) -> Result<()> {
+                <$t>::pause(self)
+            }
+            fn resume(&mut self) -> Result<()> {
+                <$t>::resume(self)
+            }
+            fn is_running(&mut self) -> bool {
+                <$t>::is_running(self)
+            }
+        }
+    };
+}
+victim!(Service);
+victim!(Postgres);
+victim!(Etcd);
+
+/// How many times a restart is tried before the run gives up.
+const RESTART_ATTEMPTS: u32 = 3;
+
+/// Injects faults into `cluster` until `deadline`; returns them. Fails only
+/// when the harness cannot heal a fault (a process that will not restart).
+pub async fn run(
+    cluster: &mut Cluster,
+    schedule: &Schedule,
+    seed: u64,
+    clock: Clock,
+    deadline: Instant,
+) -> Result<Vec<Fault>> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x6e65_6d65_7369_7321);
+    let mut faults = Vec::new();
+    loop {
+        let gap = schedule.interval.mul_f64(2.0 * rng.f64());
+        tokio::time::sleep(gap).await;
+        if Instant::now() >= deadline {
+            return Ok(faults);
+        }
+        let kind = FaultKind::ALL[rng.usize(..FaultKind::ALL.len())];
+        let span = schedule.hold_max.saturating_sub(schedule.hold_min);
+        let hold = schedule.hold_min + span.mul_f64(rng.f64());
+        let start_ms = clock.now_ms();
+        let target = inject(cluster, kind, &mut rng, hold)
+            .await
+            .with_context(|| format!("fault {}", kind.as_str()))?;
+        let fault = Fault {
+            kind,
+            target,
+            start_ms,
+            end_ms: clock.now_ms(),
+        };
+        tracing::info!(
+            kind = fault.kind.as_str(),
+            target = %fault.target,
+            ms = fault.end_ms - fault.start_ms,
+            "fault healed"
+        );
+        faults.push(fault);
+    }
+}
+
+/// Injects one fault on a random target, holds it, heals it; returns the
+/// target's name.
+async fn inject(
+    cluster: &mut Cluster,
+    kind: FaultKind,
+    rng: &mut fastrand::Rng,
+    hold: Duration,
+) -> Result<String> {
+    let coordinator = rng.usize(..cluster.coordinators().len());
+    let participant = rng.usize(..cluster.participants().len());
+    let pg_name = format!("postgres-{}", participant + 1);
+    match kind {
+        FaultKind::KillCoordinator => {
+            let s = cluster.coordinator_mut(coordinator);
+            let name = s.name().to_string();
+            kill_and_restart(s, hold).await?;
+            Ok(name)
+        }
+        FaultKind::KillParticipant => {
+            let s = cluster.participant_mut(participant);
+            let name = s.name().to_string();
+            kill_and_restart(s, hold).await?;
+            Ok(name)
+        }
+        FaultKind::KillPostgres => {
+            kill_and_restart(cluster.postgres_mut(participant), hold).await?;
+            Ok(pg_name)
+        }
+        FaultKind::KillEtcd => {
+            kill_and_restart(cluster.etcd_mut(), hold).await?;
+            Ok("etcd".into())
+        }
+        FaultKind::PauseCoordinator => {
+            let s = cluster.coordinator_mut(coordinator);
+            let name = s.name().to_string();
+            pause_and_resume(s, hold).await?;
+            Ok(name)
+        }
+        FaultKind::PauseParticipant => {
+            let s = cluster.participant_mut(participant);
+            let name = s.name().to_string();
+            pause_and_resume(s, hold).await?;
+            Ok(name)
+        }
+        FaultKind::PausePostgres => {
+            pause_and_resume(cluster.postgres_mut(participant), hold).await?;
+            Ok(pg_name)
+        }
+        FaultKind::PauseEtcd => {
+            pause_and_resume(cluster.etcd_mut(), hold).await?;
+            Ok("etcd".into())
+        }
+        FaultKind::CutParticipant | FaultKind::BlackholeParticipant => {
+            let proxy = cluster
+                .participant_proxy(participant)
+                .context("the cluster has no proxies (ClusterOptions::proxies)")?;
+            let mode = if kind == FaultKind::CutParticipant {
+                Mode::Cut
+            } else {
+                Mode::Blackhole
+            };
+            proxy.set_mode(mode);
+            tokio::time::sleep(hold).await;
+            proxy.set_mode(Mode::Open);
+            Ok(proxy.name().to_string())
+        }
+        FaultKind::CutEtcd | FaultKind::BlackholeEtcd => {
+            let proxy = cluster
+                .etcd_proxy(coordinator)
+                .context("the cluster has no proxies (ClusterOptions::proxies)")?;
+            let mode = if kind == FaultKind::CutEtcd {
+                Mode::Cut
+            } else {
+                Mode::Blackhole
+            };
+            proxy.set_mode(mode);
+            tokio::time::sleep(hold).await;
+            proxy.set_mode(Mode::Open);
+            Ok(proxy.name().to_string())
+        }
+    }
+}
+
+async fn kill_and_restart(victim: &mut impl Victim, down: Duration) -> Result<()> {
+    victim.kill9().await?;
+    tokio::time::sleep(down).await;
+    restart(victim).await
+}
+
+async fn pause_and_resume(victim: &mut impl Victim, hold: Duration) -> Result<()> {
+    victim.pause()?;
+    tokio::time::sleep(hold).await;
+    victim.resume()
+}
+
+/// Restarts, a few times if need be (a start can fail on a port race).
+async fn restart(victim: &mut impl Victim) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match victim.restart().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < RESTART_ATTEMPTS => {
+                tracing::warn!(error = %format!("{e:#}"), attempt, "restart failed; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("restart failed {RESTART_ATTEMPTS} times: {e:#}"),
+        }
+    }
+}
+
+/// Makes sure no fault is left: every link open, every process resumed and
+/// running.
+pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
+    for proxy in cluster.proxies() {
+        proxy.set_mode(Mode::Open);
+    }
+    heal(cluster.etcd_mut()).await?;
+    for i in 0..cluster.participants().len() {
+        heal(cluster.postgres_mut(i)).await?;
+        heal(cluster.participant_mut(i)).await?;
+    }
+    for i in 0..cluster.coordinators().len() {
+        heal(cluster.coordinator_mut(i)).await?;
+    }
+    Ok(())
+}
+
+async fn heal(victim: &mut impl Victim) -> Result<()> {
+    victim.resume()?;
+    if !victim.is_running() {
+        restart(victim).await?;
+    }
+    Ok(())
+}
