@@ -1,13 +1,19 @@
 # make run         the whole cluster in the foreground (Ctrl-C stops it); data in .data/
 # make test        what CI runs: format, lints, build, every test
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
+# make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
+#                  history, report and logs in target/chaos/<date>/
 
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Extra arguments for `devcluster run`, e.g. make run RUN_ARGS='--coordinator-port 9090'
 RUN_ARGS ?=
+# make chaos: seconds of clients and faults, and extra arguments for `chaos`
+# (e.g. CHAOS_ARGS='--seed 7 --clients 32'; `chaos --help` lists them)
+CHAOS_SECONDS ?= 600
+CHAOS_ARGS ?=
 
-.PHONY: deps build run test clean-data
+.PHONY: deps build run test chaos clean-data
 
 deps:
 	scripts/ensure-deps.sh
@@ -23,6 +29,15 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
+
+chaos: deps
+	$(CARGO) build --release --workspace
+	@out=$(TARGET_DIR)/chaos/$$(date +%Y%m%d-%H%M%S); mkdir -p $$out; \
+	echo "chaos: $(CHAOS_SECONDS) s of faults; log in $$out/chaos.log"; \
+	$(TARGET_DIR)/release/chaos --duration $(CHAOS_SECONDS) --out $$out $(CHAOS_ARGS) >$$out/chaos.log 2>&1; \
+	rc=$$?; \
+	if [ -f $$out/report.txt ]; then cat $$out/report.txt; else tail -n 30 $$out/chaos.log; fi; \
+	exit $$rc
 
 clean-data:
 	rm -rf .data
