@@ -317,7 +317,16 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         id(),
         "x".repeat(100_000)
     );
-    let r = t.post_raw("/v1/wallet/balance_transfer", huge).await;
+    // The server refuses the body unread and drops the connection: the
+    // client must not pool it for the next request (IncompleteMessage).
+    let api = t.api();
+    let req = api
+        .http
+        .post(format!("{}/v1/wallet/balance_transfer", api.base))
+        .header("content-type", "application/json")
+        .header("connection", "close")
+        .body(huge);
+    let r = api.send(req).await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),
         (413, Some("payload_too_large")),
