@@ -23,6 +23,15 @@ struct Args {
     /// Seconds of clients and faults.
     #[arg(long, default_value_t = 600)]
     duration: u64,
+    /// Run on past `--duration` until this many new transfers were sent...
+    #[arg(long, default_value_t = 0)]
+    min_transfers: u64,
+    /// ...and this many faults injected...
+    #[arg(long, default_value_t = 0)]
+    min_faults: u64,
+    /// ...but no longer than this many seconds (default: `--duration`).
+    #[arg(long)]
+    max_duration: Option<u64>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 24)]
     clients: usize,
@@ -41,6 +50,10 @@ struct Args {
     /// Longest fault, in ms (a restart adds its start-up time).
     #[arg(long, default_value_t = 2000)]
     fault_max_ms: u64,
+    /// A client request without an answer after this many ms is unknown
+    /// (shorter: more retries race the first attempt).
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
     /// Seconds from healing within which everything must be resolved.
     #[arg(long, default_value_t = 30)]
     settle_limit: u64,
@@ -62,6 +75,9 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(format!("target/chaos/{}", now.as_secs())));
     let config = Config {
         duration: Duration::from_secs(args.duration),
+        max_duration: Duration::from_secs(args.max_duration.unwrap_or(args.duration)),
+        min_transfers: args.min_transfers,
+        min_faults: args.min_faults,
         clients: args.clients,
         schedule: Schedule {
             interval: Duration::from_millis(args.fault_interval_ms),
@@ -69,6 +85,7 @@ async fn main() -> ExitCode {
             hold_max: Duration::from_millis(args.fault_max_ms.max(args.fault_min_ms)),
         },
         settle_limit: Duration::from_secs(args.settle_limit),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
         keep_data: args.keep_data,
         ..Config::new(out, seed)
     };

@@ -336,7 +336,30 @@ fn transaction_verdict(
         _ => (applied.transferred_once(), applied.nothing()),
     };
     let what = || format!("{:?}, applied {applied:?}", ops[0].request);
-    match Known::of(ops) {
+    let known = Known::of(ops);
+    // A status lookup of a transfer with a definite answer must say the same.
+    if let (Some(lookup), Some(answer)) = (resolution, ops.iter().find_map(|op| op.answer())) {
+        let agrees = match (lookup.status, known) {
+            (Some(200), Known::Acked) => lookup.state() == Some("committed"),
+            (Some(200), _) => {
+                lookup.state() == Some("aborted") && answer.ends_with(lookup.code().unwrap_or("?"))
+            }
+            // Refused before anything was recorded; an acknowledged one is found.
+            (Some(404), known) => known == Known::Refused,
+            // A lookup that failed says nothing.
+            _ => true,
+        };
+        if !agrees {
+            found.push(Anomaly::new(
+                AnomalyKind::AnswerChanged,
+                format!(
+                    "{id} was answered {answer}, its status says {:?} {}",
+                    lookup.status, lookup.body
+                ),
+            ));
+        }
+    }
+    match known {
         Known::Acked => {
             if !once {
                 found.push(Anomaly::new(AnomalyKind::AckedNotApplied, what()));
@@ -616,6 +639,27 @@ mod tests {
         );
         let h = history(vec![committed(transfer(2, 30)), refused]);
         assert!(kinds(&h, &audit(applied_transfer(2))).contains(&AnomalyKind::AnswerChanged));
+    }
+
+    #[test]
+    fn a_status_that_contradicts_the_answer_is_caught() {
+        let lookup = |state: &str| {
+            op(
+                Request::Status {
+                    transaction_id: Uuid::from_u128(2),
+                },
+                Outcome::Ok,
+                Some(200),
+                json!({"status": state}),
+            )
+        };
+        let h = history(vec![committed(transfer(2, 30)), lookup("committed")]);
+        assert_eq!(kinds(&h, &audit(applied_transfer(2))), vec![]);
+        let h = history(vec![committed(transfer(2, 30)), lookup("pending")]);
+        assert_eq!(
+            kinds(&h, &audit(applied_transfer(2))),
+            vec![AnomalyKind::AnswerChanged]
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod report;
 pub mod workload;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -33,7 +34,7 @@ use wallet_shared::Currency;
 
 use self::audit::Audit;
 use self::checker::{Anomaly, Settling};
-use self::history::{Clock, History, Op, Outcome, Phase, Request};
+use self::history::{Clock, History, Known, Op, Outcome, Phase, Request};
 use self::nemesis::Schedule;
 use self::report::{Report, Timings};
 use self::workload::{Client, Workload};
@@ -53,11 +54,77 @@ pub fn quick_recovery() -> Vec<(String, String)> {
     .collect()
 }
 
+/// When the clients and the nemesis stop: not before `earliest`, then as
+/// soon as enough transfers were sent and faults injected, and at `latest`
+/// whatever the counts.
+#[derive(Debug)]
+pub struct Until {
+    /// Not before this.
+    earliest: Instant,
+    /// Not after this.
+    latest: Instant,
+    /// New transfers to send at least.
+    min_transfers: u64,
+    /// Faults to inject at least.
+    min_faults: u64,
+    /// New transfers sent so far.
+    transfers: AtomicU64,
+    /// Faults healed so far.
+    faults: AtomicU64,
+}
+
+impl Until {
+    /// After `duration`, whatever was done.
+    pub fn after(duration: Duration) -> Until {
+        Until::counts(duration, duration, 0, 0)
+    }
+
+    /// After at least `earliest` and at most `latest` from now, once
+    /// `transfers` new transfers were sent and `faults` faults healed.
+    pub fn counts(earliest: Duration, latest: Duration, transfers: u64, faults: u64) -> Until {
+        let now = Instant::now();
+        Until {
+            earliest: now + earliest,
+            latest: now + latest.max(earliest),
+            min_transfers: transfers,
+            min_faults: faults,
+            transfers: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether it is time to stop.
+    pub fn reached(&self) -> bool {
+        let now = Instant::now();
+        now >= self.latest
+            || (now >= self.earliest
+                && self.transfers.load(Ordering::Relaxed) >= self.min_transfers
+                && self.faults.load(Ordering::Relaxed) >= self.min_faults)
+    }
+
+    /// Counts a new transfer sent.
+    pub fn transfer_sent(&self) {
+        self.transfers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a fault healed.
+    pub fn fault_healed(&self) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// What a run does.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// How long the clients and the nemesis run.
+    /// How long the clients and the nemesis run at least.
     pub duration: Duration,
+    /// How long they run at most, while `min_transfers` or `min_faults` are
+    /// not reached.
+    pub max_duration: Duration,
+    /// New transfers to send at least (within `max_duration`).
+    pub min_transfers: u64,
+    /// Faults to inject at least (within `max_duration`).
+    pub min_faults: u64,
     /// Concurrent clients.
     pub clients: usize,
     /// Seed of every random choice.
@@ -82,6 +149,9 @@ impl Config {
     pub fn new(out: impl Into<PathBuf>, seed: u64) -> Config {
         Config {
             duration: Duration::from_secs(60),
+            max_duration: Duration::from_secs(60),
+            min_transfers: 0,
+            min_faults: 0,
             clients: 16,
             seed,
             out: out.into(),
@@ -100,6 +170,8 @@ const ACCOUNTS: [(&str, usize); 2] = [("USD", 3), ("JPY", 1)];
 const INITIAL: i64 = 100_000;
 /// Concurrent lookups and retries while resolving.
 const RESOLVERS: usize = 16;
+/// How many transfers with a definite answer have their status looked up.
+const STATUS_SAMPLE: usize = 500;
 
 /// Runs the whole suite (see the module docs) and writes `history.jsonl`,
 /// `report.json` and `report.txt` into `config.out`. An error means the
@@ -158,10 +230,15 @@ async fn run_into(config: &Config, history: &mut History) -> Result<Report> {
         seconds = config.duration.as_secs_f64(),
         "chaos: clients and nemesis start"
     );
-    let deadline = Instant::now() + config.duration;
+    let until = Until::counts(
+        config.duration,
+        config.max_duration,
+        config.min_transfers,
+        config.min_faults,
+    );
     let (ops, faults) = tokio::join!(
-        workload.run(&client, config.clients, config.seed, deadline),
-        nemesis::run(&mut cluster, &config.schedule, config.seed, clock, deadline),
+        workload.run(&client, config.clients, config.seed, &until),
+        nemesis::run(&mut cluster, &config.schedule, config.seed, clock, &until),
     );
     history.ops.extend(ops);
     let chaos_ms = clock.now_ms();
@@ -258,8 +335,9 @@ pub struct Checked {
 /// Everything after the faults are healed (call it then): resolves every
 /// unknown outcome and waits until nothing is in flight (both within
 /// `limit`, waiting on up to three times as long only to learn more); sends
-/// fresh operations; reads every database and every balance; and checks
-/// the history against all of it. Every request goes into `history`.
+/// fresh operations; reads every database, every balance and the status of
+/// a sample of the transfers with a definite answer; and checks the history
+/// against all of it. Every request goes into `history`.
 pub async fn settle_and_check(
     client: &Client,
     process: usize,
@@ -290,6 +368,29 @@ pub async fn settle_and_check(
         let op = client.call(process, Phase::Final, 0, again, false).await;
         history.ops.push(op);
     }
+    // A sample of the transfers that got a definite answer: their status
+    // must say the same.
+    let mut decided: Vec<uuid::Uuid> = history
+        .by_transaction()
+        .into_iter()
+        .filter(|(_, ops)| {
+            matches!(ops[0].request, Request::Transfer { .. })
+                && matches!(Known::of(ops), Known::Acked | Known::Refused)
+        })
+        .map(|(id, _)| id)
+        .collect();
+    fastrand::Rng::with_seed(decided.len() as u64).shuffle(&mut decided);
+    decided.truncate(STATUS_SAMPLE);
+    let n = client.coordinators();
+    let lookups: Vec<Op> = stream::iter(decided.into_iter().enumerate())
+        .map(|(i, transaction_id)| {
+            let lookup = Request::Status { transaction_id };
+            client.call(process, Phase::Final, i % n, lookup, false)
+        })
+        .buffer_unordered(RESOLVERS)
+        .collect()
+        .await;
+    history.ops.extend(lookups);
     for (i, a) in workload.accounts.iter().enumerate() {
         let read = Request::Read {
             account: a.id.clone(),

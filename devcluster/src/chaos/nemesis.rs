@@ -8,12 +8,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use tokio::time::Instant;
-
 use super::history::{Clock, Fault, FaultKind};
+use super::Until;
 use crate::proxy::Mode;
 use crate::{Cluster, Etcd, Postgres, Service};
+use anyhow::{bail, Context, Result};
 
 /// How often and how long.
 #[derive(Debug, Clone)]
@@ -74,21 +73,21 @@ victim!(Etcd);
 /// How many times a restart is tried before the run gives up.
 const RESTART_ATTEMPTS: u32 = 3;
 
-/// Injects faults into `cluster` until `deadline`; returns them. Fails only
+/// Injects faults into `cluster` until `until`; returns them. Fails only
 /// when the harness cannot heal a fault (a process that will not restart).
 pub async fn run(
     cluster: &mut Cluster,
     schedule: &Schedule,
     seed: u64,
     clock: Clock,
-    deadline: Instant,
+    until: &Until,
 ) -> Result<Vec<Fault>> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x6e65_6d65_7369_7321);
     let mut faults = Vec::new();
     loop {
         let gap = schedule.interval.mul_f64(2.0 * rng.f64());
         tokio::time::sleep(gap).await;
-        if Instant::now() >= deadline {
+        if until.reached() {
             return Ok(faults);
         }
         let kind = FaultKind::ALL[rng.usize(..FaultKind::ALL.len())];
@@ -111,6 +110,7 @@ pub async fn run(
             "fault healed"
         );
         faults.push(fault);
+        until.fault_healed();
     }
 }
 

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use uuid::Uuid;
 use wallet_shared::{AccountId, Currency, PartitionMap};
 
 use super::history::{Clock, Op, Outcome, Phase, Request};
+use super::Until;
 
 /// How many earlier requests clients may pick a retry from.
 const RECENT: usize = 512;
@@ -300,15 +300,9 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Runs `clients` loops until `deadline` (a request in flight then is
+    /// Runs `clients` loops until `until` (a request in flight then is
     /// finished) and returns what they did.
-    pub async fn run(
-        &self,
-        client: &Client,
-        clients: usize,
-        seed: u64,
-        deadline: Instant,
-    ) -> Vec<Op> {
+    pub async fn run(&self, client: &Client, clients: usize, seed: u64, until: &Until) -> Vec<Op> {
         let earlier = Mutex::new(Earlier::default());
         let loops = (0..clients).map(|process| {
             let earlier = &earlier;
@@ -320,7 +314,7 @@ impl Workload {
                 // A request that never left: sent again at once to another
                 // coordinator, as a load balancer would.
                 let mut not_sent: Option<(Request, usize)> = None;
-                while Instant::now() < deadline {
+                while !until.reached() {
                     let (request, retry, coordinator) = match not_sent.take() {
                         Some((request, dead)) => {
                             let n = client.coordinators();
@@ -331,6 +325,9 @@ impl Workload {
                             (request, retry, rng.usize(..client.coordinators()))
                         }
                     };
+                    if !retry && matches!(request, Request::Transfer { .. }) {
+                        until.transfer_sent();
+                    }
                     let op = client
                         .call(process, Phase::Chaos, coordinator, request, retry)
                         .await;

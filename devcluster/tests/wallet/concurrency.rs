@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use devcluster::chaos::history::{Clock, History, Op, Outcome};
 use devcluster::chaos::workload::{place_accounts, Client, Mix, Workload};
-use devcluster::chaos::{self, Checked};
-use tokio::time::Instant;
+use devcluster::chaos::{self, Checked, Until};
 use wallet_shared::Currency;
 
 use crate::support::TestCluster;
@@ -57,7 +56,7 @@ impl Traffic {
     pub async fn run(&mut self, duration: Duration) -> Vec<Op> {
         let ops = self
             .workload
-            .run(&self.client, self.harness, 1, Instant::now() + duration)
+            .run(&self.client, self.harness, 1, &Until::after(duration))
             .await;
         self.history.ops.extend(ops.iter().cloned());
         ops
