@@ -203,12 +203,8 @@ fn check_answer(op: &Op, found: &mut Vec<Anomaly>) {
         ));
     }
     if let (Request::Read { account }, Some(200)) = (&op.request, op.status) {
-        let money = |field: &str| {
-            let currency = op.body.get("currency").and_then(Value::as_str)?;
-            minor_units(op.body.get(field)?.as_str()?, currency)
-        };
-        match (money("balance"), money("available")) {
-            (Some(balance), Some(available)) => {
+        match read_balance(op) {
+            Some((balance, available)) => {
                 if balance < 0 || available < 0 || available > balance {
                     found.push(Anomaly::new(
                         AnomalyKind::NegativeBalance,
@@ -216,7 +212,7 @@ fn check_answer(op: &Op, found: &mut Vec<Anomaly>) {
                     ));
                 }
             }
-            _ => found.push(Anomaly::new(
+            None => found.push(Anomaly::new(
                 AnomalyKind::UnexpectedAnswer,
                 format!("unreadable balance of {account}: {}", op.body),
             )),
@@ -414,14 +410,11 @@ fn check_final_reads(history: &History, audit: &Audit, found: &mut Vec<Anomaly>)
         let Request::Read { account } = &op.request else {
             continue;
         };
-        let stored = audit.accounts.get(account);
-        let money = |field: &str| {
-            let currency = op.body.get("currency").and_then(Value::as_str)?;
-            minor_units(op.body.get(field)?.as_str()?, currency)
-        };
-        let read = (money("balance"), money("available"));
-        let want = stored.map(|s| (Some(s.posted), Some(s.posted - s.held)));
-        if op.outcome != Outcome::Ok || Some(read) != want {
+        let want = audit
+            .accounts
+            .get(account)
+            .map(|s| (s.posted, s.posted - s.held));
+        if op.outcome != Outcome::Ok || read_balance(op) != want {
             found.push(Anomaly::new(
                 AnomalyKind::FinalReadMismatch,
                 format!(
@@ -431,6 +424,13 @@ fn check_final_reads(history: &History, audit: &Audit, found: &mut Vec<Anomaly>)
             ));
         }
     }
+}
+
+/// (balance, available) in minor units from a balance read's answer.
+fn read_balance(op: &Op) -> Option<(i64, i64)> {
+    let currency = op.body.get("currency").and_then(Value::as_str)?;
+    let money = |field: &str| minor_units(op.body.get(field)?.as_str()?, currency);
+    Some((money("balance")?, money("available")?))
 }
 
 /// Minor units of a decimal string in `currency` (`"-12.30"` USD is

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::history::{Clock, Fault, FaultKind};
 use super::Until;
-use crate::proxy::Mode;
+use crate::proxy::{Mode, Proxy};
 use crate::{Cluster, Etcd, Postgres, Service};
 use anyhow::{bail, Context, Result};
 
@@ -124,89 +124,63 @@ async fn inject(
 ) -> Result<String> {
     let coordinator = rng.usize(..cluster.coordinators().len());
     let participant = rng.usize(..cluster.participants().len());
-    let pg_name = format!("postgres-{}", participant + 1);
+    use FaultKind::*;
+    let kill = matches!(
+        kind,
+        KillCoordinator | KillParticipant | KillPostgres | KillEtcd
+    );
     match kind {
-        FaultKind::KillCoordinator => {
+        KillCoordinator | PauseCoordinator => {
             let s = cluster.coordinator_mut(coordinator);
             let name = s.name().to_string();
-            kill_and_restart(s, hold).await?;
+            disturb(s, kill, hold).await?;
             Ok(name)
         }
-        FaultKind::KillParticipant => {
+        KillParticipant | PauseParticipant => {
             let s = cluster.participant_mut(participant);
             let name = s.name().to_string();
-            kill_and_restart(s, hold).await?;
+            disturb(s, kill, hold).await?;
             Ok(name)
         }
-        FaultKind::KillPostgres => {
-            kill_and_restart(cluster.postgres_mut(participant), hold).await?;
-            Ok(pg_name)
+        KillPostgres | PausePostgres => {
+            disturb(cluster.postgres_mut(participant), kill, hold).await?;
+            Ok(format!("postgres-{}", participant + 1))
         }
-        FaultKind::KillEtcd => {
-            kill_and_restart(cluster.etcd_mut(), hold).await?;
+        KillEtcd | PauseEtcd => {
+            disturb(cluster.etcd_mut(), kill, hold).await?;
             Ok("etcd".into())
         }
-        FaultKind::PauseCoordinator => {
-            let s = cluster.coordinator_mut(coordinator);
-            let name = s.name().to_string();
-            pause_and_resume(s, hold).await?;
-            Ok(name)
+        CutParticipant | BlackholeParticipant => {
+            let proxy = cluster.participant_proxy(participant);
+            hold_link(proxy, kind == CutParticipant, hold).await
         }
-        FaultKind::PauseParticipant => {
-            let s = cluster.participant_mut(participant);
-            let name = s.name().to_string();
-            pause_and_resume(s, hold).await?;
-            Ok(name)
-        }
-        FaultKind::PausePostgres => {
-            pause_and_resume(cluster.postgres_mut(participant), hold).await?;
-            Ok(pg_name)
-        }
-        FaultKind::PauseEtcd => {
-            pause_and_resume(cluster.etcd_mut(), hold).await?;
-            Ok("etcd".into())
-        }
-        FaultKind::CutParticipant | FaultKind::BlackholeParticipant => {
-            let proxy = cluster
-                .participant_proxy(participant)
-                .context("the cluster has no proxies (ClusterOptions::proxies)")?;
-            let mode = if kind == FaultKind::CutParticipant {
-                Mode::Cut
-            } else {
-                Mode::Blackhole
-            };
-            proxy.set_mode(mode);
-            tokio::time::sleep(hold).await;
-            proxy.set_mode(Mode::Open);
-            Ok(proxy.name().to_string())
-        }
-        FaultKind::CutEtcd | FaultKind::BlackholeEtcd => {
-            let proxy = cluster
-                .etcd_proxy(coordinator)
-                .context("the cluster has no proxies (ClusterOptions::proxies)")?;
-            let mode = if kind == FaultKind::CutEtcd {
-                Mode::Cut
-            } else {
-                Mode::Blackhole
-            };
-            proxy.set_mode(mode);
-            tokio::time::sleep(hold).await;
-            proxy.set_mode(Mode::Open);
-            Ok(proxy.name().to_string())
+        CutEtcd | BlackholeEtcd => {
+            let proxy = cluster.etcd_proxy(coordinator);
+            hold_link(proxy, kind == CutEtcd, hold).await
         }
     }
 }
 
-async fn kill_and_restart(victim: &mut impl Victim, down: Duration) -> Result<()> {
-    victim.kill9().await?;
-    tokio::time::sleep(down).await;
-    restart(victim).await
+/// Cuts (or blackholes) the link through `proxy` for `hold`; returns its name.
+async fn hold_link(proxy: Option<&Proxy>, cut: bool, hold: Duration) -> Result<String> {
+    let proxy = proxy.context("the cluster has no proxies (ClusterOptions::proxies)")?;
+    proxy.set_mode(if cut { Mode::Cut } else { Mode::Blackhole });
+    tokio::time::sleep(hold).await;
+    proxy.set_mode(Mode::Open);
+    Ok(proxy.name().to_string())
 }
 
-async fn pause_and_resume(victim: &mut impl Victim, hold: Duration) -> Result<()> {
-    victim.pause()?;
-    tokio::time::sleep(hold).await;
-    victim.resume()
+/// `kill -9`, down for `hold`, restart; or SIGSTOP, `hold`, SIGCONT.
+async fn disturb(victim: &mut impl Victim, kill: bool, hold: Duration) -> Result<()> {
+    if kill {
+        victim.kill9().await?;
+        tokio::time::sleep(hold).await;
+        restart(victim).await
+    } else {
+        victim.pause()?;
+        tokio::time::sleep(hold).await;
+        victim.resume()
+    }
 }
 
 /// Restarts, a few times if need be (a start can fail on a port race).
