@@ -1,7 +1,7 @@
 //! The chaos suite's short version (the ten-minute one is `make chaos`):
 //! a real cluster with two coordinators and a proxy on every link, clients
 //! against faults of every kind for 45 s or more (until 2,000 transfers were
-//! sent and 20 faults injected, at most 150 s), then heal, settle and check
+//! sent and 20 faults injected, at most 180 s), then heal, settle and check
 //! (`devcluster::chaos`). `CHAOS_SEED` replays a seed's choices.
 
 use std::os::unix::fs::PermissionsExt;
@@ -25,7 +25,7 @@ async fn chaos_breaks_no_promise() {
     let config = Config {
         // Longer if the machine is busy, until the counts are reached.
         duration: Duration::from_secs(45),
-        max_duration: Duration::from_secs(150),
+        max_duration: Duration::from_secs(180),
         min_transfers: 2_000,
         min_faults: 20,
         clients: 16,
