@@ -2,6 +2,8 @@
 # make test        what CI runs: format, lints, build, every test
 # make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
+# make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
+#                  history, report and logs in target/chaos/<date>/
 
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
@@ -9,8 +11,12 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 RUN_ARGS ?=
 SIM_SEEDS ?= 1000
 SIM_FIRST ?= 1
+# make chaos: seconds of clients and faults, and extra arguments for `chaos`
+# (e.g. CHAOS_ARGS='--seed 7 --clients 32'; `chaos --help` lists them)
+CHAOS_SECONDS ?= 600
+CHAOS_ARGS ?=
 
-.PHONY: deps build run test sim clean-data
+.PHONY: deps build run test sim chaos clean-data
 
 deps:
 	scripts/ensure-deps.sh
@@ -30,6 +36,15 @@ test: deps
 sim: deps
 	$(CARGO) build --release -p wallet-sim
 	$(TARGET_DIR)/release/wallet-sim --seeds $(SIM_SEEDS) --first $(SIM_FIRST)
+
+chaos: deps
+	$(CARGO) build --release --workspace
+	@out=$(TARGET_DIR)/chaos/$$(date +%Y%m%d-%H%M%S); mkdir -p $$out; \
+	echo "chaos: $(CHAOS_SECONDS) s of faults; log in $$out/chaos.log"; \
+	$(TARGET_DIR)/release/chaos --duration $(CHAOS_SECONDS) --out $$out $(CHAOS_ARGS) >$$out/chaos.log 2>&1; \
+	rc=$$?; \
+	if [ -f $$out/report.txt ]; then cat $$out/report.txt; else tail -n 30 $$out/chaos.log; fi; \
+	exit $$rc
 
 clean-data:
 	rm -rf .data

@@ -22,6 +22,7 @@ use wallet_shared::{MapStore, PartitionMap};
 use crate::etcd::Etcd;
 use crate::ports::{free_port, local, port_is_free};
 use crate::postgres::{absolute, Postgres};
+use crate::proxy::Proxy;
 use crate::service::{find_binary, Service, ServiceConfig};
 
 /// What to start.
@@ -46,6 +47,11 @@ pub struct ClusterOptions {
     /// Where the `participant` and `coordinator` binaries are; `None`: see
     /// [`find_binary`].
     pub bin_dir: Option<PathBuf>,
+    /// Puts a fault-injecting [`Proxy`] in front of each participant (the
+    /// partition map names the proxies, so coordinators reach participants
+    /// only through them) and one between each coordinator and etcd
+    /// (participants reach etcd directly). For the chaos suite.
+    pub proxies: bool,
 }
 
 impl Default for ClusterOptions {
@@ -60,6 +66,7 @@ impl Default for ClusterOptions {
             coordinator_env: Vec::new(),
             participant_env: Vec::new(),
             bin_dir: None,
+            proxies: false,
         }
     }
 }
@@ -102,6 +109,10 @@ pub struct Cluster {
     postgres: Vec<Postgres>,
     /// The etcd member.
     etcd: Etcd,
+    /// With [`ClusterOptions::proxies`]: the proxy in front of participant `i`.
+    participant_proxies: Vec<Proxy>,
+    /// With [`ClusterOptions::proxies`]: coordinator `i`'s proxy to etcd.
+    etcd_proxies: Vec<Proxy>,
     /// The root directory.
     root: PathBuf,
     /// What the cluster was started with.
@@ -148,12 +159,24 @@ impl Cluster {
             ))),
         )?;
 
+        let participant_proxies = if options.proxies {
+            try_join_all((0..n).map(|i| {
+                Proxy::start(
+                    format!("participant-{}", i + 1),
+                    local(ports.participants[i]),
+                )
+            }))
+            .await?
+        } else {
+            Vec::new()
+        };
         let nodes: Vec<(String, String)> = (0..n)
             .map(|i| {
-                (
-                    node_id(i),
-                    format!("http://{}", local(ports.participants[i])),
-                )
+                let url = match participant_proxies.get(i) {
+                    Some(proxy) => proxy.url(),
+                    None => format!("http://{}", local(ports.participants[i])),
+                };
+                (node_id(i), url)
             })
             .collect();
         if !nodes.is_empty() {
@@ -196,14 +219,17 @@ impl Cluster {
             participants,
             postgres,
             etcd,
+            participant_proxies,
+            etcd_proxies: Vec::new(),
             root,
             options,
             coordinators_started: 0,
             temp,
         };
-        let configs = (0..cluster.options.coordinators)
-            .map(|_| cluster.next_coordinator(Vec::new()))
-            .collect::<Result<Vec<_>>>()?;
+        let mut configs = Vec::new();
+        for _ in 0..cluster.options.coordinators {
+            configs.push(cluster.next_coordinator(Vec::new()).await?);
+        }
         cluster.coordinators = try_join_all(configs.into_iter().map(Service::start)).await?;
         tracing::info!(
             root = %cluster.root.display(),
@@ -218,17 +244,28 @@ impl Cluster {
     /// Starts one more coordinator, with the cluster's coordinator
     /// environment plus `extra_env` (later entries win); returns its index.
     pub async fn start_coordinator(&mut self, extra_env: Vec<(String, String)>) -> Result<usize> {
-        let config = self.next_coordinator(extra_env)?;
+        let config = self.next_coordinator(extra_env).await?;
         self.coordinators.push(Service::start(config).await?);
         Ok(self.coordinators.len() - 1)
     }
 
-    fn next_coordinator(&mut self, extra_env: Vec<(String, String)>) -> Result<ServiceConfig> {
+    async fn next_coordinator(
+        &mut self,
+        extra_env: Vec<(String, String)>,
+    ) -> Result<ServiceConfig> {
         self.coordinators_started += 1;
         let k = self.coordinators_started;
         let port = match self.options.ports {
             Some(fixed) => fixed.coordinator + (k as u16 - 1),
             None => free_port()?,
+        };
+        let etcd_url = if self.options.proxies {
+            let proxy = Proxy::start(format!("coordinator-{k}->etcd"), self.etcd.addr()).await?;
+            let url = proxy.url();
+            self.etcd_proxies.push(proxy);
+            url
+        } else {
+            self.etcd.url()
         };
         let mut config = ServiceConfig::new(
             format!("coordinator-{k}"),
@@ -237,7 +274,7 @@ impl Cluster {
             local(port),
         )
         .env("WALLET_LISTEN_ADDR", local(port).to_string())
-        .env("WALLET_ETCD_ENDPOINTS", self.etcd.url())
+        .env("WALLET_ETCD_ENDPOINTS", etcd_url)
         .env("WALLET_ETCD_PREFIX", &self.options.etcd_prefix);
         config
             .env
@@ -304,6 +341,23 @@ impl Cluster {
     /// URL of the database of participant `i`.
     pub fn postgres_url(&self, i: usize) -> String {
         self.postgres[i].url()
+    }
+
+    /// With [`ClusterOptions::proxies`]: the proxy in front of participant
+    /// `i`, through which every coordinator reaches it.
+    pub fn participant_proxy(&self, i: usize) -> Option<&Proxy> {
+        self.participant_proxies.get(i)
+    }
+
+    /// With [`ClusterOptions::proxies`]: the proxy through which
+    /// coordinator `i` reaches etcd.
+    pub fn etcd_proxy(&self, i: usize) -> Option<&Proxy> {
+        self.etcd_proxies.get(i)
+    }
+
+    /// Every proxy (none without [`ClusterOptions::proxies`]).
+    pub fn proxies(&self) -> impl Iterator<Item = &Proxy> {
+        self.participant_proxies.iter().chain(&self.etcd_proxies)
     }
 
     /// The etcd member.

@@ -114,6 +114,20 @@ impl Etcd {
         Ok(())
     }
 
+    /// SIGSTOP: etcd freezes with its sockets open. [`Etcd::resume`] undoes it.
+    pub fn pause(&mut self) -> Result<()> {
+        self.proc
+            .as_mut()
+            .map_or(Ok(()), |p| p.signal(Signal::SIGSTOP))
+    }
+
+    /// SIGCONT after [`Etcd::pause`].
+    pub fn resume(&mut self) -> Result<()> {
+        self.proc
+            .as_mut()
+            .map_or(Ok(()), |p| p.signal(Signal::SIGCONT))
+    }
+
     /// SIGTERM, then SIGKILL after 10 s.
     pub async fn stop(&mut self) -> Result<()> {
         let Some(proc) = self.proc.as_mut() else {

@@ -11,7 +11,11 @@
 //!
 //! Each piece can also be used on its own: [`Postgres`], [`Etcd`] and
 //! [`Service`] each start one process, wait until it is ready, and can
-//! `kill9`, `restart` and `stop` it.
+//! `kill9`, `restart`, `stop`, `pause` and `resume` it; a [`Proxy`] cuts or
+//! silences a link on demand.
+//!
+//! [`chaos`] is the chaos suite built on all of it (the `chaos` binary,
+//! `make chaos`, and a short run in `make test`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -23,11 +27,13 @@
 //! # let _ = api; Ok(()) }
 //! ```
 
+pub mod chaos;
 pub mod cluster;
 pub mod etcd;
 pub mod ports;
 pub mod postgres;
 mod process;
+pub mod proxy;
 pub mod service;
 
 pub use cluster::{write_partition_map, Cluster, ClusterOptions, Component, FixedPorts, Manifest};
@@ -35,4 +41,5 @@ pub use etcd::Etcd;
 pub use ports::free_port;
 pub use postgres::Postgres;
 pub use process::log_tail;
+pub use proxy::Proxy;
 pub use service::{find_binary, Service, ServiceConfig};

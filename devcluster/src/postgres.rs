@@ -190,6 +190,40 @@ impl Postgres {
         Ok(())
     }
 
+    /// SIGSTOP to the postmaster and every backend: the server freezes with
+    /// its connections open, as when the database machine stalls.
+    /// [`Postgres::resume`] undoes it.
+    pub fn pause(&mut self) -> Result<()> {
+        self.signal_all(Signal::SIGSTOP)
+    }
+
+    /// SIGCONT to the postmaster and every backend after [`Postgres::pause`].
+    pub fn resume(&mut self) -> Result<()> {
+        self.signal_all(Signal::SIGCONT)
+    }
+
+    fn signal_all(&mut self, signal: Signal) -> Result<()> {
+        let Some(proc) = self.proc.as_mut() else {
+            return Ok(());
+        };
+        if proc.exited().is_some() {
+            return Ok(());
+        }
+        // The postmaster stops first and continues last, so it cannot fork
+        // a backend we did not list.
+        let stop = signal == Signal::SIGSTOP;
+        if stop {
+            proc.signal(signal)?;
+        }
+        let family =
+            process::find_processes(&self.bin.join("postgres"), Some(proc.pid()), &self.data_dir);
+        process::signal_pids(&family, signal);
+        if !stop {
+            proc.signal(signal)?;
+        }
+        Ok(())
+    }
+
     /// Fast shutdown (SIGINT: roll back open transactions, checkpoint,
     /// exit); SIGKILL if it takes longer than 60 s.
     pub async fn stop(&mut self) -> Result<()> {

@@ -306,8 +306,13 @@ fn parent_pid(pid: u32) -> Option<u32> {
 
 /// SIGKILLs `pids` (ignoring the ones already gone).
 pub(crate) fn kill_pids(pids: &[u32]) {
+    signal_pids(pids, Signal::SIGKILL);
+}
+
+/// Sends `signal` to `pids` (ignoring the ones already gone).
+pub(crate) fn signal_pids(pids: &[u32], signal: Signal) {
     for &pid in pids {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid as i32), signal);
     }
 }
 

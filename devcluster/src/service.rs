@@ -171,6 +171,21 @@ impl Service {
         Ok(())
     }
 
+    /// SIGSTOP: the process freezes, its sockets stay open and its callers
+    /// wait, as when a machine stalls. [`Service::resume`] undoes it.
+    pub fn pause(&mut self) -> Result<()> {
+        self.proc
+            .as_mut()
+            .map_or(Ok(()), |p| p.signal(Signal::SIGSTOP))
+    }
+
+    /// SIGCONT after [`Service::pause`].
+    pub fn resume(&mut self) -> Result<()> {
+        self.proc
+            .as_mut()
+            .map_or(Ok(()), |p| p.signal(Signal::SIGCONT))
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited after the stop timeout
     /// (10 s by default).
     pub async fn stop(&mut self) -> Result<()> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use devcluster::ClusterOptions;
 
-use crate::concurrency::{check_history, run_traffic, Traffic};
+use crate::concurrency::Traffic;
 use crate::support::{quick_recovery, TestCluster};
 
 async fn crashing_cluster(point: &str) -> TestCluster {
@@ -91,8 +91,8 @@ async fn coordinator_killed_before_the_decision_aborts_the_transfer() {
         (409, Some("aborted"))
     );
 
-    let audit = wait_settled(&t).await;
-    assert_eq!(audit.applied(id), (0, 0));
+    let audit = t.wait_settled().await;
+    assert!(audit.applied(id).nothing());
     assert_eq!(audit.posted(&from), 10_000);
     assert_eq!(audit.posted(&to), 0);
 }
@@ -111,8 +111,8 @@ async fn coordinator_killed_after_the_decision_commits_the_transfer() {
     restart_coordinator(&mut t).await;
     let status = t.settled(id, Duration::from_secs(30)).await;
     assert_eq!(status["status"], "committed", "{status}");
-    let audit = wait_settled(&t).await;
-    assert_eq!(audit.applied(id), (1, 1));
+    let audit = t.wait_settled().await;
+    assert!(audit.applied(id).transferred_once());
     assert_eq!(audit.posted(&from), 7_000);
     assert_eq!(audit.posted(&to), 3_000);
     assert_eq!(t.balance(&to).await, ("30.00".into(), "30.00".into()));
@@ -121,31 +121,28 @@ async fn coordinator_killed_after_the_decision_commits_the_transfer() {
 #[tokio::test]
 async fn postgres_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
     let mut t = TestCluster::start().await;
-    let traffic = Traffic::setup(&t, 9, "100").await;
-    let load = tokio::spawn(run_traffic(
-        t.api(),
-        traffic.clone(),
-        4,
-        Duration::from_secs(10),
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let killed = tokio::time::Instant::now();
-    t.cluster
-        .postgres_mut(1)
-        .kill9()
-        .await
-        .expect("kill -9 postgres");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    t.cluster
-        .postgres_mut(1)
-        .restart()
-        .await
-        .expect("postgres restarts");
-    let restarted = tokio::time::Instant::now();
-    let history = load.await.expect("traffic");
+    let mut traffic = Traffic::setup(&t, 4).await;
+    let clock = traffic.client.clock();
+    let outage = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let killed = clock.now_ms();
+        t.cluster
+            .postgres_mut(1)
+            .kill9()
+            .await
+            .expect("kill -9 postgres");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        t.cluster
+            .postgres_mut(1)
+            .restart()
+            .await
+            .expect("postgres restarts");
+        (killed, clock.now_ms())
+    };
+    let (history, (killed, restarted)) = tokio::join!(traffic.run(Duration::from_secs(10)), outage);
     let across = history
         .iter()
-        .filter(|op| op.invoked < restarted && op.completed > killed)
+        .filter(|op| op.invoke_ms < restarted && op.complete_ms > killed)
         .count();
     assert!(
         across > 0,
@@ -154,26 +151,8 @@ async fn postgres_killed_and_restarted_under_traffic_loses_and_doubles_nothing()
     assert!(
         history
             .iter()
-            .any(|op| op.invoked > restarted && op.status == 200),
+            .any(|op| op.invoke_ms > restarted && op.status == Some(200)),
         "transfers commit after the restart"
     );
-    check_history(&t, &traffic, &history).await;
-}
-
-/// Waits until no leg is left prepared, then returns the settled audit.
-pub async fn wait_settled(t: &TestCluster) -> crate::support::Audit {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let audit = t.audit().await;
-        let busy = audit.prepared_legs > 0
-            || audit
-                .accounts
-                .values()
-                .any(|s| s.held > 0 || s.pending_credit > 0);
-        if !busy || tokio::time::Instant::now() > deadline {
-            audit.assert_settled();
-            return audit;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    traffic.check(&t).await;
 }

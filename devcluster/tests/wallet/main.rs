@@ -3,6 +3,7 @@
 //! public HTTP API and audited in Postgres.
 
 mod api;
+mod chaos;
 mod concurrency;
 mod crashes;
 mod support;

@@ -1,29 +1,16 @@
 //! What every test shares: a running cluster, an HTTP client for the public
-//! API, account ids placed on chosen nodes, and an audit that reads every
-//! participant's Postgres directly and checks what can be checked at rest.
+//! API, account ids placed on chosen nodes, and the audit
+//! (`devcluster::chaos::audit`) that reads every participant's Postgres
+//! directly and checks what can be checked at rest.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use devcluster::chaos::audit::Audit;
+pub use devcluster::chaos::quick_recovery;
+use devcluster::chaos::workload::accounts_on;
 use devcluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
-use wallet_shared::protocol::EventKind;
 use wallet_shared::{AccountId, PartitionMap};
-
-/// Recovery settings short enough for tests to watch it work.
-pub fn quick_recovery() -> Vec<(String, String)> {
-    [
-        ("WALLET_LEASE_MS", "1500"),
-        ("WALLET_RESOLVER_INTERVAL_MS", "200"),
-        ("WALLET_RESOLVER_GRACE_MS", "500"),
-        ("WALLET_PARTICIPANT_TIMEOUT_MS", "1500"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 pub struct TestCluster {
     pub cluster: Cluster,
@@ -182,11 +169,7 @@ impl TestCluster {
 
     /// `n` account ids that live on participant `node`.
     pub fn accounts_on(&self, node: usize, prefix: &str, n: usize) -> Vec<String> {
-        (0..)
-            .map(|i| format!("{prefix}-{i}"))
-            .filter(|a| self.node_of(a) == node)
-            .take(n)
-            .collect()
+        accounts_on(&self.map, &self.cluster.node_id(node), prefix, n)
     }
 
     /// A transaction id whose decision record lives on participant `node`.
@@ -231,154 +214,25 @@ impl TestCluster {
         }
     }
 
-    pub async fn pools(&self) -> Vec<PgPool> {
-        let mut pools = Vec::new();
-        for i in 0..self.cluster.participants().len() {
-            let pool = PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(&self.cluster.postgres_url(i))
-                .await
-                .expect("postgres");
-            pools.push(pool);
-        }
-        pools
+    /// URLs of every participant's database.
+    pub fn databases(&self) -> Vec<String> {
+        (0..self.cluster.participants().len())
+            .map(|i| self.cluster.postgres_url(i))
+            .collect()
     }
 
-    /// Reads every participant's accounts and events.
+    /// Reads every participant's database.
     pub async fn audit(&self) -> Audit {
-        let mut audit = Audit::default();
-        for pool in self.pools().await {
-            for row in sqlx::query(
-                "SELECT account_id, currency, posted, held, pending_credit FROM accounts",
-            )
-            .fetch_all(&pool)
+        Audit::read(&self.databases()).await.expect("audit")
+    }
+
+    /// Waits (up to 30 s) until nothing is in flight, then checks the
+    /// databases at rest.
+    pub async fn wait_settled(&self) -> Audit {
+        let (audit, _) = Audit::wait_settled(&self.databases(), Duration::from_secs(30))
             .await
-            .unwrap()
-            {
-                audit.accounts.insert(
-                    row.get("account_id"),
-                    Stored {
-                        currency: row.get("currency"),
-                        posted: row.get("posted"),
-                        held: row.get("held"),
-                        pending_credit: row.get("pending_credit"),
-                    },
-                );
-            }
-            for row in sqlx::query("SELECT account_id, seq, kind, amount, transaction_id FROM events ORDER BY account_id, seq")
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-            {
-                audit.events.push(AuditEvent {
-                    account: row.get("account_id"),
-                    seq: row.get("seq"),
-                    kind: EventKind::parse(row.get("kind")).expect("known event kind"),
-                    amount: row.get("amount"),
-                    transaction_id: row.get("transaction_id"),
-                });
-            }
-            let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            audit.prepared_xacts += prepared;
-            let legs: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM legs WHERE state = 'prepared'")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            audit.prepared_legs += legs;
-        }
+            .expect("audit");
+        audit.assert_settled();
         audit
-    }
-}
-
-#[derive(Debug)]
-pub struct Stored {
-    pub currency: String,
-    pub posted: i64,
-    pub held: i64,
-    pub pending_credit: i64,
-}
-
-#[derive(Debug)]
-pub struct AuditEvent {
-    pub account: String,
-    pub seq: i64,
-    pub kind: EventKind,
-    pub amount: i64,
-    pub transaction_id: Option<uuid::Uuid>,
-}
-
-#[derive(Debug, Default)]
-pub struct Audit {
-    pub accounts: BTreeMap<String, Stored>,
-    pub events: Vec<AuditEvent>,
-    pub prepared_xacts: i64,
-    pub prepared_legs: i64,
-}
-
-impl Audit {
-    /// Promises checkable at rest once everything has settled: every
-    /// balance is the fold of its events (with gapless sequence numbers),
-    /// nothing is negative, held or pending, no prepared transaction is left.
-    pub fn assert_settled(&self) {
-        let mut folded: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
-        for e in &self.events {
-            let f = folded.entry(&e.account).or_default();
-            assert_eq!(
-                e.seq,
-                f.3 + 1,
-                "events of {} have a gap or a repeat at {}",
-                e.account,
-                e.seq
-            );
-            let (dp, dh, dc) = e.kind.effect(e.amount);
-            *f = (f.0 + dp, f.1 + dh, f.2 + dc, e.seq);
-        }
-        for (id, s) in &self.accounts {
-            let (p, h, c, _) = folded.get(id.as_str()).copied().unwrap_or_default();
-            assert_eq!(
-                (s.posted, s.held, s.pending_credit),
-                (p, h, c),
-                "account {id}: stored balance differs from its events"
-            );
-            assert!(s.posted >= 0, "account {id} is negative");
-            assert_eq!(s.held, 0, "account {id} still has funds held");
-            assert_eq!(
-                s.pending_credit, 0,
-                "account {id} still has a pending credit"
-            );
-        }
-        assert_eq!(self.prepared_xacts, 0, "rows left in pg_prepared_xacts");
-        assert_eq!(self.prepared_legs, 0, "legs left prepared");
-    }
-
-    pub fn total(&self, currency: &str) -> i64 {
-        self.accounts
-            .values()
-            .filter(|s| s.currency == currency)
-            .map(|s| s.posted)
-            .sum()
-    }
-
-    pub fn posted(&self, account: &str) -> i64 {
-        self.accounts[account].posted
-    }
-
-    /// How many times the transfer moved money out of and into accounts.
-    pub fn applied(&self, id: uuid::Uuid) -> (usize, usize) {
-        let mine = self.events.iter().filter(|e| e.transaction_id == Some(id));
-        let (mut out, mut inn) = (0, 0);
-        for e in mine {
-            match e.kind {
-                EventKind::DebitPosted | EventKind::TransferredOut => out += 1,
-                EventKind::CreditPosted | EventKind::TransferredIn => inn += 1,
-                _ => {}
-            }
-        }
-        (out, inn)
     }
 }

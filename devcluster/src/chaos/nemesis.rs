@@ -1,0 +1,225 @@
+//! The nemesis: one fault at a time, on a random schedule, each healed
+//! after a bounded time before the next: `kill -9` and restart of a
+//! coordinator, a participant, a Postgres server (once its old processes are
+//! gone) or etcd; SIGSTOP/SIGCONT of any of them; a cut or a blackhole of a
+//! link, through the cluster's proxies (coordinators to one participant, or
+//! one coordinator to etcd). Every fault becomes a [`Fault`] in the history.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::history::{Clock, Fault, FaultKind};
+use super::Until;
+use crate::proxy::{Mode, Proxy};
+use crate::{Cluster, Etcd, Postgres, Service};
+use anyhow::{bail, Context, Result};
+
+/// How often and how long.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Mean pause between one fault's healing and the next fault (uniform
+    /// between 0 and twice this).
+    pub interval: Duration,
+    /// Shortest time a fault lasts.
+    pub hold_min: Duration,
+    /// Longest time a fault lasts (a restart adds its own start-up time).
+    pub hold_max: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            interval: Duration::from_millis(1000),
+            hold_min: Duration::from_millis(300),
+            hold_max: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// A process the nemesis can kill, restart, pause and resume.
+trait Victim {
+    fn kill9(&mut self) -> impl Future<Output = Result<()>>;
+    fn restart(&mut self) -> impl Future<Output = Result<()>>;
+    fn pause(&mut self) -> Result<()>;
+    fn resume(&mut self) -> Result<()>;
+    fn is_running(&mut self) -> bool;
+}
+
+macro_rules! victim {
+    ($t:ty) => {
+        impl Victim for $t {
+            fn kill9(&mut self) -> impl Future<Output = Result<()>> {
+                <$t>::kill9(self)
+            }
+            fn restart(&mut self) -> impl Future<Output = Result<()>> {
+                <$t>::restart(self)
+            }
+            fn pause(&mut self) -> Result<()> {
+                <$t>::pause(self)
+            }
+            fn resume(&mut self) -> Result<()> {
+                <$t>::resume(self)
+            }
+            fn is_running(&mut self) -> bool {
+                <$t>::is_running(self)
+            }
+        }
+    };
+}
+victim!(Service);
+victim!(Postgres);
+victim!(Etcd);
+
+/// How many times a restart is tried before the run gives up.
+const RESTART_ATTEMPTS: u32 = 3;
+
+/// Injects faults into `cluster` until `until`; returns them. Fails only
+/// when the harness cannot heal a fault (a process that will not restart).
+pub async fn run(
+    cluster: &mut Cluster,
+    schedule: &Schedule,
+    seed: u64,
+    clock: Clock,
+    until: &Until,
+) -> Result<Vec<Fault>> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x6e65_6d65_7369_7321);
+    let mut faults = Vec::new();
+    loop {
+        let gap = schedule.interval.mul_f64(2.0 * rng.f64());
+        tokio::time::sleep(gap).await;
+        if until.reached() {
+            return Ok(faults);
+        }
+        let kind = FaultKind::ALL[rng.usize(..FaultKind::ALL.len())];
+        let span = schedule.hold_max.saturating_sub(schedule.hold_min);
+        let hold = schedule.hold_min + span.mul_f64(rng.f64());
+        let start_ms = clock.now_ms();
+        let target = inject(cluster, kind, &mut rng, hold)
+            .await
+            .with_context(|| format!("fault {}", kind.as_str()))?;
+        let fault = Fault {
+            kind,
+            target,
+            start_ms,
+            end_ms: clock.now_ms(),
+        };
+        tracing::info!(
+            kind = fault.kind.as_str(),
+            target = %fault.target,
+            ms = fault.end_ms - fault.start_ms,
+            "fault healed"
+        );
+        faults.push(fault);
+        until.fault_healed();
+    }
+}
+
+/// Injects one fault on a random target, holds it, heals it; returns the
+/// target's name.
+async fn inject(
+    cluster: &mut Cluster,
+    kind: FaultKind,
+    rng: &mut fastrand::Rng,
+    hold: Duration,
+) -> Result<String> {
+    let coordinator = rng.usize(..cluster.coordinators().len());
+    let participant = rng.usize(..cluster.participants().len());
+    use FaultKind::*;
+    let kill = matches!(
+        kind,
+        KillCoordinator | KillParticipant | KillPostgres | KillEtcd
+    );
+    match kind {
+        KillCoordinator | PauseCoordinator => {
+            let s = cluster.coordinator_mut(coordinator);
+            let name = s.name().to_string();
+            disturb(s, kill, hold).await?;
+            Ok(name)
+        }
+        KillParticipant | PauseParticipant => {
+            let s = cluster.participant_mut(participant);
+            let name = s.name().to_string();
+            disturb(s, kill, hold).await?;
+            Ok(name)
+        }
+        KillPostgres | PausePostgres => {
+            disturb(cluster.postgres_mut(participant), kill, hold).await?;
+            Ok(format!("postgres-{}", participant + 1))
+        }
+        KillEtcd | PauseEtcd => {
+            disturb(cluster.etcd_mut(), kill, hold).await?;
+            Ok("etcd".into())
+        }
+        CutParticipant | BlackholeParticipant => {
+            let proxy = cluster.participant_proxy(participant);
+            hold_link(proxy, kind == CutParticipant, hold).await
+        }
+        CutEtcd | BlackholeEtcd => {
+            let proxy = cluster.etcd_proxy(coordinator);
+            hold_link(proxy, kind == CutEtcd, hold).await
+        }
+    }
+}
+
+/// Cuts (or blackholes) the link through `proxy` for `hold`; returns its name.
+async fn hold_link(proxy: Option<&Proxy>, cut: bool, hold: Duration) -> Result<String> {
+    let proxy = proxy.context("the cluster has no proxies (ClusterOptions::proxies)")?;
+    proxy.set_mode(if cut { Mode::Cut } else { Mode::Blackhole });
+    tokio::time::sleep(hold).await;
+    proxy.set_mode(Mode::Open);
+    Ok(proxy.name().to_string())
+}
+
+/// `kill -9`, down for `hold`, restart; or SIGSTOP, `hold`, SIGCONT.
+async fn disturb(victim: &mut impl Victim, kill: bool, hold: Duration) -> Result<()> {
+    if kill {
+        victim.kill9().await?;
+        tokio::time::sleep(hold).await;
+        restart(victim).await
+    } else {
+        victim.pause()?;
+        tokio::time::sleep(hold).await;
+        victim.resume()
+    }
+}
+
+/// Restarts, a few times if need be (a start can fail on a port race).
+async fn restart(victim: &mut impl Victim) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match victim.restart().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < RESTART_ATTEMPTS => {
+                tracing::warn!(error = %format!("{e:#}"), attempt, "restart failed; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("restart failed {RESTART_ATTEMPTS} times: {e:#}"),
+        }
+    }
+}
+
+/// Makes sure no fault is left: every link open, every process resumed and
+/// running.
+pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
+    for proxy in cluster.proxies() {
+        proxy.set_mode(Mode::Open);
+    }
+    heal(cluster.etcd_mut()).await?;
+    for i in 0..cluster.participants().len() {
+        heal(cluster.postgres_mut(i)).await?;
+        heal(cluster.participant_mut(i)).await?;
+    }
+    for i in 0..cluster.coordinators().len() {
+        heal(cluster.coordinator_mut(i)).await?;
+    }
+    Ok(())
+}
+
+async fn heal(victim: &mut impl Victim) -> Result<()> {
+    victim.resume()?;
+    if !victim.is_running() {
+        restart(victim).await?;
+    }
+    Ok(())
+}
