@@ -56,10 +56,21 @@ impl From<CallError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        reply(
+        let too_large = self.0.code == ErrorCode::PayloadTooLarge;
+        let mut response = reply(
             self.0.code.http_status(),
             serde_json::to_value(&self.0).unwrap_or(Value::Null),
-        )
+        );
+        if too_large {
+            // The rest of the body was never read: this connection cannot
+            // carry another request, so say so instead of letting the
+            // client's next request on it fail.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

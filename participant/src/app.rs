@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -95,6 +96,23 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/internal/v1/accounts/{id}/balance", get(balance::<S>))
         .route("/internal/v1/accounts/{id}/events", get(events::<S>))
         .with_state(app)
+        .layer(axum::middleware::from_fn(run_to_completion))
+}
+
+/// A request, once started, runs to the end in its own task, even if the
+/// caller hangs up: dropping it halfway could cancel a database transaction
+/// between two statements (sqlx then hands the connection back mid-BEGIN).
+async fn run_to_completion(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 async fn health<S: Store>(State(app): State<App<S>>) -> Json<serde_json::Value> {
