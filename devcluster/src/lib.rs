@@ -23,6 +23,7 @@
 //! # let _ = api; Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod cluster;
 pub mod etcd;
 pub mod ports;
