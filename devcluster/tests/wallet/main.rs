@@ -3,6 +3,7 @@
 //! public HTTP API and audited in Postgres.
 
 mod api;
+mod bench;
 mod concurrency;
 mod crashes;
 mod support;
