@@ -139,27 +139,11 @@ impl Outcomes {
             *self.codes.entry(code).or_default() += 1;
         }
     }
-
-    fn merge(&mut self, o: &Outcomes) {
-        self.committed += o.committed;
-        self.refused += o.refused;
-        self.conflict += o.conflict;
-        self.pending += o.pending;
-        self.server_error += o.server_error;
-        self.other += o.other;
-        self.timeouts += o.timeouts;
-        self.transport_errors += o.transport_errors;
-        for (k, v) in &o.by_status {
-            *self.by_status.entry(*k).or_default() += v;
-        }
-        for (k, v) in &o.codes {
-            *self.codes.entry(k.clone()).or_default() += v;
-        }
-    }
 }
 
 /// Money moved in or out by committed deposits and withdrawals, in minor
-/// units (a transfer moves none in or out).
+/// units, over the whole run, warmup included (a transfer moves none in or
+/// out).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Moved {
     pub deposited: i64,
@@ -252,19 +236,11 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, op: &Op, answer: &Answer, latency: Duration) {
-        let us = (latency.as_micros() as u64).max(1);
-        self.all.saturating_record(us);
-        let mut o = Outcomes::default();
-        match answer {
-            Answer::Status(status, code) => o.add_status(*status, code.clone()),
-            Answer::Timeout => o.timeouts += 1,
-            Answer::Transport => o.transport_errors += 1,
-        }
-        let committed = o.committed == 1;
-        if committed {
-            self.committed.saturating_record(us);
-        }
+    /// Records one answer: money moved in or out always (warmup included,
+    /// so the sum of balances can be checked afterwards); outcome and
+    /// latency only when the request counts in the measured window.
+    fn record(&mut self, op: &Op, answer: &Answer, latency: Duration, measured: bool) {
+        let committed = matches!(answer, Answer::Status(200, _));
         // 2xx other than 202, and 4xx other than 409, are final answers.
         let known = matches!(answer, Answer::Status(s, _) if *s < 500 && *s != 202 && *s != 409);
         match op.kind {
@@ -273,7 +249,20 @@ impl Recorder {
             OpKind::Deposit | OpKind::Withdraw if !known => self.moved.unknown += 1,
             _ => {}
         }
-        self.outcomes.merge(&o);
+        if !measured {
+            return;
+        }
+        self.sent += 1;
+        let us = (latency.as_micros() as u64).max(1);
+        self.all.saturating_record(us);
+        if committed {
+            self.committed.saturating_record(us);
+        }
+        match answer {
+            Answer::Status(status, code) => self.outcomes.add_status(*status, code.clone()),
+            Answer::Timeout => self.outcomes.timeouts += 1,
+            Answer::Transport => self.outcomes.transport_errors += 1,
+        }
     }
 }
 
@@ -366,11 +355,9 @@ pub async fn run(target: &Target, scenario: &Scenario, plan: &Plan, seed: u64) -
                             in_flight_max.fetch_max(n, Ordering::Relaxed);
                             let answer = send(&target, &op).await;
                             in_flight.fetch_sub(1, Ordering::Relaxed);
-                            if t0 >= window_start {
-                                let mut r = recorder.lock().expect("recorder");
-                                r.sent += 1;
-                                r.record(&op, &answer, t0.elapsed());
-                            }
+                            let measured = t0 >= window_start;
+                            let mut r = recorder.lock().expect("recorder");
+                            r.record(&op, &answer, t0.elapsed(), measured);
                         }
                     })
                 })
@@ -414,11 +401,8 @@ pub async fn run(target: &Target, scenario: &Scenario, plan: &Plan, seed: u64) -
                 tasks.spawn(async move {
                     let answer = send(&target, &op).await;
                     in_flight.fetch_sub(1, Ordering::Relaxed);
-                    if measured {
-                        let mut r = recorder.lock().expect("recorder");
-                        r.sent += 1;
-                        r.record(&op, &answer, due.elapsed());
-                    }
+                    let mut r = recorder.lock().expect("recorder");
+                    r.record(&op, &answer, due.elapsed(), measured);
                 });
             }
             // Every request has the client timeout, so this ends.
