@@ -211,7 +211,7 @@ impl Report {
             });
         }
         let (label_w, panel_w, gap, top, line_h) = (300.0, 380.0, 60.0, 70.0, 30.0);
-        let width = label_w + panel_w + gap + panel_w + 30.0;
+        let width = label_w + panel_w + gap + panel_w + 170.0;
         let height = top + line_h * bars.len().max(1) as f64 + 60.0;
         let x1 = label_w;
         let x2 = label_w + panel_w + gap;

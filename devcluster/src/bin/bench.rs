@@ -290,39 +290,62 @@ async fn run(
         .await;
         report.rows.push(row);
     }
+    // Money at rest, before the flood: once nothing is held any more, the
+    // sum of all balances is what was loaded plus deposits minus withdrawals.
+    let check = money(&nodes, &accounts, &report.rows, Duration::from_secs(60)).await?;
+    eprintln!("bench: money at rest: {check}");
+    report.settings.insert("money at rest".into(), check);
+
     let flood = Load::Open {
         rate: args.in_flight_rate,
         max_in_flight: args.in_flight,
     };
     let row = step(report::IN_FLIGHT, Kind::Uniform, flood).await;
     report.rows.push(row);
-
-    // Money check at rest: once nothing is left prepared, the sum of all
-    // balances is what was loaded plus deposits minus withdrawals.
-    let moved = report.rows.iter().fold((0i64, 0i64, 0u64), |acc, r| {
-        let m = r.result.moved;
-        (acc.0 + m.deposited, acc.1 + m.withdrawn, acc.2 + m.unknown)
-    });
-    let (posted, prepared) = setup::settle(&nodes, Duration::from_secs(60)).await?;
-    let want = accounts.total() + moved.0 - moved.1;
-    let conservation = if prepared > 0 {
-        format!("not checked: {prepared} legs still prepared after 60 s")
-    } else if moved.2 > 0 {
-        format!(
-            "not checked: {} deposits or withdrawals of unknown outcome; total {posted}, expected {want} if all failed",
-            moved.2
-        )
-    } else if posted == want {
-        format!("ok: total {posted} minor units = loaded + deposits - withdrawals")
-    } else {
-        format!("VIOLATED: total {posted} minor units, expected {want}")
-    };
-    eprintln!("bench: money: {conservation}");
-    report.settings.insert("money at rest".into(), conservation);
+    let check = money(&nodes, &accounts, &report.rows, Duration::from_secs(60)).await?;
+    eprintln!("bench: money after the 10k-in-flight flood: {check}");
+    report
+        .settings
+        .insert("money after the 10k-in-flight flood".into(), check);
 
     report.finish();
     report.write(out_dir)?;
     Ok(report)
+}
+
+/// Waits up to `within` for nothing to be held any more, then compares the
+/// sum of all balances with what was loaded plus the deposits minus the
+/// withdrawals the runs so far committed.
+async fn money(
+    nodes: &[setup::Node],
+    accounts: &Accounts,
+    rows: &[bench::Row],
+    within: Duration,
+) -> Result<String> {
+    let (deposited, withdrawn, unknown) = rows.iter().fold((0i64, 0i64, 0u64), |acc, r| {
+        let m = r.result.moved;
+        (acc.0 + m.deposited, acc.1 + m.withdrawn, acc.2 + m.unknown)
+    });
+    let started = Instant::now();
+    let (posted, held) = setup::settle(nodes, within).await?;
+    let want = accounts.total() + deposited - withdrawn;
+    Ok(if held > 0 {
+        format!(
+            "not checked: legs or balances still held after {} s ({held})",
+            within.as_secs()
+        )
+    } else if unknown > 0 {
+        format!(
+            "not checked: {unknown} deposits or withdrawals of unknown outcome; total {posted}, {want} if none applied"
+        )
+    } else if posted == want {
+        format!(
+            "ok: total {posted} minor units = loaded + deposits - withdrawals (settled in {:.1} s)",
+            started.elapsed().as_secs_f64()
+        )
+    } else {
+        format!("VIOLATED: total {posted} minor units, expected {want}")
+    })
 }
 
 fn num_cpus() -> usize {
