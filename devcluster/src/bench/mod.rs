@@ -8,6 +8,7 @@
 //! smoke test in `devcluster/tests/wallet/bench.rs` only checks that they
 //! measure something plausible.
 
+pub mod cpu;
 pub mod generator;
 pub mod reference;
 pub mod report;
@@ -42,7 +43,8 @@ pub fn services(cluster: &Cluster) -> Vec<(String, u32)> {
 }
 
 /// Runs `plan` with `scenario`'s requests while sampling the resident
-/// memory of `processes`; one row of the report (ratio not yet set).
+/// memory of `processes` and the machine's CPU use; one row of the report
+/// (ratio not yet set).
 pub async fn measure(
     name: &str,
     target: &Target,
@@ -52,12 +54,15 @@ pub async fn measure(
     processes: Vec<(String, u32)>,
 ) -> Row {
     let sampler = rss::Sampler::start(processes);
+    let before = cpu::snapshot();
     let result = generator::run(target, scenario, plan, seed).await;
+    let cpu = before.usage_until(&cpu::snapshot());
     let rss_mb = sampler.stop().await;
     Row {
         scenario: name.to_string(),
         result,
         ratio: None,
         rss_mb,
+        cpu,
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::cpu::{self, Usage};
 use super::generator::{histogram, Latency};
 use super::setup::connect;
 
@@ -36,6 +37,8 @@ pub struct RefRun {
     /// Transactions pgbench counted as failed.
     pub failed: u64,
     pub latency: Latency,
+    /// CPU use of the machine during the run.
+    pub cpu: Usage,
 }
 
 /// The reference measurement.
@@ -113,8 +116,14 @@ pub async fn run(
             .await
             .with_context(|| format!("pgbench with {c} clients"))?;
         eprintln!(
-            "  pgbench -c {:>3} -j {}: {:>8.0} tps  p50 {:.2} ms  p99 {:.2} ms  failed {}",
-            run.clients, run.threads, run.tps, run.latency.p50_ms, run.latency.p99_ms, run.failed
+            "  pgbench -c {:>3} -j {}: {:>8.0} tps  p50 {:.2} ms  p99 {:.2} ms  failed {}  other CPU {:.0}%",
+            run.clients,
+            run.threads,
+            run.tps,
+            run.latency.p50_ms,
+            run.latency.p99_ms,
+            run.failed,
+            run.cpu.other_pct
         );
         runs.push(run);
     }
@@ -154,10 +163,12 @@ async fn run_one(
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let limit = Duration::from_secs(seconds + 60);
+    let before = cpu::snapshot();
     let out = tokio::time::timeout(limit, cmd.output())
         .await
         .with_context(|| format!("pgbench did not finish in {limit:?}"))?
         .context("running pgbench")?;
+    let cpu = before.usage_until(&cpu::snapshot());
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -186,6 +197,7 @@ async fn run_one(
         tps,
         failed,
         latency: log_latency(&log_dir)?,
+        cpu,
     })
 }
 

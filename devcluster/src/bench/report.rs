@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::cpu::Usage;
 use super::generator::{Latency, RunResult};
 use super::reference::Reference;
 
@@ -28,6 +29,8 @@ pub struct Row {
     pub ratio: Option<f64>,
     /// Peak resident memory during the run, MB, by process name.
     pub rss_mb: BTreeMap<String, f64>,
+    /// CPU use of the machine during the run, ours and others'.
+    pub cpu: Usage,
 }
 
 /// One target of `product.md`, checked against this run.
@@ -78,8 +81,16 @@ impl Report {
             .into_iter()
             .collect();
         let mut header: Vec<String> = [
-            "scenario", "load", "tx/s", "p50 ms", "p99 ms", "p99.9 ms", "x ref", "errors",
+            "scenario",
+            "load",
+            "tx/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "x ref",
+            "errors",
             "dropped",
+            "other CPU %",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -97,6 +108,7 @@ impl Report {
                 "1.00".into(),
                 r.best.failed.to_string(),
                 "-".into(),
+                format!("{:.0}", r.best.cpu.other_pct),
             ];
             cells.extend(processes.iter().map(|_| "-".to_string()));
             rows.push(cells);
@@ -117,6 +129,7 @@ impl Report {
                 } else {
                     "-".into()
                 },
+                format!("{:.0}", row.cpu.other_pct),
             ];
             cells.extend(processes.iter().map(|p| {
                 row.rss_mb
@@ -126,6 +139,13 @@ impl Report {
             rows.push(cells);
         }
         let mut out = markdown(&header, &rows);
+        let cpus = self.rows.first().map_or(1, |r| r.cpu.cpus);
+        let _ = writeln!(
+            out,
+            "\ntx/s: committed per second. Latency of every answer, from when the request was due. \
+             other CPU %: CPU taken by processes outside this benchmark during the run \
+             (100 = one of the {cpus} CPUs), noise in these numbers."
+        );
         let errors: Vec<String> = self
             .rows
             .iter()

@@ -230,14 +230,16 @@ async fn run(
             let row = bench::measure(&name, &target, &scenario, &plan, seed, processes).await;
             let r = &row.result;
             eprintln!(
-                "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}  dropped {}  in flight max {}  RSS {:?}",
+                "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}  dropped {}  late {}  in flight max {}  other CPU {:.0}%  RSS {:?}",
                 r.committed_per_s,
                 r.latency.p50_ms,
                 r.latency.p99_ms,
                 r.latency.p999_ms,
                 r.outcomes.errors(),
                 r.dropped,
+                r.late,
                 r.in_flight_max,
+                row.cpu.other_pct,
                 row.rss_mb
             );
             // Let the tail of this run settle before the next one.

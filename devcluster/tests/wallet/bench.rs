@@ -10,13 +10,15 @@ use std::time::Duration;
 use devcluster::bench::{
     self, report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target,
 };
+use devcluster::ClusterOptions;
 
 use crate::crashes::wait_settled;
 use crate::support::TestCluster;
 
 #[tokio::test]
 async fn load_generator_smoke() {
-    let t = TestCluster::start().await;
+    // Default timeouts: the machine may be busy with the other tests.
+    let t = TestCluster::start_with(ClusterOptions::default()).await;
     let accounts = Arc::new(Accounts::new("smoke", 1000, &t.map).unwrap());
     let nodes = bench::nodes(&t.cluster);
     let loaded = setup::load(&t.map, &nodes, &accounts)
