@@ -4,8 +4,8 @@
 //!
 //! From `/proc/stat` (all CPUs) and `/proc/PID/stat` of this process and
 //! every descendant (the cluster's services, Postgres and its backends,
-//! pgbench). Processes that end during the interval are not counted as
-//! ours, so short-lived helpers appear as "other".
+//! pgbench). A process's count includes its children that ended and were
+//! waited for (a pgbench run, a Postgres backend), so they count as ours.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +20,7 @@ pub struct Snapshot {
     at: std::time::Instant,
     /// Busy ticks of all CPUs (everything but idle and iowait).
     busy: u64,
-    /// Ticks used so far by each of our processes.
+    /// Ticks used so far by each of our processes, with their ended children.
     ours: BTreeMap<u32, u64>,
 }
 
@@ -89,7 +89,8 @@ pub fn snapshot() -> Snapshot {
     }
 }
 
-/// (ppid, utime + stime) of a process.
+/// (ppid, utime + stime + cutime + cstime) of a process: its own CPU time
+/// and that of its children that ended and were waited for.
 fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields start after the last ')'.
@@ -99,7 +100,9 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let ppid = f.get(1)?.parse().ok()?;
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    let cutime: u64 = f.get(13)?.parse().ok()?;
+    let cstime: u64 = f.get(14)?.parse().ok()?;
+    Some((ppid, utime + stime + cutime + cstime))
 }
 
 impl Snapshot {
@@ -108,11 +111,20 @@ impl Snapshot {
         let secs = later.at.duration_since(self.at).as_secs_f64().max(0.001);
         let pct = |ticks: u64| ticks as f64 / TICKS / secs * 100.0;
         let busy = later.busy.saturating_sub(self.busy);
-        let ours: u64 = later
+        // A process of ours that ended went, whole, into its parent's count:
+        // take off what it had used before this interval.
+        let grown: i64 = later
             .ours
             .iter()
-            .map(|(pid, t)| t.saturating_sub(self.ours.get(pid).copied().unwrap_or(0)))
+            .map(|(pid, t)| *t as i64 - self.ours.get(pid).copied().unwrap_or(0) as i64)
             .sum();
+        let ended: i64 = self
+            .ours
+            .iter()
+            .filter(|(pid, _)| !later.ours.contains_key(pid))
+            .map(|(_, t)| *t as i64)
+            .sum();
+        let ours = (grown - ended).max(0) as u64;
         Usage {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             busy_pct: pct(busy),
@@ -143,5 +155,23 @@ mod tests {
         let u = before.usage_until(&after);
         assert!(u.ours_pct > 0.0, "{u:?}");
         assert!(u.busy_pct >= u.ours_pct && u.other_pct >= 0.0, "{u:?}");
+    }
+
+    #[test]
+    fn a_child_that_ended_counts_as_ours() {
+        let before = snapshot();
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let after = snapshot();
+        let me = std::process::id();
+        let grown = after.ours[&me] - before.ours[&me];
+        assert!(
+            grown >= 5,
+            "the child's CPU time is not ours: {grown} ticks"
+        );
+        assert!(before.usage_until(&after).ours_pct > 0.0);
     }
 }

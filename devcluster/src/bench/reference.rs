@@ -62,7 +62,7 @@ pub fn script(workspace: &Path, out_dir: &Path) -> Result<PathBuf> {
         if text != SCRIPT {
             tracing::warn!(path = %shared.display(), "the shared reference script differs from devcluster/bench/pgbench-transfer.sql; using the shared one");
         }
-        return std::path::absolute(&shared).context("resolving the script path");
+        return std::fs::canonicalize(&shared).context("resolving the script path");
     }
     let path = out_dir.join("pgbench-transfer.sql");
     std::fs::write(&path, SCRIPT).with_context(|| format!("writing {}", path.display()))?;
