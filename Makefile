@@ -1,5 +1,7 @@
 # make run         the whole cluster in the foreground (Ctrl-C stops it); data in .data/
 # make test        what CI runs: format, lints, build, every test
+# make bench       the benchmark (release build, its own cluster, ~6 min): pgbench reference and
+#                  every scenario; table, JSON and SVG chart in target/bench/<time>/ (BENCH_SECONDS=20)
 # make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
 # make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
@@ -16,7 +18,7 @@ SIM_FIRST ?= 1
 CHAOS_SECONDS ?= 600
 CHAOS_ARGS ?=
 
-.PHONY: deps build run test sim chaos clean-data
+.PHONY: deps build run test sim chaos bench clean-data
 
 deps:
 	scripts/ensure-deps.sh
@@ -32,6 +34,10 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
+
+bench: deps
+	$(CARGO) build --release -p participant -p coordinator -p devcluster
+	BENCH_OUT="$${BENCH_OUT:-$(TARGET_DIR)/bench}" $(TARGET_DIR)/release/bench
 
 sim: deps
 	$(CARGO) build --release -p wallet-sim

@@ -27,6 +27,7 @@
 //! # let _ = api; Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod etcd;

@@ -1,156 +1,209 @@
-//! A closed-loop load generator for the public API: opens `--accounts`
-//! accounts, funds them, then runs `--clients` concurrent loops of
-//! cross-partition transfers for `--seconds`, and prints throughput and
-//! latency percentiles. Point it at any coordinator (default: `make run`'s).
+//! The load generator against a running cluster (`make run`): loads
+//! `--accounts` accounts straight into the participants' databases (found
+//! in the cluster's manifest, `.data/cluster.json`), then runs one scenario
+//! in a closed loop (`--clients`) or an open loop (`--rate`, at most
+//! `--max-in-flight` unanswered) and prints throughput, every outcome and
+//! latency percentiles (HDR histogram). `make bench` runs the whole
+//! benchmark on a cluster of its own; this is for trying one thing.
 //!
 //! ```text
-//! target/release/loadgen --url http://127.0.0.1:8080 --clients 32 --seconds 20
+//! target/release/loadgen --scenario uniform --clients 64 --seconds 20
+//! target/release/loadgen --no-setup --scenario hot-credit --rate 500 --seconds 20
 //! ```
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use futures::stream::{self, StreamExt};
-use serde_json::json;
-use wallet_shared::partition::account_partition;
-use wallet_shared::AccountId;
+use devcluster::bench::{self, setup, Accounts, Kind, Load, Plan, Scenario, Target};
+use serde_json::Value;
+use wallet_shared::MapStore;
 
 #[derive(Parser)]
+#[command(about = "Sends one benchmark scenario to a running wallet cluster")]
 struct Args {
-    /// Coordinator base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    #[arg(long, default_value_t = 1000)]
+    /// Coordinator base URL (default: the manifest's).
+    #[arg(long)]
+    url: Option<String>,
+    /// The running cluster's manifest (written by `devcluster run`).
+    #[arg(long, default_value = ".data/cluster.json")]
+    manifest: PathBuf,
+    #[arg(long, value_enum, default_value = "uniform")]
+    scenario: Kind,
+    /// Number of accounts (plus two hot ones).
+    #[arg(long, default_value_t = 10_000)]
     accounts: usize,
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
-    /// Partition count of the cluster's map (to pick cross-partition pairs).
-    #[arg(long, default_value_t = 64)]
-    partitions: u32,
-    /// Prefix of the account ids this run creates (reused runs top them up).
+    /// Prefix of the account ids.
     #[arg(long, default_value = "load")]
     prefix: String,
+    /// Use the accounts a previous run loaded (same --prefix and --accounts).
+    #[arg(long)]
+    no_setup: bool,
+    /// Closed loop with this many clients (unless --rate is given).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Open loop at this many requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: most unanswered requests; further ones are dropped (counted).
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Client timeout of every request, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(args.clients)
-        .build()?;
-    let accounts: Vec<String> = (0..args.accounts)
-        .map(|i| format!("{}-{i}", args.prefix))
-        .collect();
-
-    eprintln!("opening and funding {} accounts...", accounts.len());
-    let setup = stream::iter(accounts.iter().cloned())
-        .map(|a| {
-            let (http, url) = (http.clone(), args.url.clone());
-            async move {
-                let r = http.post(format!("{url}/v1/wallet/accounts")).json(&json!({"account_id": a, "currency": "USD"})).send().await?;
-                if !r.status().is_success() {
-                    bail!("open {a}: {}", r.text().await?);
-                }
-                let body = json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1000000.00", "currency": "USD"});
-                let r = http.post(format!("{url}/v1/wallet/accounts/{a}/deposit")).json(&body).send().await?;
-                if !r.status().is_success() {
-                    bail!("deposit {a}: {}", r.text().await?);
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<anyhow::Result<()>>>()
-        .await;
-    setup
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()
-        .context("setting up accounts")?;
-
-    let partition: Vec<u32> = accounts
-        .iter()
-        .map(|a| {
-            Ok(account_partition(
-                &AccountId::parse(a.as_str())?,
-                args.partitions,
-            ))
-        })
-        .collect::<Result<_, wallet_shared::Rejection>>()?;
-    eprintln!("running {} clients for {} s...", args.clients, args.seconds);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
-    let loops = (0..args.clients).map(|c| {
-        let (http, url, accounts, partition) =
-            (http.clone(), args.url.clone(), &accounts, &partition);
-        async move {
-            let mut rng = fastrand::Rng::with_seed(c as u64);
-            let mut latencies = Vec::new();
-            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-            while Instant::now() < deadline {
-                let from = rng.usize(..accounts.len());
-                let to = rng.usize(..accounts.len());
-                if partition[from] == partition[to] {
-                    continue;
-                }
-                let body = json!({
-                    "transaction_id": uuid::Uuid::new_v4(), "from_account": accounts[from],
-                    "to_account": accounts[to], "amount": "0.01", "currency": "USD",
-                });
-                let t0 = Instant::now();
-                let status = match http
-                    .post(format!("{url}/v1/wallet/balance_transfer"))
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.status().as_u16(),
-                    Err(_) => 0,
-                };
-                latencies.push(t0.elapsed());
-                *statuses.entry(status).or_default() += 1;
-            }
-            (latencies, statuses)
-        }
-    });
-    let results = futures::future::join_all(loops).await;
-    let elapsed = started.elapsed();
-    let mut latencies: Vec<Duration> = Vec::new();
-    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    for (l, s) in results {
-        latencies.extend(l);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
-    }
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
+    let text = std::fs::read_to_string(&args.manifest).with_context(|| {
+        format!(
+            "reading {} (start a cluster with `make run`, or pass --manifest)",
+            args.manifest.display()
+        )
+    })?;
+    let manifest: Value = serde_json::from_str(&text)?;
+    let url = match &args.url {
+        Some(u) => u.clone(),
+        None => manifest["coordinator_url"]
+            .as_str()
+            .context("the manifest names no coordinator")?
+            .to_string(),
     };
-    let committed = statuses.get(&200).copied().unwrap_or(0);
+    let endpoints: Vec<String> = serde_json::from_value(manifest["etcd_endpoints"].clone())?;
+    let prefix = manifest["etcd_prefix"].as_str().unwrap_or("/wallet/");
+    let map = MapStore::connect(&endpoints, prefix, Duration::from_secs(5))
+        .await
+        .context("connecting to etcd")?
+        .load()
+        .await
+        .context("reading the partition map")?;
+    let accounts = Arc::new(Accounts::new(&args.prefix, args.accounts, &map)?);
+    let target = Target::new(url, Duration::from_secs(args.timeout))?;
+
+    if !args.no_setup {
+        let nodes = nodes(&manifest)?;
+        eprintln!(
+            "loading {} accounts into {} databases...",
+            accounts.ids.len() + 2,
+            nodes.len()
+        );
+        let loaded = setup::load(&map, &nodes, &accounts)
+            .await
+            .context("loading accounts (with --no-setup, a previous run's are used)")?;
+        setup::verify(&target, &accounts, &loaded, 20).await?;
+        eprintln!(
+            "loaded {:?} in {:.1} s",
+            loaded.per_node,
+            loaded.elapsed.as_secs_f64()
+        );
+    }
+
+    let load = match args.rate {
+        Some(rate) => Load::Open {
+            rate,
+            max_in_flight: args.max_in_flight,
+        },
+        None => Load::Closed {
+            clients: args.clients,
+        },
+    };
+    let plan = Plan {
+        load,
+        warmup: Duration::from_secs(args.warmup),
+        measure: Duration::from_secs(args.seconds),
+    };
+    eprintln!(
+        "{} ({load}) for {} s after {} s of warmup...",
+        args.scenario.name(),
+        args.seconds,
+        args.warmup
+    );
+    let scenario = Scenario::new(args.scenario, accounts);
+    let row = bench::measure(
+        args.scenario.name(),
+        &target,
+        &scenario,
+        &plan,
+        1,
+        Vec::new(),
+    )
+    .await;
+    let r = &row.result;
+    println!("{} ({}), {:.1} s measured", row.scenario, r.load, r.seconds);
     println!(
-        "cross-partition transfers: {} clients, {:.1} s",
-        args.clients,
-        elapsed.as_secs_f64()
+        "committed: {} ({:.0}/s); sent {}",
+        r.outcomes.committed, r.committed_per_s, r.sent
     );
     println!(
-        "committed: {committed} ({:.0} transfers/s)",
-        committed as f64 / elapsed.as_secs_f64()
+        "not committed: 422/404 {}, 409 {}, 202 {}, 5xx {}, other {}, timeouts {}, transport errors {}",
+        r.outcomes.refused,
+        r.outcomes.conflict,
+        r.outcomes.pending,
+        r.outcomes.server_error,
+        r.outcomes.other,
+        r.outcomes.timeouts,
+        r.outcomes.transport_errors
     );
-    println!("answers by HTTP status (0 = no answer): {statuses:?}");
+    println!("answers by status: {:?}", r.outcomes.by_status);
+    if !r.outcomes.codes.is_empty() {
+        println!("error codes: {:?}", r.outcomes.codes);
+    }
+    if let Load::Open { .. } = r.load {
+        println!(
+            "open loop: dropped {} (in-flight cap), late {} (> {:?} behind schedule)",
+            r.dropped,
+            r.late,
+            bench::generator::LATE
+        );
+    }
     println!(
-        "latency p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
-        pct(0.50),
-        pct(0.99),
-        pct(0.999),
-        latencies.last().copied().unwrap_or_default()
+        "in flight: mean {:.1}, max {}",
+        r.in_flight_mean, r.in_flight_max
     );
+    let l = &r.latency;
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&row)? + "\n")?;
+    }
     Ok(())
+}
+
+/// Each participant's node id and database URL: participant-N is backed by
+/// postgres-N (see `devcluster::cluster`).
+fn nodes(manifest: &Value) -> anyhow::Result<Vec<setup::Node>> {
+    let components = manifest["components"]
+        .as_array()
+        .context("the manifest lists no components")?;
+    let find = |name: &str| components.iter().find(|c| c["name"] == name);
+    let mut nodes = Vec::new();
+    for c in components.iter().filter(|c| c["kind"] == "participant") {
+        let name = c["name"].as_str().unwrap_or_default();
+        let node_id = c["node_id"]
+            .as_str()
+            .with_context(|| format!("{name} has no node_id"))?;
+        let n = name.trim_start_matches("participant-");
+        let Some(pg) = find(&format!("postgres-{n}")) else {
+            bail!("no postgres-{n} for {name} in the manifest");
+        };
+        nodes.push(setup::Node {
+            node_id: node_id.to_string(),
+            database_url: pg["url"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(nodes)
 }

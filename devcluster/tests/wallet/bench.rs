@@ -1,0 +1,145 @@
+//! Smoke test of the benchmark's machinery (not a measurement: no figure
+//! is asserted): accounts loaded by SQL are what the participants would
+//! have written, every scenario commits through the API without server
+//! errors, the open loop honours its rate and its in-flight cap, the report
+//! renders, and money is conserved afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcluster::bench::{
+    self, report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target,
+};
+use devcluster::ClusterOptions;
+
+use crate::support::TestCluster;
+
+#[tokio::test]
+async fn load_generator_smoke() {
+    // Default timeouts: the machine may be busy with the other tests.
+    let t = TestCluster::start_with(ClusterOptions::default()).await;
+    let accounts = Arc::new(Accounts::new("smoke", 1000, &t.map).unwrap());
+    let nodes = bench::nodes(&t.cluster);
+    let loaded = setup::load(&t.map, &nodes, &accounts)
+        .await
+        .expect("accounts load");
+    assert_eq!(loaded.per_node.values().sum::<usize>(), 1002);
+    assert!(loaded.per_node.values().all(|&n| n > 200), "{loaded:?}");
+    let target = Target::new(t.cluster.coordinator_url(0), Duration::from_secs(10)).unwrap();
+    setup::verify(&target, &accounts, &loaded, 20)
+        .await
+        .expect("loaded accounts read back through the API");
+    // Loading them again fails rather than doubling anything.
+    assert!(setup::load(&t.map, &nodes, &accounts).await.is_err());
+    // The loaded rows are consistent with their events.
+    t.wait_settled().await;
+
+    let processes = bench::services(&t.cluster);
+    assert_eq!(processes.len(), 4, "{processes:?}");
+    let mut rows = Vec::new();
+    for (seed, kind) in Kind::ALL.into_iter().enumerate() {
+        let plan = Plan {
+            load: Load::Closed { clients: 4 },
+            warmup: Duration::from_millis(200),
+            measure: Duration::from_secs(2),
+        };
+        let scenario = Scenario::new(kind, accounts.clone());
+        let row = bench::measure(
+            kind.name(),
+            &target,
+            &scenario,
+            &plan,
+            seed as u64,
+            processes.clone(),
+        )
+        .await;
+        let o = &row.result.outcomes;
+        assert!(o.committed > 0, "{}: nothing committed: {o:?}", kind.name());
+        assert_eq!(
+            (o.server_error, o.timeouts, o.transport_errors, o.other),
+            (0, 0, 0, 0),
+            "{}: {o:?}",
+            kind.name()
+        );
+        assert_eq!(row.result.sent, o.total());
+        assert!(row.result.latency.p50_ms > 0.0);
+        assert!(row.result.latency.p99_ms >= row.result.latency.p50_ms);
+        assert!(row.result.in_flight_max <= 4);
+        for (name, _) in &processes {
+            assert!(
+                row.rss_mb.get(name).is_some_and(|mb| *mb > 1.0),
+                "{name}: {:?}",
+                row.rss_mb
+            );
+        }
+        if kind == Kind::Mixed {
+            assert!(row.result.moved.deposited > 0 && row.result.moved.withdrawn > 0);
+        }
+        rows.push(row);
+    }
+
+    // Open loop: about `rate` requests a second, none dropped under the cap...
+    let open = |rate, max_in_flight| Plan {
+        load: Load::Open {
+            rate,
+            max_in_flight,
+        },
+        warmup: Duration::ZERO,
+        measure: Duration::from_secs(1),
+    };
+    let uniform = Scenario::new(Kind::Uniform, accounts.clone());
+    let row = bench::measure("open", &target, &uniform, &open(100.0, 1000), 9, Vec::new()).await;
+    let r = &row.result;
+    assert_eq!(r.dropped, 0, "{r:?}");
+    assert!((90..=101).contains(&r.sent), "sent {}", r.sent);
+    assert!(r.outcomes.committed > 0, "{:?}", r.outcomes);
+    assert_eq!(r.outcomes.server_error, 0, "{:?}", r.outcomes);
+    rows.push(row);
+    // ...and what the cap does not let through is counted, not hidden.
+    let row = bench::measure(
+        "capped",
+        &target,
+        &uniform,
+        &open(2000.0, 1),
+        10,
+        Vec::new(),
+    )
+    .await;
+    let r = &row.result;
+    assert!(r.dropped > 0 && r.in_flight_max == 1, "{r:?}");
+    assert!(r.sent + r.dropped >= 1900, "{r:?}");
+
+    // The report renders every row.
+    let mut report = Report {
+        started_at: "smoke".into(),
+        settings: Default::default(),
+        reference: None,
+        rows,
+        targets: Vec::new(),
+    };
+    report.finish();
+    let dir = tempfile::tempdir().unwrap();
+    report.write(dir.path()).unwrap();
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    for kind in Kind::ALL {
+        assert!(table.contains(kind.name()), "{table}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), Kind::ALL.len() + 1);
+    let svg = std::fs::read_to_string(dir.path().join("chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(report::HOT_CREDIT));
+
+    // Money: what was loaded, plus deposits, minus withdrawals.
+    let audit = t.wait_settled().await;
+    let (deposited, withdrawn, unknown) = report.rows.iter().fold((0, 0, 0), |a, r| {
+        let m = r.result.moved;
+        (a.0 + m.deposited, a.1 + m.withdrawn, a.2 + m.unknown)
+    });
+    assert_eq!(unknown, 0);
+    assert_eq!(audit.total("USD"), accounts.total() + deposited - withdrawn);
+    let (posted, prepared) = setup::settle(&nodes, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((posted, prepared), (audit.total("USD"), 0));
+}
