@@ -51,7 +51,7 @@ struct Args {
         long,
         env = "BENCH_CLIENTS",
         value_delimiter = ',',
-        default_value = "16,64,256"
+        default_value = "16,64,256,1024"
     )]
     clients: Vec<usize>,
     /// In-flight cap of the memory scenario (and of the half-load run).
