@@ -77,41 +77,68 @@ impl<K: Kind> Batcher<K> {
     /// Sends `item` with whatever else is bound for its node, and returns
     /// its own answer.
     pub async fn submit(self: &Arc<Self>, item: K::Item) -> Result<K::Answer, CallError> {
-        let node = {
-            let map = self.participants.map.current();
-            let partitions = K::partitions(&item);
-            let owner = partitions.first().and_then(|p| map.owner(*p)).cloned();
-            match owner {
-                Some(node) => node,
-                None => {
-                    return Err(CallError::Unknown(format!(
+        let mut answers = self.submit_all(vec![item]).await;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(CallError::Unknown("no answer".into())))
+    }
+
+    /// Sends `items` together (those bound for one node in one request when
+    /// its lane is free) and returns their answers in order.
+    pub async fn submit_all(
+        self: &Arc<Self>,
+        items: Vec<K::Item>,
+    ) -> Vec<Result<K::Answer, CallError>> {
+        let map = self.participants.map.current();
+        let mut waits = Vec::with_capacity(items.len());
+        let mut start = Vec::new();
+        {
+            let mut lanes = self.lanes.lock().unwrap();
+            for item in items {
+                let partitions = K::partitions(&item);
+                let Some(node) = partitions.first().and_then(|p| map.owner(*p)).cloned() else {
+                    waits.push(Err(CallError::Unknown(format!(
                         "partitions {partitions:?} are not in the map"
-                    )))
+                    ))));
+                    continue;
+                };
+                let (tx, rx) = oneshot::channel();
+                waits.push(Ok(rx));
+                let lane = lanes.entry(node.clone()).or_insert_with(|| Lane {
+                    queue: Vec::new(),
+                    in_flight: 0,
+                });
+                lane.queue.push((item, tx));
+                if !start.contains(&node) {
+                    start.push(node);
                 }
             }
-        };
-        let (tx, rx) = oneshot::channel();
-        let batch = {
-            let mut lanes = self.lanes.lock().unwrap();
-            let lane = lanes.entry(node.clone()).or_insert_with(|| Lane {
-                queue: Vec::new(),
-                in_flight: 0,
+            start.retain(|node| {
+                let lane = lanes.get_mut(node).expect("the lane just used");
+                let free = lane.in_flight < self.limits.max_in_flight;
+                if free {
+                    lane.in_flight += 1;
+                }
+                free
             });
-            lane.queue.push((item, tx));
-            if lane.in_flight < self.limits.max_in_flight {
-                lane.in_flight += 1;
-                Some(take(&mut lane.queue, self.limits.max_batch))
-            } else {
-                None
+            for node in start {
+                let lane = lanes.get_mut(&node).expect("the lane just used");
+                let batch = take(&mut lane.queue, self.limits.max_batch);
+                // Its own task: the batch carries other callers' items, so it
+                // must not stop when this caller goes away.
+                tokio::spawn(self.clone().drain(node, batch).in_current_span());
             }
-        };
-        if let Some(batch) = batch {
-            // Its own task: the batch carries other callers' items, so it
-            // must not stop when this caller goes away.
-            tokio::spawn(self.clone().drain(node, batch).in_current_span());
         }
-        rx.await
-            .unwrap_or_else(|_| Err(CallError::Unknown("the batch was dropped".into())))
+        let mut answers = Vec::with_capacity(waits.len());
+        for wait in waits {
+            answers.push(match wait {
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(CallError::Unknown("the batch was dropped".into()))),
+                Err(e) => Err(e),
+            });
+        }
+        answers
     }
 
     /// Sends `batch`, then whatever queued meanwhile, until the lane is empty.

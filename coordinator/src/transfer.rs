@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use tracing::Instrument;
 use wallet_shared::protocol::*;
 use wallet_shared::{ErrorCode, Rejection};
@@ -182,13 +181,13 @@ impl Coordinator {
     }
 }
 
-/// Sends both legs (each to its node's lane) and returns one answer per
-/// leg, in order.
+/// Sends both legs at once (legs on one node in one request) and returns
+/// one answer per leg, in order.
 async fn on_legs<K: Kind<Item = Leg>>(
     batcher: &std::sync::Arc<Batcher<K>>,
     legs: &[Leg; 2],
 ) -> Vec<Result<K::Answer, CallError>> {
-    join_all(legs.iter().map(|l| batcher.submit(l.clone()))).await
+    batcher.submit_all(legs.to_vec()).await
 }
 
 /// Commit only on two known yes votes; a refusal aborts with its reason; a
