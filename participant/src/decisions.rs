@@ -33,7 +33,7 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, StoreError> {
     let fingerprint = spec.fingerprint();
     let until = lease_until(w, b);
     let now = w.now;
-    let Some(stored) = w.transfer_mut(id) else {
+    let Some(stored) = w.transfer(id) else {
         w.insert_transfer(TransferRow {
             record: TransferRecord {
                 spec: spec.clone(),
@@ -67,8 +67,12 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, StoreError> {
     if stored.lease_owner != b.attempt {
         tracing::info!(transaction_id = %id, "taking over a transfer whose lease expired");
     }
-    stored.lease_until = until;
-    stored.lease_owner = b.attempt;
+    // Only now is the row written: an answer that changes nothing (reused,
+    // decided, in progress) costs no UPDATE.
+    if let Some(stored) = w.transfer_mut(id) {
+        stored.lease_until = until;
+        stored.lease_owner = b.attempt;
+    }
     Ok(BeginResult::Proceed)
 }
 
@@ -80,18 +84,23 @@ pub fn decide(
     decision: &Decision,
 ) -> Result<Option<TransferRecord>, StoreError> {
     let now = w.now;
+    let Some(stored) = w.transfer(id) else {
+        return Ok(None);
+    };
+    if stored.record.state != TransferState::Preparing {
+        // Decided already: the winner stands, and nothing is written.
+        return Ok(Some(stored.record.clone()));
+    }
     let Some(stored) = w.transfer_mut(id) else {
         return Ok(None);
     };
-    if stored.record.state == TransferState::Preparing {
-        let (state, reason) = match decision {
-            Decision::Commit => (TransferState::Committed, None),
-            Decision::Abort { reason } => (TransferState::Aborted, Some(reason.clone())),
-        };
-        stored.record.state = state;
-        stored.record.reason = reason;
-        stored.record.decided_at = Some(now);
-    }
+    let (state, reason) = match decision {
+        Decision::Commit => (TransferState::Committed, None),
+        Decision::Abort { reason } => (TransferState::Aborted, Some(reason.clone())),
+    };
+    stored.record.state = state;
+    stored.record.reason = reason;
+    stored.record.decided_at = Some(now);
     Ok(Some(stored.record.clone()))
 }
 
