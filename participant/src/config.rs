@@ -21,6 +21,21 @@ pub struct ParticipantConfig {
     pub etcd_prefix: String,
     #[serde(default = "default_etcd_timeout_ms")]
     pub etcd_timeout_ms: u64,
+    /// Snapshot an account's balance at every this many of its events, in
+    /// the same transaction as the event (0: never).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: i64,
+    /// Longest pause of the feed's publisher between rounds (it also runs
+    /// right after a write, at most once per this interval).
+    #[serde(default = "default_publish_interval_ms")]
+    pub publish_interval_ms: u64,
+}
+
+fn default_snapshot_every() -> i64 {
+    crate::model::DEFAULT_SNAPSHOT_EVERY
+}
+fn default_publish_interval_ms() -> u64 {
+    20
 }
 
 fn default_listen() -> String {

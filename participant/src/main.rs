@@ -20,6 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await
         .context("following the partition map in etcd")?;
+    tokio::spawn(publish_feed(
+        store.clone(),
+        Duration::from_millis(cfg.publish_interval_ms),
+    ));
     let app = app::App {
         node_id: Arc::from(cfg.node_id.as_str()),
         store,
@@ -40,4 +44,28 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// The feed's publisher: numbers newly committed outbox rows, round after
+/// round (see [`PgStore::publish`]). A failed round is logged and retried
+/// after a bounded, jittered pause.
+async fn publish_feed(store: PgStore, interval: Duration) {
+    const ROUND: i64 = 5_000;
+    let mut failures = wallet_shared::retry::Policy::background().backoff();
+    loop {
+        match store.publish(ROUND).await {
+            Ok(n) => {
+                failures = wallet_shared::retry::Policy::background().backoff();
+                if n as i64 == ROUND {
+                    continue;
+                }
+                tokio::time::sleep(interval).await;
+            }
+            Err(e) => {
+                let pause = failures.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, ?pause, "feed publisher round failed");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
 }

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use wallet_shared::protocol::{Event, EventKind, LegState, TransferRecord};
+use wallet_shared::protocol::{
+    Event, EventKind, FeedEntry, FeedKind, LegState, Snapshot, TransferRecord, TransferState,
+};
 use wallet_shared::{AccountId, Currency, PartitionId, Rejection, TransactionId};
 
 use crate::error::StoreError;
@@ -143,17 +145,31 @@ impl<T> Slot<T> {
     }
 }
 
+/// How often an account's balance is snapshotted unless configured
+/// (`snapshot_every`): every 1,000th event.
+pub const DEFAULT_SNAPSHOT_EVERY: i64 = 1000;
+
 /// The loaded rows of one local transaction, the changes the rules made to
 /// them, and the events they appended.
 #[derive(Debug, Clone)]
 pub struct Working {
     /// This transaction's clock: leases, grace periods and event times.
     pub now: DateTime<Utc>,
+    /// Every account's balance is snapshotted with its event number
+    /// `snapshot_every`, `2 * snapshot_every`, ... (0: never).
+    pub snapshot_every: i64,
     keys: Keys,
+    /// Time of each loaded account's newest event: an event is never stamped
+    /// earlier than the one before it (so `as_of` folds a prefix of the log).
+    event_floor: BTreeMap<AccountId, DateTime<Utc>>,
+    /// Each loaded transfer's state before this transaction, to tell which
+    /// ones it decided (aborted transfers go to the feed).
+    loaded_states: BTreeMap<TransactionId, TransferState>,
     transfers: BTreeMap<TransactionId, Slot<TransferRow>>,
     legs: BTreeMap<LegKey, Slot<LegRow>>,
     accounts: BTreeMap<AccountId, Slot<AccountRow>>,
     events: Vec<Event>,
+    snapshots: Vec<Snapshot>,
 }
 
 impl Working {
@@ -163,11 +179,15 @@ impl Working {
         use chrono::SubsecRound;
         Working {
             now: now.trunc_subsecs(6),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             keys,
+            event_floor: BTreeMap::new(),
+            loaded_states: BTreeMap::new(),
             transfers: BTreeMap::new(),
             legs: BTreeMap::new(),
             accounts: BTreeMap::new(),
             events: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -178,6 +198,7 @@ impl Working {
     // ---- loading (stores only) --------------------------------------------
 
     pub fn load_transfer(&mut self, row: TransferRow) {
+        self.loaded_states.insert(row.id(), row.record.state);
         self.transfers.insert(row.id(), Slot::loaded(row));
     }
 
@@ -188,6 +209,11 @@ impl Working {
     /// An account the transaction reads, whether or not it exists.
     pub fn note_account_key(&mut self, id: AccountId) {
         self.keys.accounts.insert(id);
+    }
+
+    /// The time of a loaded account's newest event (its row's `last_seq`).
+    pub fn load_last_event_at(&mut self, id: AccountId, at: DateTime<Utc>) {
+        self.event_floor.insert(id, at);
     }
 
     pub fn load_account(&mut self, row: AccountRow) {
@@ -281,6 +307,21 @@ impl Working {
         }
         row.last_seq += 1;
         let seq = row.last_seq;
+        let at = match self.event_floor.get(account) {
+            Some(&floor) if floor > now => floor,
+            _ => now,
+        };
+        self.event_floor.insert(account.clone(), at);
+        if self.snapshot_every > 0 && seq % self.snapshot_every == 0 {
+            self.snapshots.push(Snapshot {
+                account_id: account.clone(),
+                seq,
+                posted: row.posted,
+                held: row.held,
+                pending_credit: row.pending_credit,
+                at,
+            });
+        }
         self.events.push(Event {
             account_id: account.clone(),
             seq,
@@ -288,7 +329,7 @@ impl Working {
             amount,
             transaction_id,
             counterparty: counterparty.cloned(),
-            at: now,
+            at,
         });
         Ok(seq)
     }
@@ -308,6 +349,16 @@ impl Working {
             }
             (inserted, updated)
         }
+        let aborted = self
+            .transfers
+            .values()
+            .filter(|slot| {
+                slot.change != Change::Unchanged
+                    && slot.row.record.state == TransferState::Aborted
+                    && self.loaded_states.get(&slot.row.id()) != Some(&TransferState::Aborted)
+            })
+            .map(|slot| slot.row.clone())
+            .collect();
         let (new_transfers, changed_transfers) = split(self.transfers);
         let (new_legs, changed_legs) = split(self.legs);
         let (new_accounts, changed_accounts) = split(self.accounts);
@@ -319,6 +370,8 @@ impl Working {
             new_accounts,
             changed_accounts,
             events: self.events,
+            snapshots: self.snapshots,
+            aborted,
         }
     }
 }
@@ -352,6 +405,10 @@ pub struct Changes {
     pub new_accounts: Vec<AccountRow>,
     pub changed_accounts: Vec<AccountRow>,
     pub events: Vec<Event>,
+    /// Balances to snapshot (every Nth event of an account).
+    pub snapshots: Vec<Snapshot>,
+    /// Transfers this transaction decided aborted (already in the lists above).
+    pub aborted: Vec<TransferRow>,
 }
 
 impl Changes {
@@ -363,6 +420,54 @@ impl Changes {
             && self.new_accounts.is_empty()
             && self.changed_accounts.is_empty()
             && self.events.is_empty()
+    }
+
+    /// What this transaction adds to the change feed, in order: its events,
+    /// then the transfers it aborted. Positions are 0: the store numbers
+    /// them in commit order.
+    pub fn feed_entries(&self) -> Result<Vec<FeedEntry>, StoreError> {
+        let accounts: BTreeMap<&AccountId, &AccountRow> = self
+            .new_accounts
+            .iter()
+            .chain(&self.changed_accounts)
+            .map(|a| (&a.account_id, a))
+            .collect();
+        let mut entries = Vec::with_capacity(self.events.len() + self.aborted.len());
+        for e in &self.events {
+            let account = accounts.get(&e.account_id).ok_or_else(|| {
+                StoreError::corrupt(format!("event of {} without its account row", e.account_id))
+            })?;
+            entries.push(FeedEntry {
+                position: 0,
+                kind: FeedKind::Event(e.kind),
+                account_id: e.account_id.clone(),
+                seq: Some(e.seq),
+                amount: e.amount,
+                currency: account.currency,
+                transaction_id: e.transaction_id,
+                counterparty: e.counterparty.clone(),
+                reason: None,
+                partition: account.partition,
+                at: e.at,
+            });
+        }
+        for t in &self.aborted {
+            let r = &t.record;
+            entries.push(FeedEntry {
+                position: 0,
+                kind: FeedKind::TransferAborted,
+                account_id: r.spec.from.clone(),
+                seq: None,
+                amount: r.spec.amount.minor(),
+                currency: r.spec.currency,
+                transaction_id: Some(r.spec.transaction_id),
+                counterparty: Some(r.spec.to.clone()),
+                reason: r.reason.as_ref().map(|x| x.code),
+                partition: t.partition,
+                at: r.decided_at.unwrap_or(r.created_at),
+            });
+        }
+        Ok(entries)
     }
 }
 

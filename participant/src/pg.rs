@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use wallet_shared::protocol::{
-    Event, EventKind, LegState, TransferRecord, TransferSpec, TransferState,
+    Event, EventKind, FeedEntry, FeedKind, LegState, Snapshot, TransferRecord, TransferSpec,
+    TransferState,
 };
 use wallet_shared::{retry, AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
@@ -18,9 +19,14 @@ use crate::error::StoreError;
 use crate::model::{AccountRow, Changes, Keys, LegRow, RowRole, TransferRow, Working};
 use crate::store::Store;
 
+/// Key of the advisory lock that serialises the feed publisher's rounds.
+const PUBLISHER_LOCK: i64 = 0x7761_6c6c_6574_0001;
+
 #[derive(Clone)]
 pub struct PgStore {
     pub pool: PgPool,
+    /// Snapshot every account's balance at every this many events (0: never).
+    pub snapshot_every: i64,
 }
 
 impl PgStore {
@@ -43,7 +49,51 @@ impl PgStore {
         })
         .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            snapshot_every: cfg.snapshot_every,
+        })
+    }
+
+    /// One round of the feed's publisher: numbers the committed, unnumbered
+    /// outbox rows (at most `limit`), oldest insertion first, after the last
+    /// position handed out. Rounds are serialised by the lock on
+    /// `outbox_head`; a row committed after this round's snapshot is invisible
+    /// here and gets a later round's higher position, so positions follow
+    /// commit order (rows of transactions that touched the same account are
+    /// in the order they committed: the later one inserted after the earlier
+    /// one committed). Returns how many rows it numbered.
+    pub async fn publish(&self, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // An advisory lock rather than a row lock: an idle round writes nothing.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PUBLISHER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
+            .fetch_one(&mut *tx)
+            .await?;
+        // Read committed: each statement's snapshot is taken after the lock,
+        // so it sees the previous round's numbers and everything it saw.
+        let numbered = sqlx::query(
+            "UPDATE outbox o SET position = $1 + n.rank
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS rank
+                   FROM (SELECT id FROM outbox WHERE position IS NULL ORDER BY id LIMIT $2) u) n
+             WHERE o.id = n.id",
+        )
+        .bind(head)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if numbered > 0 {
+            sqlx::query("UPDATE outbox_head SET last_position = $1 WHERE only_row")
+                .bind(head + numbered as i64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(numbered)
     }
 }
 
@@ -64,6 +114,7 @@ impl Store for PgStore {
     {
         let mut tx = self.pool.begin().await?;
         let mut w = load(&mut tx, keys).await?;
+        w.snapshot_every = self.snapshot_every;
         let out = rules(&mut w)?;
         let changes = w.into_changes();
         if !changes.is_empty() {
@@ -140,16 +191,21 @@ impl Store for PgStore {
         after: i64,
         limit: i64,
         until: Option<DateTime<Utc>>,
+        kinds: &[EventKind],
     ) -> Result<Vec<Event>, StoreError> {
+        let kinds: Option<Vec<&str>> =
+            (!kinds.is_empty()).then(|| kinds.iter().map(|k| k.as_str()).collect());
         let rows = sqlx::query(
             "SELECT seq, kind, amount, transaction_id, counterparty, at FROM events
              WHERE account_id = $1 AND seq > $2 AND ($4::timestamptz IS NULL OR at <= $4)
+               AND ($5::text[] IS NULL OR kind = ANY($5))
              ORDER BY seq LIMIT $3",
         )
         .bind(id.as_str())
         .bind(after)
         .bind(limit)
         .bind(until)
+        .bind(kinds)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -170,6 +226,120 @@ impl Store for PgStore {
             })
             .collect()
     }
+
+    async fn snapshot_at(
+        &self,
+        id: &AccountId,
+        as_of: DateTime<Utc>,
+    ) -> Result<(Option<Snapshot>, Option<i64>), StoreError> {
+        // Snapshot times follow their sequence numbers (event times never go
+        // down), so both are short walks of the primary key.
+        let before = sqlx::query(
+            "SELECT account_id, seq, posted, held, pending_credit, at FROM snapshots
+             WHERE account_id = $1 AND at <= $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(as_of)
+        .fetch_optional(&self.pool)
+        .await?;
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM snapshots WHERE account_id = $1 AND at > $2 ORDER BY seq LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(as_of)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok((before.as_ref().map(snapshot_from_row).transpose()?, next))
+    }
+
+    async fn snapshots(&self, id: &AccountId) -> Result<Vec<Snapshot>, StoreError> {
+        sqlx::query(
+            "SELECT account_id, seq, posted, held, pending_credit, at FROM snapshots
+             WHERE account_id = $1 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(snapshot_from_row)
+        .collect()
+    }
+
+    async fn accounts_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE $1::text IS NULL OR account_id > $1
+             ORDER BY account_id LIMIT $2"
+        );
+        sqlx::query(&sql)
+            .bind(after.map(|a| a.as_str()))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(account_from_row)
+            .collect()
+    }
+
+    async fn feed(&self, after: i64, limit: i64) -> Result<(Vec<FeedEntry>, i64), StoreError> {
+        // The head first: every position up to it is published, so the page
+        // below is never behind the head it is returned with.
+        let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT position, kind, account_id, seq, amount, currency, transaction_id,
+                    counterparty, reason_code, partition, at
+             FROM outbox WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .bind(head)
+        .fetch_all(&self.pool)
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let reason = row
+                    .try_get::<Option<String>, _>("reason_code")?
+                    .map(|c| serde_json::from_value(serde_json::Value::String(c)))
+                    .transpose()
+                    .map_err(StoreError::corrupt)?;
+                Ok(FeedEntry {
+                    position: row.try_get("position")?,
+                    kind: FeedKind::parse(&kind)
+                        .ok_or_else(|| StoreError::corrupt(format!("feed kind {kind:?}")))?,
+                    account_id: account_id(row.try_get("account_id")?)?,
+                    seq: row.try_get("seq")?,
+                    amount: row.try_get("amount")?,
+                    currency: currency(row)?,
+                    transaction_id: row
+                        .try_get::<Option<uuid::Uuid>, _>("transaction_id")?
+                        .map(TransactionId),
+                    counterparty: optional_account(row.try_get("counterparty")?)?,
+                    reason,
+                    partition: row.try_get::<i32, _>("partition")? as u32,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((entries, head))
+    }
+}
+
+fn snapshot_from_row(row: &PgRow) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        account_id: account_id(row.try_get("account_id")?)?,
+        seq: row.try_get("seq")?,
+        posted: row.try_get("posted")?,
+        held: row.try_get("held")?,
+        pending_credit: row.try_get("pending_credit")?,
+        at: row.try_get("at")?,
+    })
 }
 
 /// Loads and locks, table by table in one order (transfers, legs,
@@ -209,8 +379,13 @@ async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreErro
     if !accounts.is_empty() {
         accounts.sort_unstable();
         accounts.dedup();
+        // With each account, the time of its newest event: the next one is
+        // never stamped earlier.
         let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1)
+            "SELECT {ACCOUNT_COLUMNS},
+                    (SELECT e.at FROM events e
+                     WHERE e.account_id = accounts.account_id AND e.seq = accounts.last_seq) AS last_event_at
+             FROM accounts WHERE account_id = ANY($1)
              ORDER BY account_id FOR UPDATE"
         );
         for row in sqlx::query(&sql)
@@ -218,7 +393,11 @@ async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreErro
             .fetch_all(&mut *conn)
             .await?
         {
-            w.load_account(account_from_row(&row)?);
+            let account = account_from_row(&row)?;
+            if let Some(at) = row.try_get::<Option<DateTime<Utc>>, _>("last_event_at")? {
+                w.load_last_event_at(account.account_id.clone(), at);
+            }
+            w.load_account(account);
         }
         for id in accounts {
             // Accounts that do not exist are known to be absent, too.
@@ -280,6 +459,44 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         .bind(e.iter().map(|r| r.transaction_id.map(|t| t.0)).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.snapshots.is_empty() {
+        let s = &c.snapshots;
+        sqlx::query(
+            "INSERT INTO snapshots (account_id, seq, posted, held, pending_credit, at)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::timestamptz[])",
+        )
+        .bind(s.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.posted).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.held).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    // The change feed: here, in the write path of the rules' changes, so a
+    // bulk copy of rows (a partition move) never publishes them again.
+    let feed = c.feed_entries()?;
+    if !feed.is_empty() {
+        sqlx::query(
+            "INSERT INTO outbox (kind, account_id, seq, amount, currency, transaction_id, counterparty,
+                                 reason_code, partition, at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::uuid[],
+                                  $7::text[], $8::text[], $9::int4[], $10::timestamptz[])",
+        )
+        .bind(feed.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.account_id.as_str()).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.seq).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.amount).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.currency.code()).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.transaction_id.map(|t| t.0)).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.reason.map(|r| r.as_str())).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.partition as i32).collect::<Vec<_>>())
+        .bind(feed.iter().map(|f| f.at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use wallet_shared::protocol::{Event, TransferRecord};
+use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
 use wallet_shared::{retry, AccountId, TransactionId};
 
 use crate::error::StoreError;
@@ -45,15 +45,46 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: &AccountId,
     ) -> impl Future<Output = Result<Option<AccountRow>, StoreError>> + Send;
 
-    /// Events with `seq > after`, oldest first, at most `limit`, and only
-    /// those at or before `until` when given.
+    /// Events with `seq > after`, oldest first, at most `limit`, only those
+    /// at or before `until` when given, and only of `kinds` unless empty.
     fn events(
         &self,
         id: &AccountId,
         after: i64,
         limit: i64,
         until: Option<DateTime<Utc>>,
+        kinds: &[EventKind],
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// The account's newest snapshot at or before `as_of`, and the sequence
+    /// number of the one after it (the fold from the first needs no event
+    /// beyond the second).
+    fn snapshot_at(
+        &self,
+        id: &AccountId,
+        as_of: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(Option<Snapshot>, Option<i64>), StoreError>> + Send;
+
+    /// Every snapshot of the account, oldest first.
+    fn snapshots(
+        &self,
+        id: &AccountId,
+    ) -> impl Future<Output = Result<Vec<Snapshot>, StoreError>> + Send;
+
+    /// Accounts in id order after `after`, at most `limit`.
+    fn accounts_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<AccountRow>, StoreError>> + Send;
+
+    /// Published feed entries with positions after `after`, in order, at
+    /// most `limit`; and the last position handed out so far.
+    fn feed(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<(Vec<FeedEntry>, i64), StoreError>> + Send;
 
     /// The one way to run a local transaction: retried (bounded, with
     /// backoff) on deadlocks, conflicting inserts and lost connections. The

@@ -346,7 +346,7 @@ impl AccountBalance {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Opened,
@@ -429,10 +429,7 @@ pub struct Event {
 
 /// (posted, held, pending credit) after applying `events` in order.
 pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> (i64, i64, i64) {
-    events.into_iter().fold((0, 0, 0), |(p, h, c), e| {
-        let (dp, dh, dc) = e.kind.effect(e.amount);
-        (p + dp, h + dh, c + dc)
-    })
+    replay_from((0, 0, 0), events)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -449,6 +446,141 @@ pub struct HistoricalBalance {
     pub balance: AccountBalance,
     /// Events folded to answer.
     pub events_replayed: u64,
+    /// The snapshot the fold started from; `None`: from the first event.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotRef>,
+}
+
+/// An account's balance right after its event `seq` (stored every Nth
+/// event, in the same local transaction as that event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub account_id: AccountId,
+    pub seq: i64,
+    pub posted: i64,
+    pub held: i64,
+    pub pending_credit: i64,
+    /// The time of event `seq`; no earlier event of the account is later.
+    pub at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    pub fn fold(&self) -> (i64, i64, i64) {
+        (self.posted, self.held, self.pending_credit)
+    }
+}
+
+/// Which snapshot an `as_of` answer started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// (posted, held, pending credit) after applying `events`, in order, to `start`.
+pub fn replay_from<'a>(
+    start: (i64, i64, i64),
+    events: impl IntoIterator<Item = &'a Event>,
+) -> (i64, i64, i64) {
+    events.into_iter().fold(start, |(p, h, c), e| {
+        let (dp, dh, dc) = e.kind.effect(e.amount);
+        (p + dp, h + dh, c + dc)
+    })
+}
+
+// ---- the change feed ---------------------------------------------------------
+
+/// What a feed entry says happened: an account's event, or a transfer
+/// decided aborted at its decision partition (the rejected transfers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum FeedKind {
+    Event(EventKind),
+    TransferAborted,
+}
+
+impl FeedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Event(k) => k.as_str(),
+            FeedKind::TransferAborted => "transfer_aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "transfer_aborted" => Some(FeedKind::TransferAborted),
+            other => EventKind::parse(other).map(FeedKind::Event),
+        }
+    }
+}
+
+impl From<FeedKind> for String {
+    fn from(k: FeedKind) -> String {
+        k.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for FeedKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        FeedKind::parse(&s).ok_or_else(|| format!("unknown feed entry kind {s:?}"))
+    }
+}
+
+/// One entry of a participant's change feed: a self-contained copy of what
+/// was written (it outlives the rows it copies, e.g. after a partition move).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    /// Place in this node's feed: 1, 2, 3, ... in commit order.
+    pub position: i64,
+    pub kind: FeedKind,
+    /// The account of an event; the debit account of an aborted transfer.
+    pub account_id: AccountId,
+    /// The event's per-account sequence number (events only).
+    pub seq: Option<i64>,
+    /// Minor units of `currency`.
+    pub amount: i64,
+    pub currency: Currency,
+    pub transaction_id: Option<TransactionId>,
+    /// The other account of a transfer (an aborted transfer: the credit account).
+    pub counterparty: Option<AccountId>,
+    /// Why an aborted transfer was aborted.
+    pub reason: Option<crate::error::ErrorCode>,
+    pub partition: PartitionId,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedPage {
+    pub node_id: String,
+    /// Entries with positions after the request's `after`, in order.
+    pub entries: Vec<FeedEntry>,
+    /// The last position handed out on this node so far.
+    pub head: i64,
+}
+
+// ---- replay check ------------------------------------------------------------
+
+/// One account rebuilt from its events and compared with its stored row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayedAccount {
+    pub account_id: AccountId,
+    pub stored: AccountBalance,
+    /// (posted, held, pending credit) folded from the events.
+    pub replayed: (i64, i64, i64),
+    pub events: u64,
+    pub snapshots: u64,
+    /// Every disagreement found; empty when the account is consistent.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayPage {
+    pub node_id: String,
+    pub accounts: Vec<ReplayedAccount>,
+    /// Pass as `after` for the next page; absent at the end.
+    pub next_after: Option<AccountId>,
 }
 
 #[cfg(test)]

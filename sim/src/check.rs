@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use wallet_shared::protocol::{replay, EventKind, LegState, TransferState};
-use wallet_shared::TransactionId;
+use wallet_shared::protocol::{replay, EventKind, FeedKind, LegState, TransferState};
+use wallet_shared::{AccountId, TransactionId};
 
 use crate::mem::MemStore;
 use crate::world::{Op, Outcome, Request};
@@ -100,6 +100,45 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
         for r in t.transfers.values() {
             records.insert(r.id(), r.record.clone());
         }
+        // The feed: every event exactly once, each account's in order, and
+        // one `transfer_aborted` per aborted decision record here.
+        let mut fed: BTreeMap<&AccountId, Vec<i64>> = BTreeMap::new();
+        let mut aborted_fed = 0;
+        for entry in &t.outbox {
+            match (entry.kind, entry.seq) {
+                (FeedKind::Event(_), Some(seq)) => {
+                    fed.entry(&entry.account_id).or_default().push(seq)
+                }
+                (FeedKind::TransferAborted, None) => aborted_fed += 1,
+                _ => out.push(Anomaly::new(
+                    "feed",
+                    format!("{node}: malformed entry {entry:?}"),
+                )),
+            }
+        }
+        for (account, log) in &t.events {
+            let want: Vec<i64> = log.iter().map(|e| e.seq).collect();
+            if fed.get(account).map(Vec::as_slice).unwrap_or_default() != want.as_slice() {
+                out.push(Anomaly::new(
+                    "feed",
+                    format!(
+                        "{node}: the feed does not carry {account}'s events 1..{} once, in order",
+                        want.len()
+                    ),
+                ));
+            }
+        }
+        let aborted = t
+            .transfers
+            .values()
+            .filter(|r| r.record.state == TransferState::Aborted)
+            .count();
+        if aborted != aborted_fed {
+            out.push(Anomaly::new(
+                "feed",
+                format!("{node}: {aborted} aborted transfers, {aborted_fed} in the feed"),
+            ));
+        }
         for a in t.accounts.values() {
             let currency = a.currency.code().to_string();
             if a.posted < 0 || a.held < 0 || a.held > a.posted || a.pending_credit < 0 {
@@ -131,6 +170,26 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                         a.last_seq
                     ),
                 ));
+            }
+            // Snapshots: each is the fold of the events up to its own.
+            for snap in t.snapshots.get(&a.account_id).into_iter().flatten() {
+                let upto = log.get(..snap.seq as usize).unwrap_or(log);
+                let at = log.get(snap.seq as usize - 1).map(|e| e.at);
+                if snap.seq % store.snapshot_every != 0
+                    || replay(upto) != snap.fold()
+                    || at != Some(snap.at)
+                {
+                    out.push(Anomaly::new(
+                        "snapshot",
+                        format!(
+                            "{}: snapshot at event {} says {:?}, the events say {:?}",
+                            a.account_id,
+                            snap.seq,
+                            snap.fold(),
+                            replay(upto)
+                        ),
+                    ));
+                }
             }
             *totals.entry(currency.clone()).or_default() += a.posted;
             for e in log {

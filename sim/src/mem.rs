@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use participant::error::StoreError;
 use participant::model::{self, AccountRow, Keys, LegKey, LegRow, TransferRow, Working};
 use participant::store::Store;
-use wallet_shared::protocol::{Event, TransferRecord};
+use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
 use wallet_shared::{AccountId, TransactionId};
 
 use crate::clock::NodeClock;
@@ -23,6 +23,10 @@ pub struct Tables {
     pub legs: BTreeMap<LegKey, LegRow>,
     pub accounts: BTreeMap<AccountId, AccountRow>,
     pub events: BTreeMap<AccountId, Vec<Event>>,
+    pub snapshots: BTreeMap<AccountId, Vec<Snapshot>>,
+    /// The change feed, in commit order (one transaction at a time, so an
+    /// entry's position is its place here, from 1).
+    pub outbox: Vec<FeedEntry>,
     /// Transactions the rules refused as corrupt (a broken invariant).
     pub corrupt: Vec<String>,
 }
@@ -33,6 +37,9 @@ pub struct MemStore {
     pub clock: NodeClock,
     /// The node's database is down: every call fails as Postgres's would.
     pub down: Arc<Mutex<bool>>,
+    /// Snapshot every account at every this many events (small, so the
+    /// simulation writes and checks many).
+    pub snapshot_every: i64,
 }
 
 impl MemStore {
@@ -41,6 +48,7 @@ impl MemStore {
             tables: Arc::default(),
             clock,
             down: Arc::default(),
+            snapshot_every: 4,
         }
     }
 
@@ -65,6 +73,7 @@ impl Store for MemStore {
         self.check_up()?;
         let mut t = self.tables.lock().unwrap();
         let mut w = Working::new(self.now(), keys.clone());
+        w.snapshot_every = self.snapshot_every;
         for id in &keys.transfers {
             if let Some(row) = t.transfers.get(id) {
                 w.load_transfer(row.clone());
@@ -81,6 +90,9 @@ impl Store for MemStore {
             if let Some(row) = t.accounts.get(&id) {
                 w.load_account(row.clone());
             }
+            if let Some(last) = t.events.get(&id).and_then(|log| log.last()) {
+                w.load_last_event_at(id.clone(), last.at);
+            }
             w.note_account_key(id);
         }
         let out = match rules(&mut w) {
@@ -93,6 +105,7 @@ impl Store for MemStore {
             }
         };
         let c = w.into_changes();
+        let feed = c.feed_entries()?;
         for row in c.new_transfers.into_iter().chain(c.changed_transfers) {
             t.transfers.insert(row.id(), row);
         }
@@ -110,6 +123,16 @@ impl Store for MemStore {
                 return Err(StoreError::corrupt(why));
             }
             log.push(e);
+        }
+        for snap in c.snapshots {
+            t.snapshots
+                .entry(snap.account_id.clone())
+                .or_default()
+                .push(snap);
+        }
+        for mut entry in feed {
+            entry.position = t.outbox.len() as i64 + 1;
+            t.outbox.push(entry);
         }
         Ok(out)
     }
@@ -159,6 +182,7 @@ impl Store for MemStore {
         after: i64,
         limit: i64,
         until: Option<DateTime<Utc>>,
+        kinds: &[EventKind],
     ) -> Result<Vec<Event>, StoreError> {
         self.check_up()?;
         let t = self.tables.lock().unwrap();
@@ -167,10 +191,58 @@ impl Store for MemStore {
             .map(|log| {
                 log.iter()
                     .filter(|e| e.seq > after && until.is_none_or(|u| e.at <= u))
+                    .filter(|e| kinds.is_empty() || kinds.contains(&e.kind))
                     .take(limit.max(0) as usize)
                     .cloned()
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn snapshot_at(
+        &self,
+        id: &AccountId,
+        as_of: DateTime<Utc>,
+    ) -> Result<(Option<Snapshot>, Option<i64>), StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        let all = t.snapshots.get(id).map(Vec::as_slice).unwrap_or_default();
+        let before = all.iter().rev().find(|s| s.at <= as_of).cloned();
+        let next = all.iter().find(|s| s.at > as_of).map(|s| s.seq);
+        Ok((before, next))
+    }
+
+    async fn snapshots(&self, id: &AccountId) -> Result<Vec<Snapshot>, StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        Ok(t.snapshots.get(id).cloned().unwrap_or_default())
+    }
+
+    async fn accounts_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        Ok(t.accounts
+            .values()
+            .filter(|a| after.is_none_or(|after| &a.account_id > after))
+            .take(limit.max(0) as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn feed(&self, after: i64, limit: i64) -> Result<(Vec<FeedEntry>, i64), StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        let entries = t
+            .outbox
+            .iter()
+            .skip(after.max(0) as usize)
+            .take(limit.max(0) as usize)
+            .cloned()
+            .collect();
+        Ok((entries, t.outbox.len() as i64))
     }
 }
