@@ -2,7 +2,7 @@
 //! at the edge: a body that gets past [`ApiJson`] and the `parse` functions
 //! is valid. Amounts come in and go out as decimal strings in the major unit.
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,7 @@ pub fn router(coordinator: Coordinator, max_body_bytes: usize) -> Router {
         .route("/v1/wallet/accounts/{id}/withdraw", post(withdraw))
         .route("/v1/wallet/accounts/{id}/balance", get(balance))
         .route("/v1/wallet/accounts/{id}/events", get(events))
+        .route("/v1/wallet/events", get(feed))
         .fallback(|| async { ApiError(Rejection::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(coordinator)
@@ -112,6 +113,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError(invalid(format!("invalid JSON body: {e}"))))
+    }
+}
+
+/// Query-string extractor whose failure is a `400 invalid_request` with a
+/// `{code, message}` body (unknown parameters included, where the type says so).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError(invalid(format!("invalid query string: {}", e.body_text()))))
     }
 }
 
@@ -350,12 +368,14 @@ fn balance_json(b: &AccountBalance) -> Value {
 #[serde(deny_unknown_fields)]
 struct BalanceQuery {
     as_of: Option<String>,
+    /// `false`: rebuild from the very first event, ignoring snapshots.
+    snapshots: Option<bool>,
 }
 
 async fn balance(
     State(c): State<Coordinator>,
     Path(id): Path<String>,
-    Query(q): Query<BalanceQuery>,
+    ApiQuery(q): ApiQuery<BalanceQuery>,
 ) -> ApiResult {
     let account_id = AccountId::parse(id)?;
     let partition = c.participants.map.current().account_partition(&account_id);
@@ -367,13 +387,20 @@ async fn balance(
             ))
         })?;
         query.push(("as_of", t.with_timezone(&chrono::Utc).to_rfc3339()));
+    } else if q.snapshots.is_some() {
+        return Err(invalid("snapshots applies to an as_of query only").into());
+    }
+    if let Some(snapshots) = q.snapshots {
+        query.push(("snapshots", snapshots.to_string()));
     }
     let path = format!("/internal/v1/accounts/{account_id}/balance");
     let h: HistoricalBalance = c.participants.get(partition, &path, &query).await?;
     let mut body = balance_json(&h.balance);
     if let Some(as_of) = q.as_of {
         body["as_of"] = json!(as_of);
+        body["last_seq"] = json!(h.balance.last_seq);
         body["events_replayed"] = json!(h.events_replayed);
+        body["snapshot"] = json!(h.snapshot);
     }
     Ok(reply(200, body))
 }
@@ -383,18 +410,51 @@ async fn balance(
 struct EventsQuery {
     after: Option<i64>,
     limit: Option<i64>,
+    /// Comma-separated event types (`deposited,withdrawn`).
+    types: Option<String>,
+}
+
+/// Largest page of events the API hands out.
+const MAX_EVENTS_PAGE: i64 = 1000;
+
+fn check_page(after: i64, limit: Option<i64>) -> Result<(), Rejection> {
+    if after < 0 {
+        return Err(invalid("after must be 0 or more"));
+    }
+    if let Some(limit) = limit {
+        if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
+            return Err(invalid(format!(
+                "limit must be between 1 and {MAX_EVENTS_PAGE}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn events(
     State(c): State<Coordinator>,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult {
     let account_id = AccountId::parse(id)?;
+    let after = q.after.unwrap_or(0);
+    check_page(after, q.limit)?;
     let partition = c.participants.map.current().account_partition(&account_id);
-    let mut query = vec![("after", q.after.unwrap_or(0).to_string())];
+    let mut query = vec![("after", after.to_string())];
     if let Some(limit) = q.limit {
         query.push(("limit", limit.to_string()));
+    }
+    if let Some(types) = q.types {
+        for t in types.split(',').filter(|t| !t.is_empty()) {
+            if EventKind::parse(t).is_none() {
+                return Err(invalid(format!(
+                    "unknown event type {t:?}; known: {}",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                ))
+                .into());
+            }
+        }
+        query.push(("types", types));
     }
     let path = format!("/internal/v1/accounts/{account_id}/events");
     let page: EventsPage = c.participants.get(partition, &path, &query).await?;
@@ -416,6 +476,157 @@ async fn events(
         .collect();
     Ok(reply(
         200,
-        json!({ "account_id": account_id, "events": events, "next_after": page.next_after }),
+        json!({ "account_id": account_id, "currency": currency, "events": events, "next_after": page.next_after }),
     ))
+}
+
+// ---- the change feed ------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/wallet/events?after=CURSOR`: every node's feed, each in its
+/// commit order. The cursor names each node's position
+/// (`node-1:120,node-2:98`); a node it does not name is read from its
+/// start. A node that does not answer is listed in `unavailable` and its
+/// position stays put, so a consumer that keeps the returned cursor misses
+/// nothing and sees nothing twice.
+async fn feed(State(c): State<Coordinator>, ApiQuery(q): ApiQuery<FeedQuery>) -> ApiResult {
+    let mut cursor = FeedCursor::parse(q.after.as_deref().unwrap_or(""))?;
+    check_page(0, q.limit)?;
+    let limit = q.limit.unwrap_or(100);
+    let map = c.participants.map.current();
+    let nodes: Vec<String> = map.nodes.keys().cloned().collect();
+    let pages = futures::future::join_all(nodes.iter().map(|node| {
+        let query = [
+            ("after", cursor.position(node).to_string()),
+            ("limit", limit.to_string()),
+        ];
+        let participants = c.participants.clone();
+        async move {
+            participants
+                .get_node::<FeedPage>(node, "/internal/v1/feed", &query)
+                .await
+        }
+    }))
+    .await;
+    let mut events = Vec::new();
+    let mut heads = serde_json::Map::new();
+    let mut unavailable = Vec::new();
+    for (node, page) in nodes.iter().zip(pages) {
+        match page {
+            Ok(page) => {
+                if let Some(last) = page.entries.last() {
+                    cursor.positions.insert(node.clone(), last.position);
+                }
+                heads.insert(node.clone(), json!(page.head));
+                events.extend(page.entries.iter().map(|e| feed_entry_json(node, e)));
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "feed of a node unavailable");
+                unavailable.push(node.clone());
+            }
+        }
+    }
+    if unavailable.len() == nodes.len() && !nodes.is_empty() {
+        return Err(Rejection::new(ErrorCode::Unavailable, "no node's feed answered").into());
+    }
+    Ok(reply(
+        200,
+        json!({
+            "events": events,
+            "next_after": cursor.to_string(),
+            "heads": heads,
+            "unavailable": unavailable,
+        }),
+    ))
+}
+
+/// A consumer's place in every node's feed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    pub positions: std::collections::BTreeMap<String, i64>,
+}
+
+impl FeedCursor {
+    pub fn parse(s: &str) -> Result<Self, Rejection> {
+        let mut positions = std::collections::BTreeMap::new();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let bad = || {
+                invalid(format!(
+                    "cursor part {part:?} is not NODE:POSITION (e.g. node-1:120)"
+                ))
+            };
+            let (node, position) = part.rsplit_once(':').ok_or_else(bad)?;
+            let position: i64 = position.parse().map_err(|_| bad())?;
+            if node.is_empty() || position < 0 {
+                return Err(bad());
+            }
+            positions.insert(node.to_string(), position);
+        }
+        Ok(FeedCursor { positions })
+    }
+
+    pub fn position(&self, node: &str) -> i64 {
+        self.positions.get(node).copied().unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for FeedCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .positions
+            .iter()
+            .map(|(node, p)| format!("{node}:{p}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A feed entry at the public edge: amounts as decimal strings; an aborted
+/// transfer names its accounts and reason.
+pub fn feed_entry_json(node: &str, e: &FeedEntry) -> Value {
+    let mut v = json!({
+        "node": node,
+        "position": e.position,
+        "type": e.kind,
+        "amount": e.currency.format(e.amount),
+        "currency": e.currency,
+        "transaction_id": e.transaction_id,
+        "at": e.at,
+    });
+    match e.kind {
+        FeedKind::Event(_) => {
+            v["account_id"] = json!(e.account_id);
+            v["seq"] = json!(e.seq);
+            v["counterparty"] = json!(e.counterparty);
+        }
+        FeedKind::TransferAborted => {
+            v["from_account"] = json!(e.account_id);
+            v["to_account"] = json!(e.counterparty);
+            v["reason"] = json!(e.reason);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_cursors_round_trip_and_refuse_garbage() {
+        let c = FeedCursor::parse("node-1:120,node-2:0").unwrap();
+        assert_eq!(c.position("node-1"), 120);
+        assert_eq!(c.position("node-3"), 0);
+        assert_eq!(FeedCursor::parse(&c.to_string()).unwrap(), c);
+        assert_eq!(FeedCursor::parse("").unwrap(), FeedCursor::default());
+        for bad in ["node-1", "node-1:x", ":5", "node-1:-1"] {
+            assert!(FeedCursor::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,0 +1,48 @@
+//! The projector binary: see the library's documentation.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use projector::config::ProjectorConfig;
+use projector::{status, Follower, Projections};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    wallet_shared::telemetry::init("projector");
+    let cfg: ProjectorConfig =
+        wallet_shared::config::load_from_args().context("loading projector config")?;
+    let projections = Projections::connect(
+        &cfg.database_url,
+        Duration::from_millis(cfg.statement_timeout_ms),
+    )
+    .await
+    .context("connecting to the projector's Postgres")?;
+    let map = wallet_shared::map::follow_map(
+        &cfg.etcd_endpoints,
+        &cfg.etcd_prefix,
+        Duration::from_millis(cfg.etcd_timeout_ms),
+    )
+    .await
+    .context("following the partition map in etcd")?;
+    let follower = Follower::new(
+        projections.clone(),
+        map,
+        Duration::from_millis(cfg.participant_timeout_ms),
+        cfg.page,
+    )?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen_addr))?;
+    tracing::info!(addr = %cfg.listen_addr, "projector ready");
+    let idle = Duration::from_millis(cfg.poll_interval_ms);
+    let following = tokio::spawn(async move {
+        follower
+            .run(idle, wallet_shared::telemetry::shutdown_signal())
+            .await
+    });
+    axum::serve(listener, status::router(projections))
+        .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
+        .await?;
+    following.await?;
+    Ok(())
+}
