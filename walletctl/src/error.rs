@@ -49,7 +49,7 @@ impl From<wallet_shared::map::MapError> for CtlError {
         let exit = match &e {
             Etcd(_) | Timeout(_) => Exit::Unreachable,
             Missing(_) => Exit::NotFound,
-            AlreadyExists(_) => Exit::Conflict,
+            AlreadyExists(_) | Changed(_) => Exit::Conflict,
             Invalid { .. } => Exit::Failed,
         };
         CtlError::new(exit, e.to_string())
