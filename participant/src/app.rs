@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use wallet_shared::admin::NodePartitions;
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, ErrorCode, MapHandle, PartitionId, Rejection, TransactionId};
 
@@ -97,6 +98,7 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/internal/v1/accounts/{id}/events", get(events::<S>))
         .route("/internal/v1/feed", get(feed::<S>))
         .route("/internal/v1/replay", get(replay_check::<S>))
+        .route("/internal/v1/partitions", get(partitions::<S>))
         .with_state(app)
         .layer(axum::middleware::from_fn(run_to_completion))
 }
@@ -639,4 +641,13 @@ pub async fn replay_account<S: Store>(
         snapshots: snapshots.len() as u64,
         problems,
     })
+}
+
+/// What this node holds, per partition (for `walletctl partitions show`).
+async fn partitions<S: Store>(State(app): State<App<S>>) -> ApiResult<Json<NodePartitions>> {
+    Ok(Json(NodePartitions {
+        node_id: app.node_id.to_string(),
+        map_revision: app.map.current().revision,
+        partitions: app.store.partition_stats().await?,
+    }))
 }

@@ -8,11 +8,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
+use wallet_shared::admin::PartitionStats;
 use wallet_shared::protocol::{
     Event, EventKind, FeedEntry, FeedKind, LegState, Snapshot, TransferRecord, TransferSpec,
     TransferState,
 };
-use wallet_shared::{retry, AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
+use wallet_shared::{
+    retry, AccountId, Amount, Currency, ErrorCode, PartitionId, Rejection, TransactionId,
+};
 
 use crate::config::ParticipantConfig;
 use crate::error::StoreError;
@@ -174,6 +177,32 @@ impl Store for PgStore {
             .map(leg_from_row)
             .collect::<Result<_, _>>()?;
         Ok((transfers, legs))
+    }
+
+    async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StoreError> {
+        let rows = sqlx::query(
+            "WITH a AS (SELECT partition, count(*) AS n FROM accounts GROUP BY partition),
+                  l AS (SELECT partition, count(*) AS n FROM legs
+                        WHERE state = 'prepared' GROUP BY partition),
+                  t AS (SELECT partition, count(*) AS n FROM transfers
+                        WHERE NOT completed GROUP BY partition)
+             SELECT partition, coalesce(a.n, 0) AS accounts, coalesce(l.n, 0) AS legs,
+                    coalesce(t.n, 0) AS transfers
+             FROM a FULL JOIN l USING (partition) FULL JOIN t USING (partition)
+             ORDER BY partition",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PartitionStats {
+                    partition: r.try_get::<i32, _>("partition")? as PartitionId,
+                    accounts: r.try_get("accounts")?,
+                    prepared_legs: r.try_get("legs")?,
+                    open_transfers: r.try_get("transfers")?,
+                })
+            })
+            .collect()
     }
 
     async fn account(&self, id: &AccountId) -> Result<Option<AccountRow>, StoreError> {

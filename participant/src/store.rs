@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use wallet_shared::admin::PartitionStats;
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
 use wallet_shared::{retry, AccountId, TransactionId};
 
@@ -85,6 +86,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: i64,
         limit: i64,
     ) -> impl Future<Output = Result<(Vec<FeedEntry>, i64), StoreError>> + Send;
+
+    /// What this node holds of each partition it has rows for, by partition.
+    fn partition_stats(
+        &self,
+    ) -> impl Future<Output = Result<Vec<PartitionStats>, StoreError>> + Send;
 
     /// The one way to run a local transaction: retried (bounded, with
     /// backoff) on deadlocks, conflicting inserts and lost connections. The

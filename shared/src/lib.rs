@@ -3,6 +3,7 @@
 //! the stable partition hash, the partition map in etcd, the messages between
 //! coordinators and participants, the error codes, retries, config and logs.
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod ids;

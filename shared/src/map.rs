@@ -5,6 +5,7 @@
 //! {prefix}partition_count       -> "64"
 //! {prefix}nodes/{node_id}       -> "http://127.0.0.1:7001"
 //! {prefix}partitions/{p:05}     -> "{node_id}"
+//! {prefix}epoch                 -> bumped by every change after the first map
 //! ```
 //!
 //! A map read from etcd carries the etcd revision it was read at. Every
@@ -40,6 +41,8 @@ pub enum MapError {
     Invalid { prefix: String, why: String },
     #[error("a partition map already exists under {0:?}")]
     AlreadyExists(String),
+    #[error("the partition map changed since revision {0}; read it again and retry")]
+    Changed(i64),
 }
 
 /// One consistent reading of the map.
@@ -249,6 +252,43 @@ impl MapStore {
             .map_err(|_| MapError::Timeout(self.timeout))??;
         if !resp.succeeded() {
             return Err(MapError::AlreadyExists(self.prefix.clone()));
+        }
+        self.load().await
+    }
+
+    /// Changes the map, if it has not changed since the reading at
+    /// `read_at` (a compare-and-set on the map revision): writes `puts`,
+    /// deletes `deletes` (keys relative to the prefix) and bumps `epoch`, all
+    /// in one etcd transaction. Returns the map as it is afterwards.
+    pub async fn update(
+        &self,
+        read_at: i64,
+        puts: &[(String, String)],
+        deletes: &[String],
+    ) -> Result<PartitionMap, MapError> {
+        let key = |k: &str| format!("{}{k}", self.prefix);
+        let epoch = key("epoch");
+        let mut ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(key(k), v.as_str(), None))
+            .collect();
+        ops.extend(deletes.iter().map(|k| TxnOp::delete(key(k), None)));
+        ops.push(TxnOp::put(epoch.as_str(), read_at.to_string(), None));
+        // Every change bumps `epoch`, so "epoch not modified after read_at"
+        // means "nothing in the map changed since read_at".
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                epoch.as_str(),
+                CompareOp::Less,
+                read_at + 1,
+            )])
+            .and_then(ops);
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(self.timeout, client.txn(txn))
+            .await
+            .map_err(|_| MapError::Timeout(self.timeout))??;
+        if !resp.succeeded() {
+            return Err(MapError::Changed(read_at));
         }
         self.load().await
     }

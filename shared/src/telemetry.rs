@@ -13,6 +13,19 @@ pub fn init(component: &str) {
     tracing::info!(component, version = env!("CARGO_PKG_VERSION"), "starting");
 }
 
+/// For command-line tools: warnings and errors only on stderr (level from
+/// `RUST_LOG`), so their own output stays readable.
+pub fn init_cli() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .compact()
+        .try_init();
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let term = async {

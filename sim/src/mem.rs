@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use participant::error::StoreError;
 use participant::model::{self, AccountRow, Keys, LegKey, LegRow, TransferRow, Working};
 use participant::store::Store;
-use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
-use wallet_shared::{AccountId, TransactionId};
+use wallet_shared::admin::PartitionStats;
+use wallet_shared::protocol::{Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord};
+use wallet_shared::{AccountId, PartitionId, TransactionId};
 
 use crate::clock::NodeClock;
 
@@ -169,6 +170,31 @@ impl Store for MemStore {
         legs.sort_by_key(|r| (r.created_at, r.key()));
         legs.truncate(limit as usize);
         Ok((transfers, legs))
+    }
+
+    async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        let mut by: BTreeMap<PartitionId, PartitionStats> = BTreeMap::new();
+        fn of(
+            by: &mut BTreeMap<PartitionId, PartitionStats>,
+            p: PartitionId,
+        ) -> &mut PartitionStats {
+            by.entry(p).or_insert_with(|| PartitionStats {
+                partition: p,
+                ..PartitionStats::default()
+            })
+        }
+        for a in t.accounts.values() {
+            of(&mut by, a.partition).accounts += 1;
+        }
+        for l in t.legs.values().filter(|l| l.state == LegState::Prepared) {
+            of(&mut by, l.partition).prepared_legs += 1;
+        }
+        for r in t.transfers.values().filter(|r| !r.record.completed) {
+            of(&mut by, r.partition).open_transfers += 1;
+        }
+        Ok(by.into_values().collect())
     }
 
     async fn account(&self, id: &AccountId) -> Result<Option<AccountRow>, StoreError> {

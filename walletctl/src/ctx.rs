@@ -1,0 +1,231 @@
+//! Where the cluster is, and the one way to talk to it: etcd through
+//! `wallet_shared::map`, nodes and the coordinator over HTTP. Every call has
+//! a timeout; a call that gets no answer is an `Unreachable` error, never
+//! taken for a success.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use wallet_shared::{ErrorCode, MapStore, PartitionMap, Rejection};
+
+use crate::error::{CtlError, CtlResult, Exit};
+use crate::output::Output;
+
+/// Where things are, from flags or the environment; what is missing comes
+/// from the manifest `make run` writes, then from the defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// etcd endpoints, comma-separated [default: from the manifest, else http://127.0.0.1:2379]
+    #[arg(
+        long,
+        env = "WALLET_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the partition map in etcd [default: from the manifest, else /wallet/]
+    #[arg(long, env = "WALLET_ETCD_PREFIX", global = true)]
+    pub etcd_prefix: Option<String>,
+    /// The coordinator's public API [default: from the manifest, else http://127.0.0.1:8080]
+    #[arg(long, env = "WALLET_COORDINATOR_URL", global = true)]
+    pub coordinator: Option<String>,
+    /// The cluster manifest `make run` writes
+    #[arg(
+        long,
+        env = "WALLET_MANIFEST",
+        default_value = ".data/cluster.json",
+        global = true
+    )]
+    pub manifest: PathBuf,
+    /// Seconds to wait for any one answer from etcd or a node
+    #[arg(long, default_value_t = 10, global = true)]
+    pub timeout: u64,
+}
+
+/// The part of `.data/cluster.json` walletctl reads.
+#[derive(Debug, Default, Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    etcd_endpoints: Vec<String>,
+    etcd_prefix: Option<String>,
+    coordinator_url: Option<String>,
+}
+
+pub struct Ctx {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub coordinator: String,
+    pub timeout: Duration,
+    pub output: Output,
+    http: reqwest::Client,
+}
+
+impl Ctx {
+    pub fn new(endpoints: Endpoints, output: Output) -> CtlResult<Self> {
+        let manifest = read_manifest(&endpoints.manifest)?;
+        let etcd_endpoints = if !endpoints.etcd_endpoints.is_empty() {
+            endpoints.etcd_endpoints
+        } else if !manifest.etcd_endpoints.is_empty() {
+            manifest.etcd_endpoints
+        } else {
+            vec!["http://127.0.0.1:2379".to_string()]
+        };
+        let timeout = Duration::from_secs(endpoints.timeout.max(1));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| {
+                CtlError::new(Exit::Failed, format!("cannot build an HTTP client: {e}"))
+            })?;
+        Ok(Ctx {
+            etcd_endpoints,
+            etcd_prefix: endpoints
+                .etcd_prefix
+                .or(manifest.etcd_prefix)
+                .unwrap_or_else(|| "/wallet/".to_string()),
+            coordinator: endpoints
+                .coordinator
+                .or(manifest.coordinator_url)
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_string())
+                .trim_end_matches('/')
+                .to_string(),
+            timeout,
+            output,
+            http,
+        })
+    }
+
+    /// Connects to etcd (one try, bounded by the timeout).
+    pub async fn map_store(&self) -> CtlResult<MapStore> {
+        MapStore::connect(&self.etcd_endpoints, &self.etcd_prefix, self.timeout)
+            .await
+            .map_err(|e| {
+                CtlError::new(
+                    Exit::Unreachable,
+                    format!(
+                        "cannot reach etcd at {}: {e}",
+                        self.etcd_endpoints.join(",")
+                    ),
+                )
+            })
+    }
+
+    /// The partition map as etcd has it now.
+    pub async fn map(&self) -> CtlResult<PartitionMap> {
+        let map = self.map_store().await?.load().await;
+        map.map_err(|e| match e {
+            wallet_shared::map::MapError::Etcd(e) => CtlError::new(
+                Exit::Unreachable,
+                format!(
+                    "cannot reach etcd at {}: {e}",
+                    self.etcd_endpoints.join(",")
+                ),
+            ),
+            e => e.into(),
+        })
+    }
+
+    /// `GET url`, the answer decoded.
+    pub async fn get<T: DeserializeOwned>(&self, who: &str, url: &str) -> CtlResult<T> {
+        self.send(who, self.http.get(url)).await
+    }
+
+    /// `POST url` with a JSON body, the answer decoded.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        who: &str,
+        url: &str,
+        body: &B,
+    ) -> CtlResult<T> {
+        self.send(who, self.http.post(url).json(body)).await
+    }
+
+    /// The base URL of `node`, or a clear error naming the known ones.
+    pub fn node_url<'m>(&self, map: &'m PartitionMap, node: &str) -> CtlResult<&'m str> {
+        map.url(node).ok_or_else(|| {
+            let known: Vec<&str> = map.nodes.keys().map(String::as_str).collect();
+            crate::error::not_found(format!(
+                "no node {node:?} in the map (nodes: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        who: &str,
+        req: reqwest::RequestBuilder,
+    ) -> CtlResult<T> {
+        let resp = req.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                format!("no answer within {:?}", self.timeout)
+            } else {
+                e.to_string()
+            };
+            CtlError::new(Exit::Unreachable, format!("{who} is unreachable: {why}"))
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            CtlError::new(
+                Exit::Unreachable,
+                format!("{who}: the answer was cut off: {e}"),
+            )
+        })?;
+        if status.is_success() {
+            let body = if body.is_empty() {
+                &b"null"[..]
+            } else {
+                &body[..]
+            };
+            return serde_json::from_slice(body).map_err(|e| {
+                CtlError::new(Exit::Failed, format!("{who}: unreadable answer: {e}"))
+            });
+        }
+        Err(match serde_json::from_slice::<Rejection>(&body) {
+            Ok(r) => rejection(who, r),
+            Err(_) => CtlError::new(
+                if status.is_server_error() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                },
+                format!(
+                    "{who} answered HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            ),
+        })
+    }
+}
+
+fn rejection(who: &str, r: Rejection) -> CtlError {
+    use ErrorCode::*;
+    let exit = match r.code {
+        AccountNotFound | TransferNotFound | NotFound => Exit::NotFound,
+        InvalidRequest | InvalidAmount | InvalidCurrency | InvalidAccountId
+        | InvalidTransactionId => Exit::Usage,
+        Unavailable | Overloaded | Internal => Exit::Unreachable,
+        InProgress | AccountExists | WrongPartitionOwner => Exit::Conflict,
+        _ => Exit::Failed,
+    };
+    CtlError::new(exit, format!("{who}: {} ({})", r.message, r.code.as_str()))
+}
+
+fn read_manifest(path: &std::path::Path) -> CtlResult<Manifest> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            CtlError::new(
+                Exit::Usage,
+                format!("the manifest {} is not valid: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+        Err(e) => Err(CtlError::new(
+            Exit::Usage,
+            format!("cannot read the manifest {}: {e}", path.display()),
+        )),
+    }
+}

@@ -1,0 +1,72 @@
+//! `walletctl`: the wallet's admin CLI. See `walletctl --help`.
+//!
+//! Endpoints come from flags, then the environment (`WALLET_ETCD_ENDPOINTS`,
+//! `WALLET_ETCD_PREFIX`, `WALLET_COORDINATOR_URL`), then the manifest that
+//! `make run` writes (`.data/cluster.json`), then the defaults of a local
+//! cluster. Output is a table for people, or JSON with `--output json`.
+
+// Helpers the next commands (moves, tx, accounts, audit) use; removed with them.
+#![allow(dead_code)]
+
+mod ctx;
+mod error;
+mod nodes;
+mod output;
+mod partitions;
+
+use clap::{Parser, Subcommand};
+
+use crate::ctx::{Ctx, Endpoints};
+use crate::output::Output;
+
+#[derive(Parser)]
+#[command(
+    name = "walletctl",
+    about = "Administers a wallet cluster: partition map, nodes, partition moves, transfers, accounts, audit",
+    after_help = "Exit codes: 0 done; 1 a check found problems; 2 bad usage or input; \
+                  3 etcd, a node or the coordinator did not answer; 4 not found; \
+                  5 the cluster's state does not allow it; 6 any other failure."
+)]
+struct Cli {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// How to print results
+    #[arg(long, short, value_enum, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The nodes in the partition map
+    #[command(subcommand)]
+    Nodes(nodes::NodesCmd),
+    /// Partition owners, and moving partitions between nodes
+    #[command(subcommand)]
+    Partitions(partitions::PartitionsCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    wallet_shared::telemetry::init_cli();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let result = runtime.block_on(async {
+        let ctx = Ctx::new(cli.endpoints, cli.output)?;
+        match cli.command {
+            Command::Nodes(cmd) => nodes::run(&ctx, cmd).await,
+            Command::Partitions(cmd) => partitions::run(&ctx, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walletctl: {e}");
+            std::process::ExitCode::from(e.exit as u8)
+        }
+    }
+}
