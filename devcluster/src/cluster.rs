@@ -52,7 +52,15 @@ pub struct ClusterOptions {
     /// only through them) and one between each coordinator and etcd
     /// (participants reach etcd directly). For the chaos suite.
     pub proxies: bool,
+    /// Starts the projector too, with its read models in the database
+    /// [`PROJECTOR_DATABASE`] of the first Postgres server.
+    pub projector: bool,
+    /// Extra environment for the projector.
+    pub projector_env: Vec<(String, String)>,
 }
+
+/// The projector's database, on the first Postgres server.
+pub const PROJECTOR_DATABASE: &str = "projections";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -67,6 +75,8 @@ impl Default for ClusterOptions {
             participant_env: Vec::new(),
             bin_dir: None,
             proxies: false,
+            projector: false,
+            projector_env: Vec::new(),
         }
     }
 }
@@ -84,6 +94,8 @@ pub struct FixedPorts {
     pub participant: u16,
     /// The first coordinator's port.
     pub coordinator: u16,
+    /// The projector's port.
+    pub projector: u16,
 }
 
 impl Default for FixedPorts {
@@ -95,12 +107,15 @@ impl Default for FixedPorts {
             postgres: 5433,
             participant: 7001,
             coordinator: 8080,
+            projector: 9100,
         }
     }
 }
 
 /// A running cluster. Fields are in the order processes die on drop.
 pub struct Cluster {
+    /// With [`ClusterOptions::projector`]: the projector.
+    projector: Option<Service>,
     /// Coordinators, in start order (including ones started later).
     coordinators: Vec<Service>,
     /// Participants; index `i` is node `node-{i+1}`.
@@ -214,7 +229,34 @@ impl Cluster {
             .await?
         };
 
+        let projector = if options.projector && n > 0 {
+            postgres[0].create_database(PROJECTOR_DATABASE).await?;
+            let port = match options.ports {
+                Some(fixed) => fixed.projector,
+                None => free_port()?,
+            };
+            let mut config = ServiceConfig::new(
+                "projector",
+                binary(&options, "projector")?,
+                root.join("projector"),
+                local(port),
+            )
+            .env("WALLET_LISTEN_ADDR", local(port).to_string())
+            .env(
+                "WALLET_DATABASE_URL",
+                postgres[0].url_of(PROJECTOR_DATABASE),
+            )
+            .env("WALLET_ETCD_ENDPOINTS", etcd.url())
+            .env("WALLET_ETCD_PREFIX", &options.etcd_prefix)
+            .env("WALLET_POLL_INTERVAL_MS", "100");
+            config.env.extend(options.projector_env.iter().cloned());
+            Some(Service::start(config).await?)
+        } else {
+            None
+        };
+
         let mut cluster = Cluster {
+            projector,
             coordinators: Vec::new(),
             participants,
             postgres,
@@ -301,6 +343,23 @@ impl Cluster {
     /// Base URL of coordinator `i`.
     pub fn coordinator_url(&self, i: usize) -> String {
         self.coordinators[i].url()
+    }
+
+    /// With [`ClusterOptions::projector`]: the projector.
+    pub fn projector(&self) -> Option<&Service> {
+        self.projector.as_ref()
+    }
+
+    /// The projector, to kill or restart it.
+    pub fn projector_mut(&mut self) -> Option<&mut Service> {
+        self.projector.as_mut()
+    }
+
+    /// URL of the projector's database (whether or not it runs).
+    pub fn projector_database_url(&self) -> Option<String> {
+        self.postgres
+            .first()
+            .map(|pg| pg.url_of(PROJECTOR_DATABASE))
     }
 
     /// Participant `i` (0-based: participant 0 is `node-1`).
@@ -425,9 +484,15 @@ impl Cluster {
                 node_id: None,
             });
         }
+        let projector: Vec<Service> = Vec::new();
+        let projector = match &self.projector {
+            Some(p) => std::slice::from_ref(p),
+            None => &projector[..],
+        };
         for (kind, services) in [
-            ("participant", &self.participants),
-            ("coordinator", &self.coordinators),
+            ("participant", &self.participants[..]),
+            ("coordinator", &self.coordinators[..]),
+            ("projector", projector),
         ] {
             for (i, s) in services.iter().enumerate() {
                 components.push(Component {
@@ -448,6 +513,8 @@ impl Cluster {
             etcd_prefix: self.options.etcd_prefix.clone(),
             coordinator_url: self.coordinators.first().map(Service::url),
             coordinator_urls: self.coordinators.iter().map(Service::url).collect(),
+            projector_url: self.projector.as_ref().map(Service::url),
+            projector_database_url: self.projector.as_ref().and(self.projector_database_url()),
             components,
         }
     }
@@ -472,6 +539,9 @@ impl Cluster {
                 first_error.get_or_insert(e.context(format!("stopping {what}")));
             }
         };
+        if let Some(p) = self.projector.as_mut() {
+            note("the projector", p.stop().await);
+        }
         let results =
             futures::future::join_all(self.coordinators.iter_mut().map(Service::stop)).await;
         results.into_iter().for_each(|r| note("a coordinator", r));
@@ -492,7 +562,12 @@ impl Drop for Cluster {
                 "devcluster: dropping the cluster in {} during a panic",
                 self.root.display()
             );
-            for s in self.coordinators.iter().chain(&self.participants) {
+            for s in self
+                .coordinators
+                .iter()
+                .chain(&self.participants)
+                .chain(&self.projector)
+            {
                 eprintln!(
                     "----- end of {} -----\n{}",
                     s.log_path().display(),
@@ -501,6 +576,7 @@ impl Drop for Cluster {
             }
         }
         // Kill in order: nothing should talk to a database that is gone.
+        self.projector = None;
         self.coordinators.clear();
         self.participants.clear();
         self.postgres.clear();
@@ -529,6 +605,10 @@ pub struct Manifest {
     pub coordinator_url: Option<String>,
     /// Every coordinator's URL.
     pub coordinator_urls: Vec<String>,
+    /// The projector's `/status` and read models, when it runs.
+    pub projector_url: Option<String>,
+    /// The projector's database, when it runs.
+    pub projector_database_url: Option<String>,
     /// Every process.
     pub components: Vec<Component>,
 }
@@ -538,7 +618,7 @@ pub struct Manifest {
 pub struct Component {
     /// e.g. `postgres-1`, `participant-2`, `coordinator-1`, `etcd`.
     pub name: String,
-    /// `etcd`, `postgres`, `participant` or `coordinator`.
+    /// `etcd`, `postgres`, `participant`, `coordinator` or `projector`.
     pub kind: &'static str,
     /// PID while running.
     pub pid: Option<u32>,

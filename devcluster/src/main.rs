@@ -39,6 +39,12 @@ enum Cmd {
         /// Partition count of a new partition map (an existing map is kept).
         #[arg(long, default_value_t = 64)]
         partitions: u32,
+        /// Port of the projector (read models; `/status` shows its lag).
+        #[arg(long, default_value_t = 9100)]
+        projector_port: u16,
+        /// Do not start the projector.
+        #[arg(long)]
+        no_projector: bool,
     },
 }
 
@@ -52,6 +58,8 @@ async fn main() -> Result<()> {
             participants,
             coordinators,
             partitions,
+            projector_port,
+            no_projector,
         } => {
             run(
                 data_dir,
@@ -61,8 +69,10 @@ async fn main() -> Result<()> {
                     partitions,
                     ports: Some(FixedPorts {
                         coordinator: coordinator_port,
+                        projector: projector_port,
                         ..FixedPorts::default()
                     }),
+                    projector: !no_projector,
                     ..ClusterOptions::default()
                 },
             )
@@ -155,6 +165,13 @@ fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration
             cluster.postgres_url(i)
         ));
     }
+    if let Some(p) = cluster.projector() {
+        lines.push(format!(
+            "  projector (read models): {}   /status, /v1/ledger, /v1/accounts/ID, /v1/rejected_transfers   database {}",
+            p.url(),
+            cluster.projector_database_url().unwrap_or_default()
+        ));
+    }
     lines.push(format!("  etcd: {}", cluster.etcd().url()));
     lines.push(format!(
         "  manifest: {}   data and logs: {}",
@@ -174,6 +191,8 @@ fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration
         format!("  curl -s {api}/v1/wallet/accounts/alice/balance"),
         format!("  curl -s {api}/v1/wallet/transfers/{tx}"),
         format!("  curl -s {api}/v1/wallet/accounts/alice/events"),
+        format!("  curl -s \"{api}/v1/wallet/accounts/alice/balance?as_of=$(date -u +%FT%TZ)\""),
+        format!("  curl -s '{api}/v1/wallet/events?limit=10'"),
         String::new(),
         "Ctrl-C stops everything (data is kept; make clean-data wipes it).".to_string(),
     ]);

@@ -102,6 +102,28 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
     }
 
+    /// `postgres://postgres@127.0.0.1:PORT/{database}`: another database
+    /// on this server (see [`Postgres::create_database`]).
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates the database `name` on this server unless it exists.
+    pub async fn create_database(&self, name: &str) -> Result<()> {
+        if !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            bail!("database name {name:?}: lower-case letters and _ only");
+        }
+        let exists = self
+            .psql(&format!(
+                "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+            ))
+            .await?;
+        if exists.is_empty() {
+            self.psql(&format!("CREATE DATABASE {name}")).await?;
+        }
+        Ok(())
+    }
+
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port

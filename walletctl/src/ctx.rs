@@ -39,6 +39,9 @@ pub struct Endpoints {
         global = true
     )]
     pub manifest: PathBuf,
+    /// The projector's database (the read models) [default: from the manifest]
+    #[arg(long, env = "WALLET_PROJECTOR_DATABASE_URL", global = true)]
+    pub projector_database_url: Option<String>,
     /// Seconds to wait for any one answer from etcd or a node
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
@@ -51,6 +54,7 @@ struct Manifest {
     etcd_endpoints: Vec<String>,
     etcd_prefix: Option<String>,
     coordinator_url: Option<String>,
+    projector_database_url: Option<String>,
 }
 
 pub struct Ctx {
@@ -59,6 +63,8 @@ pub struct Ctx {
     pub coordinator: String,
     pub timeout: Duration,
     pub output: Output,
+    /// The projector's database, if known.
+    pub projector_database_url: Option<String>,
     http: reqwest::Client,
 }
 
@@ -94,6 +100,9 @@ impl Ctx {
                 .to_string(),
             timeout,
             output,
+            projector_database_url: endpoints
+                .projector_database_url
+                .or(manifest.projector_database_url),
             http,
         })
     }

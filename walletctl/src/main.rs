@@ -13,6 +13,8 @@ mod error;
 mod nodes;
 mod output;
 mod partitions;
+mod projections;
+mod replay;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,12 @@ enum Command {
     /// Partition owners, and moving partitions between nodes
     #[command(subcommand)]
     Partitions(partitions::PartitionsCmd),
+    /// The read models the projector builds from the change feeds
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCmd),
+    /// Rebuilds balances from the event log on every node and compares
+    /// them with the stored balances (exit 1 on any mismatch)
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +68,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Nodes(cmd) => nodes::run(&ctx, cmd).await,
             Command::Partitions(cmd) => partitions::run(&ctx, cmd).await,
+            Command::Projections(cmd) => projections::run(&ctx, cmd).await,
+            Command::Replay(args) => replay::run(&ctx, args).await,
         }
     });
     match result {

@@ -1,0 +1,102 @@
+//! `walletctl projections ...`: the projector's read models. `rebuild`
+//! empties them and their cursors, then replays every node's feed from its
+//! first entry (with the projector's own code, so the result is the same
+//! as the running projector's); `status` shows each feed's cursor and lag.
+//! A projector running meanwhile is harmless: cursors move by
+//! compare-and-set, so each entry still counts once.
+
+use std::time::Duration;
+
+use projector::{Follower, Projections};
+use serde::Serialize;
+
+use crate::ctx::Ctx;
+use crate::error::{usage, CtlError, CtlResult, Exit};
+use crate::output::Table;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ProjectionsCmd {
+    /// Empties the read models and cursors and replays every feed from the start
+    Rebuild {
+        /// Give up if the feeds are not replayed within this many seconds
+        #[arg(long, default_value_t = 600)]
+        within: u64,
+    },
+    /// Each feed's cursor, head and lag
+    Status,
+}
+
+#[derive(Debug, Serialize)]
+struct Rebuilt {
+    node_id: String,
+    position: i64,
+    head: i64,
+}
+
+pub async fn run(ctx: &Ctx, cmd: ProjectionsCmd) -> CtlResult<()> {
+    let url = ctx.projector_database_url.as_deref().ok_or_else(|| {
+        usage("the projector's database is unknown: --projector-database-url, WALLET_PROJECTOR_DATABASE_URL or the manifest")
+    })?;
+    let projections = Projections::connect(url, ctx.timeout).await.map_err(|e| {
+        CtlError::new(
+            Exit::Unreachable,
+            format!("cannot reach the projector's database: {e:#}"),
+        )
+    })?;
+    let db =
+        |e: sqlx::Error| CtlError::new(Exit::Unreachable, format!("the projector's database: {e}"));
+    match cmd {
+        ProjectionsCmd::Status => {
+            let cursors = projections.cursors().await.map_err(db)?;
+            ctx.output.emit(&cursors, |cursors| {
+                let mut t = Table::new(&["NODE", "POSITION", "HEAD", "LAG", "LAST ENTRY AT"]);
+                for c in cursors {
+                    t.row(vec![
+                        c.node_id.clone(),
+                        c.position.to_string(),
+                        c.head.to_string(),
+                        c.lag.to_string(),
+                        c.last_entry_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    ]);
+                }
+                t.render()
+            });
+            Ok(())
+        }
+        ProjectionsCmd::Rebuild { within } => {
+            let map =
+                wallet_shared::map::follow_map(&ctx.etcd_endpoints, &ctx.etcd_prefix, ctx.timeout)
+                    .await
+                    .map_err(CtlError::from)?;
+            let follower = Follower::new(projections.clone(), map, ctx.timeout, 5_000)
+                .map_err(|e| CtlError::new(Exit::Failed, format!("{e:#}")))?;
+            projections.rebuild().await.map_err(db)?;
+            ctx.output
+                .note("read models and cursors emptied; replaying every feed");
+            let done = follower
+                .catch_up(Duration::from_secs(within))
+                .await
+                .map_err(|e| CtlError::new(Exit::Unreachable, format!("{e:#}")))?;
+            let rows: Vec<Rebuilt> = done
+                .into_iter()
+                .map(|(node_id, s)| Rebuilt {
+                    node_id,
+                    position: s.position,
+                    head: s.head,
+                })
+                .collect();
+            ctx.output.emit(&rows, |rows| {
+                let mut t = Table::new(&["NODE", "REPLAYED UP TO", "HEAD"]);
+                for r in rows {
+                    t.row(vec![
+                        r.node_id.clone(),
+                        r.position.to_string(),
+                        r.head.to_string(),
+                    ]);
+                }
+                t.render()
+            });
+            Ok(())
+        }
+    }
+}
