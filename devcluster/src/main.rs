@@ -45,6 +45,10 @@ enum Cmd {
         /// Do not start the projector.
         #[arg(long)]
         no_projector: bool,
+        /// Free ports instead of the fixed ones (a second cluster beside a
+        /// running one; the manifest says where everything is).
+        #[arg(long)]
+        free_ports: bool,
     },
 }
 
@@ -60,6 +64,7 @@ async fn main() -> Result<()> {
             partitions,
             projector_port,
             no_projector,
+            free_ports,
         } => {
             run(
                 data_dir,
@@ -67,7 +72,7 @@ async fn main() -> Result<()> {
                     participants,
                     coordinators,
                     partitions,
-                    ports: Some(FixedPorts {
+                    ports: (!free_ports).then_some(FixedPorts {
                         coordinator: coordinator_port,
                         projector: projector_port,
                         ..FixedPorts::default()

@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod generator;
+pub mod history;
 pub mod reference;
 pub mod report;
 pub mod rss;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use devcluster::bench::history::append_deposits;
 use devcluster::service::find_binary;
 use devcluster::ClusterOptions;
 use futures::future::join_all;
@@ -222,64 +223,16 @@ async fn as_of_on_an_account_with_100_000_events_folds_at_most_one_snapshot_inte
     // participant writes them (events, the snapshot every 1,000th, the
     // balance row), one microsecond apart after the real ones.
     const N: i64 = 100_000;
-    let mut db = PgConnection::connect(&t.cluster.postgres_url(2))
+    let history = append_deposits(&t.cluster.postgres_url(2), &big, N, 1_000)
         .await
         .unwrap();
-    let mut tx = db.begin().await.unwrap();
-    let base: DateTime<Utc> =
-        sqlx::query_scalar("SELECT max(at) FROM events WHERE account_id = $1")
-            .bind(&big)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    let (first, posted0): (i64, i64) =
-        sqlx::query_as("SELECT last_seq + 1, posted FROM accounts WHERE account_id = $1")
-            .bind(&big)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    sqlx::query(
-        "INSERT INTO events (account_id, seq, kind, amount, transaction_id, at)
-         SELECT $1, s, 'deposited', 1, gen_random_uuid(),
-                $3 + (s - $2 + 1) * interval '1 microsecond'
-         FROM generate_series($2::int8, $2 + $4 - 1) s",
-    )
-    .bind(&big)
-    .bind(first)
-    .bind(base)
-    .bind(N)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO snapshots (account_id, seq, posted, held, pending_credit, at)
-         SELECT $1, s, $3 + (s - $2 + 1), 0, 0, $4 + (s - $2 + 1) * interval '1 microsecond'
-         FROM generate_series($2::int8, $2 + $5 - 1) s WHERE s % 1000 = 0",
-    )
-    .bind(&big)
-    .bind(first)
-    .bind(posted0)
-    .bind(base)
-    .bind(N)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE accounts SET posted = posted + $2, last_seq = last_seq + $2 WHERE account_id = $1",
-    )
-    .bind(&big)
-    .bind(N)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    assert_eq!(history.first_seq, 3);
     // Another real deposit on top, through the API.
     assert_eq!(movement(&t, &big, "deposit", "1.00").await, 200);
     assert_eq!(t.balance(&big).await.0, "1002.00");
 
-    let at_event = |k: i64| base + chrono::Duration::microseconds(k);
     for k in [1, 999, 1_000, 1_001, 50_500, 99_999, N] {
-        let at = at_event(k);
+        let at = history.at(k);
         let with = as_of(&t, &big, at, true).await;
         let without = as_of(&t, &big, at, false).await;
         let want = format!("{}.{:02}", 1 + k / 100, k % 100);
@@ -295,6 +248,9 @@ async fn as_of_on_an_account_with_100_000_events_folds_at_most_one_snapshot_inte
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["events"], json!(N + 3));
     assert_eq!(report["snapshots"], json!(100));
+    let mut db = PgConnection::connect(&t.cluster.postgres_url(2))
+        .await
+        .unwrap();
     sqlx::query("UPDATE snapshots SET posted = posted + 1 WHERE account_id = $1 AND seq = 42000")
         .bind(&big)
         .execute(&mut db)
