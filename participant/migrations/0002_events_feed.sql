@@ -18,32 +18,29 @@ CREATE TABLE snapshots (
 
 -- The change feed. The write path (the store's save of a transaction's
 -- changes, never a trigger, never a bulk import such as a partition move)
--- adds one self-contained row per event, and one per transfer decided
--- aborted here (`transfer_aborted`, the debit account in `account_id`, the
--- credit account in `counterparty`). Deleting a moved partition's events
--- leaves these rows alone.
+-- adds ONE row per local transaction that wrote anything for the feed:
+-- `body` holds its entries in order (a JSON array of self-contained copies:
+-- one per event, and one per transfer decided aborted there, kind
+-- `transfer_aborted`), `entries` how many. One row per transaction, not per
+-- event, keeps the feed's cost on the write path to a single insert however
+-- large the batch. Deleting a moved partition's events leaves these rows
+-- alone.
 --
--- `id` is the insertion order. `position` is the feed order, handed out
--- later by the publisher, which numbers the committed rows it can see,
--- oldest `id` first. A row of a transaction still in flight is invisible to
--- it and is numbered by a later round, above everything numbered before: so a
--- reader that has read up to position P never finds a row below P that
--- appears later. Positions are 1, 2, 3, ... with no gaps.
+-- `id` is the insertion order. Positions are handed out later by the
+-- publisher, which numbers the committed rows it can see, oldest `id` first,
+-- after the last position handed out: a row's entries get positions
+-- `first_position` .. `first_position + entries - 1`. A row of a transaction
+-- still in flight is invisible to it and is numbered by a later round, above
+-- everything numbered before, so a reader that has read up to position P
+-- never finds an entry below P appearing later. Positions are 1, 2, 3, ...
+-- with no gaps.
 CREATE TABLE outbox (
-    id             bigserial PRIMARY KEY,
-    position       bigint UNIQUE,
-    kind           text NOT NULL,
-    account_id     text NOT NULL,
-    seq            bigint,
-    amount         bigint NOT NULL,
-    currency       text NOT NULL,
-    transaction_id uuid,
-    counterparty   text,
-    reason_code    text,
-    partition      integer NOT NULL,
-    at             timestamptz NOT NULL
+    id             bigserial NOT NULL,
+    first_position bigint UNIQUE,
+    entries        integer NOT NULL CHECK (entries > 0),
+    body           json NOT NULL
 );
-CREATE INDEX outbox_unpublished ON outbox (id) WHERE position IS NULL;
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE first_position IS NULL;
 
 -- The last position the publisher handed out (one row).
 CREATE TABLE outbox_head (

@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
 /// round (see [`PgStore::publish`]). A failed round is logged and retried
 /// after a bounded, jittered pause.
 async fn publish_feed(store: PgStore, interval: Duration) {
-    const ROUND: i64 = 5_000;
+    // Outbox rows (one per local transaction) numbered per round.
+    const ROUND: i64 = 1_000;
     let mut failures = wallet_shared::retry::Policy::background().backoff();
     loop {
         match store.publish(ROUND).await {

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use wallet_shared::admin::PartitionStats;
 use wallet_shared::protocol::{
-    Event, EventKind, FeedEntry, FeedKind, LegState, Snapshot, TransferRecord, TransferSpec,
+    Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord, TransferSpec,
     TransferState,
 };
 use wallet_shared::{
@@ -59,13 +59,13 @@ impl PgStore {
     }
 
     /// One round of the feed's publisher: numbers the committed, unnumbered
-    /// outbox rows (at most `limit`), oldest insertion first, after the last
-    /// position handed out. Rounds are serialised by the lock on
+    /// outbox rows (at most `limit` of them), oldest insertion first, after
+    /// the last position handed out. Rounds are serialised by the lock on
     /// `outbox_head`; a row committed after this round's snapshot is invisible
     /// here and gets a later round's higher position, so positions follow
     /// commit order (rows of transactions that touched the same account are
     /// in the order they committed: the later one inserted after the earlier
-    /// one committed). Returns how many rows it numbered.
+    /// one committed). Returns how many rows (transactions) it numbered.
     pub async fn publish(&self, limit: i64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         // An advisory lock rather than a row lock: an idle round writes nothing.
@@ -78,25 +78,28 @@ impl PgStore {
             .await?;
         // Read committed: each statement's snapshot is taken after the lock,
         // so it sees the previous round's numbers and everything it saw.
-        let numbered = sqlx::query(
-            "UPDATE outbox o SET position = $1 + n.rank
-             FROM (SELECT id, row_number() OVER (ORDER BY id) AS rank
-                   FROM (SELECT id FROM outbox WHERE position IS NULL ORDER BY id LIMIT $2) u) n
-             WHERE o.id = n.id",
+        let (rows, numbered): (i64, i64) = sqlx::query_as(
+            "WITH n AS (
+                 UPDATE outbox o SET first_position = $1 + n.before + 1
+                 FROM (SELECT id, sum(entries) OVER (ORDER BY id) - entries AS before
+                       FROM (SELECT id, entries FROM outbox WHERE first_position IS NULL
+                             ORDER BY id LIMIT $2) u) n
+                 WHERE o.id = n.id AND o.first_position IS NULL
+                 RETURNING o.entries)
+             SELECT count(*)::int8, COALESCE(sum(entries), 0)::int8 FROM n",
         )
         .bind(head)
         .bind(limit)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_one(&mut *tx)
+        .await?;
         if numbered > 0 {
             sqlx::query("UPDATE outbox_head SET last_position = $1 WHERE only_row")
-                .bind(head + numbered as i64)
+                .bind(head + numbered)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
         }
-        Ok(numbered)
+        Ok(rows as u64)
     }
 }
 
@@ -319,43 +322,35 @@ impl Store for PgStore {
         let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query(
-            "SELECT position, kind, account_id, seq, amount, currency, transaction_id,
-                    counterparty, reason_code, partition, at
-             FROM outbox WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2",
+        // From the row that holds position `after + 1` (rows' ranges are
+        // contiguous), at most `limit` rows: each holds at least one entry.
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT first_position, body::text FROM outbox
+             WHERE first_position >= COALESCE(
+                       (SELECT max(first_position) FROM outbox WHERE first_position <= $1 + 1), 1)
+               AND first_position <= $3
+             ORDER BY first_position LIMIT $2",
         )
         .bind(after)
         .bind(limit)
         .bind(head)
         .fetch_all(&self.pool)
         .await?;
-        let entries = rows
-            .iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                let reason = row
-                    .try_get::<Option<String>, _>("reason_code")?
-                    .map(|c| serde_json::from_value(serde_json::Value::String(c)))
-                    .transpose()
-                    .map_err(StoreError::corrupt)?;
-                Ok(FeedEntry {
-                    position: row.try_get("position")?,
-                    kind: FeedKind::parse(&kind)
-                        .ok_or_else(|| StoreError::corrupt(format!("feed kind {kind:?}")))?,
-                    account_id: account_id(row.try_get("account_id")?)?,
-                    seq: row.try_get("seq")?,
-                    amount: row.try_get("amount")?,
-                    currency: currency(row)?,
-                    transaction_id: row
-                        .try_get::<Option<uuid::Uuid>, _>("transaction_id")?
-                        .map(TransactionId),
-                    counterparty: optional_account(row.try_get("counterparty")?)?,
-                    reason,
-                    partition: row.try_get::<i32, _>("partition")? as u32,
-                    at: row.try_get("at")?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let mut entries = Vec::new();
+        'rows: for (first, body) in rows {
+            let block: Vec<FeedEntry> = serde_json::from_str(&body).map_err(|e| {
+                StoreError::corrupt(format!("outbox row at position {first}: {e}"))
+            })?;
+            for (position, mut entry) in (first..).zip(block) {
+                if position > head || entries.len() as i64 >= limit {
+                    break 'rows;
+                }
+                if position > after {
+                    entry.position = position;
+                    entries.push(entry);
+                }
+            }
+        }
         Ok((entries, head))
     }
 }
@@ -510,24 +505,12 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
     // bulk copy of rows (a partition move) never publishes them again.
     let feed = c.feed_entries()?;
     if !feed.is_empty() {
-        sqlx::query(
-            "INSERT INTO outbox (kind, account_id, seq, amount, currency, transaction_id, counterparty,
-                                 reason_code, partition, at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::uuid[],
-                                  $7::text[], $8::text[], $9::int4[], $10::timestamptz[])",
-        )
-        .bind(feed.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.account_id.as_str()).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.seq).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.amount).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.currency.code()).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.transaction_id.map(|t| t.0)).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.reason.map(|r| r.as_str())).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.partition as i32).collect::<Vec<_>>())
-        .bind(feed.iter().map(|f| f.at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        let body = serde_json::to_string(&feed).map_err(StoreError::corrupt)?;
+        sqlx::query("INSERT INTO outbox (entries, body) VALUES ($1, $2::json)")
+            .bind(feed.len() as i32)
+            .bind(body)
+            .execute(&mut *conn)
+            .await?;
     }
     if !c.new_transfers.is_empty() {
         let t = &c.new_transfers;
