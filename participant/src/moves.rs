@@ -118,13 +118,18 @@ async fn fence(
         Some(FenceState::Moved) => 3,
     };
     if order(now.as_ref().map(|f| f.state)) > order(Some(want.state)) {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!(
-                "partition {p} is already {} here; a fence only moves forward",
-                now.map_or("unfenced", |f| f.state.as_str())
-            ),
-        ));
+        // Asking for less than what holds (a move resumed) is done already;
+        // but a partition that moved away is not fenced again here.
+        return match now {
+            Some(now) if now.state != FenceState::Moved && now.to == want.to => Ok(Json(now)),
+            _ => Err(refuse(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "partition {p} is already {} here; a fence only moves forward",
+                    now.map_or("unfenced", |f| f.state.as_str())
+                ),
+            )),
+        };
     }
     if let Some(now) = &now {
         if now.to != want.to && now.state != FenceState::Moved {

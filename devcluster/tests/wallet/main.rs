@@ -7,4 +7,5 @@ mod bench;
 mod chaos;
 mod concurrency;
 mod crashes;
+mod moves;
 mod support;
