@@ -197,7 +197,7 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     }
     let r = t.transfer(&mine[0], &other, "30.00").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let expected = [("mv", 270_00), ("other", 130_00)];
+    let expected = [("mv", 27_000), ("other", 13_000)];
     let balances = |t: &TestCluster| {
         let (mine, other) = (mine.clone(), other.clone());
         let t = t.api();
@@ -261,7 +261,7 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     assert_eq!(owner(&t), "node-2");
     assert_eq!(balances(&t).await, expected);
     assert_eq!(row(&t, 0, &mine[0]).await, None, "node-1 kept a copy");
-    assert_eq!(row(&t, 1, &mine[0]).await, Some(70_00));
+    assert_eq!(row(&t, 1, &mine[0]).await, Some(7_000));
     let r = deposit(&t, mine[1].clone(), "5.00").await;
     assert_eq!(r.status, 200, "{}", r.body);
 
@@ -276,7 +276,7 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     assert_ne!(ctl.code, Some(0));
     assert_eq!(
         row(&t, 2, &mine[0]).await,
-        Some(70_00),
+        Some(7_000),
         "the copy is on node-3"
     );
     let ctl = t
@@ -333,7 +333,7 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     assert_eq!(owner(&t), "node-1");
 
     // Nothing lost, nothing doubled, nothing left in flight.
-    assert_eq!(balances(&t).await, [("mv", 285_00), ("other", 120_00)]);
+    assert_eq!(balances(&t).await, [("mv", 28_500), ("other", 12_000)]);
     for node in 1..3 {
         assert_eq!(row(&t, node, &mine[0]).await, None);
     }
