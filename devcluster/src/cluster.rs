@@ -234,6 +234,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Where the cluster's binary `name` (e.g. `walletctl`) is.
+    pub fn binary(&self, name: &str) -> Result<PathBuf> {
+        binary(&self.options, name)
+    }
+
     /// Starts one more Postgres server and participant (node `node-{n+1}`,
     /// on free ports) and returns its index. It is not in the partition map
     /// until someone adds it (`walletctl nodes add`).
