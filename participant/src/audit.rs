@@ -64,12 +64,11 @@ impl Findings {
     fn add(
         &mut self,
         kind: &str,
-        total: i64,
         account: Option<String>,
         transaction: Option<uuid::Uuid>,
         detail: String,
     ) {
-        self.totals.insert(kind.to_string(), total);
+        *self.totals.entry(kind.to_string()).or_default() += 1;
         self.list.push(Finding {
             kind: kind.to_string(),
             node: None,
@@ -77,6 +76,15 @@ impl Findings {
             transaction_id: transaction.map(TransactionId),
             detail,
         });
+    }
+
+    /// A query that found `total` rows but listed only `listed` (the
+    /// limit): the rest count under `kind`.
+    fn unlisted(&mut self, kind: &str, total: i64, listed: usize) {
+        let more = total - listed as i64;
+        if more > 0 {
+            *self.totals.entry(kind.to_string()).or_default() += more;
+        }
     }
 }
 
@@ -159,6 +167,7 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
         held = fold(1),
         pending = fold(2),
     );
+    let (mut total, mut listed) = (0, 0);
     for r in sqlx::query(&sql)
         .bind(&parts)
         .bind(limit)
@@ -179,7 +188,8 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
         );
         let (last_seq, n, last): (i64, i64, i64) =
             (r.try_get("last_seq")?, r.try_get("n")?, r.try_get("last")?);
-        let total = r.try_get("total")?;
+        total = r.try_get("total")?;
+        listed += 1;
         let money = |(p, h, q): (i64, i64, i64)| {
             format!(
                 "posted {}, held {}, pending credit {} {c}",
@@ -208,11 +218,13 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
                 format!("last_seq {last_seq}, but {n} events end at seq {last} (a gap)"),
             )
         };
-        f.add(kind, total, Some(account), None, detail);
+        f.add(kind, Some(account), None, detail);
     }
+    f.unlisted("replay_mismatch", total, listed);
 
     // Every hold and pending credit is a prepared leg, and every prepared
     // leg is held: no orphaned hold.
+    (total, listed) = (0, 0);
     for r in sqlx::query(
         "WITH l AS (SELECT account_id,
                            sum(amount) FILTER (WHERE role = 'debit') AS held,
@@ -241,17 +253,20 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
             v("l_held")?,
             v("l_pending")?
         );
+        total = r.try_get("total")?;
+        listed += 1;
         f.add(
             "hold_mismatch",
-            r.try_get("total")?,
             Some(r.try_get("account_id")?),
             None,
             detail,
         );
     }
+    f.unlisted("hold_mismatch", total, listed);
 
     // A committed leg posted its money exactly once; any other leg not at
     // all; and no money was posted without a leg.
+    (total, listed) = (0, 0);
     let sql = format!(
         "WITH l AS (SELECT transaction_id, role, account_id, state FROM legs
                     WHERE partition = ANY($1)),
@@ -282,16 +297,19 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
             Some(state) => format!("{role} leg is {state}, but its money was posted {n} times"),
             None => format!("money posted {n} times as a {role}, with no {role} leg stored"),
         };
+        total = r.try_get("total")?;
+        listed += 1;
         f.add(
             "leg_posting_mismatch",
-            r.try_get("total")?,
             Some(r.try_get("account_id")?),
             Some(r.try_get("transaction_id")?),
             detail,
         );
     }
+    f.unlisted("leg_posting_mismatch", total, listed);
 
     // Nothing unfinished for longer than the caller allows.
+    (total, listed) = (0, 0);
     for r in sqlx::query(
         "SELECT transaction_id, state, created_at, decided_at, count(*) OVER () AS total
          FROM transfers
@@ -316,14 +334,17 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
                 decided.map_or("?".into(), |d| d.to_string())
             )
         };
+        total = r.try_get("total")?;
+        listed += 1;
         f.add(
             "stuck_transfer",
-            r.try_get("total")?,
             None,
             Some(r.try_get("transaction_id")?),
             detail,
         );
     }
+    f.unlisted("stuck_transfer", total, listed);
+    (total, listed) = (0, 0);
     for r in sqlx::query(
         "SELECT transaction_id, role, account_id, amount, currency, created_at,
                 count(*) OVER () AS total
@@ -344,14 +365,16 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
             "{role} leg of {} {c} prepared since {created}",
             c.format(r.try_get("amount")?)
         );
+        total = r.try_get("total")?;
+        listed += 1;
         f.add(
             "stuck_leg",
-            r.try_get("total")?,
             Some(r.try_get("account_id")?),
             Some(r.try_get("transaction_id")?),
             detail,
         );
     }
+    f.unlisted("stuck_leg", total, listed);
     let xacts: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_prepared_xacts
          WHERE database = current_database() AND prepared < $1",
@@ -362,7 +385,6 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
     if xacts > 0 {
         f.add(
             "prepared_xact",
-            xacts,
             None,
             None,
             format!("{xacts} rows in pg_prepared_xacts older than the cutoff"),

@@ -77,6 +77,13 @@ impl PartitionMap {
         self.nodes.get(node).map(String::as_str)
     }
 
+    /// The partitions `node` owns, in order.
+    pub fn partitions_of(&self, node: &str) -> Vec<PartitionId> {
+        (0..self.partition_count())
+            .filter(|&p| self.owners[p as usize] == node)
+            .collect()
+    }
+
     /// Builds a map from the key-values found under `prefix`.
     fn from_kvs<'a>(
         prefix: &str,
