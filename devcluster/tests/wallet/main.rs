@@ -8,3 +8,4 @@ mod chaos;
 mod concurrency;
 mod crashes;
 mod support;
+mod walletctl;
