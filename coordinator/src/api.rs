@@ -263,6 +263,7 @@ async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenB
     let account_id = AccountId::parse(body.account_id)?;
     let currency = Currency::parse(&body.currency)?;
     let partition = c.participants.map.current().account_partition(&account_id);
+    c.participants.await_moves(&[partition]).await?;
     let req = OpenAccount {
         account_id,
         partition,
@@ -310,6 +311,7 @@ async fn movement(
     let currency = Currency::parse(&body.currency)?;
     let amount = parse_amount(&body.amount, currency)?;
     let partition = c.participants.map.current().account_partition(&account_id);
+    c.participants.await_moves(&[partition]).await?;
     let m = Movement {
         transaction_id,
         kind,

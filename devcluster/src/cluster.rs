@@ -194,22 +194,15 @@ impl Cluster {
         } else {
             let program = binary(&options, "participant")?;
             try_join_all((0..n).map(|i| {
-                let mut config = ServiceConfig::new(
-                    format!("participant-{}", i + 1),
+                Service::start(participant_config(
+                    &options,
                     &program,
-                    root.join(format!("participant-{}", i + 1)),
-                    local(ports.participants[i]),
-                )
-                .env("WALLET_NODE_ID", node_id(i))
-                .env(
-                    "WALLET_LISTEN_ADDR",
-                    local(ports.participants[i]).to_string(),
-                )
-                .env("WALLET_DATABASE_URL", postgres[i].url())
-                .env("WALLET_ETCD_ENDPOINTS", etcd.url())
-                .env("WALLET_ETCD_PREFIX", &options.etcd_prefix);
-                config.env.extend(options.participant_env.iter().cloned());
-                Service::start(config)
+                    &root,
+                    i,
+                    ports.participants[i],
+                    &postgres[i],
+                    &etcd,
+                ))
             }))
             .await?
         };
@@ -239,6 +232,31 @@ impl Cluster {
             "cluster ready"
         );
         Ok(cluster)
+    }
+
+    /// Starts one more Postgres server and participant (node `node-{n+1}`,
+    /// on free ports) and returns its index. It is not in the partition map
+    /// until someone adds it (`walletctl nodes add`).
+    pub async fn add_participant(&mut self) -> Result<usize> {
+        if self.options.proxies {
+            bail!("adding a participant to a cluster with proxies is not supported");
+        }
+        let i = self.participants.len();
+        let postgres =
+            Postgres::start(self.root.join(format!("postgres-{}", i + 1)), free_port()?).await?;
+        let program = binary(&self.options, "participant")?;
+        let config = participant_config(
+            &self.options,
+            &program,
+            &self.root,
+            i,
+            free_port()?,
+            &postgres,
+            &self.etcd,
+        );
+        self.postgres.push(postgres);
+        self.participants.push(Service::start(config).await?);
+        Ok(i)
     }
 
     /// Starts one more coordinator, with the cluster's coordinator
@@ -553,6 +571,31 @@ pub struct Component {
     /// Participants: their node id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+}
+
+/// How participant `i` runs.
+fn participant_config(
+    options: &ClusterOptions,
+    program: &Path,
+    root: &Path,
+    i: usize,
+    port: u16,
+    postgres: &Postgres,
+    etcd: &Etcd,
+) -> ServiceConfig {
+    let mut config = ServiceConfig::new(
+        format!("participant-{}", i + 1),
+        program,
+        root.join(format!("participant-{}", i + 1)),
+        local(port),
+    )
+    .env("WALLET_NODE_ID", node_id(i))
+    .env("WALLET_LISTEN_ADDR", local(port).to_string())
+    .env("WALLET_DATABASE_URL", postgres.url())
+    .env("WALLET_ETCD_ENDPOINTS", etcd.url())
+    .env("WALLET_ETCD_PREFIX", &options.etcd_prefix);
+    config.env.extend(options.participant_env.iter().cloned());
+    config
 }
 
 /// Node id of participant `i`.

@@ -163,6 +163,11 @@ impl Ctx {
         })
     }
 
+    /// `DELETE url`, the answer decoded.
+    pub async fn delete<T: DeserializeOwned>(&self, who: &str, url: &str) -> CtlResult<T> {
+        self.send(who, self.http.delete(url)).await
+    }
+
     /// The base URL of `node`, or a clear error naming the known ones.
     pub fn node_url<'m>(&self, map: &'m PartitionMap, node: &str) -> CtlResult<&'m str> {
         map.url(node).ok_or_else(|| {

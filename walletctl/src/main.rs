@@ -10,6 +10,7 @@ mod audit;
 mod cluster;
 mod ctx;
 mod error;
+mod moves;
 mod nodes;
 mod output;
 mod partitions;

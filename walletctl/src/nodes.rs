@@ -95,6 +95,13 @@ async fn remove(ctx: &Ctx, id: &str) -> CtlResult<()> {
             owned.len()
         )));
     }
+    if let Some((p, m)) = map.moves.iter().find(|(_, m)| m.from == id || m.to == id) {
+        return Err(conflict(format!(
+            "partition {p} is moving from {} to {}; run `walletctl partitions move {p} --to {}` \
+             again to finish it, then remove the node",
+            m.from, m.to, m.to
+        )));
+    }
     // The compare-and-set fails if a move gave the node a partition since
     // we read the map.
     let map = ctx

@@ -7,5 +7,6 @@ mod bench;
 mod chaos;
 mod concurrency;
 mod crashes;
+mod moves;
 mod support;
 mod walletctl;
