@@ -26,6 +26,7 @@ pub fn router(coordinator: Coordinator, max_body_bytes: usize) -> Router {
         .route("/v1/wallet/accounts/{id}/withdraw", post(withdraw))
         .route("/v1/wallet/accounts/{id}/balance", get(balance))
         .route("/v1/wallet/accounts/{id}/events", get(events))
+        .merge(crate::admin::routes())
         .fallback(|| async { ApiError(Rejection::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(coordinator)

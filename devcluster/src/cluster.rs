@@ -624,14 +624,10 @@ fn binary(options: &ClusterOptions, name: &str) -> Result<PathBuf> {
 /// Writes the first partition map, or keeps the one already in etcd
 /// (`devcluster run` on old data).
 ///
-/// The map is written here rather than with `MapStore::init`, which fails
-/// against a real etcd (its transaction deletes the prefix and puts keys
-/// under it: "duplicate key given in txn request"; without `force` it panics
-/// in etcd-client). The layout is the one `wallet_shared::map` documents,
-/// partitions round-robin over the nodes like `init`, and the result is read
-/// back with `MapStore::load`, which validates it. `partition_count` is
-/// written last, so a reader sees no map until it is complete, and the
-/// writes go in chunks below etcd's 128 operations per transaction.
+/// A new map is written with `MapStore::init` (partitions round-robin over
+/// the nodes, `partition_count` last, so a reader sees no map until it is
+/// complete); the harness test `map_init_against_real_etcd` checks it against
+/// a real etcd, with and without `force`.
 pub async fn write_partition_map(
     endpoints: &[String],
     prefix: &str,

@@ -10,7 +10,9 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use wallet_shared::admin::NodePartitions;
+use wallet_shared::admin::{
+    AuditRequest, InDoubt, InDoubtRequest, NodeAudit, NodeLegs, NodePartitions, OpenTransfer,
+};
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, ErrorCode, MapHandle, PartitionId, Rejection, TransactionId};
 
@@ -108,6 +110,9 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/internal/v1/accounts/{id}/balance", get(balance::<S>))
         .route("/internal/v1/accounts/{id}/events", get(events::<S>))
         .route("/internal/v1/partitions", get(partitions::<S>))
+        .route("/internal/v1/admin/in_doubt", post(in_doubt::<S>))
+        .route("/internal/v1/admin/legs/{id}", get(legs_of::<S>))
+        .route("/internal/v1/admin/audit", post(audit::<S>))
         .with_state(app)
         .layer(axum::middleware::from_fn(run_to_completion))
 }
@@ -475,4 +480,52 @@ async fn partitions<S: Store>(State(app): State<App<S>>) -> ApiResult<Json<NodeP
         partitions: app.store.partition_stats().await?,
         fences,
     }))
+}
+
+/// Everything unfinished in the given partitions (`walletctl tx pending`).
+async fn in_doubt<S: Store>(
+    State(app): State<App<S>>,
+    Json(req): Json<InDoubtRequest>,
+) -> ApiResult<Json<InDoubt>> {
+    let (transfers, legs) = app
+        .store
+        .in_doubt(&req.partitions, req.limit.clamp(1, 10_000))
+        .await?;
+    Ok(Json(InDoubt {
+        transfers: transfers
+            .into_iter()
+            .map(|t| OpenTransfer {
+                record: t.record,
+                partition: t.partition,
+                lease_until: t.lease_until,
+            })
+            .collect(),
+        legs: legs.iter().map(legs::as_stored).collect(),
+    }))
+}
+
+/// Every leg of one transaction id stored here (`walletctl tx show`).
+async fn legs_of<S: Store>(
+    State(app): State<App<S>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NodeLegs>> {
+    let id = TransactionId::parse(&id)?;
+    let legs = app.store.legs_of(id).await?;
+    Ok(Json(NodeLegs {
+        node_id: app.node_id.to_string(),
+        legs: legs.iter().map(legs::as_stored).collect(),
+    }))
+}
+
+/// The at-rest checks of `walletctl audit`, over the partitions named.
+async fn audit<S: Store>(
+    State(app): State<App<S>>,
+    Json(req): Json<AuditRequest>,
+) -> ApiResult<Json<NodeAudit>> {
+    let mut audit = app.store.audit(&req).await?;
+    audit.node_id = app.node_id.to_string();
+    for f in &mut audit.findings {
+        f.node = Some(app.node_id.to_string());
+    }
+    Ok(Json(audit))
 }

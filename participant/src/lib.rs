@@ -6,6 +6,7 @@
 //! rules on an in-memory [`store::Store`].
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod decisions;
 pub mod error;

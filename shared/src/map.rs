@@ -100,6 +100,13 @@ impl PartitionMap {
         self.nodes.get(node).map(String::as_str)
     }
 
+    /// The partitions `node` owns, in order.
+    pub fn partitions_of(&self, node: &str) -> Vec<PartitionId> {
+        (0..self.partition_count())
+            .filter(|&p| self.owners[p as usize] == node)
+            .collect()
+    }
+
     /// The partition is being moved and its new owner does not own it yet:
     /// new work on it should wait.
     pub fn is_moving(&self, partition: PartitionId) -> bool {
@@ -236,6 +243,8 @@ impl MapStore {
     /// etcd takes at most 128 operations per transaction, so the owners go in
     /// chunks and `partition_count` last, with a compare-and-set: until that
     /// key exists there is no map to read, so no reader sees half of one.
+    /// With `force`, the old map is deleted first (readers see no map until
+    /// the new one is complete).
     pub async fn init(
         &self,
         partition_count: u32,
@@ -285,13 +294,16 @@ impl MapStore {
                 .await
                 .map_err(|_| MapError::Timeout(self.timeout))??;
         }
+        // `epoch` goes with it: a change prepared against a reading of the
+        // map this one replaces (`update` with an older `read_at`) then
+        // fails its compare-and-set instead of landing on the new map.
+        let epoch_key = format!("{}epoch", self.prefix);
         let txn = Txn::new()
             .when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                count_key.as_str(),
-                partition_count.to_string(),
-                None,
-            )]);
+            .and_then([
+                TxnOp::put(count_key.as_str(), partition_count.to_string(), None),
+                TxnOp::put(epoch_key.as_str(), "0", None),
+            ]);
         let resp = tokio::time::timeout(self.timeout, client.txn(txn))
             .await
             .map_err(|_| MapError::Timeout(self.timeout))??;

@@ -9,3 +9,4 @@ mod concurrency;
 mod crashes;
 mod moves;
 mod support;
+mod walletctl;
