@@ -100,11 +100,8 @@ async fn rebalance_onto_a_new_node_under_load_loses_and_doubles_nothing() {
         .await
         .expect("a fourth participant");
     let url = t.cluster.participant_url(new);
-    let store = t.cluster.map_store().await.expect("etcd");
-    store
-        .update(before.revision, &[("nodes/node-4".to_string(), url)], &[])
-        .await
-        .expect("node-4 added to the map");
+    let added = t.walletctl(&["nodes", "add", "node-4", &url], &[]).await;
+    assert_eq!(added.code, Some(0), "{}", added.stderr);
 
     let (ops, ctl) = tokio::join!(traffic.run(Duration::from_secs(10)), async {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -171,6 +168,8 @@ async fn rebalance_onto_a_new_node_under_load_loses_and_doubles_nothing() {
 
     let checked = traffic.check(&t).await;
     assert!(!checked.audit.in_flight());
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,4 +337,6 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
         assert_eq!(row(&t, node, &mine[0]).await, None);
     }
     t.wait_settled().await;
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
