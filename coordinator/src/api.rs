@@ -27,6 +27,7 @@ pub fn router(coordinator: Coordinator, max_body_bytes: usize) -> Router {
         .route("/v1/wallet/accounts/{id}/balance", get(balance))
         .route("/v1/wallet/accounts/{id}/events", get(events))
         .route("/v1/wallet/events", get(feed))
+        .merge(crate::admin::routes())
         .fallback(|| async { ApiError(Rejection::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(coordinator)
@@ -280,6 +281,7 @@ async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenB
     let account_id = AccountId::parse(body.account_id)?;
     let currency = Currency::parse(&body.currency)?;
     let partition = c.participants.map.current().account_partition(&account_id);
+    c.participants.await_moves(&[partition]).await?;
     let req = OpenAccount {
         account_id,
         partition,
@@ -327,6 +329,7 @@ async fn movement(
     let currency = Currency::parse(&body.currency)?;
     let amount = parse_amount(&body.amount, currency)?;
     let partition = c.participants.map.current().account_partition(&account_id);
+    c.participants.await_moves(&[partition]).await?;
     let m = Movement {
         transaction_id,
         kind,

@@ -88,7 +88,10 @@ impl CallError {
     fn retryable(&self) -> bool {
         match self {
             CallError::Unknown(_) => true,
-            CallError::Rejected(r) => r.code == ErrorCode::WrongPartitionOwner,
+            CallError::Rejected(r) => matches!(
+                r.code,
+                ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving
+            ),
         }
     }
 }
@@ -99,6 +102,9 @@ pub struct Participants {
     /// How long one call may take before its answer counts as unknown.
     timeout: Duration,
     pub map: MapHandle,
+    /// How long new work on a partition that is being moved waits for the
+    /// move to end (see [`Participants::await_moves`]).
+    pub move_wait: Duration,
 }
 
 impl Participants {
@@ -118,6 +124,8 @@ impl Participants {
                 .map_err(|e| CallError::Unknown(format!("unreadable answer: {e}")));
         }
         match serde_json::from_slice::<Rejection>(&resp.body) {
+            // A fenced partition is refused before anything is done.
+            Ok(r) if r.code == ErrorCode::PartitionMoving => Err(CallError::Rejected(r)),
             // 5xx: the participant could not do it now; what happened is unclear.
             Ok(r) if resp.status >= 500 => Err(CallError::Unknown(r.to_string())),
             Ok(r) => Err(CallError::Rejected(r)),
@@ -130,6 +138,31 @@ impl Participants {
             transport,
             timeout,
             map,
+            move_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// New work waits while one of `partitions` is being moved (the map in
+    /// etcd records the move), at most [`Participants::move_wait`]; then it
+    /// is refused with `partition_moving`, before anything was done. The old
+    /// owner refuses it anyway (its fence), so this only spares callers
+    /// refusals during the short moves.
+    pub async fn await_moves(&self, partitions: &[PartitionId]) -> Result<(), Rejection> {
+        let mut changes = self.map.subscribe();
+        let deadline = tokio::time::Instant::now() + self.move_wait;
+        loop {
+            let map = changes.borrow_and_update().clone();
+            let Some(&p) = partitions.iter().find(|&&p| map.is_moving(p)) else {
+                return Ok(());
+            };
+            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                let to = map.moves.get(&p).map_or("another node", |m| m.to.as_str());
+                return Err(Rejection::new(
+                    ErrorCode::PartitionMoving,
+                    format!("partition {p} is moving to {to}; nothing was done, try again shortly"),
+                ));
+            }
         }
     }
 
@@ -214,7 +247,7 @@ impl Participants {
                 let base = map.url(node).ok_or_else(|| CallError::Unknown(format!("node {node} has no address")))?;
                 let result = self.send(build(format!("{base}{path}"), map.revision)?).await;
                 if let Err(CallError::Rejected(r)) = &result {
-                    if r.code == ErrorCode::WrongPartitionOwner {
+                    if matches!(r.code, ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving) {
                         tracing::info!(%node, reason = %r.message, "stale partition map; re-reading it");
                         if let Err(e) = self.map.refresh().await {
                             tracing::warn!(error = %e, "cannot re-read the partition map");

@@ -34,6 +34,10 @@ pub struct CoordinatorConfig {
     /// join the next one).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// New work on a partition that is being moved waits this long for the
+    /// move to end, then gets `503 partition_moving`.
+    #[serde(default = "default_move_wait_ms")]
+    pub move_wait_ms: u64,
     /// Largest accepted request body.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -69,6 +73,9 @@ fn default_max_batch() -> usize {
 }
 fn default_max_in_flight() -> usize {
     1
+}
+fn default_move_wait_ms() -> u64 {
+    5_000
 }
 fn default_max_body_bytes() -> usize {
     16 * 1024

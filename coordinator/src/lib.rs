@@ -5,6 +5,7 @@
 //! A library too, so the deterministic simulation runs the same protocol
 //! code over a simulated network ([`client::Transport`]).
 
+pub mod admin;
 pub mod api;
 pub mod batch;
 pub mod client;

@@ -16,8 +16,9 @@ async fn main() -> anyhow::Result<()> {
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await
         .context("following the partition map in etcd")?;
-    let participants =
+    let mut participants =
         client::Participants::http(map, Duration::from_millis(cfg.participant_timeout_ms))?;
+    participants.move_wait = Duration::from_millis(cfg.move_wait_ms);
     let limits = batch::Limits {
         max_batch: cfg.max_batch.max(1),
         max_in_flight: cfg.max_in_flight.max(1),

@@ -12,8 +12,11 @@
 use std::time::Duration;
 
 use tracing::Instrument;
-use wallet_shared::protocol::{Decision, Leg, LegRole, TransferRecord, TransferState, Unresolved};
-use wallet_shared::{ErrorCode, PartitionMap, Rejection};
+use wallet_shared::admin::ResolveReply;
+use wallet_shared::protocol::{
+    Begin, BeginResult, Decision, Leg, LegRole, TransferRecord, TransferState, Unresolved,
+};
+use wallet_shared::{ErrorCode, PartitionMap, Rejection, TransactionId};
 
 use crate::client::CallError;
 use crate::transfer::Coordinator;
@@ -72,28 +75,98 @@ fn legs_of(map: &PartitionMap, record: &TransferRecord) -> [Leg; 2] {
 }
 
 async fn resolve_record(coordinator: &Coordinator, map: &PartitionMap, record: TransferRecord) {
+    if let Err(e) = settle(coordinator, map, record).await {
+        tracing::warn!(error = %e, "recovery could not decide");
+    }
+}
+
+/// Aborts an undecided record (a compare-and-set: a decision that got there
+/// first wins and is applied instead), then drives both legs to the
+/// decision. Returns the record as decided, and whether both legs applied it.
+async fn settle(
+    coordinator: &Coordinator,
+    map: &PartitionMap,
+    record: TransferRecord,
+) -> Result<(TransferRecord, bool), CallError> {
     let id = record.spec.transaction_id;
     let record = if record.state == TransferState::Preparing {
         let reason = Rejection::new(
             ErrorCode::TransferAborted,
             "its coordinator stopped before deciding; recovery aborted it and nothing was applied",
         );
-        match coordinator
+        coordinator
             .decide(id, map.decision_partition(id), Decision::Abort { reason })
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "recovery could not decide");
-                return;
-            }
-        }
+            .await?
     } else {
         record
     };
     tracing::info!(state = ?record.state, "recovery applies the decision");
     let legs = legs_of(map, &record);
-    coordinator.finish(record, &legs).await;
+    let finished = coordinator.finish(record.clone(), &legs).await;
+    Ok((record, finished))
+}
+
+/// Drives one transfer to its end now (`walletctl tx resolve`), with the
+/// code the background rounds use. An undecided transfer whose coordinator
+/// still holds its lease is left alone unless `force`: this claims the
+/// lease with `begin`, as a retry of the transfer would, so a live
+/// coordinator is never raced. Only ever decides abort, so nothing commits
+/// without its two yes votes.
+pub async fn resolve_one(
+    coordinator: &Coordinator,
+    id: TransactionId,
+    force: bool,
+) -> Result<ResolveReply, CallError> {
+    let map = coordinator.participants.map.current();
+    let home = map.decision_partition(id);
+    let path = format!("/internal/v1/transfers/{id}");
+    let record: TransferRecord = coordinator.participants.get(home, &path, &[]).await?;
+    let before = record.state;
+    let record = if record.state == TransferState::Preparing && !force {
+        let begin = Begin {
+            spec: record.spec.clone(),
+            partition: home,
+            lease_ms: coordinator.lease.as_millis() as u64,
+            attempt: uuid::Uuid::new_v4(),
+        };
+        match coordinator.batches.begin.submit(begin).await? {
+            BeginResult::Proceed => record,
+            BeginResult::Decided { record } => record,
+            BeginResult::InProgress => {
+                return Err(CallError::Rejected(Rejection::new(
+                    ErrorCode::InProgress,
+                    format!(
+                        "transfer {id} is undecided and its coordinator still holds its lease; \
+                         try again after the lease ({} ms), or force an abort",
+                        coordinator.lease.as_millis()
+                    ),
+                )))
+            }
+            BeginResult::Reused => {
+                return Err(CallError::Unknown(format!(
+                    "transfer {id}: its own body was refused as another one"
+                )))
+            }
+        }
+    } else {
+        record
+    };
+    let (record, finished) = settle(coordinator, &map, record).await?;
+    let action = match (before, record.state) {
+        (TransferState::Preparing, TransferState::Aborted) => "aborted the undecided transfer",
+        (TransferState::Preparing, _) => "found it decided meanwhile and applied the decision",
+        _ => "applied its decision to both legs",
+    };
+    let action = if finished {
+        action.to_string()
+    } else {
+        format!("{action}; not every leg answered yet (recovery keeps trying)")
+    };
+    Ok(ResolveReply {
+        record,
+        finished,
+        action,
+    })
 }
 
 async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {

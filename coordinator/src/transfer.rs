@@ -67,6 +67,15 @@ impl Coordinator {
 
     async fn run(&self, spec: TransferSpec) -> TransferOutcome {
         let map = self.participants.map.current();
+        let touched = [
+            map.decision_partition(spec.transaction_id),
+            map.account_partition(&spec.from),
+            map.account_partition(&spec.to),
+        ];
+        if let Err(r) = self.participants.await_moves(&touched).await {
+            return TransferOutcome::Refused(r);
+        }
+        let map = self.participants.map.current();
         let home = map.decision_partition(spec.transaction_id);
         let legs = Leg::both(
             &spec,

@@ -209,22 +209,15 @@ impl Cluster {
         } else {
             let program = binary(&options, "participant")?;
             try_join_all((0..n).map(|i| {
-                let mut config = ServiceConfig::new(
-                    format!("participant-{}", i + 1),
+                Service::start(participant_config(
+                    &options,
                     &program,
-                    root.join(format!("participant-{}", i + 1)),
-                    local(ports.participants[i]),
-                )
-                .env("WALLET_NODE_ID", node_id(i))
-                .env(
-                    "WALLET_LISTEN_ADDR",
-                    local(ports.participants[i]).to_string(),
-                )
-                .env("WALLET_DATABASE_URL", postgres[i].url())
-                .env("WALLET_ETCD_ENDPOINTS", etcd.url())
-                .env("WALLET_ETCD_PREFIX", &options.etcd_prefix);
-                config.env.extend(options.participant_env.iter().cloned());
-                Service::start(config)
+                    &root,
+                    i,
+                    ports.participants[i],
+                    &postgres[i],
+                    &etcd,
+                ))
             }))
             .await?
         };
@@ -281,6 +274,36 @@ impl Cluster {
             "cluster ready"
         );
         Ok(cluster)
+    }
+
+    /// Where the cluster's binary `name` (e.g. `walletctl`) is.
+    pub fn binary(&self, name: &str) -> Result<PathBuf> {
+        binary(&self.options, name)
+    }
+
+    /// Starts one more Postgres server and participant (node `node-{n+1}`,
+    /// on free ports) and returns its index. It is not in the partition map
+    /// until someone adds it (`walletctl nodes add`).
+    pub async fn add_participant(&mut self) -> Result<usize> {
+        if self.options.proxies {
+            bail!("adding a participant to a cluster with proxies is not supported");
+        }
+        let i = self.participants.len();
+        let postgres =
+            Postgres::start(self.root.join(format!("postgres-{}", i + 1)), free_port()?).await?;
+        let program = binary(&self.options, "participant")?;
+        let config = participant_config(
+            &self.options,
+            &program,
+            &self.root,
+            i,
+            free_port()?,
+            &postgres,
+            &self.etcd,
+        );
+        self.postgres.push(postgres);
+        self.participants.push(Service::start(config).await?);
+        Ok(i)
     }
 
     /// Starts one more coordinator, with the cluster's coordinator
@@ -635,6 +658,31 @@ pub struct Component {
     pub node_id: Option<String>,
 }
 
+/// How participant `i` runs.
+fn participant_config(
+    options: &ClusterOptions,
+    program: &Path,
+    root: &Path,
+    i: usize,
+    port: u16,
+    postgres: &Postgres,
+    etcd: &Etcd,
+) -> ServiceConfig {
+    let mut config = ServiceConfig::new(
+        format!("participant-{}", i + 1),
+        program,
+        root.join(format!("participant-{}", i + 1)),
+        local(port),
+    )
+    .env("WALLET_NODE_ID", node_id(i))
+    .env("WALLET_LISTEN_ADDR", local(port).to_string())
+    .env("WALLET_DATABASE_URL", postgres.url())
+    .env("WALLET_ETCD_ENDPOINTS", etcd.url())
+    .env("WALLET_ETCD_PREFIX", &options.etcd_prefix);
+    config.env.extend(options.participant_env.iter().cloned());
+    config
+}
+
 /// Node id of participant `i`.
 fn node_id(i: usize) -> String {
     format!("node-{}", i + 1)
@@ -656,14 +704,10 @@ fn binary(options: &ClusterOptions, name: &str) -> Result<PathBuf> {
 /// Writes the first partition map, or keeps the one already in etcd
 /// (`devcluster run` on old data).
 ///
-/// The map is written here rather than with `MapStore::init`, which fails
-/// against a real etcd (its transaction deletes the prefix and puts keys
-/// under it: "duplicate key given in txn request"; without `force` it panics
-/// in etcd-client). The layout is the one `wallet_shared::map` documents,
-/// partitions round-robin over the nodes like `init`, and the result is read
-/// back with `MapStore::load`, which validates it. `partition_count` is
-/// written last, so a reader sees no map until it is complete, and the
-/// writes go in chunks below etcd's 128 operations per transaction.
+/// A new map is written with `MapStore::init` (partitions round-robin over
+/// the nodes, `partition_count` last, so a reader sees no map until it is
+/// complete); the harness test `map_init_against_real_etcd` checks it against
+/// a real etcd, with and without `force`.
 pub async fn write_partition_map(
     endpoints: &[String],
     prefix: &str,

@@ -224,6 +224,61 @@ async fn etcd_holds_the_partition_map_across_kill9() {
     assert_eq!(etcd.pid(), None);
 }
 
+/// `MapStore::init` against a real etcd: a first map; a second refused
+/// without `force`; replaced with it; and a change prepared against the
+/// replaced map refused by `update`'s compare-and-set.
+#[tokio::test]
+async fn map_init_against_real_etcd() {
+    let dir = tempdir();
+    let etcd = Etcd::start(
+        dir.path().join("etcd"),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    )
+    .await
+    .unwrap();
+    let store = MapStore::connect(&etcd.endpoints(), "/init/", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let two = vec![
+        ("a".to_string(), "http://127.0.0.1:1".to_string()),
+        ("b".to_string(), "http://127.0.0.1:2".to_string()),
+    ];
+    let first = store.init(200, &two, false).await.unwrap();
+    assert_eq!(first.partition_count(), 200);
+    assert_eq!(
+        (first.owners[0].as_str(), first.owners[199].as_str()),
+        ("a", "b")
+    );
+    assert!(matches!(
+        store.init(4, &two, false).await,
+        Err(MapError::AlreadyExists(_))
+    ));
+    assert_eq!(store.load().await.unwrap(), first);
+
+    let one = vec![("c".to_string(), "http://127.0.0.1:3".to_string())];
+    let replaced = store.init(4, &one, true).await.unwrap();
+    assert_eq!(replaced.owners, vec!["c"; 4]);
+    assert_eq!(replaced.nodes.len(), 1, "the old nodes are gone");
+    let stale = store
+        .update(
+            first.revision,
+            &[("nodes/d".into(), "http://d".into())],
+            &[],
+        )
+        .await;
+    assert!(matches!(stale, Err(MapError::Changed(_))), "{stale:?}");
+    let added = store
+        .update(
+            replaced.revision,
+            &[("nodes/d".into(), "http://d".into())],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.url("d"), Some("http://d"));
+}
+
 /// The stand-in service binary, built by `cargo test` with the examples.
 fn fake_service() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

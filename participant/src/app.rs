@@ -10,11 +10,14 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use wallet_shared::admin::NodePartitions;
+use wallet_shared::admin::{
+    AuditRequest, InDoubt, InDoubtRequest, NodeAudit, NodeLegs, NodePartitions, OpenTransfer,
+};
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, ErrorCode, MapHandle, PartitionId, Rejection, TransactionId};
 
 use crate::error::ApiResult;
+use crate::fence::{self, Fences, Work};
 use crate::store::Store;
 use crate::{decisions, ledger, legs, movements};
 
@@ -25,16 +28,26 @@ pub struct App<S> {
     pub store: S,
     /// Current partition map, followed from etcd.
     pub map: MapHandle,
+    /// Partitions moving, or moved, away from this node.
+    pub fences: Fences,
 }
 
+/// A request's pass: while it is held, no fence can be set, so hold it until
+/// the request's local transaction is over.
+pub type Admitted = tokio::sync::OwnedRwLockReadGuard<crate::fence::FenceMap>;
+
 impl<S: Store> App<S> {
-    /// Refuses unless this node owns every partition at (at least) the
-    /// request's map revision.
-    async fn fence(
+    /// Admits `work` on `partitions` if no fence forbids it and this node
+    /// owns every one of them at (at least) the request's map revision.
+    pub async fn admit(
         &self,
         map_revision: i64,
+        work: Work,
         partitions: impl IntoIterator<Item = PartitionId>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<Admitted> {
+        let partitions: Vec<PartitionId> = partitions.into_iter().collect();
+        let pass = self.fences.read().await;
+        fence::check(&pass, work, partitions.iter().copied())?;
         let map = self.map.at_least(map_revision).await.map_err(|e| {
             Rejection::new(
                 ErrorCode::Unavailable,
@@ -53,15 +66,15 @@ impl<S: Store> App<S> {
                 .into());
             }
         }
-        Ok(())
+        Ok(pass)
     }
 
     /// Every leg in its account's partition, and every partition ours.
-    async fn check_legs(&self, map_revision: i64, legs: &[Leg]) -> ApiResult<()> {
+    async fn admit_legs(&self, map_revision: i64, work: Work, legs: &[Leg]) -> ApiResult<Admitted> {
         for leg in legs {
             self.check_partition(&leg.account, leg.partition)?;
         }
-        self.fence(map_revision, legs.iter().map(|l| l.partition))
+        self.admit(map_revision, work, legs.iter().map(|l| l.partition))
             .await
     }
 
@@ -99,6 +112,9 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/internal/v1/feed", get(feed::<S>))
         .route("/internal/v1/replay", get(replay_check::<S>))
         .route("/internal/v1/partitions", get(partitions::<S>))
+        .route("/internal/v1/admin/in_doubt", post(in_doubt::<S>))
+        .route("/internal/v1/admin/legs/{id}", get(legs_of::<S>))
+        .route("/internal/v1/admin/audit", post(audit::<S>))
         .with_state(app)
         .layer(axum::middleware::from_fn(run_to_completion))
 }
@@ -106,7 +122,7 @@ pub fn router<S: Store>(app: App<S>) -> Router {
 /// A request, once started, runs to the end in its own task, even if the
 /// caller hangs up: dropping it halfway could cancel a database transaction
 /// between two statements (sqlx then hands the connection back mid-BEGIN).
-async fn run_to_completion(
+pub async fn run_to_completion(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -130,7 +146,12 @@ async fn begin<S: Store>(
     Json(req): Json<Routed<BeginRequest>>,
 ) -> ApiResult<Json<BeginReply>> {
     let items = req.body.transfers;
-    app.fence(req.map_revision, items.iter().map(|b| b.partition))
+    let _pass = app
+        .admit(
+            req.map_revision,
+            Work::New,
+            items.iter().map(|b| b.partition),
+        )
         .await?;
     let results = app
         .store
@@ -149,7 +170,12 @@ async fn decide<S: Store>(
     Json(req): Json<Routed<DecideRequest>>,
 ) -> ApiResult<Json<DecideReply>> {
     let items = req.body.decisions;
-    app.fence(req.map_revision, items.iter().map(|d| d.partition))
+    let _pass = app
+        .admit(
+            req.map_revision,
+            Work::Finish,
+            items.iter().map(|d| d.partition),
+        )
         .await?;
     let records = app
         .store
@@ -168,7 +194,12 @@ async fn complete<S: Store>(
     Json(req): Json<Routed<CompleteRequest>>,
 ) -> ApiResult<StatusCode> {
     let items = req.body.transfers;
-    app.fence(req.map_revision, items.iter().map(|t| t.partition))
+    let _pass = app
+        .admit(
+            req.map_revision,
+            Work::Finish,
+            items.iter().map(|t| t.partition),
+        )
         .await?;
     app.store
         .batch(
@@ -194,13 +225,15 @@ async fn execute<S: Store>(
             app.check_partition(&leg.account, leg.partition)?;
         }
     }
-    app.fence(
-        req.map_revision,
-        items
-            .iter()
-            .flat_map(|e| [e.begin.partition, e.legs[0].partition, e.legs[1].partition]),
-    )
-    .await?;
+    let _pass = app
+        .admit(
+            req.map_revision,
+            Work::New,
+            items
+                .iter()
+                .flat_map(|e| [e.begin.partition, e.legs[0].partition, e.legs[1].partition]),
+        )
+        .await?;
     let results = app
         .store
         .batch(
@@ -225,7 +258,7 @@ async fn transfer<S: Store>(
     Query(q): Query<Routing>,
 ) -> ApiResult<Json<TransferRecord>> {
     let id = TransactionId::parse(&id)?;
-    app.fence(q.map_revision, [q.partition]).await?;
+    let _pass = app.admit(q.map_revision, Work::Read, [q.partition]).await?;
     match app.store.lookup(id).await? {
         Some(record) => Ok(Json(record)),
         None => {
@@ -239,7 +272,7 @@ async fn prepare<S: Store>(
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<PrepareReply>> {
     let items = req.body.legs;
-    app.check_legs(req.map_revision, &items).await?;
+    let _pass = app.admit_legs(req.map_revision, Work::New, &items).await?;
     let votes = app
         .store
         .batch(
@@ -258,7 +291,9 @@ async fn finish<S: Store>(
     commit: bool,
 ) -> ApiResult<Json<LegsReply>> {
     let items = req.body.legs;
-    app.check_legs(req.map_revision, &items).await?;
+    let _pass = app
+        .admit_legs(req.map_revision, Work::Finish, &items)
+        .await?;
     let keys = |l: &Leg| legs::keys(std::slice::from_ref(l));
     let states = if commit {
         app.store
@@ -315,7 +350,9 @@ async fn open_account<S: Store>(
     Json(req): Json<Routed<OpenAccount>>,
 ) -> ApiResult<(StatusCode, Json<AccountBalance>)> {
     app.check_partition(&req.body.account_id, req.body.partition)?;
-    app.fence(req.map_revision, [req.body.partition]).await?;
+    let _pass = app
+        .admit(req.map_revision, Work::New, [req.body.partition])
+        .await?;
     let open = req.body;
     let (created, balance) = app
         .store
@@ -336,7 +373,9 @@ async fn movement<S: Store>(
     Json(req): Json<Routed<Movement>>,
 ) -> ApiResult<Json<AccountBalance>> {
     app.check_partition(&req.body.account_id, req.body.partition)?;
-    app.fence(req.map_revision, [req.body.partition]).await?;
+    let _pass = app
+        .admit(req.map_revision, Work::New, [req.body.partition])
+        .await?;
     let m = req.body;
     let balance = app
         .store
@@ -367,7 +406,7 @@ async fn balance<S: Store>(
 ) -> ApiResult<Json<HistoricalBalance>> {
     let id = AccountId::parse(id)?;
     app.check_partition(&id, q.partition)?;
-    app.fence(q.map_revision, [q.partition]).await?;
+    let _pass = app.admit(q.map_revision, Work::Read, [q.partition]).await?;
     let current = app
         .store
         .account(&id)
@@ -469,7 +508,7 @@ async fn events<S: Store>(
 ) -> ApiResult<Json<EventsPage>> {
     let id = AccountId::parse(id)?;
     app.check_partition(&id, q.partition)?;
-    app.fence(q.map_revision, [q.partition]).await?;
+    let _pass = app.admit(q.map_revision, Work::Read, [q.partition]).await?;
     let kinds = parse_event_types(q.types.as_deref().unwrap_or(""))?;
     let currency = app
         .store
@@ -645,9 +684,59 @@ pub async fn replay_account<S: Store>(
 
 /// What this node holds, per partition (for `walletctl partitions show`).
 async fn partitions<S: Store>(State(app): State<App<S>>) -> ApiResult<Json<NodePartitions>> {
+    let fences = app.fences.read().await.clone();
     Ok(Json(NodePartitions {
         node_id: app.node_id.to_string(),
         map_revision: app.map.current().revision,
         partitions: app.store.partition_stats().await?,
+        fences,
     }))
+}
+
+/// Everything unfinished in the given partitions (`walletctl tx pending`).
+async fn in_doubt<S: Store>(
+    State(app): State<App<S>>,
+    Json(req): Json<InDoubtRequest>,
+) -> ApiResult<Json<InDoubt>> {
+    let (transfers, legs) = app
+        .store
+        .in_doubt(&req.partitions, req.limit.clamp(1, 10_000))
+        .await?;
+    Ok(Json(InDoubt {
+        transfers: transfers
+            .into_iter()
+            .map(|t| OpenTransfer {
+                record: t.record,
+                partition: t.partition,
+                lease_until: t.lease_until,
+            })
+            .collect(),
+        legs: legs.iter().map(legs::as_stored).collect(),
+    }))
+}
+
+/// Every leg of one transaction id stored here (`walletctl tx show`).
+async fn legs_of<S: Store>(
+    State(app): State<App<S>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NodeLegs>> {
+    let id = TransactionId::parse(&id)?;
+    let legs = app.store.legs_of(id).await?;
+    Ok(Json(NodeLegs {
+        node_id: app.node_id.to_string(),
+        legs: legs.iter().map(legs::as_stored).collect(),
+    }))
+}
+
+/// The at-rest checks of `walletctl audit`, over the partitions named.
+async fn audit<S: Store>(
+    State(app): State<App<S>>,
+    Json(req): Json<AuditRequest>,
+) -> ApiResult<Json<NodeAudit>> {
+    let mut audit = app.store.audit(&req).await?;
+    audit.node_id = app.node_id.to_string();
+    for f in &mut audit.findings {
+        f.node = Some(app.node_id.to_string());
+    }
+    Ok(Json(audit))
 }

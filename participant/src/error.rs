@@ -15,6 +15,9 @@ pub enum StoreError {
     /// The store cannot be reached now (the simulation's down database).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Something this store does not do (the simulation's runs no audit).
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 impl StoreError {

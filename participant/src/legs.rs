@@ -3,6 +3,7 @@
 //! `(transaction_id, role)`, so duplicated, late and reordered messages are
 //! harmless: a prepare after an abort finds the tombstone and votes no.
 
+use wallet_shared::admin::StoredLeg;
 use wallet_shared::protocol::{Decision, EventKind, Leg, LegRole, LegState, Vote};
 use wallet_shared::{ErrorCode, Rejection};
 
@@ -209,4 +210,20 @@ pub fn as_leg(row: &LegRow) -> Result<Leg, StoreError> {
             .ok_or_else(|| StoreError::corrupt("transfer leg without counterparty"))?,
         decision_partition: row.decision_partition.unwrap_or_default(),
     })
+}
+
+/// A stored leg, any role, as walletctl is shown it.
+pub fn as_stored(row: &LegRow) -> StoredLeg {
+    StoredLeg {
+        transaction_id: row.transaction_id,
+        role: row.role.as_str().to_string(),
+        account_id: row.account_id.clone(),
+        partition: row.partition,
+        amount: row.amount,
+        currency: row.currency,
+        state: row.state,
+        reason: row.reason.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
 }

@@ -6,12 +6,15 @@
 //! rules on an in-memory [`store::Store`].
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod decisions;
 pub mod error;
+pub mod fence;
 pub mod ledger;
 pub mod legs;
 pub mod model;
 pub mod movements;
+pub mod moves;
 pub mod pg;
 pub mod store;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use participant::config::ParticipantConfig;
-use participant::{app, pg::PgStore};
+use participant::{app, fence, moves, pg::PgStore};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,6 +20,9 @@ async fn main() -> anyhow::Result<()> {
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await
         .context("following the partition map in etcd")?;
+    let fences = moves::load_fences(&store)
+        .await
+        .context("reading partition fences")?;
     tokio::spawn(publish_feed(
         store.clone(),
         Duration::from_millis(cfg.publish_interval_ms),
@@ -28,14 +31,16 @@ async fn main() -> anyhow::Result<()> {
         node_id: Arc::from(cfg.node_id.as_str()),
         store,
         map,
+        fences: fence::Fences::new(fences),
     };
     let body_limit = axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024);
-    let router = app::router(app).layer(body_limit).layer(
-        tower_http::timeout::TimeoutLayer::with_status_code(
+    let router = app::router(app.clone())
+        .merge(moves::router(app))
+        .layer(body_limit)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
-        ),
-    );
+        ));
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;

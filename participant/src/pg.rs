@@ -8,10 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
-use wallet_shared::admin::PartitionStats;
+use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
 use wallet_shared::protocol::{
-    Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord, TransferSpec,
-    TransferState,
+    Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord, TransferSpec, TransferState,
 };
 use wallet_shared::{
     retry, AccountId, Amount, Currency, ErrorCode, PartitionId, Rejection, TransactionId,
@@ -106,7 +105,8 @@ impl PgStore {
 const TRANSFER_COLUMNS: &str = "transaction_id, partition, fingerprint, from_account, to_account,
      amount, currency, state, reason_code, reason_message, lease_until, lease_owner, created_at,
      decided_at, completed";
-const LEG_COLUMNS: &str = "transaction_id, role, account_id, partition, amount, currency,
+pub(crate) const LEG_COLUMNS: &str =
+    "transaction_id, role, account_id, partition, amount, currency,
      counterparty, decision_partition, fingerprint, state, reason_code, reason_message,
      created_at, updated_at";
 const ACCOUNT_COLUMNS: &str =
@@ -180,6 +180,56 @@ impl Store for PgStore {
             .map(leg_from_row)
             .collect::<Result<_, _>>()?;
         Ok((transfers, legs))
+    }
+
+    async fn in_doubt(
+        &self,
+        partitions: &[PartitionId],
+        limit: i64,
+    ) -> Result<(Vec<TransferRow>, Vec<LegRow>), StoreError> {
+        let partitions: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers
+             WHERE NOT completed AND partition = ANY($1)
+             ORDER BY created_at LIMIT $2"
+        );
+        let transfers = sqlx::query(&sql)
+            .bind(&partitions)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(transfer_from_row)
+            .collect::<Result<_, _>>()?;
+        let sql = format!(
+            "SELECT {LEG_COLUMNS} FROM legs
+             WHERE state = 'prepared' AND role IN ('debit', 'credit') AND partition = ANY($1)
+             ORDER BY created_at LIMIT $2"
+        );
+        let legs = sqlx::query(&sql)
+            .bind(&partitions)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(leg_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((transfers, legs))
+    }
+
+    async fn legs_of(&self, id: TransactionId) -> Result<Vec<LegRow>, StoreError> {
+        let sql = format!("SELECT {LEG_COLUMNS} FROM legs WHERE transaction_id = $1 ORDER BY role");
+        sqlx::query(&sql)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(leg_from_row)
+            .collect()
+    }
+
+    async fn audit(&self, req: &AuditRequest) -> Result<NodeAudit, StoreError> {
+        crate::audit::run(&self.pool, req).await
     }
 
     async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StoreError> {
@@ -338,9 +388,8 @@ impl Store for PgStore {
         .await?;
         let mut entries = Vec::new();
         'rows: for (first, body) in rows {
-            let block: Vec<FeedEntry> = serde_json::from_str(&body).map_err(|e| {
-                StoreError::corrupt(format!("outbox row at position {first}: {e}"))
-            })?;
+            let block: Vec<FeedEntry> = serde_json::from_str(&body)
+                .map_err(|e| StoreError::corrupt(format!("outbox row at position {first}: {e}")))?;
             for (position, mut entry) in (first..).zip(block) {
                 if position > head || entries.len() as i64 >= limit {
                     break 'rows;
@@ -689,7 +738,7 @@ fn transfer_from_row(row: &PgRow) -> Result<TransferRow, StoreError> {
     })
 }
 
-fn leg_from_row(row: &PgRow) -> Result<LegRow, StoreError> {
+pub(crate) fn leg_from_row(row: &PgRow) -> Result<LegRow, StoreError> {
     let state = match row.try_get::<String, _>("state")?.as_str() {
         "prepared" => LegState::Prepared,
         "committed" => LegState::Committed,

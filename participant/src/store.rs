@@ -6,9 +6,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use wallet_shared::admin::PartitionStats;
+use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
-use wallet_shared::{retry, AccountId, TransactionId};
+use wallet_shared::{retry, AccountId, PartitionId, TransactionId};
 
 use crate::error::StoreError;
 use crate::model::{AccountRow, Keys, LegRow, TransferRow, Working};
@@ -86,6 +86,35 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: i64,
         limit: i64,
     ) -> impl Future<Output = Result<(Vec<FeedEntry>, i64), StoreError>> + Send;
+
+    /// Everything unfinished in `partitions`, oldest first, at most `limit`
+    /// of each: decision records not completed (undecided ones too, lease or
+    /// no lease), and transfer legs still prepared (`walletctl tx pending`).
+    fn in_doubt(
+        &self,
+        partitions: &[PartitionId],
+        limit: i64,
+    ) -> impl Future<Output = Result<(Vec<TransferRow>, Vec<LegRow>), StoreError>> + Send;
+
+    /// Every leg stored here under this transaction id.
+    fn legs_of(
+        &self,
+        id: TransactionId,
+    ) -> impl Future<Output = Result<Vec<LegRow>, StoreError>> + Send;
+
+    /// The at-rest checks of `walletctl audit` over `req.partitions`.
+    /// Postgres runs them set-based; a store without them says so.
+    fn audit(
+        &self,
+        req: &AuditRequest,
+    ) -> impl Future<Output = Result<NodeAudit, StoreError>> + Send {
+        let _ = req;
+        async {
+            Err(StoreError::Unsupported(
+                "this store does not run the audit".into(),
+            ))
+        }
+    }
 
     /// What this node holds of each partition it has rows for, by partition.
     fn partition_stats(

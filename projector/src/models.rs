@@ -23,8 +23,12 @@ pub struct Projections {
 pub struct Deltas {
     pub accounts: BTreeMap<String, AccountDelta>,
     pub ledger: BTreeMap<String, LedgerDelta>,
-    pub rejected: BTreeMap<(NaiveDate, String, String), (i64, i64)>,
+    /// (transfers, amount) by (day, reason, currency).
+    pub rejected: BTreeMap<RejectedKey, (i64, i64)>,
 }
+
+/// A row of `rejected_transfers`: (UTC day, reason code, currency).
+pub type RejectedKey = (NaiveDate, String, String);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountDelta {
@@ -254,7 +258,7 @@ impl Projections {
             .await?;
         }
         if !d.rejected.is_empty() {
-            let r: Vec<(&(NaiveDate, String, String), &(i64, i64))> = d.rejected.iter().collect();
+            let r: Vec<(&RejectedKey, &(i64, i64))> = d.rejected.iter().collect();
             sqlx::query(
                 "INSERT INTO rejected_transfers AS r (day, reason, currency, transfers, amount)
                  SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[])

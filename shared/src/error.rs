@@ -38,6 +38,8 @@ pub enum ErrorCode {
     LegAborted,
     // 421/429/5xx: try again later.
     WrongPartitionOwner,
+    /// The partition is being moved to another node; nothing was done.
+    PartitionMoving,
     Overloaded,
     Unavailable,
     Internal,
@@ -58,7 +60,7 @@ impl ErrorCode {
             WrongPartitionOwner => 421,
             Overloaded => 429,
             Internal => 500,
-            Unavailable => 503,
+            Unavailable | PartitionMoving => 503,
         }
     }
 
@@ -86,6 +88,7 @@ impl ErrorCode {
             TransferAborted => "transfer_aborted",
             LegAborted => "leg_aborted",
             WrongPartitionOwner => "wrong_partition_owner",
+            PartitionMoving => "partition_moving",
             Overloaded => "overloaded",
             Unavailable => "unavailable",
             Internal => "internal",
@@ -114,6 +117,7 @@ impl ErrorCode {
         ErrorCode::TransferAborted,
         ErrorCode::LegAborted,
         ErrorCode::WrongPartitionOwner,
+        ErrorCode::PartitionMoving,
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,

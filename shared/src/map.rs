@@ -6,6 +6,7 @@
 //! {prefix}nodes/{node_id}       -> "http://127.0.0.1:7001"
 //! {prefix}partitions/{p:05}     -> "{node_id}"
 //! {prefix}epoch                 -> bumped by every change after the first map
+//! {prefix}moves/{p:05}          -> {"from":..,"to":..,"phase":..} while a move runs
 //! ```
 //!
 //! A map read from etcd carries the etcd revision it was read at. Every
@@ -54,6 +55,28 @@ pub struct PartitionMap {
     pub owners: Vec<NodeId>,
     /// Base URL of each node.
     pub nodes: BTreeMap<NodeId, String>,
+    /// Partition moves under way (`walletctl partitions move`).
+    #[serde(default)]
+    pub moves: BTreeMap<PartitionId, Move>,
+}
+
+/// A partition move, as recorded in etcd while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub phase: MovePhase,
+    /// RFC 3339, when the move started.
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovePhase {
+    /// The old owner still owns the partition; new work on it waits.
+    Moving,
+    /// The new owner owns it; the old owner's copy is still to be dropped.
+    Switched,
 }
 
 impl PartitionMap {
@@ -77,6 +100,21 @@ impl PartitionMap {
         self.nodes.get(node).map(String::as_str)
     }
 
+    /// The partitions `node` owns, in order.
+    pub fn partitions_of(&self, node: &str) -> Vec<PartitionId> {
+        (0..self.partition_count())
+            .filter(|&p| self.owners[p as usize] == node)
+            .collect()
+    }
+
+    /// The partition is being moved and its new owner does not own it yet:
+    /// new work on it should wait.
+    pub fn is_moving(&self, partition: PartitionId) -> bool {
+        self.moves
+            .get(&partition)
+            .is_some_and(|m| m.phase == MovePhase::Moving)
+    }
+
     /// Builds a map from the key-values found under `prefix`.
     fn from_kvs<'a>(
         prefix: &str,
@@ -90,6 +128,7 @@ impl PartitionMap {
         let mut count: Option<u32> = None;
         let mut nodes = BTreeMap::new();
         let mut owners = BTreeMap::new();
+        let mut moves = BTreeMap::new();
         for (key, value) in kvs {
             let Some(rest) = key.strip_prefix(prefix) else {
                 continue;
@@ -107,6 +146,13 @@ impl PartitionMap {
                     .parse()
                     .map_err(|_| invalid(format!("partition key {key:?}")))?;
                 owners.insert(p, value.to_string());
+            } else if let Some(p) = rest.strip_prefix("moves/") {
+                let p: u32 = p
+                    .parse()
+                    .map_err(|_| invalid(format!("move key {key:?}")))?;
+                let m: Move = serde_json::from_str(value)
+                    .map_err(|e| invalid(format!("move {key:?}: {e}")))?;
+                moves.insert(p, m);
             }
         }
         let Some(count) = count else {
@@ -129,10 +175,16 @@ impl PartitionMap {
                 "partition {p} is beyond partition_count {count}"
             )));
         }
+        if let Some((p, _)) = moves.range(count..).next() {
+            return Err(invalid(format!(
+                "move of partition {p} beyond partition_count {count}"
+            )));
+        }
         Ok(PartitionMap {
             revision,
             owners: list,
             nodes,
+            moves,
         })
     }
 }
@@ -191,6 +243,8 @@ impl MapStore {
     /// etcd takes at most 128 operations per transaction, so the owners go in
     /// chunks and `partition_count` last, with a compare-and-set: until that
     /// key exists there is no map to read, so no reader sees half of one.
+    /// With `force`, the old map is deleted first (readers see no map until
+    /// the new one is complete).
     pub async fn init(
         &self,
         partition_count: u32,
@@ -240,13 +294,16 @@ impl MapStore {
                 .await
                 .map_err(|_| MapError::Timeout(self.timeout))??;
         }
+        // `epoch` goes with it: a change prepared against a reading of the
+        // map this one replaces (`update` with an older `read_at`) then
+        // fails its compare-and-set instead of landing on the new map.
+        let epoch_key = format!("{}epoch", self.prefix);
         let txn = Txn::new()
             .when([Compare::version(count_key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                count_key.as_str(),
-                partition_count.to_string(),
-                None,
-            )]);
+            .and_then([
+                TxnOp::put(count_key.as_str(), partition_count.to_string(), None),
+                TxnOp::put(epoch_key.as_str(), "0", None),
+            ]);
         let resp = tokio::time::timeout(self.timeout, client.txn(txn))
             .await
             .map_err(|_| MapError::Timeout(self.timeout))??;

@@ -172,6 +172,46 @@ impl Store for MemStore {
         Ok((transfers, legs))
     }
 
+    async fn in_doubt(
+        &self,
+        partitions: &[PartitionId],
+        limit: i64,
+    ) -> Result<(Vec<TransferRow>, Vec<LegRow>), StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        let mut transfers: Vec<TransferRow> = t
+            .transfers
+            .values()
+            .filter(|r| !r.record.completed && partitions.contains(&r.partition))
+            .cloned()
+            .collect();
+        transfers.sort_by_key(|r| (r.record.created_at, r.id()));
+        transfers.truncate(limit.max(0) as usize);
+        let mut legs: Vec<LegRow> = t
+            .legs
+            .values()
+            .filter(|r| {
+                r.state == LegState::Prepared
+                    && matches!(r.role, model::RowRole::Debit | model::RowRole::Credit)
+                    && partitions.contains(&r.partition)
+            })
+            .cloned()
+            .collect();
+        legs.sort_by_key(|r| (r.created_at, r.key()));
+        legs.truncate(limit.max(0) as usize);
+        Ok((transfers, legs))
+    }
+
+    async fn legs_of(&self, id: TransactionId) -> Result<Vec<LegRow>, StoreError> {
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        Ok(t.legs
+            .values()
+            .filter(|r| r.transaction_id == id)
+            .cloned()
+            .collect())
+    }
+
     async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StoreError> {
         self.check_up()?;
         let t = self.tables.lock().unwrap();

@@ -207,6 +207,7 @@ async fn simulate(opts: Options) -> Report {
     let nodes: Vec<String> = (0..opts.nodes).map(node_name).collect();
     let map = Arc::new(PartitionMap {
         revision: 1,
+        moves: Default::default(),
         owners: (0..opts.partitions as usize)
             .map(|p| nodes[p % nodes.len()].clone())
             .collect(),
@@ -230,6 +231,7 @@ async fn simulate(opts: Options) -> Report {
             node_id: Arc::from(n.as_str()),
             store: store.clone(),
             map: MapHandle::fixed((*map).clone()),
+            fences: Default::default(),
         };
         net.nodes.insert(
             n.clone(),

@@ -149,7 +149,32 @@ impl Ctx {
         url: &str,
         body: &B,
     ) -> CtlResult<T> {
-        self.send(who, self.http.post(url).json(body)).await
+        self.post_within(who, url, body, self.timeout).await
+    }
+
+    /// `POST` for work that takes longer than one answer should (an audit,
+    /// a resolve that retries): waits up to `timeout`, or `--timeout` if
+    /// that is longer.
+    pub async fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        who: &str,
+        url: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> CtlResult<T> {
+        let timeout = timeout.max(self.timeout);
+        let req = self.http.post(url).json(body).timeout(timeout);
+        self.send(who, req).await.map_err(|mut e| {
+            if e.message.contains("no answer within") {
+                e.message = format!("{who} is unreachable: no answer within {timeout:?}");
+            }
+            e
+        })
+    }
+
+    /// `DELETE url`, the answer decoded.
+    pub async fn delete<T: DeserializeOwned>(&self, who: &str, url: &str) -> CtlResult<T> {
+        self.send(who, self.http.delete(url)).await
     }
 
     /// The base URL of `node`, or a clear error naming the known ones.

@@ -5,16 +5,18 @@
 //! `make run` writes (`.data/cluster.json`), then the defaults of a local
 //! cluster. Output is a table for people, or JSON with `--output json`.
 
-// Helpers the next commands (moves, tx, accounts, audit) use; removed with them.
-#![allow(dead_code)]
-
+mod accounts;
+mod audit;
+mod cluster;
 mod ctx;
 mod error;
+mod moves;
 mod nodes;
 mod output;
 mod partitions;
 mod projections;
 mod replay;
+mod tx;
 
 use clap::{Parser, Subcommand};
 
@@ -41,12 +43,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Writing the first partition map
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// The nodes in the partition map
     #[command(subcommand)]
     Nodes(nodes::NodesCmd),
     /// Partition owners, and moving partitions between nodes
     #[command(subcommand)]
     Partitions(partitions::PartitionsCmd),
+    /// Transfers: one in detail, those in doubt, resolving one now
+    #[command(subcommand)]
+    Tx(tx::TxCmd),
+    /// Accounts: balances and last events
+    #[command(subcommand)]
+    Accounts(accounts::AccountsCmd),
+    /// Checks every promise that can be checked at rest, on every node;
+    /// exits 1 if one does not hold
+    Audit(audit::AuditArgs),
     /// The read models the projector builds from the change feeds
     #[command(subcommand)]
     Projections(projections::ProjectionsCmd),
@@ -68,6 +82,10 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Nodes(cmd) => nodes::run(&ctx, cmd).await,
             Command::Partitions(cmd) => partitions::run(&ctx, cmd).await,
+            Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
+            Command::Tx(cmd) => tx::run(&ctx, cmd).await,
+            Command::Accounts(cmd) => accounts::run(&ctx, cmd).await,
+            Command::Audit(args) => audit::run(&ctx, args).await,
             Command::Projections(cmd) => projections::run(&ctx, cmd).await,
             Command::Replay(args) => replay::run(&ctx, args).await,
         }

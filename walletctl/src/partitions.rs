@@ -4,21 +4,63 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use wallet_shared::admin::{NodePartitions, PartitionStats};
+use wallet_shared::map::MovePhase;
 use wallet_shared::PartitionId;
 
 use crate::ctx::Ctx;
 use crate::error::CtlResult;
+use crate::moves::{self, MoveOptions};
 use crate::output::Table;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PartitionsCmd {
     /// Every partition: its owner, its state and how many accounts it holds.
     Show,
+    /// Moves a partition to another node, online. Run it again to resume a
+    /// move that was interrupted, or with --abort to undo it.
+    Move {
+        /// The partition number
+        partition: PartitionId,
+        /// The node to move it to
+        #[arg(long, required_unless_present = "abort")]
+        to: Option<String>,
+        /// Undo an interrupted move instead (only before the owner switched)
+        #[arg(long, conflicts_with = "to")]
+        abort: bool,
+        #[command(flatten)]
+        options: MoveOptions,
+    },
+    /// Spreads partitions evenly over the nodes, one move at a time.
+    Rebalance {
+        /// Print the moves without making them
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        options: MoveOptions,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: PartitionsCmd) -> CtlResult<()> {
     match cmd {
         PartitionsCmd::Show => show(ctx).await,
+        PartitionsCmd::Move {
+            partition,
+            to,
+            abort,
+            options,
+        } => {
+            if abort {
+                moves::abort(ctx, partition).await
+            } else {
+                let to = to.expect("clap requires --to without --abort");
+                let report = moves::run(ctx, partition, &to, &options).await?;
+                ctx.output.emit(&report, moves::describe);
+                Ok(())
+            }
+        }
+        PartitionsCmd::Rebalance { dry_run, options } => {
+            moves::rebalance(ctx, dry_run, &options).await
+        }
     }
 }
 
@@ -80,7 +122,11 @@ async fn show(ctx: &Ctx) -> CtlResult<()> {
             PartitionRow {
                 partition: p,
                 node: node.clone(),
-                state: "active".to_string(),
+                state: match map.moves.get(&p) {
+                    Some(m) if m.phase == MovePhase::Moving => format!("moving to {}", m.to),
+                    Some(m) => format!("moved from {} (cleanup pending)", m.from),
+                    None => "active".to_string(),
+                },
                 accounts: stats.as_ref().map(|s| s.accounts),
                 prepared_legs: stats.as_ref().map(|s| s.prepared_legs),
                 open_transfers: stats.as_ref().map(|s| s.open_transfers),

@@ -250,6 +250,7 @@ mod tests {
     fn map() -> PartitionMap {
         PartitionMap {
             revision: 1,
+            moves: Default::default(),
             owners: (0..64).map(|p| format!("node-{}", p % 2 + 1)).collect(),
             nodes: [("node-1", "http://a"), ("node-2", "http://b")]
                 .iter()

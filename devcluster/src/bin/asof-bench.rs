@@ -22,7 +22,9 @@ use devcluster::{Cluster, ClusterOptions};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(about = "Times as_of balance queries on a long account history, with and without snapshots")]
+#[command(
+    about = "Times as_of balance queries on a long account history, with and without snapshots"
+)]
 struct Args {
     /// Events in the account's history.
     #[arg(long, default_value_t = 100_000)]

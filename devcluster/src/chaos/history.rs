@@ -252,11 +252,15 @@ pub enum FaultKind {
     CutEtcd,
     /// One coordinator's link to etcd silent.
     BlackholeEtcd,
+    /// A partition moved to another node (`walletctl partitions move`),
+    /// sometimes with another fault, or a crash of walletctl, in the middle;
+    /// then run again until it is done.
+    MovePartition,
 }
 
 impl FaultKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::KillCoordinator,
         FaultKind::KillParticipant,
         FaultKind::KillPostgres,
@@ -269,6 +273,7 @@ impl FaultKind {
         FaultKind::BlackholeParticipant,
         FaultKind::CutEtcd,
         FaultKind::BlackholeEtcd,
+        FaultKind::MovePartition,
     ];
 
     /// Its name in the history and the report.
@@ -286,6 +291,7 @@ impl FaultKind {
             FaultKind::BlackholeParticipant => "blackhole_participant",
             FaultKind::CutEtcd => "cut_etcd",
             FaultKind::BlackholeEtcd => "blackhole_etcd",
+            FaultKind::MovePartition => "move_partition",
         }
     }
 }

@@ -3,7 +3,9 @@
 //! coordinator, a participant, a Postgres server (once its old processes are
 //! gone) or etcd; SIGSTOP/SIGCONT of any of them; a cut or a blackhole of a
 //! link, through the cluster's proxies (coordinators to one participant, or
-//! one coordinator to etcd). Every fault becomes a [`Fault`] in the history.
+//! one coordinator to etcd); a partition move with `walletctl`, sometimes
+//! with one of those faults or a crash of walletctl in the middle, run again
+//! until it is done. Every fault becomes a [`Fault`] in the history.
 
 use std::future::Future;
 use std::time::Duration;
@@ -158,7 +160,122 @@ async fn inject(
             let proxy = cluster.etcd_proxy(coordinator);
             hold_link(proxy, kind == CutEtcd, hold).await
         }
+        MovePartition => move_partition(cluster, rng, hold).await,
     }
+}
+
+/// Where walletctl dies on purpose (`WALLETCTL_CRASH_AT`), at random.
+const MOVE_CRASH_POINTS: [&str; 4] = [
+    "after_drain_fence",
+    "after_freeze",
+    "after_import",
+    "after_switch",
+];
+
+/// How many times a move is run before the run gives up on it.
+const MOVE_ATTEMPTS: u32 = 10;
+
+/// Moves a random partition to another node with the real `walletctl`;
+/// half the time another fault (never a move) strikes while it runs, and a
+/// third of the time walletctl dies at a random step. Then runs the move
+/// again until it is done, as an operator would.
+async fn move_partition(
+    cluster: &mut Cluster,
+    rng: &mut fastrand::Rng,
+    hold: Duration,
+) -> Result<String> {
+    let map = cluster.map_store().await?.load().await?;
+    let p = rng.u32(..map.partition_count());
+    let others: Vec<&String> = map
+        .nodes
+        .keys()
+        .filter(|n| Some(*n) != map.owner(p))
+        .collect();
+    if others.is_empty() {
+        bail!("a move needs two nodes");
+    }
+    let to = others[rng.usize(..others.len())].clone();
+    let crash =
+        (rng.u32(..3) == 0).then(|| MOVE_CRASH_POINTS[rng.usize(..MOVE_CRASH_POINTS.len())]);
+    let mut first = walletctl(
+        cluster,
+        &["partitions", "move", &p.to_string(), "--to", &to],
+    )?;
+    if let Some(point) = crash {
+        first.env("WALLETCTL_CRASH_AT", point);
+    }
+    let child = first.spawn().context("starting walletctl")?;
+    let during = rng.bool().then(|| loop {
+        let kind = FaultKind::ALL[rng.usize(..FaultKind::ALL.len())];
+        if kind != FaultKind::MovePartition {
+            break kind;
+        }
+    });
+    let mut target = format!("partition {p} to {to}");
+    if let Some(kind) = during {
+        tokio::time::sleep(hold.mul_f64(0.25 * rng.f64())).await;
+        let hit = Box::pin(inject(cluster, kind, rng, hold)).await?;
+        target.push_str(&format!(" (during it: {} {hit})", kind.as_str()));
+    }
+    let first = child
+        .wait_with_output()
+        .await
+        .context("waiting for walletctl")?;
+    if !first.status.success() {
+        target.push_str(&format!(
+            " (walletctl {}: {})",
+            first.status,
+            crash.unwrap_or("failed")
+        ));
+    }
+    finish_moves(cluster).await?;
+    Ok(target)
+}
+
+/// Runs every move under way (in the map) again until it is done.
+pub async fn finish_moves(cluster: &Cluster) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        let map = cluster.map_store().await?.load().await?;
+        let Some((p, m)) = map.moves.iter().next() else {
+            return Ok(());
+        };
+        let out = walletctl(
+            cluster,
+            &["partitions", "move", &p.to_string(), "--to", &m.to],
+        )?
+        .output()
+        .await
+        .context("running walletctl")?;
+        if !out.status.success() {
+            if attempt >= MOVE_ATTEMPTS {
+                bail!(
+                    "walletctl could not finish the move of partition {p} to {} in {MOVE_ATTEMPTS} runs: {}",
+                    m.to,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tracing::warn!(partition = p, to = %m.to, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "move not finished; running it again");
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// The real walletctl, pointed at this cluster, its output captured.
+fn walletctl(cluster: &Cluster, args: &[&str]) -> Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(cluster.binary("walletctl")?);
+    cmd.arg("--etcd-endpoints")
+        .arg(cluster.etcd_endpoints().join(","))
+        .arg("--etcd-prefix")
+        .arg(cluster.etcd_prefix())
+        .args(args)
+        .env_remove("WALLETCTL_CRASH_AT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    Ok(cmd)
 }
 
 /// Cuts (or blackholes) the link through `proxy` for `hold`; returns its name.
@@ -213,7 +330,7 @@ pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
     for i in 0..cluster.coordinators().len() {
         heal(cluster.coordinator_mut(i)).await?;
     }
-    Ok(())
+    finish_moves(cluster).await
 }
 
 async fn heal(victim: &mut impl Victim) -> Result<()> {

@@ -275,7 +275,7 @@ impl Report {
                 c.count,
                 c.seconds
             );
-            if i % 2 == 1 {
+            if i % 2 == 1 || i + 1 == FaultKind::ALL.len() {
                 let _ = writeln!(s, "{line}");
                 line.clear();
             }

@@ -26,18 +26,27 @@ impl Traffic {
     /// that only transfer, up to 60% of that at a time.
     pub async fn setup(t: &TestCluster, clients: usize) -> Traffic {
         let usd = Currency::parse("USD").unwrap();
-        let workload = Workload {
-            accounts: place_accounts(&t.map, &[(usd, 3)]),
-            initial: 10_000,
-            mix: Mix {
-                transfer: 100,
-                deposit: 0,
-                withdraw: 0,
-                read: 0,
-                retry: 0,
-                cross_currency: 0,
+        Self::setup_with(
+            t,
+            clients,
+            Workload {
+                accounts: place_accounts(&t.map, &[(usd, 3)]),
+                initial: 10_000,
+                mix: Mix {
+                    transfer: 100,
+                    deposit: 0,
+                    withdraw: 0,
+                    read: 0,
+                    retry: 0,
+                    cross_currency: 0,
+                },
             },
-        };
+        )
+        .await
+    }
+
+    /// Opens and funds `workload`'s accounts for `clients` clients.
+    pub async fn setup_with(t: &TestCluster, clients: usize, workload: Workload) -> Traffic {
         let client = Client::new(vec![t.api().base], Clock::start(), Duration::from_secs(30))
             .expect("HTTP client");
         let mut history = History::default();

@@ -362,7 +362,7 @@ async fn a_feed_consumer_killed_and_restarted_mid_stream_gets_every_event_once_i
         );
     }
 
-    let s = state.lock().unwrap();
+    let s = std::mem::take(&mut *state.lock().unwrap());
     // Positions per node: 1, 2, 3, ... once each.
     let mut by_node: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for e in &s.entries {

@@ -8,4 +8,6 @@ mod chaos;
 mod concurrency;
 mod crashes;
 mod events;
+mod moves;
 mod support;
+mod walletctl;

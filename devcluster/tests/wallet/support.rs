@@ -236,3 +236,59 @@ impl TestCluster {
         audit
     }
 }
+
+/// What a `walletctl` run printed, and how it ended.
+#[derive(Debug)]
+pub struct Ctl {
+    /// The exit code; `None` if a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TestCluster {
+    /// Runs the real `walletctl` binary against this cluster, with `env`
+    /// added to its environment.
+    pub async fn walletctl(&self, args: &[&str], env: &[(&str, &str)]) -> Ctl {
+        let program = devcluster::service::find_binary("walletctl").expect("walletctl is built");
+        let out = tokio::process::Command::new(program)
+            .arg("--etcd-endpoints")
+            .arg(self.cluster.etcd_endpoints().join(","))
+            .arg("--etcd-prefix")
+            .arg(self.cluster.etcd_prefix())
+            .arg("--coordinator")
+            .arg(self.cluster.coordinator_url(self.coordinator))
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("WALLET_MANIFEST")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("walletctl runs");
+        let ctl = Ctl {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!(
+            "walletctl {}: {:?}\n{}{}",
+            args.join(" "),
+            ctl.code,
+            ctl.stdout,
+            ctl.stderr
+        );
+        ctl
+    }
+
+    /// Re-reads the partition map from etcd into `self.map`.
+    pub async fn reload_map(&mut self) {
+        self.map = self
+            .cluster
+            .map_store()
+            .await
+            .expect("etcd")
+            .load()
+            .await
+            .expect("partition map");
+    }
+}

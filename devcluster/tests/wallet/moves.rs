@@ -1,0 +1,342 @@
+//! Moving partitions between live nodes with `walletctl` (the real binary):
+//! a rebalance onto a new node under load, and moves interrupted by a crash
+//! of walletctl or of the old owner, run again or undone.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use devcluster::chaos::quick_recovery;
+use devcluster::chaos::workload::{place_accounts, Mix, Workload};
+use devcluster::ClusterOptions;
+use serde_json::json;
+use wallet_shared::protocol::{Movement, MovementKind, Routed};
+use wallet_shared::{AccountId, Amount, Currency, TransactionId};
+
+use crate::concurrency::Traffic;
+use crate::support::TestCluster;
+
+/// The posted balance of `account` in participant `node`'s database, if it
+/// has a row for it.
+async fn row(t: &TestCluster, node: usize, account: &str) -> Option<i64> {
+    let pool = sqlx::PgPool::connect(&t.cluster.postgres_url(node))
+        .await
+        .expect("database");
+    let posted = sqlx::query_scalar("SELECT posted FROM accounts WHERE account_id = $1")
+        .bind(account)
+        .fetch_optional(&pool)
+        .await
+        .expect("query");
+    pool.close().await;
+    posted
+}
+
+fn index_of(t: &TestCluster, node: &str) -> usize {
+    (0..t.cluster.participants().len())
+        .find(|&i| t.cluster.node_id(i) == node)
+        .expect("a node of the cluster")
+}
+
+/// A deposit sent straight to participant `node`, routed with `map_revision`.
+async fn direct_deposit(
+    t: &TestCluster,
+    node: usize,
+    account: &str,
+    map_revision: i64,
+) -> (u16, serde_json::Value) {
+    let id = AccountId::parse(account).unwrap();
+    let usd = Currency::parse("USD").unwrap();
+    let m = Routed {
+        map_revision,
+        body: Movement {
+            transaction_id: TransactionId(uuid::Uuid::new_v4()),
+            kind: MovementKind::Deposit,
+            partition: t.map.account_partition(&id),
+            account_id: id,
+            amount: Amount::parse("1.00", usd).unwrap(),
+            currency: usd,
+        },
+    };
+    let resp = t
+        .http
+        .post(format!(
+            "{}/internal/v1/movements",
+            t.cluster.participant_url(node)
+        ))
+        .json(&m)
+        .send()
+        .await
+        .expect("participant answers");
+    (resp.status().as_u16(), resp.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_onto_a_new_node_under_load_loses_and_doubles_nothing() {
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 16,
+        coordinator_env: quick_recovery(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let usd = Currency::parse("USD").unwrap();
+    let workload = Workload {
+        accounts: place_accounts(&t.map, &[(usd, 8)]),
+        initial: 10_000,
+        mix: Mix {
+            transfer: 80,
+            deposit: 10,
+            withdraw: 10,
+            read: 0,
+            retry: 0,
+            cross_currency: 0,
+        },
+    };
+    let accounts: Vec<String> = workload.accounts.iter().map(|a| a.id.clone()).collect();
+    let mut traffic = Traffic::setup_with(&t, 8, workload).await;
+    let before = t.map.clone();
+
+    let new = t
+        .cluster
+        .add_participant()
+        .await
+        .expect("a fourth participant");
+    let url = t.cluster.participant_url(new);
+    let added = t.walletctl(&["nodes", "add", "node-4", &url], &[]).await;
+    assert_eq!(added.code, Some(0), "{}", added.stderr);
+
+    let (ops, ctl) = tokio::join!(traffic.run(Duration::from_secs(10)), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        t.walletctl(&["partitions", "rebalance"], &[]).await
+    });
+    assert_eq!(ctl.code, Some(0), "rebalance failed: {}", ctl.stderr);
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &ops {
+        let what = op.code().unwrap_or(if op.status == Some(200) {
+            "ok"
+        } else {
+            "other"
+        });
+        *answers.entry(what.to_string()).or_default() += 1;
+    }
+    eprintln!("answers during the rebalance: {answers:?}");
+
+    t.reload_map().await;
+    for node in ["node-1", "node-2", "node-3", "node-4"] {
+        let owned = t.map.owners.iter().filter(|o| *o == node).count();
+        assert_eq!(
+            owned, 4,
+            "{node} owns {owned} partitions: {:?}",
+            t.map.owners
+        );
+    }
+    assert!(t.map.moves.is_empty(), "moves left: {:?}", t.map.moves);
+
+    // Every account lives on its owner only, with the balance the API shows.
+    let mut on_new = 0;
+    for a in &accounts {
+        let owner = index_of(&t, t.map.owner(t.partition_of(a)).unwrap());
+        let before_owner = index_of(&t, before.owner(t.partition_of(a)).unwrap());
+        let posted = row(&t, owner, a)
+            .await
+            .unwrap_or_else(|| panic!("{a} is not on its owner"));
+        if owner != before_owner {
+            assert_eq!(row(&t, before_owner, a).await, None, "{a} left behind");
+        }
+        if owner == new {
+            on_new += 1;
+            let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let shown =
+                devcluster::chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD");
+            assert_eq!(shown, Some(posted), "{a}");
+        }
+    }
+    assert!(on_new > 0, "no account of the load moved to node-4");
+
+    // Promise 8: the old owner of a moved partition refuses a caller with
+    // the old map.
+    let moved = accounts
+        .iter()
+        .find(|a| t.map.owner(t.partition_of(a)).unwrap() == "node-4")
+        .unwrap();
+    let old_owner = index_of(&t, before.owner(t.partition_of(moved)).unwrap());
+    let (status, body) = direct_deposit(&t, old_owner, moved, before.revision).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (421, Some("wrong_partition_owner")),
+        "{body}"
+    );
+
+    let checked = traffic.check(&t).await;
+    assert!(!checked.audit.in_flight());
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_move_resumes_or_rolls_back() {
+    let mut env = quick_recovery();
+    env.push(("WALLET_MOVE_WAIT_MS".into(), "300".into()));
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 8,
+        coordinator_env: env,
+        ..ClusterOptions::default()
+    })
+    .await;
+    // Partition 0 starts on node-1; three accounts in it, one elsewhere.
+    let p = 0;
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("mv-{i}"))
+        .filter(|a| t.partition_of(a) == p)
+        .take(3)
+        .collect();
+    let other = t.accounts_on(1, "other", 1).pop().unwrap();
+    for a in mine.iter().chain([&other]) {
+        t.open(a, "USD").await;
+        t.deposit(a, "100.00", "USD").await;
+    }
+    let r = t.transfer(&mine[0], &other, "30.00").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let expected = [("mv", 27_000), ("other", 13_000)];
+    let balances = |t: &TestCluster| {
+        let (mine, other) = (mine.clone(), other.clone());
+        let t = t.api();
+        async move {
+            let mut sum = 0;
+            for a in &mine {
+                let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
+                assert_eq!(r.status, 200, "{a}: {}", r.body);
+                sum += devcluster::chaos::checker::minor_units(
+                    r.body["balance"].as_str().unwrap(),
+                    "USD",
+                )
+                .unwrap();
+            }
+            let r = t.get(&format!("/v1/wallet/accounts/{other}/balance")).await;
+            let o =
+                devcluster::chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD")
+                    .unwrap();
+            [("mv", sum), ("other", o)]
+        }
+    };
+    let deposit = |t: &TestCluster, account: String, amount: &'static str| {
+        let api = t.api();
+        async move {
+            api.post(
+                &format!("/v1/wallet/accounts/{account}/deposit"),
+                json!({"transaction_id": uuid::Uuid::new_v4(), "amount": amount, "currency": "USD"}),
+            )
+            .await
+        }
+    };
+    let owner = |t: &TestCluster| t.map.owners[p as usize].clone();
+
+    // 1. walletctl dies once the partition is frozen: it takes no writes
+    //    (a retryable 503), and running the same move again finishes it.
+    let ctl = t
+        .walletctl(
+            &["partitions", "move", "0", "--to", "node-2"],
+            &[("WALLETCTL_CRASH_AT", "after_freeze")],
+        )
+        .await;
+    assert_ne!(ctl.code, Some(0));
+    let r = deposit(&t, mine[1].clone(), "5.00").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (503, Some("partition_moving")),
+        "{}",
+        r.body
+    );
+    let shown = t.walletctl(&["partitions", "show"], &[]).await;
+    assert!(
+        shown.stdout.contains("moving to node-2"),
+        "{}",
+        shown.stdout
+    );
+    let ctl = t
+        .walletctl(&["partitions", "move", "0", "--to", "node-2"], &[])
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    t.reload_map().await;
+    assert_eq!(owner(&t), "node-2");
+    assert_eq!(balances(&t).await, expected);
+    assert_eq!(row(&t, 0, &mine[0]).await, None, "node-1 kept a copy");
+    assert_eq!(row(&t, 1, &mine[0]).await, Some(7_000));
+    let r = deposit(&t, mine[1].clone(), "5.00").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // 2. walletctl dies after copying to node-3; --abort undoes the move:
+    //    node-2 serves the partition again and node-3's copy is gone.
+    let ctl = t
+        .walletctl(
+            &["partitions", "move", "0", "--to", "node-3"],
+            &[("WALLETCTL_CRASH_AT", "after_import")],
+        )
+        .await;
+    assert_ne!(ctl.code, Some(0));
+    assert_eq!(
+        row(&t, 2, &mine[0]).await,
+        Some(7_000),
+        "the copy is on node-3"
+    );
+    let ctl = t
+        .walletctl(&["partitions", "move", "0", "--abort"], &[])
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    t.reload_map().await;
+    assert_eq!(owner(&t), "node-2");
+    assert!(t.map.moves.is_empty());
+    assert_eq!(row(&t, 2, &mine[0]).await, None, "node-3 kept the copy");
+    let r = t.transfer(&other, &mine[2], "10.00").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // 3. The old owner is killed in the middle of a move: after its restart
+    //    it still refuses the partition (the fence is durable), and the
+    //    move, run again, finishes.
+    let ctl = t
+        .walletctl(
+            &["partitions", "move", "0", "--to", "node-3"],
+            &[("WALLETCTL_CRASH_AT", "after_freeze")],
+        )
+        .await;
+    assert_ne!(ctl.code, Some(0));
+    t.cluster.participant_mut(1).kill9().await.unwrap();
+    t.cluster.participant_mut(1).restart().await.unwrap();
+    t.reload_map().await;
+    let (status, body) = direct_deposit(&t, 1, &mine[1], t.map.revision).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("partition_moving")),
+        "{body}"
+    );
+    let ctl = t
+        .walletctl(&["partitions", "move", "0", "--to", "node-3"], &[])
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    t.reload_map().await;
+    assert_eq!(owner(&t), "node-3");
+
+    // 4. The old owner is down when the move runs: walletctl says so
+    //    (exit 3); once the node is back, the same command finishes it.
+    t.cluster.participant_mut(2).kill9().await.unwrap();
+    let ctl = t
+        .walletctl(&["partitions", "move", "0", "--to", "node-1"], &[])
+        .await;
+    assert_eq!(ctl.code, Some(3), "{}", ctl.stderr);
+    assert!(ctl.stderr.contains("node-3"), "{}", ctl.stderr);
+    t.cluster.participant_mut(2).restart().await.unwrap();
+    let ctl = t
+        .walletctl(&["partitions", "move", "0", "--to", "node-1"], &[])
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    t.reload_map().await;
+    assert_eq!(owner(&t), "node-1");
+
+    // Nothing lost, nothing doubled, nothing left in flight.
+    assert_eq!(balances(&t).await, [("mv", 28_500), ("other", 12_000)]);
+    for node in 1..3 {
+        assert_eq!(row(&t, node, &mine[0]).await, None);
+    }
+    t.wait_settled().await;
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
