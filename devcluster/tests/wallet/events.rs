@@ -45,6 +45,23 @@ fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
 
+/// The status and error code of an answer.
+async fn code_of(t: &TestCluster, path: &str) -> (u16, String) {
+    let r = t.get(path).await;
+    let code = r.body["code"].as_str().unwrap_or_default().to_string();
+    (r.status, code)
+}
+
+/// One string field of every event in an events page.
+fn field<'a>(page: &'a Value, name: &str) -> Vec<&'a str> {
+    page["events"]
+        .as_array()
+        .expect("an events page")
+        .iter()
+        .map(|e| e[name].as_str().unwrap_or_default())
+        .collect()
+}
+
 async fn movement(t: &TestCluster, account: &str, kind: &str, amount: &str) -> u16 {
     let body = json!({"transaction_id": uuid::Uuid::new_v4(), "amount": amount, "currency": "USD"});
     t.post(&format!("/v1/wallet/accounts/{account}/{kind}"), body)
@@ -148,67 +165,41 @@ async fn as_of_equals_what_was_observed_at_each_instant_with_and_without_snapsho
 
     // Before the account existed: 404; not an instant: 400.
     let at = urlencode(&before_anything.to_rfc3339());
-    let r = t
-        .get(&format!("/v1/wallet/accounts/{alice}/balance?as_of={at}"))
-        .await;
+    let balance = format!("/v1/wallet/accounts/{alice}/balance");
     assert_eq!(
-        (r.status, &r.body["code"]),
-        (404, &json!("account_not_found"))
+        code_of(&t, &format!("{balance}?as_of={at}")).await,
+        (404, "account_not_found".into())
     );
-    for bad in ["yesterday", "2026-13-01T00:00:00Z", ""] {
-        let r = t
-            .get(&format!("/v1/wallet/accounts/{alice}/balance?as_of={bad}"))
-            .await;
+    for bad in [
+        "as_of=yesterday",
+        "as_of=2026-13-01T00:00:00Z",
+        "as_of=",
+        "as_of=2026-01-01T00:00:00Z&snapshots=maybe",
+        "snapshots=false",
+    ] {
         assert_eq!(
-            (r.status, &r.body["code"]),
-            (400, &json!("invalid_request"))
+            code_of(&t, &format!("{balance}?{bad}")).await,
+            (400, "invalid_request".into()),
+            "{bad}"
         );
     }
-    let r = t
-        .get(&format!(
-            "/v1/wallet/accounts/{alice}/balance?as_of=2026-01-01T00:00:00Z&snapshots=maybe"
-        ))
-        .await;
-    assert_eq!(
-        (r.status, &r.body["code"]),
-        (400, &json!("invalid_request"))
-    );
 
     // The events, paged and filtered by type.
-    let r = t
-        .get(&format!(
-            "/v1/wallet/accounts/{alice}/events?types=deposited,withdrawn&limit=2"
-        ))
-        .await;
+    let events = format!("/v1/wallet/accounts/{alice}/events?types=deposited,withdrawn");
+    let r = t.get(&format!("{events}&limit=2")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let kinds: Vec<&str> = r.body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["deposited", "withdrawn"]);
+    assert_eq!(field(&r.body, "type"), ["deposited", "withdrawn"]);
     let next = r.body["next_after"].as_i64().unwrap();
-    let r = t
-        .get(&format!(
-            "/v1/wallet/accounts/{alice}/events?types=deposited,withdrawn&after={next}"
-        ))
-        .await;
-    let amounts: Vec<&str> = r.body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["amount"].as_str().unwrap())
-        .collect();
-    assert_eq!(amounts, ["0.01", "10.00"]);
+    let r = t.get(&format!("{events}&after={next}")).await;
+    assert_eq!(field(&r.body, "amount"), ["0.01", "10.00"]);
     assert_eq!(r.body["next_after"], Value::Null);
-    let r = t
-        .get(&format!("/v1/wallet/accounts/{alice}/events?types=gifted"))
-        .await;
-    assert_eq!(
-        (r.status, &r.body["code"]),
-        (400, &json!("invalid_request"))
-    );
+    for bad in ["types=gifted", "limit=0", "limit=1001", "after=-1"] {
+        assert_eq!(
+            code_of(&t, &format!("/v1/wallet/accounts/{alice}/events?{bad}")).await,
+            (400, "invalid_request".into()),
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test]
