@@ -14,6 +14,9 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
+use wallet_shared::protocol::{EventKind, FeedEntry, FeedKind};
+use wallet_shared::{AccountId, Currency};
+
 use crate::support::{quick_recovery, Api, TestCluster};
 
 fn with_env(participant_env: &[(&str, &str)], projector: bool) -> ClusterOptions {
@@ -404,11 +407,69 @@ async fn a_feed_consumer_killed_and_restarted_mid_stream_gets_every_event_once_i
         .iter()
         .all(|e| e["reason"] == "insufficient_funds" && e["amount"] == "3.00"));
 
-    let r = t.get("/v1/wallet/events?after=node-1:x").await;
     assert_eq!(
-        (r.status, &r.body["code"]),
-        (400, &json!("invalid_request"))
+        code_of(&t, "/v1/wallet/events?after=node-1:x").await,
+        (400, "invalid_request".into())
     );
+
+    // The classic outbox bug, staged: a transaction that wrote its outbox
+    // row before others but commits after them. A reader whose cursor has
+    // passed the others' entries must still get its entry, after them.
+    let mut slow = PgConnection::connect(&t.cluster.postgres_url(0))
+        .await
+        .unwrap();
+    let mut slow_tx = slow.begin().await.unwrap();
+    let late = FeedEntry {
+        position: 0,
+        kind: FeedKind::Event(EventKind::Opened),
+        account_id: AccountId::parse("late-writer").unwrap(),
+        seq: Some(1),
+        amount: 0,
+        currency: Currency::parse("USD").unwrap(),
+        transaction_id: None,
+        counterparty: None,
+        reason: None,
+        partition: 0,
+        at: Utc::now(),
+    };
+    sqlx::query("INSERT INTO outbox (entries, body) VALUES (1, $1::json)")
+        .bind(serde_json::to_string(&[&late]).unwrap())
+        .execute(&mut *slow_tx)
+        .await
+        .unwrap();
+    let on_first = &accounts[0];
+    assert_eq!(t.node_of(on_first), 0);
+    t.deposit(on_first, "1.00", "USD").await;
+    let state = Arc::new(Mutex::new(Consumed {
+        cursor: s.cursor.clone(),
+        entries: Vec::new(),
+    }));
+    let seen = |state: &Arc<Mutex<Consumed>>, what: &dyn Fn(&Value) -> bool| {
+        state.lock().unwrap().entries.iter().position(what)
+    };
+    let deposited = |e: &Value| e["account_id"] == on_first.as_str() && e["type"] == "deposited";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen(&state, &deposited).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deposit never showed"
+        );
+        consume(api.clone(), state.clone(), 1).await;
+    }
+    slow_tx.commit().await.unwrap();
+    let is_late = |e: &Value| e["account_id"] == "late-writer";
+    while seen(&state, &is_late).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late transaction's entry was skipped"
+        );
+        consume(api.clone(), state.clone(), 1).await;
+    }
+    let entries = state.lock().unwrap().entries.clone();
+    let position = |what: &dyn Fn(&Value) -> bool| {
+        entries.iter().find(|e| what(e)).unwrap()["position"].as_i64()
+    };
+    assert!(position(&is_late) > position(&deposited));
 }
 
 /// The projector's database, once it has projected every node's feed up to
