@@ -196,7 +196,7 @@ fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration
         format!("  curl -s {api}/v1/wallet/accounts/alice/balance"),
         format!("  curl -s {api}/v1/wallet/transfers/{tx}"),
         format!("  curl -s {api}/v1/wallet/accounts/alice/events"),
-        format!("  curl -s \"{api}/v1/wallet/accounts/alice/balance?as_of=$(date -u +%FT%TZ)\""),
+        format!("  curl -s \"{api}/v1/wallet/accounts/alice/balance?as_of=$(date -u +%FT%T.%NZ)\""),
         format!("  curl -s '{api}/v1/wallet/events?limit=10'"),
         String::new(),
         "Ctrl-C stops everything (data is kept; make clean-data wipes it).".to_string(),
