@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use devcluster::bench::history::append_deposits;
-use devcluster::service::find_binary;
 use devcluster::ClusterOptions;
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -72,32 +71,15 @@ async fn movement(t: &TestCluster, account: &str, kind: &str, amount: &str) -> u
         .status
 }
 
-/// Runs `walletctl` against the cluster; its exit code and stdout.
+/// `walletctl ARGS --output json` against the cluster, the projector's
+/// database named: its exit code and stdout.
 async fn walletctl(t: &TestCluster, args: &[&str]) -> (i32, String) {
-    let bin = find_binary("walletctl").expect("walletctl is built (cargo build --workspace)");
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .args(["--output", "json", "--manifest", "/nonexistent"])
-        .env(
-            "WALLET_ETCD_ENDPOINTS",
-            t.cluster.etcd_endpoints().join(","),
-        )
-        .env("WALLET_ETCD_PREFIX", t.cluster.etcd_prefix())
-        .env("WALLET_COORDINATOR_URL", t.cluster.coordinator_url(0));
-    if let Some(db) = t.cluster.projector_database_url() {
-        cmd.env("WALLET_PROJECTOR_DATABASE_URL", db);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .expect("walletctl finishes")
-        .expect("walletctl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "walletctl {args:?}: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), stdout)
+    let db = t.cluster.projector_database_url().unwrap_or_default();
+    let args: Vec<&str> = args.iter().copied().chain(["--output", "json"]).collect();
+    let ctl = t
+        .walletctl(&args, &[("WALLET_PROJECTOR_DATABASE_URL", &db)])
+        .await;
+    (ctl.code.unwrap_or(-1), ctl.stdout)
 }
 
 #[tokio::test]
@@ -600,17 +582,7 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
         accounts.len() as i64
     );
     // The account view: every balance as stored.
-    let view: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT account_id, posted, last_seq FROM account_view ORDER BY account_id")
-            .fetch_all(&projections.pool)
-            .await
-            .unwrap();
-    let stored: Vec<(String, i64, i64)> = audit
-        .accounts
-        .iter()
-        .map(|(id, s)| (id.clone(), s.posted, s.last_seq))
-        .collect();
-    assert_eq!(view, stored);
+    assert_account_view(&projections, &audit).await;
     // Rejected transfers: one per aborted decision.
     let rejected: i64 =
         sqlx::query_scalar("SELECT COALESCE(sum(transfers), 0)::int8 FROM rejected_transfers")
@@ -644,4 +616,96 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
     assert_eq!(code, 0, "{out}");
     let projections = projected(&t).await;
     assert_eq!(projections.dump().await.unwrap(), before);
+}
+
+/// The account view holds every stored balance, each account's every event
+/// counted once (events = last sequence number).
+async fn assert_account_view(
+    projections: &projector::Projections,
+    audit: &devcluster::chaos::audit::Audit,
+) {
+    let view: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT account_id, posted, last_seq, events FROM account_view ORDER BY account_id",
+    )
+    .fetch_all(&projections.pool)
+    .await
+    .unwrap();
+    let stored: Vec<(String, i64, i64, i64)> = audit
+        .accounts
+        .iter()
+        .map(|(id, s)| (id.clone(), s.posted, s.last_seq, s.last_seq))
+        .collect();
+    assert_eq!(view, stored);
+}
+
+#[tokio::test]
+async fn a_partition_move_neither_repeats_nor_loses_events_in_the_feed_and_projections() {
+    let mut t = TestCluster::start_with(with_env(&[], true)).await;
+    let (a, b) = t.same_partition_pair("mover");
+    let from = t.node_of(&a);
+    let others: Vec<String> = (0..3)
+        .filter(|&n| n != from)
+        .map(|n| t.accounts_on(n, "stay", 1).remove(0))
+        .collect();
+    for x in [&a, &b].into_iter().chain(&others) {
+        t.open(x, "USD").await;
+        t.deposit(x, "100.00", "USD").await;
+    }
+    let traffic = |t: &TestCluster| {
+        let pairs = [
+            (&a, &others[0]),
+            (&others[1], &b),
+            (&a, &b),
+            (&others[0], &a),
+        ];
+        let api = t.api();
+        async move {
+            for (x, y) in pairs {
+                let body = TestCluster::transfer_body(uuid::Uuid::new_v4(), x, y, "7.00", "USD");
+                let r = api.post("/v1/wallet/balance_transfer", body).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+            }
+        }
+    };
+    traffic(&t).await;
+    let p = t.partition_of(&a).to_string();
+    let to = t.cluster.node_id((from + 1) % 3);
+    let ctl = t
+        .walletctl(&["partitions", "move", &p, "--to", &to], &[])
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    t.reload_map().await;
+    assert_ne!(t.node_of(&a), from);
+    traffic(&t).await;
+    t.deposit(&a, "1.00", "USD").await;
+
+    let audit = t.wait_settled().await;
+    let projections = projected(&t).await;
+    assert_account_view(&projections, &audit).await;
+    let ledger = projections.ledger().await.unwrap();
+    // Four accounts with 100.00 each, and 1.00 more: 401.00 in minor units.
+    assert_eq!(ledger["USD"].posted, 40_100);
+    assert_eq!(ledger["USD"].posted, audit.total("USD") as i128);
+    // The feed through the coordinator: each event once, moved ones included.
+    let events: i64 = audit.accounts.values().map(|s| s.last_seq).sum();
+    let state = Arc::new(Mutex::new(Consumed::default()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        consume(t.api(), state.clone(), 1).await;
+        let s = state.lock().unwrap();
+        if s.entries.iter().filter(|e| e["seq"].is_i64()).count() as i64 >= events {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the feed is short");
+    }
+    let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for e in &state.lock().unwrap().entries {
+        if let Some(seq) = e["seq"].as_i64() {
+            *seen
+                .entry((e["account_id"].as_str().unwrap().to_string(), seq))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len() as i64, events);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
 }
