@@ -35,7 +35,7 @@ fn default_snapshot_every() -> i64 {
     crate::model::DEFAULT_SNAPSHOT_EVERY
 }
 fn default_publish_interval_ms() -> u64 {
-    20
+    50
 }
 
 fn default_listen() -> String {
