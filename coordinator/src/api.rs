@@ -57,7 +57,18 @@ impl From<CallError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.0.code == ErrorCode::WrongPartitionOwner {
+            // Our map was stale and re-reading it did not help in time: a
+            // routing matter, and nothing was done; not the client's fault.
+            self.0 = Rejection::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the partition map is changing ({}); nothing was done, try again",
+                    self.0.message
+                ),
+            );
+        }
         let too_large = self.0.code == ErrorCode::PayloadTooLarge;
         let mut response = reply(
             self.0.code.http_status(),

@@ -206,6 +206,9 @@ fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
     for v in votes {
         match v {
             Ok(Vote::Yes) => {}
+            // Refused for where it was sent, not for what it asked: the
+            // transfer itself was never judged, as if no answer had come.
+            Err(CallError::Rejected(r)) if routing(r.code) => unknown = Some(r.to_string()),
             Ok(Vote::No { reason }) | Err(CallError::Rejected(reason)) => {
                 return Decision::Abort {
                     reason: reason.clone(),
@@ -223,6 +226,15 @@ fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
             ),
         },
     }
+}
+
+/// Refusals about routing (a stale map, a partition being moved): they say
+/// nothing about the transfer.
+fn routing(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving
+    )
 }
 
 fn started(result: BeginResult) -> Option<TransferOutcome> {
@@ -248,5 +260,37 @@ pub fn crash_point(configured: &Option<String>, point: &str) {
     if configured.as_deref() == Some(point) {
         tracing::warn!(point, "crash point reached: killing this process");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(votes: &[Result<Vote, CallError>]) -> Option<ErrorCode> {
+        match decide_from(votes) {
+            Decision::Commit => None,
+            Decision::Abort { reason } => Some(reason.code),
+        }
+    }
+
+    #[test]
+    fn only_two_yes_votes_commit_and_a_routing_refusal_is_no_verdict() {
+        let refused = |c| Err(CallError::Rejected(Rejection::new(c, "x")));
+        assert_eq!(code(&[Ok(Vote::Yes), Ok(Vote::Yes)]), None);
+        assert_eq!(
+            code(&[Ok(Vote::Yes), refused(ErrorCode::InsufficientFunds)]),
+            Some(ErrorCode::InsufficientFunds)
+        );
+        for routing in [ErrorCode::WrongPartitionOwner, ErrorCode::PartitionMoving] {
+            assert_eq!(
+                code(&[Ok(Vote::Yes), refused(routing)]),
+                Some(ErrorCode::TransferAborted)
+            );
+        }
+        assert_eq!(
+            code(&[Err(CallError::Unknown("lost".into())), Ok(Vote::Yes)]),
+            Some(ErrorCode::TransferAborted)
+        );
     }
 }

@@ -63,13 +63,7 @@ impl TestCluster {
 
     pub async fn start_with(options: ClusterOptions) -> Self {
         let cluster = Cluster::start(options).await.expect("cluster starts");
-        let map = cluster
-            .map_store()
-            .await
-            .expect("etcd")
-            .load()
-            .await
-            .expect("partition map");
+        let map = read_map(&cluster).await;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -282,13 +276,12 @@ impl TestCluster {
 
     /// Re-reads the partition map from etcd into `self.map`.
     pub async fn reload_map(&mut self) {
-        self.map = self
-            .cluster
-            .map_store()
-            .await
-            .expect("etcd")
-            .load()
-            .await
-            .expect("partition map");
+        self.map = read_map(&self.cluster).await;
     }
+}
+
+/// The partition map as etcd has it now.
+async fn read_map(cluster: &Cluster) -> PartitionMap {
+    let store = cluster.map_store().await.expect("etcd");
+    store.load().await.expect("partition map")
 }
