@@ -222,11 +222,8 @@ async fn move_partition(
         .await
         .context("waiting for walletctl")?;
     if !first.status.success() {
-        target.push_str(&format!(
-            " (walletctl {}: {})",
-            first.status,
-            crash.unwrap_or("failed")
-        ));
+        let hook = crash.map_or(String::new(), |c| format!(", WALLETCTL_CRASH_AT={c}"));
+        target.push_str(&format!(" (walletctl {}{hook})", first.status));
     }
     finish_moves(cluster).await?;
     Ok(target)
