@@ -3,6 +3,7 @@
 # make bench       the benchmark (release build, its own cluster, ~6 min): pgbench reference and
 #                  every scenario; table, JSON and SVG chart in target/bench/<time>/ (BENCH_SECONDS=20)
 # make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
+# make move-under-load  moves a partition of 10,000 accounts while loadgen runs (release build)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
 # make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
 #                  history, report and logs in target/chaos/<date>/
@@ -18,7 +19,7 @@ SIM_FIRST ?= 1
 CHAOS_SECONDS ?= 600
 CHAOS_ARGS ?=
 
-.PHONY: deps build run test sim chaos bench clean-data
+.PHONY: deps build run test sim chaos bench move-under-load clean-data
 
 deps:
 	scripts/ensure-deps.sh
@@ -51,6 +52,10 @@ chaos: deps
 	rc=$$?; \
 	if [ -f $$out/report.txt ]; then cat $$out/report.txt; else tail -n 30 $$out/chaos.log; fi; \
 	exit $$rc
+
+move-under-load: deps
+	$(CARGO) build --release --workspace
+	TARGET_DIR=$(TARGET_DIR) scripts/move-under-load.sh
 
 clean-data:
 	rm -rf .data
