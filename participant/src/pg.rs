@@ -452,25 +452,38 @@ async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreErro
     if !accounts.is_empty() {
         accounts.sort_unstable();
         accounts.dedup();
-        // With each account, the time of its newest event: the next one is
-        // never stamped earlier.
         let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS},
-                    (SELECT e.at FROM events e
-                     WHERE e.account_id = accounts.account_id AND e.seq = accounts.last_seq) AS last_event_at
-             FROM accounts WHERE account_id = ANY($1)
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1)
              ORDER BY account_id FOR UPDATE"
         );
+        let mut newest: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
         for row in sqlx::query(&sql)
             .bind(&accounts)
             .fetch_all(&mut *conn)
             .await?
         {
             let account = account_from_row(&row)?;
-            if let Some(at) = row.try_get::<Option<DateTime<Utc>>, _>("last_event_at")? {
-                w.load_last_event_at(account.account_id.clone(), at);
-            }
+            newest.0.push(account.account_id.as_str().into());
+            newest.1.push(account.last_seq);
             w.load_account(account);
+        }
+        // With each account, the time of its newest event, so the next one
+        // is never stamped earlier. Read in a statement of its own, after
+        // the lock: a locked row is re-read at its newest version, but a
+        // subquery of the locking statement would still see the snapshot
+        // taken before the wait, without the event the lock holder added.
+        let rows = sqlx::query(
+            "SELECT e.account_id, e.at FROM events e
+             JOIN UNNEST($1::text[], $2::bigint[]) AS k(account_id, seq)
+               ON e.account_id = k.account_id AND e.seq = k.seq",
+        )
+        .bind(&newest.0)
+        .bind(&newest.1)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let id = account_id(row.try_get("account_id")?)?;
+            w.load_last_event_at(id, row.try_get("at")?);
         }
         for id in accounts {
             // Accounts that do not exist are known to be absent, too.
