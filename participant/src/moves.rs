@@ -114,8 +114,10 @@ async fn fence(
     Path(p): Path<PartitionId>,
     Json(want): Json<Fence>,
 ) -> ApiResult<Json<Fence>> {
-    let owned = owns(&app, p).await?;
+    // Guard first, then the map: nothing can import or move the partition
+    // back here between the check and the change.
     let mut fences = app.fences.write().await;
+    let owned = owns(&app, p).await?;
     let now = fences.get(&p).cloned();
     let order = |s: Option<FenceState>| match s {
         None => 0,
@@ -147,6 +149,17 @@ async fn fence(
                 ),
             ));
         }
+    }
+    if want.state == FenceState::Moved
+        && !matches!(
+            now.as_ref().map(|f| f.state),
+            Some(FenceState::Frozen | FenceState::Moved)
+        )
+    {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!("partition {p} must be frozen here before it is marked moved"),
+        ));
     }
     match (want.state, owned) {
         (FenceState::Moved, true) => {
@@ -194,8 +207,8 @@ async fn release(
     State(app): State<App<PgStore>>,
     Path(p): Path<PartitionId>,
 ) -> ApiResult<StatusCode> {
-    let owned = owns(&app, p).await?;
     let mut fences = app.fences.write().await;
+    let owned = owns(&app, p).await?;
     match fences.get(&p) {
         None => return Ok(StatusCode::NO_CONTENT),
         Some(f) if f.state == FenceState::Moved || !owned => {
@@ -278,6 +291,7 @@ async fn import(
             format!("cannot read the partition map: {e}"),
         )
     })?;
+    let mut fences = app.fences.write().await;
     if owns(&app, p).await? {
         return Err(refuse(
             ErrorCode::WrongPartitionOwner,
@@ -287,7 +301,16 @@ async fn import(
             ),
         ));
     }
-    let mut fences = app.fences.write().await;
+    if let Some(f) = fences.get(&p).filter(|f| f.state != FenceState::Moved) {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "partition {p} is {} here for a move to {}; finish that move first",
+                f.state.as_str(),
+                f.to
+            ),
+        ));
+    }
     let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
     drop_rows(&mut tx, p).await?;
     for (table, _) in TABLES {
@@ -339,6 +362,7 @@ async fn discard(
     State(app): State<App<PgStore>>,
     Path(p): Path<PartitionId>,
 ) -> ApiResult<StatusCode> {
+    let fences = app.fences.write().await;
     if owns(&app, p).await? {
         return Err(refuse(
             ErrorCode::WrongPartitionOwner,
@@ -348,7 +372,15 @@ async fn discard(
             ),
         ));
     }
-    let _fences = app.fences.write().await;
+    if let Some(f) = fences.get(&p).filter(|f| f.state != FenceState::Moved) {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "partition {p} is {} here; it will not drop it",
+                f.state.as_str()
+            ),
+        ));
+    }
     let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
     drop_rows(&mut tx, p).await?;
     tx.commit().await.map_err(StoreError::from)?;

@@ -331,6 +331,25 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     t.reload_map().await;
     assert_eq!(owner(&t), "node-1");
 
+    // A stale or stray "moved" can never drop a partition that was not
+    // frozen for that move first (here: partition 1, never moved, sent to a
+    // node that does not own it).
+    let owner_of_1 = t.map.owners[1].clone();
+    let stray = (0..3)
+        .find(|&i| t.cluster.node_id(i) != owner_of_1)
+        .unwrap();
+    let resp = t
+        .http
+        .post(format!(
+            "{}/internal/v1/partitions/1/fence",
+            t.cluster.participant_url(stray)
+        ))
+        .json(&json!({"state": "moved", "to": owner_of_1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+
     // Nothing lost, nothing doubled, nothing left in flight.
     assert_eq!(balances(&t).await, [("mv", 28_500), ("other", 12_000)]);
     for node in 1..3 {
