@@ -77,6 +77,8 @@ pub enum MovePhase {
     Moving,
     /// The new owner owns it; the old owner's copy is still to be dropped.
     Switched,
+    /// Being undone (`--abort`): the old owner keeps the partition.
+    Aborting,
 }
 
 impl PartitionMap {
@@ -107,12 +109,12 @@ impl PartitionMap {
             .collect()
     }
 
-    /// The partition is being moved and its new owner does not own it yet:
-    /// new work on it should wait.
+    /// The partition is being moved (or a move undone) and its new owner
+    /// does not own it yet: new work on it should wait.
     pub fn is_moving(&self, partition: PartitionId) -> bool {
         self.moves
             .get(&partition)
-            .is_some_and(|m| m.phase == MovePhase::Moving)
+            .is_some_and(|m| m.phase != MovePhase::Switched)
     }
 
     /// Builds a map from the key-values found under `prefix`.

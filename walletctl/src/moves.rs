@@ -152,6 +152,13 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         total_seconds: 0.0,
     };
     let record = match map.moves.get(&p) {
+        Some(m) if m.phase == MovePhase::Aborting => {
+            return Err(conflict(format!(
+                "the move of partition {p} to {} is being undone; run \
+                 `walletctl partitions move {p} --abort` to finish undoing it",
+                m.to
+            )))
+        }
         Some(m) if m.to != to => {
             return Err(conflict(format!(
                 "partition {p} is being moved to {}; run `walletctl partitions move {p} --to {}` \
@@ -280,9 +287,12 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         };
         let value = serde_json::to_string(&switched).expect("serializable");
         change_map(&store, "switching the owner", |map| {
-            if map.moves.get(&p).map(|m| (&m.from, &m.to)) != Some((&record.from, &record.to)) {
+            let same = map.moves.get(&p).is_some_and(|m| {
+                (&m.from, &m.to, m.phase) == (&record.from, &record.to, MovePhase::Moving)
+            });
+            if !same {
                 return Err(conflict(format!(
-                    "partition {p}: the move record changed underneath"
+                    "partition {p}: the move record changed underneath (undone?)"
                 )));
             }
             if map.owners[p as usize] != record.from {
@@ -341,6 +351,26 @@ pub async fn abort(ctx: &Ctx, p: PartitionId) -> CtlResult<()> {
             record.to, record.to
         )));
     }
+    // First mark the move as being undone (compare-and-set): a run of the
+    // move that is still going can then no longer switch the owner.
+    let aborting = Move {
+        phase: MovePhase::Aborting,
+        ..record.clone()
+    };
+    let value = serde_json::to_string(&aborting).expect("serializable");
+    change_map(&store, "marking the move as undone", |map| {
+        let same = map
+            .moves
+            .get(&p)
+            .is_some_and(|m| (&m.from, &m.to) == (&record.from, &record.to));
+        if !same || map.owners[p as usize] != record.from {
+            return Err(conflict(format!(
+                "partition {p}: the move changed underneath"
+            )));
+        }
+        Ok((vec![(move_key(p), value.clone())], vec![]))
+    })
+    .await?;
     let from_url = node_url(&map, &record.from)?;
     let to_url = node_url(&map, &record.to)?;
     let _: Option<serde_json::Value> = ctx

@@ -124,6 +124,9 @@ async fn show(ctx: &Ctx) -> CtlResult<()> {
                 node: node.clone(),
                 state: match map.moves.get(&p) {
                     Some(m) if m.phase == MovePhase::Moving => format!("moving to {}", m.to),
+                    Some(m) if m.phase == MovePhase::Aborting => {
+                        format!("undoing the move to {}", m.to)
+                    }
                     Some(m) => format!("moved from {} (cleanup pending)", m.from),
                     None => "active".to_string(),
                 },
