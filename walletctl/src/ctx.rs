@@ -177,15 +177,18 @@ impl Ctx {
         self.send(who, self.http.delete(url)).await
     }
 
-    /// The base URL of `node`, or a clear error naming the known ones.
+    /// The base URL of `node` (no trailing `/`), or a clear error naming the
+    /// known ones.
     pub fn node_url<'m>(&self, map: &'m PartitionMap, node: &str) -> CtlResult<&'m str> {
-        map.url(node).ok_or_else(|| {
-            let known: Vec<&str> = map.nodes.keys().map(String::as_str).collect();
-            crate::error::not_found(format!(
-                "no node {node:?} in the map (nodes: {})",
-                known.join(", ")
-            ))
-        })
+        map.url(node)
+            .map(|u| u.trim_end_matches('/'))
+            .ok_or_else(|| {
+                let known: Vec<&str> = map.nodes.keys().map(String::as_str).collect();
+                crate::error::not_found(format!(
+                    "no node {node:?} in the map (nodes: {})",
+                    known.join(", ")
+                ))
+            })
     }
 
     async fn send<T: DeserializeOwned>(

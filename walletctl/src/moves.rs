@@ -84,12 +84,6 @@ fn crash_point(point: &str) {
     }
 }
 
-fn node_url(map: &PartitionMap, node: &str) -> CtlResult<String> {
-    map.url(node)
-        .map(|u| u.trim_end_matches('/').to_string())
-        .ok_or_else(|| not_found(format!("no node {node:?} in the map")))
-}
-
 fn check_partition(map: &PartitionMap, p: PartitionId) -> CtlResult<()> {
     if p >= map.partition_count() {
         return Err(not_found(format!(
@@ -140,7 +134,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
     let store = ctx.map_store().await?;
     let map = store.load().await?;
     check_partition(&map, p)?;
-    node_url(&map, to)?;
+    ctx.node_url(&map, to)?;
     let mut report = MoveReport {
         partition: p,
         from: map.owners[p as usize].clone(),
@@ -205,8 +199,8 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
     };
     report.from = record.from.clone();
     let map = store.load().await?;
-    let from_url = node_url(&map, &record.from)?;
-    let to_url = node_url(&map, &record.to)?;
+    let from_url = ctx.node_url(&map, &record.from)?.to_string();
+    let to_url = ctx.node_url(&map, &record.to)?.to_string();
     let from_name = format!("node {} (the old owner)", record.from);
     let to_name = format!("node {} (the new owner)", record.to);
 
@@ -371,8 +365,8 @@ pub async fn abort(ctx: &Ctx, p: PartitionId) -> CtlResult<()> {
         Ok((vec![(move_key(p), value.clone())], vec![]))
     })
     .await?;
-    let from_url = node_url(&map, &record.from)?;
-    let to_url = node_url(&map, &record.to)?;
+    let from_url = ctx.node_url(&map, &record.from)?.to_string();
+    let to_url = ctx.node_url(&map, &record.to)?.to_string();
     let _: Option<serde_json::Value> = ctx
         .post(
             &format!("node {}", record.to),
