@@ -240,38 +240,92 @@ pub struct Ctl {
     pub stderr: String,
 }
 
-impl TestCluster {
-    /// Runs the real `walletctl` binary against this cluster, with `env`
-    /// added to its environment.
-    pub async fn walletctl(&self, args: &[&str], env: &[(&str, &str)]) -> Ctl {
-        let program = devcluster::service::find_binary("walletctl").expect("walletctl is built");
-        let out = tokio::process::Command::new(program)
-            .arg("--etcd-endpoints")
-            .arg(self.cluster.etcd_endpoints().join(","))
-            .arg("--etcd-prefix")
-            .arg(self.cluster.etcd_prefix())
-            .arg("--coordinator")
-            .arg(self.cluster.coordinator_url(self.coordinator))
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("WALLET_MANIFEST")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("walletctl runs");
-        let ctl = Ctl {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!(
-            "walletctl {}: {:?}\n{}{}",
-            args.join(" "),
-            ctl.code,
-            ctl.stdout,
-            ctl.stderr
+impl Ctl {
+    /// Stdout, parsed (for `--output json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit code\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
         );
-        ctl
+        self
+    }
+}
+
+/// Runs the real `walletctl` binary with exactly `args` (no endpoints from
+/// the environment or a manifest) and `env` added, for at most 60 s.
+pub async fn run_walletctl(args: &[&str], env: &[(&str, &str)]) -> Ctl {
+    let program =
+        devcluster::find_binary("walletctl").expect("target/debug/walletctl (cargo build)");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(program)
+            .args(args)
+            .env_remove("WALLET_ETCD_ENDPOINTS")
+            .env_remove("WALLET_ETCD_PREFIX")
+            .env_remove("WALLET_COORDINATOR_URL")
+            .env_remove("WALLET_MANIFEST")
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("walletctl finishes within 60 s")
+    .expect("walletctl runs");
+    let ctl = Ctl {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!(
+        "walletctl {}: {:?}\n{}{}",
+        args.join(" "),
+        ctl.code,
+        ctl.stdout,
+        ctl.stderr
+    );
+    ctl
+}
+
+impl TestCluster {
+    /// Runs `walletctl` against this cluster (its etcd, map prefix and
+    /// coordinator), with `env` added to its environment.
+    pub async fn walletctl(&self, args: &[&str], env: &[(&str, &str)]) -> Ctl {
+        let coordinator = self.cluster.coordinator_url(self.coordinator);
+        self.walletctl_at(self.cluster.etcd_prefix(), &coordinator, args, env)
+            .await
+    }
+
+    /// Runs `walletctl` against this cluster's etcd with another map prefix
+    /// and coordinator.
+    pub async fn walletctl_at(
+        &self,
+        prefix: &str,
+        coordinator: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Ctl {
+        let endpoints = self.cluster.etcd_endpoints().join(",");
+        let mut all = vec![
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-prefix",
+            prefix,
+            "--coordinator",
+            coordinator,
+            "--manifest",
+            "/nonexistent/cluster.json",
+        ];
+        all.extend_from_slice(args);
+        run_walletctl(&all, env).await
     }
 
     /// Re-reads the partition map from etcd into `self.map`.

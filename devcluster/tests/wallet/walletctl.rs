@@ -9,76 +9,16 @@ use devcluster::ClusterOptions;
 use serde_json::Value;
 use sqlx::Connection;
 
-use crate::support::{quick_recovery, TestCluster};
-
-/// What one run of walletctl gave.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-
-    #[track_caller]
-    fn expect(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
+use crate::support::{quick_recovery, run_walletctl, Ctl, TestCluster};
 
 /// Runs walletctl with the cluster's endpoints, then `args`.
-async fn ctl(t: &TestCluster, args: &[&str]) -> Run {
-    let coordinator = t.cluster.coordinator_url(t.coordinator);
-    ctl_at(t, t.cluster.etcd_prefix(), &coordinator, args).await
+async fn ctl(t: &TestCluster, args: &[&str]) -> Ctl {
+    t.walletctl(args, &[]).await
 }
 
 /// Runs walletctl against this map prefix and coordinator.
-async fn ctl_at(t: &TestCluster, prefix: &str, coordinator: &str, args: &[&str]) -> Run {
-    let endpoints = t.cluster.etcd_endpoints().join(",");
-    let mut all = vec![
-        "--etcd-endpoints",
-        &endpoints,
-        "--etcd-prefix",
-        prefix,
-        "--coordinator",
-        coordinator,
-        "--manifest",
-        "/nonexistent/cluster.json",
-        "--timeout",
-        "5",
-    ];
-    all.extend_from_slice(args);
-    run(&all).await
-}
-
-async fn run(args: &[&str]) -> Run {
-    let bin = devcluster::find_binary("walletctl").expect("target/debug/walletctl (cargo build)");
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(bin)
-            .args(args)
-            .env_remove("WALLET_ETCD_ENDPOINTS")
-            .env_remove("WALLET_ETCD_PREFIX")
-            .env_remove("WALLET_COORDINATOR_URL")
-            .output(),
-    )
-    .await
-    .expect("walletctl finishes within 60 s")
-    .expect("walletctl runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn ctl_at(t: &TestCluster, prefix: &str, coordinator: &str, args: &[&str]) -> Ctl {
+    t.walletctl_at(prefix, coordinator, args, &[]).await
 }
 
 fn finding_kinds(report: &Value) -> Vec<String> {
@@ -103,16 +43,19 @@ async fn walletctl_map_nodes_accounts_transfers_and_audit() {
     // nodes list, and etcd unreachable.
     let nodes = ctl(&t, &["nodes", "list", "-o", "json"]).await;
     assert_eq!(nodes.expect(0).json().as_array().unwrap().len(), 3);
-    let down = run(&[
-        "--etcd-endpoints",
-        "http://127.0.0.1:1",
-        "--manifest",
-        "/nonexistent",
-        "--timeout",
-        "2",
-        "nodes",
-        "list",
-    ])
+    let down = run_walletctl(
+        &[
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "--manifest",
+            "/nonexistent",
+            "--timeout",
+            "2",
+            "nodes",
+            "list",
+        ],
+        &[],
+    )
     .await;
     down.expect(3);
     assert!(down.stderr.contains("cannot reach etcd"), "{}", down.stderr);
