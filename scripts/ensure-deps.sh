@@ -1,26 +1,65 @@
 #!/usr/bin/env bash
 # Installs the system packages the cluster and the build need, and only the
-# missing ones: PostgreSQL (server binaries, psql, pg_isready), etcd (server)
-# and protoc (for etcd-client's build). A no-op when everything is present.
-# Uses apt-get; through sudo unless already root.
+# missing ones. Each dependency is checked by what the project needs of it,
+# not by a command name alone:
+# - PostgreSQL: initdb, postgres, psql, pg_isready and pgbench, from one
+#   version's bin directory (the dev cluster, the tests and the benchmark);
+# - etcd: the server, for the partition map;
+# - protoc able to compile a file that imports Google's well-known types
+#   (`google/protobuf/descriptor.proto`): etcd-client's build script needs
+#   both the compiler (protobuf-compiler) and those .proto files
+#   (libprotobuf-dev), which `--no-install-recommends` does not bring.
+# A no-op when everything is present. Uses apt-get; through sudo unless root.
+# `ensure-deps.sh --check` only reports what is missing (exit 1 if anything).
 set -euo pipefail
 
 missing=()
-if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null; then
-    missing+=(postgresql)
-fi
-if ! command -v psql >/dev/null; then
-    missing+=(postgresql-client)
-fi
-if ! command -v etcd >/dev/null && [ ! -x /usr/bin/etcd ]; then
+
+pg_bin() {
+    local found
+    found=$(compgen -G "/usr/lib/postgresql/*/bin/$1" | sort -V | tail -n 1 || true)
+    [ -n "$found" ] || found=$(command -v "$1" || true)
+    [ -n "$found" ] && [ -x "$found" ]
+}
+for bin in initdb postgres psql pg_isready pgbench; do
+    if ! pg_bin "$bin"; then
+        missing+=(postgresql)
+        break
+    fi
+done
+if ! { command -v etcd >/dev/null || [ -x /usr/bin/etcd ]; }; then
     missing+=(etcd-server)
 fi
+
+# What etcd-client's build asks of protoc: compile a file importing a
+# well-known type from the default include path.
+protoc_ok() {
+    command -v protoc >/dev/null || return 1
+    local dir rc
+    dir=$(mktemp -d)
+    cat >"$dir/probe.proto" <<'EOF'
+syntax = "proto3";
+package ensure_deps_probe;
+import "google/protobuf/descriptor.proto";
+extend google.protobuf.FieldOptions { optional string probe = 50000; }
+EOF
+    protoc --proto_path="$dir" --descriptor_set_out="$dir/out.pb" "$dir/probe.proto" >/dev/null 2>&1
+    rc=$?
+    rm -rf "$dir"
+    return $rc
+}
 if ! command -v protoc >/dev/null; then
-    missing+=(protobuf-compiler)
+    missing+=(protobuf-compiler libprotobuf-dev)
+elif ! protoc_ok; then
+    missing+=(libprotobuf-dev)
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+    echo "ensure-deps: missing ${missing[*]}" >&2
+    exit 1
 fi
 
 sudo=()
@@ -31,3 +70,9 @@ echo "ensure-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -q
 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# Installed is not the same as working: check again, and say what still fails.
+if ! protoc_ok; then
+    echo "ensure-deps: protoc still cannot compile a file importing google/protobuf/descriptor.proto" >&2
+    exit 1
+fi
