@@ -207,16 +207,8 @@ async fn balance_transfer(
     Ok(match c.transfer(spec).await {
         TransferOutcome::Decided(record) => record_response(&record),
         TransferOutcome::Pending(why) => pending(id, &why),
-        TransferOutcome::InProgress => ApiError(Rejection::new(
-            ErrorCode::InProgress,
-            format!("transfer {id} is being processed right now; retry shortly or GET /v1/wallet/transfers/{id}"),
-        ))
-        .into_response(),
-        TransferOutcome::Reused => ApiError(Rejection::new(
-            ErrorCode::IdempotencyKeyReused,
-            format!("transaction_id {id} was already used with a different body; nothing was applied"),
-        ))
-        .into_response(),
+        TransferOutcome::InProgress => ApiError(Rejection::in_progress(id)).into_response(),
+        TransferOutcome::Reused => ApiError(Rejection::idempotency_key_reused(id)).into_response(),
         TransferOutcome::Refused(r) => ApiError(r).into_response(),
     })
 }
@@ -232,18 +224,24 @@ fn pending(id: TransactionId, why: &str) -> Response {
     )
 }
 
-/// The answer for a transfer that has a record: the same on every retry.
+/// The answer for a transaction that has a record: the same on every
+/// retry. A deposit's or withdrawal's names its one account.
 fn record_response(record: &TransferRecord) -> Response {
     let spec = &record.spec;
     let mut body = json!({
         "transaction_id": spec.transaction_id,
-        "from_account": spec.from,
-        "to_account": spec.to,
+        "kind": record.kind,
         "amount": spec.currency.format(spec.amount.minor()),
         "currency": spec.currency,
         "created_at": record.created_at,
         "decided_at": record.decided_at,
     });
+    if record.kind == RecordKind::Transfer {
+        body["from_account"] = json!(spec.from);
+        body["to_account"] = json!(spec.to);
+    } else {
+        body["account_id"] = json!(spec.to);
+    }
     let status = match (&record.state, &record.reason) {
         (TransferState::Committed, _) => {
             body["status"] = json!("committed");
@@ -340,7 +338,6 @@ async fn movement(
     let currency = Currency::parse(&body.currency)?;
     let amount = parse_amount(&body.amount, currency)?;
     let partition = c.participants.map.current().account_partition(&account_id);
-    c.participants.await_moves(&[partition]).await?;
     let m = Movement {
         transaction_id,
         kind,
@@ -349,13 +346,7 @@ async fn movement(
         amount,
         currency,
     };
-    let span = tracing::info_span!("movement", transaction_id = %transaction_id);
-    let _: AccountBalance = tracing::Instrument::instrument(
-        c.participants
-            .post(&[partition], "/internal/v1/movements", &m),
-        span,
-    )
-    .await?;
+    c.movement(m.clone()).await?;
     Ok(reply(
         200,
         json!({

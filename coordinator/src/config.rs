@@ -42,7 +42,9 @@ pub struct CoordinatorConfig {
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Test hook: kill this process (SIGKILL, as `kill -9`) when a transfer
-    /// reaches this point: `after_prepare` or `after_decision`.
+    /// reaches this point: `after_prepare` or `after_decision`; a deposit or
+    /// withdrawal whose id lives on another node: `movement_after_claim` or
+    /// `movement_after_apply`.
     #[serde(default)]
     pub crash_at: Option<String>,
 }

@@ -10,5 +10,6 @@ pub mod api;
 pub mod batch;
 pub mod client;
 pub mod config;
+pub mod movement;
 pub mod resolver;
 pub mod transfer;

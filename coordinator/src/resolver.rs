@@ -7,19 +7,23 @@
 //!   to a decision that got there first, and then that one is applied);
 //! - a decided record not yet complete: apply the decision to both legs;
 //! - a leg still prepared after the grace period: look up its decision and
-//!   apply it; no record at all means abort (presumed abort).
+//!   apply it; no record at all means abort (presumed abort);
+//! - a deposit's or withdrawal's claim still `preparing` after its lease:
+//!   send the movement again (idempotent: applied once, or refused once, on
+//!   the account's node) and decide the record to match.
 
 use std::time::Duration;
 
 use tracing::Instrument;
 use wallet_shared::admin::ResolveReply;
 use wallet_shared::protocol::{
-    Begin, BeginResult, Decision, Leg, LegRole, TransferRecord, TransferState, Unresolved,
+    AccountBalance, Begin, BeginResult, Decision, Leg, LegRole, Movement, MovementRequest,
+    TransferRecord, TransferState, Unresolved,
 };
 use wallet_shared::{ErrorCode, PartitionMap, Rejection, TransactionId};
 
 use crate::client::CallError;
-use crate::transfer::Coordinator;
+use crate::transfer::{routing, Coordinator};
 
 pub async fn run(coordinator: Coordinator, interval: Duration, grace: Duration) {
     loop {
@@ -89,6 +93,9 @@ async fn settle(
     record: TransferRecord,
 ) -> Result<(TransferRecord, bool), CallError> {
     let id = record.spec.transaction_id;
+    if let Some(m) = Movement::of_record(&record, map.account_partition(&record.spec.to)) {
+        return settle_movement(coordinator, map, record, m).await;
+    }
     let record = if record.state == TransferState::Preparing {
         let reason = Rejection::new(
             ErrorCode::TransferAborted,
@@ -106,12 +113,52 @@ async fn settle(
     Ok((record, finished))
 }
 
+/// A movement's claim: its record follows the account's node, which holds
+/// the movement's truth. The client asked for it and the record holds all
+/// of it, so recovery completes it rather than abort it: a retry of a
+/// deposit whose answer was lost always gets the deposit's real outcome.
+async fn settle_movement(
+    coordinator: &Coordinator,
+    map: &PartitionMap,
+    record: TransferRecord,
+    m: Movement,
+) -> Result<(TransferRecord, bool), CallError> {
+    if record.state != TransferState::Preparing {
+        // Decided records of movements are complete when written.
+        return Ok((record, true));
+    }
+    let id = m.transaction_id;
+    let partition = m.partition;
+    let outcome = match coordinator
+        .participants
+        .post::<_, AccountBalance>(
+            &[partition],
+            "/internal/v1/movements",
+            &MovementRequest {
+                movement: m,
+                claim: None,
+            },
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(CallError::Rejected(r)) if !routing(r.code) => Err(r),
+        Err(e) => return Err(e),
+    };
+    let record = coordinator
+        .decide(id, map.decision_partition(id), Decision::of(&outcome))
+        .await?;
+    tracing::info!(state = ?record.state, "recovery settled the movement");
+    Ok((record, true))
+}
+
 /// Drives one transfer to its end now (`walletctl tx resolve`), with the
 /// code the background rounds use. An undecided transfer whose coordinator
 /// still holds its lease is left alone unless `force`: this claims the
 /// lease with `begin`, as a retry of the transfer would, so a live
 /// coordinator is never raced. Only ever decides abort, so nothing commits
-/// without its two yes votes.
+/// without its two yes votes. (A deposit's or withdrawal's claim is
+/// completed instead: see [`settle_movement`].)
 pub async fn resolve_one(
     coordinator: &Coordinator,
     id: TransactionId,
@@ -128,6 +175,7 @@ pub async fn resolve_one(
             partition: home,
             lease_ms: coordinator.lease.as_millis() as u64,
             attempt: uuid::Uuid::new_v4(),
+            kind: record.kind,
         };
         match coordinator.batches.begin.submit(begin).await? {
             BeginResult::Proceed => record,

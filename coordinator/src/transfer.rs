@@ -88,6 +88,7 @@ impl Coordinator {
             partition: home,
             lease_ms: self.lease.as_millis() as u64,
             attempt: uuid::Uuid::new_v4(),
+            kind: RecordKind::Transfer,
         };
         let owners: Vec<_> = [home, legs[0].partition, legs[1].partition]
             .iter()
@@ -230,7 +231,7 @@ fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
 
 /// Refusals about routing (a stale map, a partition being moved): they say
 /// nothing about the transfer.
-fn routing(code: ErrorCode) -> bool {
+pub fn routing(code: ErrorCode) -> bool {
     matches!(
         code,
         ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving

@@ -370,16 +370,28 @@ async fn open_account<S: Store>(
 
 async fn movement<S: Store>(
     State(app): State<App<S>>,
-    Json(req): Json<Routed<Movement>>,
+    Json(req): Json<Routed<MovementRequest>>,
 ) -> ApiResult<Json<AccountBalance>> {
-    app.check_partition(&req.body.account_id, req.body.partition)?;
-    let _pass = app
-        .admit(req.map_revision, Work::New, [req.body.partition])
-        .await?;
-    let m = req.body;
+    let m = &req.body.movement;
+    app.check_partition(&m.account_id, m.partition)?;
+    let mut partitions = vec![m.partition];
+    if let Some(claim) = &req.body.claim {
+        if claim.spec.transaction_id != m.transaction_id || claim.fingerprint() != m.fingerprint() {
+            return Err(Rejection::new(
+                ErrorCode::InvalidRequest,
+                "the claim does not name this movement",
+            )
+            .into());
+        }
+        partitions.push(claim.partition);
+    }
+    let _pass = app.admit(req.map_revision, Work::New, partitions).await?;
+    let req = req.body;
     let balance = app
         .store
-        .transaction("movement", movements::keys(&m), |w| movements::apply(w, &m))
+        .transaction("movement", movements::request_keys(&req), |w| {
+            movements::apply_request(w, &req)
+        })
         .await??;
     Ok(Json(balance))
 }

@@ -400,7 +400,7 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
         "SELECT get_byte(uuid_send(transaction_id), 0) AS b, count(*) AS n,
                 sum(amount)::int8 AS amount
          FROM transfers
-         WHERE partition = ANY($1) AND state = 'committed' AND decided_at < $2
+         WHERE partition = ANY($1) AND kind = 'transfer' AND state = 'committed' AND decided_at < $2
          GROUP BY 1",
     )
     .bind(&parts)
@@ -449,7 +449,8 @@ pub async fn run(pool: &PgPool, req: &AuditRequest) -> Result<NodeAudit, StoreEr
         for r in sqlx::query(
             "SELECT transaction_id, state, from_account, to_account, amount, currency, decided_at
              FROM transfers
-             WHERE partition = ANY($1) AND get_byte(uuid_send(transaction_id), 0) = ANY($2)",
+             WHERE partition = ANY($1) AND kind = 'transfer'
+               AND get_byte(uuid_send(transaction_id), 0) = ANY($2)",
         )
         .bind(&parts)
         .bind(&wanted)

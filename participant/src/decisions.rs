@@ -7,7 +7,7 @@
 //! Presumed abort: a transfer without a `committed` record never happened.
 
 use wallet_shared::protocol::{
-    Begin, BeginResult, Decision, EventKind, Leg, TransferRecord, TransferState,
+    Begin, BeginResult, Decision, EventKind, Leg, RecordKind, TransferRecord, TransferState,
 };
 use wallet_shared::TransactionId;
 
@@ -30,12 +30,13 @@ fn lease_until(w: &Working, b: &Begin) -> chrono::DateTime<chrono::Utc> {
 pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, StoreError> {
     let spec = &b.spec;
     let id = spec.transaction_id;
-    let fingerprint = spec.fingerprint();
+    let fingerprint = b.fingerprint();
     let until = lease_until(w, b);
     let now = w.now;
     let Some(stored) = w.transfer(id) else {
         w.insert_transfer(TransferRow {
             record: TransferRecord {
+                kind: b.kind,
                 spec: spec.clone(),
                 state: TransferState::Preparing,
                 reason: None,
@@ -58,7 +59,14 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, StoreError> {
             record: stored.record.clone(),
         });
     }
-    if stored.lease_until > now && stored.lease_owner != b.attempt {
+    // A live lease keeps a second coordinator off a transfer. A deposit or
+    // withdrawal needs no such care: its one step is idempotent on the
+    // account's node, so an identical request running beside the first
+    // just gets the same outcome.
+    if stored.lease_until > now
+        && stored.lease_owner != b.attempt
+        && stored.record.kind == RecordKind::Transfer
+    {
         return Ok(BeginResult::InProgress);
     }
     // The coordinator that began it has gone quiet past its lease: this one
@@ -101,6 +109,9 @@ pub fn decide(
     stored.record.state = state;
     stored.record.reason = reason;
     stored.record.decided_at = Some(now);
+    // A deposit's or withdrawal's record is decided from the outcome its
+    // account's node already holds: nothing is left to apply.
+    stored.record.completed = stored.record.kind != RecordKind::Transfer;
     Ok(Some(stored.record.clone()))
 }
 

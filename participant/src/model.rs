@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use wallet_shared::protocol::{
-    Event, EventKind, FeedEntry, FeedKind, LegState, Snapshot, TransferRecord, TransferState,
+    Event, EventKind, FeedEntry, FeedKind, LegState, RecordKind, Snapshot, TransferRecord,
+    TransferState,
 };
 use wallet_shared::{AccountId, Currency, PartitionId, Rejection, TransactionId};
 
@@ -354,6 +355,7 @@ impl Working {
             .values()
             .filter(|slot| {
                 slot.change != Change::Unchanged
+                    && slot.row.record.kind == RecordKind::Transfer
                     && slot.row.record.state == TransferState::Aborted
                     && self.loaded_states.get(&slot.row.id()) != Some(&TransferState::Aborted)
             })

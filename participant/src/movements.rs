@@ -1,17 +1,23 @@
 //! Money entering and leaving through one account (deposits, withdrawals),
 //! and opening accounts: single-partition operations in one local
-//! transaction. A movement is deduplicated by its transaction id on the
-//! account's node, with a fingerprint of its body; a refusal is recorded too,
-//! so a retry always gets the first answer.
+//! transaction.
+//!
+//! A movement's id is claimed first at its decision partition, like a
+//! transfer's (`decisions::begin` with a record of the movement's kind), so
+//! an id is used once across the cluster. On the account's node the movement
+//! is applied once, keyed by its transaction id, with a fingerprint of its
+//! body; a refusal is recorded too, so a retry always gets the first answer.
+//! That row is the movement's truth: the claim's record copies it.
 
 use wallet_shared::protocol::{
-    AccountBalance, EventKind, LegState, Movement, MovementKind, OpenAccount,
+    AccountBalance, BeginResult, Decision, EventKind, LegState, Movement, MovementKind,
+    MovementRequest, OpenAccount, TransferState,
 };
 use wallet_shared::{ErrorCode, Rejection};
 
 use crate::error::StoreError;
-use crate::ledger;
 use crate::model::{AccountRow, Keys, LegKey, LegRow, RowRole, Working};
+use crate::{decisions, ledger};
 
 pub fn open_keys(req: &OpenAccount) -> Keys {
     Keys {
@@ -68,6 +74,37 @@ pub fn keys(m: &Movement) -> Keys {
     }
 }
 
+/// The rows of a movement and, when it carries one, of its claim.
+pub fn request_keys(req: &MovementRequest) -> Keys {
+    let mut keys = keys(&req.movement);
+    if let Some(claim) = &req.claim {
+        keys.transfers.insert(claim.spec.transaction_id);
+    }
+    keys
+}
+
+/// A movement, with its claim when the decision partition lives here: the
+/// claim, the movement and the decision in one local transaction.
+pub fn apply_request(
+    w: &mut Working,
+    req: &MovementRequest,
+) -> Result<Result<AccountBalance, Rejection>, StoreError> {
+    let Some(claim) = &req.claim else {
+        return apply(w, &req.movement);
+    };
+    let id = claim.spec.transaction_id;
+    match decisions::begin(w, claim)? {
+        BeginResult::Reused => return Ok(Err(Rejection::idempotency_key_reused(id))),
+        BeginResult::InProgress => return Ok(Err(Rejection::in_progress(id))),
+        BeginResult::Proceed | BeginResult::Decided { .. } => {}
+    }
+    let outcome = apply(w, &req.movement)?;
+    if w.transfer(id).map(|t| t.record.state) == Some(TransferState::Preparing) {
+        decisions::decide(w, id, &Decision::of(&outcome))?;
+    }
+    Ok(outcome)
+}
+
 /// Applies a deposit or withdrawal once. Returns the balance after it, or
 /// the refusal (the first one, on every retry).
 pub fn apply(
@@ -77,13 +114,7 @@ pub fn apply(
     let fingerprint = m.fingerprint();
     if let Some(stored) = w.leg(key(m)) {
         if stored.fingerprint.as_deref() != Some(fingerprint.as_str()) {
-            return Ok(Err(Rejection::new(
-                ErrorCode::IdempotencyKeyReused,
-                format!(
-                    "transaction_id {} was already used with a different body",
-                    m.transaction_id
-                ),
-            )));
+            return Ok(Err(Rejection::idempotency_key_reused(m.transaction_id)));
         }
         if let Some(reason) = &stored.reason {
             return Ok(Err(reason.clone()));

@@ -10,7 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
 use wallet_shared::protocol::{
-    Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord, TransferSpec, TransferState,
+    Event, EventKind, FeedEntry, LegState, RecordKind, Snapshot, TransferRecord, TransferSpec,
+    TransferState,
 };
 use wallet_shared::{
     retry, AccountId, Amount, Currency, ErrorCode, PartitionId, Rejection, TransactionId,
@@ -102,7 +103,8 @@ impl PgStore {
     }
 }
 
-const TRANSFER_COLUMNS: &str = "transaction_id, partition, fingerprint, from_account, to_account,
+const TRANSFER_COLUMNS: &str =
+    "transaction_id, kind, partition, fingerprint, from_account, to_account,
      amount, currency, state, reason_code, reason_message, lease_until, lease_owner, created_at,
      decided_at, completed";
 pub(crate) const LEG_COLUMNS: &str =
@@ -579,10 +581,10 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO transfers (transaction_id, partition, fingerprint, from_account, to_account, amount,
                                     currency, state, reason_code, reason_message, lease_until, lease_owner,
-                                    created_at, decided_at, completed)
+                                    created_at, decided_at, completed, kind)
              SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::int8[],
                                   $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::uuid[],
-                                  $13::timestamptz[], $14::timestamptz[], $15::bool[])",
+                                  $13::timestamptz[], $14::timestamptz[], $15::bool[], $16::text[])",
         )
         .bind(t.iter().map(|r| r.id().0).collect::<Vec<_>>())
         .bind(t.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
@@ -599,6 +601,7 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         .bind(t.iter().map(|r| r.record.created_at).collect::<Vec<_>>())
         .bind(t.iter().map(|r| r.record.decided_at).collect::<Vec<_>>())
         .bind(t.iter().map(|r| r.record.completed).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.kind.as_str()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -729,8 +732,11 @@ fn transfer_from_row(row: &PgRow) -> Result<TransferRow, StoreError> {
         "aborted" => TransferState::Aborted,
         other => return Err(StoreError::corrupt(format!("transfer state {other:?}"))),
     };
+    let kind: String = row.try_get("kind")?;
     Ok(TransferRow {
         record: TransferRecord {
+            kind: RecordKind::parse(&kind)
+                .ok_or_else(|| StoreError::corrupt(format!("record kind {kind:?}")))?,
             spec: TransferSpec {
                 transaction_id: TransactionId(row.try_get("transaction_id")?),
                 from: account_id(row.try_get("from_account")?)?,

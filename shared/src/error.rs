@@ -146,6 +146,25 @@ impl Rejection {
             message: message.into(),
         }
     }
+
+    /// The id was used before with another body, or for another kind of
+    /// operation; says nothing about that use.
+    pub fn idempotency_key_reused(id: crate::TransactionId) -> Self {
+        Rejection::new(
+            ErrorCode::IdempotencyKeyReused,
+            format!(
+                "transaction_id {id} was already used with a different body; nothing was applied"
+            ),
+        )
+    }
+
+    /// Another request with this id is running right now.
+    pub fn in_progress(id: crate::TransactionId) -> Self {
+        Rejection::new(
+            ErrorCode::InProgress,
+            format!("transaction {id} is being processed right now; retry shortly or GET /v1/wallet/transfers/{id}"),
+        )
+    }
 }
 
 #[cfg(test)]

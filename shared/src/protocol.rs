@@ -12,6 +12,17 @@
 //!
 //! When the decision partition and both accounts live on one node,
 //! `transfers/execute` does all of it in one local transaction.
+//!
+//! A deposit or withdrawal is deduplicated at the same place, so every
+//! `transaction_id` is one idempotency key across the cluster and across
+//! kinds: `begin` claims the id at its decision partition (a record of kind
+//! `deposit` or `withdrawal`), `movements` applies it on the account's node
+//! (in one local transaction: once, with its verdict kept), and `decide`
+//! copies the outcome into the record. When the decision partition lives on
+//! the account's node, `movements` carries the claim and does it all in one
+//! local transaction. Recovery completes a claim whose coordinator stopped:
+//! it sends the movement again (applied or refused once) and decides the
+//! record to match.
 //! Every call takes many items, so concurrent transfers can share one.
 
 use chrono::{DateTime, Utc};
@@ -51,6 +62,55 @@ impl TransferSpec {
             &self.amount.minor().to_string(),
             self.currency.code(),
         ])
+    }
+}
+
+/// What a `transaction_id` was used for. Every kind shares one idempotency
+/// domain: the record at the id's decision partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    #[default]
+    Transfer,
+    Deposit,
+    Withdrawal,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Transfer => "transfer",
+            RecordKind::Deposit => "deposit",
+            RecordKind::Withdrawal => "withdrawal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            RecordKind::Transfer,
+            RecordKind::Deposit,
+            RecordKind::Withdrawal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The movement this kind names, if it is one.
+    pub fn movement(self) -> Option<MovementKind> {
+        match self {
+            RecordKind::Transfer => None,
+            RecordKind::Deposit => Some(MovementKind::Deposit),
+            RecordKind::Withdrawal => Some(MovementKind::Withdrawal),
+        }
+    }
+}
+
+impl From<MovementKind> for RecordKind {
+    fn from(k: MovementKind) -> Self {
+        match k {
+            MovementKind::Deposit => RecordKind::Deposit,
+            MovementKind::Withdrawal => RecordKind::Withdrawal,
+        }
     }
 }
 
@@ -141,6 +201,23 @@ pub struct Begin {
     /// Names this attempt, so its own retry of `begin` (after a lost reply)
     /// proceeds instead of finding the transfer "in progress".
     pub attempt: uuid::Uuid,
+    /// A transfer, or the claim of a deposit's or withdrawal's id (then
+    /// `spec.from` and `spec.to` both name its account).
+    #[serde(default)]
+    pub kind: RecordKind,
+}
+
+impl Begin {
+    /// What "the same body" means for this id, whatever its kind: a
+    /// transfer's and a movement's fingerprints never agree.
+    pub fn fingerprint(&self) -> String {
+        match self.kind.movement() {
+            None => self.spec.fingerprint(),
+            Some(kind) => {
+                Movement::fingerprint_of(kind, &self.spec.to, self.spec.amount, self.spec.currency)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +278,19 @@ pub enum Decision {
     Abort { reason: Rejection },
 }
 
+impl Decision {
+    /// The decision a single-node outcome makes (a deposit or withdrawal,
+    /// whose account's node has already applied or refused it).
+    pub fn of<T>(outcome: &Result<T, Rejection>) -> Decision {
+        match outcome {
+            Ok(_) => Decision::Commit,
+            Err(reason) => Decision::Abort {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decide {
     pub transaction_id: TransactionId,
@@ -239,9 +329,13 @@ pub enum TransferState {
     Aborted,
 }
 
-/// The dedup record and decision of a transfer, kept at its decision partition.
+/// The dedup record and decision of a transfer, kept at its decision
+/// partition; of a deposit or withdrawal too (see [`RecordKind`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferRecord {
+    #[serde(default)]
+    pub kind: RecordKind,
+    /// For a deposit or withdrawal, `from` and `to` both name its account.
     pub spec: TransferSpec,
     pub state: TransferState,
     /// Why it aborted, for aborted transfers.
@@ -301,7 +395,7 @@ pub enum MovementKind {
 }
 
 /// Money entering or leaving the system through one account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Movement {
     pub transaction_id: TransactionId,
     pub kind: MovementKind,
@@ -313,17 +407,63 @@ pub struct Movement {
 
 impl Movement {
     pub fn fingerprint(&self) -> String {
-        let kind = match self.kind {
-            MovementKind::Deposit => "deposit",
-            MovementKind::Withdrawal => "withdrawal",
-        };
+        Self::fingerprint_of(self.kind, &self.account_id, self.amount, self.currency)
+    }
+
+    fn fingerprint_of(
+        kind: MovementKind,
+        account: &AccountId,
+        amount: Amount,
+        currency: Currency,
+    ) -> String {
         fingerprint(&[
-            kind,
-            self.account_id.as_str(),
-            &self.amount.minor().to_string(),
-            self.currency.code(),
+            RecordKind::from(kind).as_str(),
+            account.as_str(),
+            &amount.minor().to_string(),
+            currency.code(),
         ])
     }
+
+    /// The claim of this movement's id at its decision partition.
+    pub fn claim(&self, partition: PartitionId, lease_ms: u64, attempt: uuid::Uuid) -> Begin {
+        Begin {
+            spec: TransferSpec {
+                transaction_id: self.transaction_id,
+                from: self.account_id.clone(),
+                to: self.account_id.clone(),
+                amount: self.amount,
+                currency: self.currency,
+            },
+            partition,
+            lease_ms,
+            attempt,
+            kind: self.kind.into(),
+        }
+    }
+
+    /// The movement a claim record stands for (`None` for a transfer's);
+    /// `partition` is its account's, from the current map.
+    pub fn of_record(record: &TransferRecord, partition: PartitionId) -> Option<Movement> {
+        Some(Movement {
+            transaction_id: record.spec.transaction_id,
+            kind: record.kind.movement()?,
+            account_id: record.spec.to.clone(),
+            partition,
+            amount: record.spec.amount,
+            currency: record.spec.currency,
+        })
+    }
+}
+
+/// A deposit or withdrawal on the account's node; `claim` when its decision
+/// partition lives there too, so the claim and the movement are one local
+/// transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MovementRequest {
+    #[serde(flatten)]
+    pub movement: Movement,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Begin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use wallet_shared::protocol::{replay, EventKind, FeedKind, LegState, TransferState};
+use wallet_shared::protocol::{
+    replay, EventKind, FeedKind, LegState, RecordKind, TransferRecord, TransferState,
+};
 use wallet_shared::{AccountId, TransactionId};
 
 use crate::mem::MemStore;
@@ -131,6 +133,7 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
         let aborted = t
             .transfers
             .values()
+            .filter(|r| r.record.kind == RecordKind::Transfer)
             .filter(|r| r.record.state == TransferState::Aborted)
             .count();
         if aborted != aborted_fed {
@@ -253,55 +256,83 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
             ));
         }
     }
+    // Every record against what its id applied: a transfer's id moves no
+    // money through a deposit or withdrawal; a deposit's or withdrawal's
+    // record says whether it was applied, once, and nothing else was.
     for (id, r) in &records {
-        if r.state == TransferState::Committed
-            && applied
-                .get(id)
-                .is_none_or(|a| a.debits.len() != 1 || a.credits.len() != 1)
-        {
-            out.push(Anomaly::new(
-                "atomicity",
-                format!("{id}: committed but not posted on both sides"),
-            ));
-        }
-    }
-    // What clients heard.
-    let mut answers: BTreeMap<TransactionId, Vec<&Outcome>> = BTreeMap::new();
-    for op in history {
-        let id = op.request.id();
-        let posted = applied.get(&id);
-        match (&op.request, &op.outcome) {
-            (_, Outcome::Unknown(_)) => continue,
-            (Request::Transfer(_), Outcome::Ok) => {
-                if records.get(&id).map(|r| r.state) != Some(TransferState::Committed) {
+        let a = applied.get(id);
+        let movements = a.map_or(0, |a| a.movements);
+        let legs = a.map_or(0, |a| a.debits.len() + a.credits.len());
+        let committed = r.state == TransferState::Committed;
+        match r.kind {
+            RecordKind::Transfer => {
+                if committed && a.is_none_or(|a| a.debits.len() != 1 || a.credits.len() != 1) {
                     out.push(Anomaly::new(
-                        "lost_commit",
+                        "atomicity",
+                        format!("{id}: committed but not posted on both sides"),
+                    ));
+                }
+                if movements != 0 {
+                    out.push(Anomaly::new(
+                        "applied_twice",
+                        format!("transfer {id}: its id also applied {movements} deposits or withdrawals"),
+                    ));
+                }
+            }
+            RecordKind::Deposit | RecordKind::Withdrawal => {
+                let want = usize::from(committed);
+                if movements != want || legs != 0 {
+                    out.push(Anomaly::new(
+                        "movement_record",
                         format!(
-                            "{id} was acknowledged but its record is {:?}",
-                            records.get(&id).map(|r| r.state)
+                            "{} {id} is {:?} but applied {movements} movements and {legs} transfer legs",
+                            r.kind.as_str(),
+                            r.state
                         ),
                     ));
                 }
             }
-            (Request::Transfer(_), Outcome::Fail(code)) => {
-                if code == "idempotency_key_reused" {
-                    out.push(Anomaly::new(
-                        "false_reuse",
-                        format!("{id}: the same body was refused as a reused key"),
-                    ));
-                }
-                if records
-                    .get(&id)
-                    .is_some_and(|r| r.state == TransferState::Committed)
+        }
+    }
+    // What clients heard.
+    let mut answers: BTreeMap<TransactionId, Vec<&Outcome>> = BTreeMap::new();
+    let mut acknowledged: BTreeMap<TransactionId, Vec<&Request>> = BTreeMap::new();
+    for op in history {
+        let id = op.request.id();
+        let posted = applied.get(&id);
+        let record = records.get(&id);
+        if op.outcome == Outcome::Ok {
+            acknowledged.entry(id).or_default().push(&op.request);
+        }
+        if op.reuse {
+            // An earlier request's id with another body. The first of the
+            // two to reach the id's record wins it; the other is refused,
+            // and nothing of it is applied (the checks below and the
+            // records' checks above see a second body).
+            if op.outcome == Outcome::Ok && !record.is_some_and(|r| holds(r, &op.request)) {
+                out.push(Anomaly::new(
+                    "reuse_accepted",
+                    format!("{id} was used again with another body and acknowledged"),
+                ));
+            }
+            continue;
+        }
+        match (&op.request, &op.outcome) {
+            (_, Outcome::Unknown(_)) => continue,
+            (_, Outcome::Ok) => {
+                if !matches!(record, Some(r) if holds(r, &op.request) && r.state == TransferState::Committed)
                 {
                     out.push(Anomaly::new(
-                        "changed_outcome",
-                        format!("{id} was refused ({code}) but committed"),
+                        "lost_commit",
+                        format!(
+                            "{id} was acknowledged but its record is {:?}",
+                            record.map(|r| (r.kind, r.state))
+                        ),
                     ));
                 }
-            }
-            (Request::Movement(_), Outcome::Ok) => {
-                if posted.map_or(0, |a| a.movements) != 1 {
+                if matches!(op.request, Request::Movement(_))
+                    && posted.map_or(0, |a| a.movements) != 1
+                {
                     out.push(Anomaly::new(
                         "lost_commit",
                         format!(
@@ -311,8 +342,21 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                     ));
                 }
             }
-            (Request::Movement(_), Outcome::Fail(code)) => {
-                if posted.map_or(0, |a| a.movements) != 0 {
+            (_, Outcome::Fail(code)) => {
+                let mine = record.filter(|r| holds(r, &op.request));
+                if code == "idempotency_key_reused" && mine.is_some() {
+                    out.push(Anomaly::new(
+                        "false_reuse",
+                        format!("{id}: the same body was refused as a reused key"),
+                    ));
+                }
+                if mine.is_some_and(|r| r.state == TransferState::Committed) {
+                    out.push(Anomaly::new(
+                        "changed_outcome",
+                        format!("{id} was refused ({code}) but committed"),
+                    ));
+                }
+                if record.is_none() && posted.is_some_and(|a| a.movements != 0) {
                     out.push(Anomaly::new(
                         "changed_outcome",
                         format!("movement {id} was refused ({code}) but applied"),
@@ -333,6 +377,14 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
         }
         answers.entry(id).or_default().push(&op.outcome);
     }
+    for (id, requests) in acknowledged {
+        if requests.windows(2).any(|w| w[0] != w[1]) {
+            out.push(Anomaly::new(
+                "reuse_accepted",
+                format!("{id}: two different bodies were acknowledged: {requests:?}"),
+            ));
+        }
+    }
     for (id, outs) in answers {
         if outs.windows(2).any(|w| w[0] != w[1]) {
             out.push(Anomaly::new(
@@ -344,4 +396,17 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
     out.sort_by(|a, b| (&a.kind, &a.detail).cmp(&(&b.kind, &b.detail)));
     out.dedup();
     out
+}
+
+/// Whether `record` is this request's: the same kind and body.
+fn holds(record: &TransferRecord, request: &Request) -> bool {
+    match request {
+        Request::Transfer(spec) => record.kind == RecordKind::Transfer && record.spec == *spec,
+        Request::Movement(m) => {
+            record.kind == RecordKind::from(m.kind)
+                && record.spec.to == m.account_id
+                && record.spec.amount == m.amount
+                && record.spec.currency == m.currency
+        }
+    }
 }

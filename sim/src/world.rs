@@ -15,8 +15,10 @@ use participant::store::Store;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use wallet_shared::protocol::{AccountBalance, Movement, MovementKind, OpenAccount, TransferSpec};
-use wallet_shared::{AccountId, Amount, Currency, MapHandle, PartitionMap, TransactionId};
+use wallet_shared::protocol::{Movement, MovementKind, OpenAccount, TransferSpec};
+use wallet_shared::{
+    AccountId, Amount, Currency, ErrorCode, MapHandle, PartitionMap, TransactionId,
+};
 
 use crate::check::{self, Anomaly};
 use crate::clock::NodeClock;
@@ -52,7 +54,7 @@ impl Options {
 }
 
 /// What a client asked for.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Request {
     Transfer(TransferSpec),
     Movement(Movement),
@@ -85,6 +87,9 @@ pub struct Op {
     pub request: Request,
     /// A retry of an earlier request with the same id and body.
     pub retry: bool,
+    /// An earlier request's id with another body (a deposit to another
+    /// account): it must be refused, and nothing of it applied.
+    pub reuse: bool,
     pub invoked_ms: u64,
     pub completed_ms: u64,
     pub outcome: Outcome,
@@ -317,6 +322,7 @@ async fn simulate(opts: Options) -> Report {
     let mut ops = BTreeMap::new();
     for op in &history {
         let kind = match &op.request {
+            _ if op.reuse => "reused_id",
             Request::Transfer(_) if op.retry => "transfer_retry",
             Request::Transfer(_) => "transfer",
             Request::Movement(m) if m.kind == MovementKind::Deposit => "deposit",
@@ -428,11 +434,37 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
         }
         done += 1;
         let roll = world.rng(|r| r.u32(0..100));
-        let (request, retry) = if roll < 15 && !sent.is_empty() {
+        let (request, retry, reuse) = if roll < 15 && !sent.is_empty() {
             let i = world.rng(|r| r.usize(0..sent.len()));
-            (sent[i].clone(), true)
+            (sent[i].clone(), true, false)
+        } else if roll < 18 && !sent.is_empty() {
+            let earlier = sent[world.rng(|r| r.usize(0..sent.len()))].clone();
+            let n = world.accounts.len();
+            let mut account = world.accounts[world.rng(|r| r.usize(0..n))].clone();
+            if let Request::Movement(m) = &earlier {
+                if m.account_id == account {
+                    let i = world
+                        .accounts
+                        .iter()
+                        .position(|a| *a == account)
+                        .unwrap_or(0);
+                    account = world.accounts[(i + 1) % n].clone();
+                }
+            }
+            (
+                Request::Movement(Movement {
+                    transaction_id: earlier.id(),
+                    kind: MovementKind::Deposit,
+                    partition: world.map.account_partition(&account),
+                    account_id: account,
+                    amount: Amount::from_minor(world.rng(|r| r.i64(1..5_000))).unwrap(),
+                    currency: world.currency,
+                }),
+                false,
+                true,
+            )
         } else if roll < 25 {
-            let kind = if roll < 20 {
+            let kind = if roll < 22 {
                 MovementKind::Deposit
             } else {
                 MovementKind::Withdrawal
@@ -448,6 +480,7 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
                     currency: world.currency,
                 }),
                 false,
+                false,
             )
         } else {
             let n = world.accounts.len();
@@ -462,9 +495,10 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
                     currency: world.currency,
                 }),
                 false,
+                false,
             )
         };
-        if !retry {
+        if !retry && !reuse {
             sent.push(request.clone());
         }
         let invoked_ms = world.ms();
@@ -474,6 +508,7 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
             coordinator: c,
             request,
             retry,
+            reuse,
             invoked_ms,
             completed_ms: world.ms(),
             outcome,
@@ -494,17 +529,14 @@ async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
     let task = tokio::spawn(async move {
         match request {
             Request::Transfer(spec) => transfer_outcome(coordinator.transfer(spec).await),
-            Request::Movement(m) => {
-                let r: Result<AccountBalance, CallError> = coordinator
-                    .participants
-                    .post(&[m.partition], "/internal/v1/movements", &m)
-                    .await;
-                match r {
-                    Ok(_) => Outcome::Ok,
-                    Err(CallError::Rejected(r)) => Outcome::Fail(r.code.as_str().into()),
-                    Err(CallError::Unknown(why)) => Outcome::Unknown(why),
+            Request::Movement(m) => match coordinator.movement(m).await {
+                Ok(()) => Outcome::Ok,
+                Err(CallError::Rejected(r)) if r.code == ErrorCode::InProgress => {
+                    Outcome::Unknown("in_progress".into())
                 }
-            }
+                Err(CallError::Rejected(r)) => Outcome::Fail(r.code.as_str().into()),
+                Err(CallError::Unknown(why)) => Outcome::Unknown(why),
+            },
         }
     });
     {
@@ -731,6 +763,7 @@ async fn fresh_transfer_commits(world: &Arc<World>) -> Vec<Anomaly> {
         coordinator: 0,
         request: Request::Transfer(spec),
         retry: false,
+        reuse: false,
         invoked_ms,
         completed_ms: world.ms(),
         outcome: outcome.clone(),

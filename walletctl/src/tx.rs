@@ -78,6 +78,8 @@ fn leg_state_name(s: wallet_shared::protocol::LegState) -> String {
 struct Decision {
     node: String,
     partition: PartitionId,
+    /// `transfer`, `deposit` or `withdrawal` (whose accounts are both its one account).
+    kind: &'static str,
     state: &'static str,
     from_account: String,
     to_account: String,
@@ -202,6 +204,7 @@ async fn show(ctx: &Ctx, id: TransactionId) -> CtlResult<()> {
         decision: record.map(|(node, partition, r)| Decision {
             node,
             partition,
+            kind: r.kind.as_str(),
             state: state_name(r.state),
             from_account: r.spec.from.to_string(),
             to_account: r.spec.to.to_string(),
@@ -230,10 +233,17 @@ async fn show(ctx: &Ctx, id: TransactionId) -> CtlResult<()> {
                         ", not completed"
                     }
                 ));
-                out.push_str(&format!(
-                    "transfer    {} {} from {} to {}\n",
-                    d.amount, d.currency, d.from_account, d.to_account
-                ));
+                if d.kind == "transfer" {
+                    out.push_str(&format!(
+                        "transfer    {} {} from {} to {}\n",
+                        d.amount, d.currency, d.from_account, d.to_account
+                    ));
+                } else {
+                    out.push_str(&format!(
+                        "{:<11} {} {} on {}\n",
+                        d.kind, d.amount, d.currency, d.to_account
+                    ));
+                }
                 out.push_str(&format!(
                     "created     {}\ndecided     {}\n",
                     d.created_at,

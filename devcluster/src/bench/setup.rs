@@ -9,7 +9,10 @@
 //! - `events`: `opened` (seq 1, amount 0) and `deposited` (seq 2, with the
 //!   deposit's transaction id);
 //! - `legs`: the deposit, role `deposit`, state `committed`, with the
-//!   fingerprint of [`Movement::fingerprint`].
+//!   fingerprint of [`Movement::fingerprint`];
+//! - `transfers`, on the node that owns the deposit id's decision
+//!   partition: its claim record (kind `deposit`, committed and complete),
+//!   which makes the id one key across the cluster.
 //!
 //! Partitions come from the partition map's own function and each account
 //! goes to the database of the node that owns its partition, so the
@@ -66,7 +69,8 @@ pub async fn connect(url: &str, statement_timeout: Duration) -> Result<PgConnect
         .with_context(|| format!("connecting to {url}"))
 }
 
-/// One node's share of the accounts, as columns.
+/// One node's share of the accounts, as columns; and of the deposits'
+/// claim records, by decision partition.
 #[derive(Default)]
 struct Columns {
     ids: Vec<String>,
@@ -74,6 +78,16 @@ struct Columns {
     amounts: Vec<i64>,
     transactions: Vec<uuid::Uuid>,
     fingerprints: Vec<String>,
+    claims: Claims,
+}
+
+#[derive(Default)]
+struct Claims {
+    transactions: Vec<uuid::Uuid>,
+    partitions: Vec<i32>,
+    fingerprints: Vec<String>,
+    accounts: Vec<String>,
+    amounts: Vec<i64>,
 }
 
 /// Writes every account of `accounts` into the database of the node that
@@ -107,6 +121,18 @@ pub async fn load(map: &PartitionMap, nodes: &[Node], accounts: &Accounts) -> Re
         c.partitions.push(partition as i32);
         c.amounts.push(minor);
         c.transactions.push(deposit.transaction_id.0);
+        let home = map.decision_partition(deposit.transaction_id);
+        let home_owner = map
+            .owner(home)
+            .with_context(|| format!("partition {home} has no owner in the map"))?;
+        let Some(c) = columns.get_mut(home_owner.as_str()) else {
+            bail!("partition {home} belongs to {home_owner}, which is not among the nodes given");
+        };
+        c.claims.transactions.push(deposit.transaction_id.0);
+        c.claims.partitions.push(home as i32);
+        c.claims.fingerprints.push(deposit.fingerprint());
+        c.claims.accounts.push(id.to_string());
+        c.claims.amounts.push(minor);
         deposits.insert(id.to_string(), deposit.transaction_id);
     }
     let currency = accounts.currency.code();
@@ -174,8 +200,25 @@ async fn load_node(node: &Node, c: &Columns, currency: &str) -> Result<()> {
     .execute(&mut *tx)
     .await
     .context("inserting deposit legs")?;
+    // As `decisions::begin` and `decide` leave a deposit's claim.
+    let k = &c.claims;
+    sqlx::query(
+        "INSERT INTO transfers (transaction_id, kind, partition, fingerprint, from_account, to_account,
+                                amount, currency, state, lease_until, lease_owner, decided_at, completed)
+         SELECT tx, 'deposit', p, fp, id, id, amount, $6, 'committed', now(), gen_random_uuid(), now(), true
+         FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::int8[]) AS t(tx, p, fp, id, amount)",
+    )
+    .bind(&k.transactions)
+    .bind(&k.partitions)
+    .bind(&k.fingerprints)
+    .bind(&k.accounts)
+    .bind(&k.amounts)
+    .bind(currency)
+    .execute(&mut *tx)
+    .await
+    .context("inserting deposit claims")?;
     tx.commit().await?;
-    sqlx::query("ANALYZE accounts, events, legs")
+    sqlx::query("ANALYZE accounts, events, legs, transfers")
         .execute(&mut conn)
         .await?;
     Ok(())

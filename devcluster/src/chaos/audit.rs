@@ -55,6 +55,9 @@ pub struct AuditEvent {
 /// A decision record (the `transfers` table of the transfer's decision node).
 #[derive(Debug, Clone)]
 pub struct StoredTransfer {
+    /// `transfer`, `deposit` or `withdrawal` (whose record names its
+    /// account as both `from` and `to`).
+    pub kind: String,
     /// Account debited.
     pub from: String,
     /// Account credited.
@@ -150,7 +153,7 @@ impl Audit {
             });
         }
         for row in sqlx::query(
-            "SELECT transaction_id, from_account, to_account, amount, currency, state, completed
+            "SELECT transaction_id, kind, from_account, to_account, amount, currency, state, completed
              FROM transfers",
         )
         .fetch_all(&mut conn)
@@ -159,6 +162,7 @@ impl Audit {
             self.transfers.insert(
                 row.try_get("transaction_id")?,
                 StoredTransfer {
+                    kind: row.try_get("kind")?,
                     from: row.try_get("from_account")?,
                     to: row.try_get("to_account")?,
                     amount: row.try_get("amount")?,
@@ -335,7 +339,16 @@ impl Audit {
     /// either nothing or exactly one debit and one matching credit, as its
     /// decision record says; every hold and pending credit settled once.
     fn check_transactions(&self, found: &mut Vec<Anomaly>) {
-        for (id, events) in self.by_transaction() {
+        let by_transaction = self.by_transaction();
+        for (id, r) in &self.transfers {
+            if r.state == "committed" && !by_transaction.contains_key(id) {
+                found.push(Anomaly::new(
+                    AnomalyKind::RecordMismatch,
+                    format!("{} {id} is committed but moved no money", r.kind),
+                ));
+            }
+        }
+        for (id, events) in by_transaction {
             let count =
                 |kinds: &[EventKind]| events.iter().filter(|e| kinds.contains(&e.kind)).count();
             let out: Vec<&&AuditEvent> = events
@@ -369,12 +382,41 @@ impl Audit {
                 ));
             }
             let record = self.transfers.get(&id);
+            // A deposit's or withdrawal's id is claimed at its decision
+            // partition: the record says it, once, for this account.
+            let movement_events: Vec<&&AuditEvent> = events
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Deposited | EventKind::Withdrawn))
+                .collect();
+            for m in &movement_events {
+                let kind = if m.kind == EventKind::Deposited {
+                    "deposit"
+                } else {
+                    "withdrawal"
+                };
+                let recorded = record.is_some_and(|r| {
+                    r.kind == kind
+                        && r.state == "committed"
+                        && r.to == m.account
+                        && r.amount == m.amount
+                });
+                if !recorded {
+                    found.push(Anomaly::new(
+                        AnomalyKind::RecordMismatch,
+                        format!(
+                            "{kind} {id} of {} to {} applied, but its record is {record:?}",
+                            m.amount, m.account
+                        ),
+                    ));
+                }
+            }
             match (out.as_slice(), into.as_slice()) {
                 ([], []) => {
-                    if record.is_some_and(|r| r.state == "committed") {
+                    if movement_events.is_empty() && record.is_some_and(|r| r.state == "committed")
+                    {
                         found.push(Anomaly::new(
                             AnomalyKind::RecordMismatch,
-                            format!("transfer {id} is committed but moved no money"),
+                            format!("{id} is committed but moved no money: {record:?}"),
                         ));
                     }
                 }
@@ -397,6 +439,7 @@ impl Audit {
                         )),
                         Some(r) => {
                             if r.state != "committed"
+                                || r.kind != "transfer"
                                 || r.from != o.account
                                 || r.to != i.account
                                 || r.amount != o.amount

@@ -548,10 +548,23 @@ mod tests {
             .into_keys()
             .filter(|id| id.as_u128() != 1)
             .collect();
+        audit.transfers.insert(
+            Uuid::from_u128(1),
+            StoredTransfer {
+                kind: "deposit".into(),
+                from: A.into(),
+                to: A.into(),
+                amount: 100,
+                currency: "USD".into(),
+                state: "committed".into(),
+                completed: true,
+            },
+        );
         for id in transfers {
             audit.transfers.insert(
                 id,
                 StoredTransfer {
+                    kind: "transfer".into(),
                     from: A.into(),
                     to: B.into(),
                     amount: 30,
@@ -660,6 +673,27 @@ mod tests {
             kinds(&h, &audit(applied_transfer(2))),
             vec![AnomalyKind::AnswerChanged]
         );
+    }
+
+    #[test]
+    fn a_deposit_applied_twice_or_without_its_claim_is_caught() {
+        let h = history(vec![committed(transfer(2, 30))]);
+        // The same id credited on another account too (per-node dedup).
+        let mut doubled = applied_transfer(2);
+        doubled.push(event(B, 3, EventKind::Deposited, 100, 1));
+        let found = kinds(&h, &audit(doubled));
+        for kind in [AnomalyKind::MovementMismatch, AnomalyKind::RecordMismatch] {
+            assert!(found.contains(&kind), "{kind} not in {found:?}");
+        }
+        // Applied with no record at the id's decision partition.
+        let mut unclaimed = audit(applied_transfer(2));
+        unclaimed.transfers.remove(&Uuid::from_u128(1));
+        assert_eq!(kinds(&h, &unclaimed), vec![AnomalyKind::RecordMismatch]);
+        // A transfer's id used again as a deposit.
+        let mut reused = applied_transfer(2);
+        reused.push(event(B, 3, EventKind::Deposited, 5, 2));
+        let found = kinds(&h, &audit(reused));
+        assert!(found.contains(&AnomalyKind::RecordMismatch), "{found:?}");
     }
 
     #[test]

@@ -200,6 +200,135 @@ async fn a_transaction_id_is_applied_once() {
     t.wait_settled().await;
 }
 
+/// Promise 3 across the cluster: a `transaction_id` is one key whatever
+/// account or kind it is sent for (it is claimed at its decision partition),
+/// so a client that retries a deposit against the wrong account, or reuses a
+/// transfer's id, never moves money twice; and a partition move later never
+/// meets the id twice either.
+#[tokio::test]
+async fn a_transaction_id_is_one_key_across_nodes_accounts_and_kinds() {
+    let t = TestCluster::start().await;
+    let accounts: Vec<String> = (0..3)
+        .flat_map(|node| t.accounts_on(node, &format!("one-key-{node}"), 3))
+        .collect();
+    for a in &accounts {
+        t.open(a, "USD").await;
+    }
+
+    // One deposit id sent to nine accounts on three nodes at once: one is
+    // applied, every other is refused, and nothing else moves.
+    let id = uuid::Uuid::new_v4();
+    let body = json!({"transaction_id": id, "amount": "7.00", "currency": "USD"});
+    let paths: Vec<String> = accounts
+        .iter()
+        .map(|a| format!("/v1/wallet/accounts/{a}/deposit"))
+        .collect();
+    let replies = join_all(paths.iter().map(|p| t.post(p, body.clone()))).await;
+    let winners: Vec<&String> = accounts
+        .iter()
+        .zip(&replies)
+        .filter(|(_, r)| r.status == 200)
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let winner = winners[0].clone();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (422, Some("idempotency_key_reused")),
+            "{}",
+            r.body
+        );
+    }
+    let audit = t.audit().await;
+    assert_eq!(audit.applied(id).deposited, 1);
+    assert_eq!(audit.total("USD"), 700);
+    // Sequentially too, and the winner's retry still gets its answer.
+    for a in &accounts {
+        let r = t
+            .post(&format!("/v1/wallet/accounts/{a}/deposit"), body.clone())
+            .await;
+        let want = if *a == winner { 200 } else { 422 };
+        assert_eq!(r.status, want, "{a}: {}", r.body);
+    }
+    let status = t.get(&format!("/v1/wallet/transfers/{id}")).await;
+    assert_eq!(
+        (
+            &status.body["status"],
+            &status.body["kind"],
+            &status.body["account_id"]
+        ),
+        (&json!("committed"), &json!("deposit"), &json!(winner)),
+        "{}",
+        status.body
+    );
+
+    // Across kinds: a withdrawal, or a transfer, with the deposit's id; a
+    // deposit with a transfer's id.
+    let r = t
+        .post(
+            &format!("/v1/wallet/accounts/{winner}/withdraw"),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.body["code"], "idempotency_key_reused", "{}", r.body);
+    let other = accounts
+        .iter()
+        .find(|a| t.node_of(a) != t.node_of(&winner))
+        .unwrap();
+    let r = t
+        .post(
+            "/v1/wallet/balance_transfer",
+            TestCluster::transfer_body(id, &winner, other, "1.00", "USD"),
+        )
+        .await;
+    assert_eq!(r.body["code"], "idempotency_key_reused", "{}", r.body);
+    let transfer_id = uuid::Uuid::new_v4();
+    let r = t
+        .post(
+            "/v1/wallet/balance_transfer",
+            TestCluster::transfer_body(transfer_id, &winner, other, "1.00", "USD"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reuse = json!({"transaction_id": transfer_id, "amount": "1.00", "currency": "USD"});
+    for a in [&winner, other] {
+        let r = t
+            .post(&format!("/v1/wallet/accounts/{a}/deposit"), reuse.clone())
+            .await;
+        assert_eq!(r.body["code"], "idempotency_key_reused", "{}", r.body);
+    }
+    let audit = t.audit().await;
+    assert_eq!(audit.applied(id).deposited, 1);
+    assert_eq!(audit.applied(id).withdrawn, 0);
+    assert_eq!(audit.applied(id).out, 0);
+    assert_eq!(audit.applied(transfer_id).deposited, 0);
+    assert_eq!(audit.total("USD"), 700);
+
+    // The winner's partition moves to a node that was sent the same id: it
+    // holds no second copy of it, so the move goes through.
+    let p = t.partition_of(&winner);
+    let target = t.cluster.node_id(t.node_of(other));
+    let ctl = t
+        .walletctl(
+            &["partitions", "move", &p.to_string(), "--to", &target],
+            &[],
+        )
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}{}", ctl.stdout, ctl.stderr);
+    assert_eq!(t.balance(&winner).await.0, "6.00");
+    let r = t
+        .post(&format!("/v1/wallet/accounts/{winner}/deposit"), body)
+        .await;
+    assert_eq!(r.status, 200, "a retry after the move: {}", r.body);
+    t.wait_settled().await;
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let t = TestCluster::start().await;

@@ -118,6 +118,85 @@ async fn coordinator_killed_after_the_decision_commits_the_transfer() {
     assert_eq!(t.balance(&to).await, ("30.00".into(), "30.00".into()));
 }
 
+/// A deposit whose coordinator dies after claiming its id, and one whose
+/// coordinator dies after applying it: recovery completes both from their
+/// records (applied once, on the account's node) and commits the records;
+/// a retry gets that answer, and nothing is applied twice.
+#[tokio::test]
+async fn coordinator_killed_mid_deposit_is_completed_once_by_recovery() {
+    let mut t = crashing_cluster("movement_after_claim").await;
+    let account = t.accounts_on(0, "mid-deposit", 1).remove(0);
+    t.open(&account, "USD").await;
+    let deposit_into_crash = |t: &TestCluster| {
+        // Its id lives on another node than the account: claim and
+        // movement are two steps, with the crash point between them.
+        let id = t.transaction_id_homed_on(1);
+        let url = format!(
+            "{}/v1/wallet/accounts/{account}/deposit",
+            t.cluster.coordinator_url(t.coordinator)
+        );
+        let body = serde_json::json!({"transaction_id": id, "amount": "25.00", "currency": "USD"});
+        let send = t.http.post(url).json(&body).send();
+        async move {
+            let sent = send.await;
+            assert!(
+                sent.is_err(),
+                "the coordinator answered {:?}",
+                sent.map(|r| r.status())
+            );
+            (id, body)
+        }
+    };
+
+    let (claimed, claimed_body) = deposit_into_crash(&t).await;
+    t.cluster
+        .coordinator_mut(t.coordinator)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("died");
+    assert_eq!(t.audit().await.transfers[&claimed].state, "preparing");
+    let mut env = quick_recovery();
+    env.push(("WALLET_CRASH_AT".into(), "movement_after_apply".into()));
+    t.coordinator = t
+        .cluster
+        .start_coordinator(env)
+        .await
+        .expect("coordinator starts");
+    let status = t.settled(claimed, Duration::from_secs(30)).await;
+    assert_eq!(
+        (&status["status"], &status["kind"]),
+        (
+            &serde_json::json!("committed"),
+            &serde_json::json!("deposit")
+        ),
+        "{status}"
+    );
+
+    let (applied, applied_body) = deposit_into_crash(&t).await;
+    t.cluster
+        .coordinator_mut(t.coordinator)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("died");
+    let audit = t.audit().await;
+    assert_eq!(audit.transfers[&applied].state, "preparing");
+    assert_eq!(audit.posted(&account), 5_000);
+    restart_coordinator(&mut t).await;
+    let status = t.settled(applied, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "committed", "{status}");
+
+    // Retries get the recovered answers; nothing more is applied.
+    let path = format!("/v1/wallet/accounts/{account}/deposit");
+    for body in [claimed_body, applied_body] {
+        let r = t.post(&path, body).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let audit = t.wait_settled().await;
+    assert_eq!(audit.applied(claimed).deposited, 1);
+    assert_eq!(audit.applied(applied).deposited, 1);
+    assert_eq!(audit.posted(&account), 5_000);
+}
+
 #[tokio::test]
 async fn postgres_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
     let mut t = TestCluster::start().await;

@@ -592,7 +592,7 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
     let aborted = audit
         .transfers
         .values()
-        .filter(|x| x.state == "aborted")
+        .filter(|x| x.kind == "transfer" && x.state == "aborted")
         .count();
     assert_eq!(rejected, aborted as i64);
     assert!(
