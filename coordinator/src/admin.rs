@@ -5,14 +5,14 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use wallet_shared::admin::{ResolveReply, ResolveRequest};
-use wallet_shared::TransactionId;
+use wallet_shared::{routes, TransactionId};
 
 use crate::api::{ApiError, ApiJson};
 use crate::resolver;
 use crate::transfer::Coordinator;
 
 pub fn routes() -> Router<Coordinator> {
-    Router::new().route("/internal/v1/transfers/{id}/resolve", post(resolve))
+    Router::new().route(routes::RESOLVE.pattern(), post(resolve))
 }
 
 /// `walletctl tx resolve`: one transfer driven to its end now.

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wallet_shared::protocol::*;
-use wallet_shared::{AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
+use wallet_shared::{routes, AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
 use crate::client::CallError;
 use crate::transfer::{Coordinator, TransferOutcome};
@@ -269,7 +269,7 @@ async fn transfer_status(State(c): State<Coordinator>, Path(id): Path<String>) -
     let partition = c.participants.map.current().decision_partition(id);
     let record: TransferRecord = c
         .participants
-        .get(partition, &format!("/internal/v1/transfers/{id}"), &[])
+        .get(partition, &routes::TRANSFER.with(id), &[])
         .await?;
     // A status lookup answers 200 with the status in the body, whatever it is.
     let mut response = record_response(&record);
@@ -298,7 +298,7 @@ async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenB
     };
     let balance: AccountBalance = c
         .participants
-        .post(&[partition], "/internal/v1/accounts", &req)
+        .post(&[partition], routes::ACCOUNTS.pattern(), &req)
         .await?;
     Ok(reply(200, balance_json(&balance)))
 }
@@ -398,7 +398,7 @@ async fn balance(
     if let Some(snapshots) = q.snapshots {
         query.push(("snapshots", snapshots.to_string()));
     }
-    let path = format!("/internal/v1/accounts/{account_id}/balance");
+    let path = routes::BALANCE.with(&account_id);
     let h: HistoricalBalance = c.participants.get(partition, &path, &query).await?;
     let mut body = balance_json(&h.balance);
     if let Some(as_of) = q.as_of {
@@ -461,7 +461,7 @@ async fn events(
         }
         query.push(("types", types));
     }
-    let path = format!("/internal/v1/accounts/{account_id}/events");
+    let path = routes::EVENTS.with(&account_id);
     let page: EventsPage = c.participants.get(partition, &path, &query).await?;
     let currency = page.currency;
     let events: Vec<Value> = page
@@ -514,7 +514,7 @@ async fn feed(State(c): State<Coordinator>, ApiQuery(q): ApiQuery<FeedQuery>) ->
         let participants = c.participants.clone();
         async move {
             participants
-                .get_node::<FeedPage>(node, "/internal/v1/feed", &query)
+                .get_node::<FeedPage>(node, routes::FEED.pattern(), &query)
                 .await
         }
     }))

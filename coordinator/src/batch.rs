@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use wallet_shared::protocol::*;
-use wallet_shared::PartitionId;
+use wallet_shared::{routes, PartitionId};
 
 use crate::client::{CallError, Participants};
 
@@ -203,7 +203,7 @@ fn take<T>(queue: &mut Vec<T>, max: usize) -> Vec<T> {
 /// A kind whose request wraps the items in one field and whose reply
 /// answers them in one field, in order.
 macro_rules! kind {
-    ($kind:ident: $item:ty => $request:ident { $items:ident } @ $path:literal,
+    ($kind:ident: $item:ty => $request:ident { $items:ident } @ $path:expr,
      $reply:ident { $answers:ident: $answer:ty }, |$i:ident| $partitions:expr) => {
         pub struct $kind;
         impl Kind for $kind {
@@ -225,18 +225,18 @@ macro_rules! kind {
     };
 }
 
-kind!(BeginKind: Begin => BeginRequest { transfers } @ "/internal/v1/transfers/begin",
+kind!(BeginKind: Begin => BeginRequest { transfers } @ routes::BEGIN.pattern(),
       BeginReply { results: BeginResult }, |b| vec![b.partition]);
-kind!(ExecuteKind: ExecuteRequest => ExecuteBatch { transfers } @ "/internal/v1/transfers/execute",
+kind!(ExecuteKind: ExecuteRequest => ExecuteBatch { transfers } @ routes::EXECUTE.pattern(),
       ExecuteReply { results: BeginResult },
       |e| vec![e.begin.partition, e.legs[0].partition, e.legs[1].partition]);
-kind!(PrepareKind: Leg => LegsRequest { legs } @ "/internal/v1/legs/prepare",
+kind!(PrepareKind: Leg => LegsRequest { legs } @ routes::PREPARE.pattern(),
       PrepareReply { votes: Vote }, |l| vec![l.partition]);
-kind!(CommitKind: Leg => LegsRequest { legs } @ "/internal/v1/legs/commit",
+kind!(CommitKind: Leg => LegsRequest { legs } @ routes::COMMIT.pattern(),
       LegsReply { states: LegState }, |l| vec![l.partition]);
-kind!(AbortKind: Leg => LegsRequest { legs } @ "/internal/v1/legs/abort",
+kind!(AbortKind: Leg => LegsRequest { legs } @ routes::ABORT.pattern(),
       LegsReply { states: LegState }, |l| vec![l.partition]);
-kind!(DecideKind: Decide => DecideRequest { decisions } @ "/internal/v1/transfers/decide",
+kind!(DecideKind: Decide => DecideRequest { decisions } @ routes::DECIDE.pattern(),
       DecideReply { records: Option<TransferRecord> }, |d| vec![d.partition]);
 
 /// Completing answers nothing but "done" (204).
@@ -246,7 +246,7 @@ impl Kind for CompleteKind {
     type Request = CompleteRequest;
     type Reply = ();
     type Answer = ();
-    const PATH: &'static str = "/internal/v1/transfers/complete";
+    const PATH: &'static str = routes::COMPLETE.pattern();
     fn partitions(t: &TransferRef) -> Vec<PartitionId> {
         vec![t.partition]
     }

@@ -18,12 +18,10 @@ use tracing::Instrument;
 use wallet_shared::protocol::{
     AccountBalance, BeginResult, Decision, Movement, MovementRequest, TransferRecord, TransferState,
 };
-use wallet_shared::{ErrorCode, Rejection};
+use wallet_shared::{routes, ErrorCode, Rejection};
 
 use crate::client::CallError;
 use crate::transfer::{crash_point, routing, Coordinator};
-
-const PATH: &str = "/internal/v1/movements";
 
 impl Coordinator {
     /// Applies a deposit or withdrawal exactly once. `Ok` once it is
@@ -56,7 +54,10 @@ impl Coordinator {
                 movement: m,
                 claim: Some(claim),
             };
-            let _: AccountBalance = self.participants.post(&partitions, PATH, &req).await?;
+            let _: AccountBalance = self
+                .participants
+                .post(&partitions, routes::MOVEMENTS.pattern(), &req)
+                .await?;
             return Ok(());
         }
 
@@ -76,7 +77,7 @@ impl Coordinator {
         };
         let outcome = match self
             .participants
-            .post::<_, AccountBalance>(&[partition], PATH, &req)
+            .post::<_, AccountBalance>(&[partition], routes::MOVEMENTS.pattern(), &req)
             .await
         {
             Ok(_) => Ok(()),

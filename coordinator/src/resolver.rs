@@ -20,7 +20,7 @@ use wallet_shared::protocol::{
     AccountBalance, Begin, BeginResult, Decision, Leg, LegRole, Movement, MovementRequest,
     TransferRecord, TransferState, Unresolved,
 };
-use wallet_shared::{ErrorCode, PartitionMap, Rejection, TransactionId};
+use wallet_shared::{routes, ErrorCode, PartitionMap, Rejection, TransactionId};
 
 use crate::client::CallError;
 use crate::transfer::{routing, Coordinator};
@@ -44,7 +44,7 @@ pub async fn round(coordinator: &Coordinator, grace: Duration) -> usize {
         let query = [("grace_ms", grace.as_millis().to_string())];
         let found: Unresolved = match coordinator
             .participants
-            .get_node(node, "/internal/v1/unresolved", &query)
+            .get_node(node, routes::UNRESOLVED.pattern(), &query)
             .await
         {
             Ok(u) => u,
@@ -133,7 +133,7 @@ async fn settle_movement(
         .participants
         .post::<_, AccountBalance>(
             &[partition],
-            "/internal/v1/movements",
+            routes::MOVEMENTS.pattern(),
             &MovementRequest {
                 movement: m,
                 claim: None,
@@ -166,7 +166,7 @@ pub async fn resolve_one(
 ) -> Result<ResolveReply, CallError> {
     let map = coordinator.participants.map.current();
     let home = map.decision_partition(id);
-    let path = format!("/internal/v1/transfers/{id}");
+    let path = routes::TRANSFER.with(id);
     let record: TransferRecord = coordinator.participants.get(home, &path, &[]).await?;
     let before = record.state;
     let record = if record.state == TransferState::Preparing && !force {
@@ -219,7 +219,7 @@ pub async fn resolve_one(
 
 async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {
     let id = leg.transaction_id;
-    let path = format!("/internal/v1/transfers/{id}");
+    let path = routes::TRANSFER.with(id);
     match coordinator
         .participants
         .get::<TransferRecord>(leg.decision_partition, &path, &[])

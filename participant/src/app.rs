@@ -14,6 +14,7 @@ use wallet_shared::admin::{
     AuditRequest, InDoubt, InDoubtRequest, NodeAudit, NodeLegs, NodePartitions, OpenTransfer,
 };
 use wallet_shared::protocol::*;
+use wallet_shared::routes;
 use wallet_shared::{AccountId, ErrorCode, MapHandle, PartitionId, Rejection, TransactionId};
 
 use crate::error::ApiResult;
@@ -96,25 +97,25 @@ impl<S: Store> App<S> {
 pub fn router<S: Store>(app: App<S>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/internal/v1/transfers/begin", post(begin::<S>))
-        .route("/internal/v1/transfers/decide", post(decide::<S>))
-        .route("/internal/v1/transfers/complete", post(complete::<S>))
-        .route("/internal/v1/transfers/execute", post(execute::<S>))
-        .route("/internal/v1/transfers/{id}", get(transfer::<S>))
-        .route("/internal/v1/legs/prepare", post(prepare::<S>))
-        .route("/internal/v1/legs/commit", post(commit::<S>))
-        .route("/internal/v1/legs/abort", post(abort::<S>))
-        .route("/internal/v1/unresolved", get(unresolved::<S>))
-        .route("/internal/v1/accounts", post(open_account::<S>))
-        .route("/internal/v1/movements", post(movement::<S>))
-        .route("/internal/v1/accounts/{id}/balance", get(balance::<S>))
-        .route("/internal/v1/accounts/{id}/events", get(events::<S>))
-        .route("/internal/v1/feed", get(feed::<S>))
-        .route("/internal/v1/replay", get(replay_check::<S>))
-        .route("/internal/v1/partitions", get(partitions::<S>))
-        .route("/internal/v1/admin/in_doubt", post(in_doubt::<S>))
-        .route("/internal/v1/admin/legs/{id}", get(legs_of::<S>))
-        .route("/internal/v1/admin/audit", post(audit::<S>))
+        .route(routes::BEGIN.pattern(), post(begin::<S>))
+        .route(routes::DECIDE.pattern(), post(decide::<S>))
+        .route(routes::COMPLETE.pattern(), post(complete::<S>))
+        .route(routes::EXECUTE.pattern(), post(execute::<S>))
+        .route(routes::TRANSFER.pattern(), get(transfer::<S>))
+        .route(routes::PREPARE.pattern(), post(prepare::<S>))
+        .route(routes::COMMIT.pattern(), post(commit::<S>))
+        .route(routes::ABORT.pattern(), post(abort::<S>))
+        .route(routes::UNRESOLVED.pattern(), get(unresolved::<S>))
+        .route(routes::ACCOUNTS.pattern(), post(open_account::<S>))
+        .route(routes::MOVEMENTS.pattern(), post(movement::<S>))
+        .route(routes::BALANCE.pattern(), get(balance::<S>))
+        .route(routes::EVENTS.pattern(), get(events::<S>))
+        .route(routes::FEED.pattern(), get(feed::<S>))
+        .route(routes::REPLAY.pattern(), get(replay_check::<S>))
+        .route(routes::PARTITIONS.pattern(), get(partitions::<S>))
+        .route(routes::IN_DOUBT.pattern(), post(in_doubt::<S>))
+        .route(routes::LEGS_OF.pattern(), get(legs_of::<S>))
+        .route(routes::AUDIT.pattern(), post(audit::<S>))
         .with_state(app)
         .layer(axum::middleware::from_fn(run_to_completion))
 }

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use sqlx::{PgConnection, Row};
 use wallet_shared::admin::{Fence, FenceState, ImportRequest, PartitionExport, PartitionSummary};
-use wallet_shared::{ErrorCode, PartitionId, Rejection};
+use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 
 use crate::app::App;
 use crate::error::{ApiResult, StoreError};
@@ -51,16 +51,10 @@ pub fn router(app: App<PgStore>) -> Router {
     // A partition's copy can be far above the API's body limit.
     let big = axum::extract::DefaultBodyLimit::max(1 << 30);
     Router::new()
-        .route(
-            "/internal/v1/partitions/{p}/fence",
-            post(fence).delete(release),
-        )
-        .route("/internal/v1/partitions/{p}/export", get(export))
-        .route(
-            "/internal/v1/partitions/{p}/import",
-            post(import).layer(big),
-        )
-        .route("/internal/v1/partitions/{p}/discard", post(discard))
+        .route(routes::FENCE.pattern(), post(fence).delete(release))
+        .route(routes::EXPORT.pattern(), get(export))
+        .route(routes::IMPORT.pattern(), post(import).layer(big))
+        .route(routes::DISCARD.pattern(), post(discard))
         .with_state(app)
         .layer(axum::middleware::from_fn(crate::app::run_to_completion))
 }

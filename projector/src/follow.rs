@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use wallet_shared::protocol::FeedPage;
-use wallet_shared::{retry, MapHandle};
+use wallet_shared::{retry, routes, MapHandle};
 
 use crate::models::{Applied, Projections};
 
@@ -60,7 +60,7 @@ impl Follower {
             bail!("node {node} is not in the partition map");
         };
         let from = self.projections.position(node).await?;
-        let url = format!("{base}/internal/v1/feed?after={from}&limit={}", self.page);
+        let url = format!("{base}{}?after={from}&limit={}", routes::FEED, self.page);
         let resp = self
             .http
             .get(&url)

@@ -1,7 +1,7 @@
 //! What every wallet component shares: the domain types that parse (an
 //! `AccountId`, `Currency`, `Amount` or `TransactionId` that exists is valid),
 //! the stable partition hash, the partition map in etcd, the messages between
-//! coordinators and participants, the error codes, retries, config and logs.
+//! coordinators and participants and the routes that carry them, the error codes, retries, config and logs.
 
 pub mod admin;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod money;
 pub mod partition;
 pub mod protocol;
 pub mod retry;
+pub mod routes;
 pub mod telemetry;
 
 pub use error::{ErrorCode, Rejection};

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use wallet_shared::protocol::{EventsPage, HistoricalBalance};
-use wallet_shared::{AccountId, PartitionId};
+use wallet_shared::{routes, AccountId, PartitionId};
 
 use crate::ctx::Ctx;
 use crate::error::{not_found, usage, CtlResult};
@@ -71,7 +71,7 @@ async fn show(ctx: &Ctx, id: &str, last: i64) -> CtlResult<()> {
     let h: HistoricalBalance = ctx
         .get(
             &who,
-            &format!("{url}/internal/v1/accounts/{id}/balance?{routing}"),
+            &format!("{url}{}?{routing}", routes::BALANCE.with(&id)),
         )
         .await?;
     let b = h.balance;
@@ -79,7 +79,10 @@ async fn show(ctx: &Ctx, id: &str, last: i64) -> CtlResult<()> {
     let page: EventsPage = ctx
         .get(
             &who,
-            &format!("{url}/internal/v1/accounts/{id}/events?{routing}&after={after}&limit={last}"),
+            &format!(
+                "{url}{}?{routing}&after={after}&limit={last}",
+                routes::EVENTS.with(&id)
+            ),
         )
         .await?;
     let c = b.currency;

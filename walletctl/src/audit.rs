@@ -19,7 +19,7 @@ use wallet_shared::admin::{
     AuditRecord, AuditRequest, BucketTotals, CurrencyTotals, Finding, NodeAudit, StoredLeg,
 };
 use wallet_shared::protocol::{LegState, TransferState};
-use wallet_shared::{Currency, PartitionMap, TransactionId};
+use wallet_shared::{routes, Currency, PartitionMap, TransactionId};
 
 use crate::ctx::Ctx;
 use crate::error::{usage, CtlError, CtlResult, Exit};
@@ -244,7 +244,7 @@ async fn ask(
     let url = ctx.node_url(map, node)?;
     ctx.post_within(
         &format!("node {node}"),
-        &format!("{url}/internal/v1/admin/audit"),
+        &format!("{url}{}", routes::AUDIT),
         request,
         NODE_TIMEOUT,
     )

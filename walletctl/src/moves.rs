@@ -24,7 +24,7 @@ use wallet_shared::admin::{
     Fence, FenceState, ImportRequest, NodePartitions, PartitionExport, PartitionSummary,
 };
 use wallet_shared::map::{MapError, Move, MovePhase};
-use wallet_shared::{MapStore, PartitionId, PartitionMap};
+use wallet_shared::{routes, MapStore, PartitionId, PartitionMap};
 
 use crate::ctx::Ctx;
 use crate::error::{conflict, not_found, CtlError, CtlResult, Exit};
@@ -210,7 +210,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
             state,
             to: record.to.clone(),
         };
-        let fence_url = format!("{from_url}/internal/v1/partitions/{p}/fence");
+        let fence_url = format!("{from_url}{}", routes::FENCE.with(p));
         let _: Fence = ctx
             .post(&from_name, &fence_url, &fence(FenceState::Draining))
             .await?;
@@ -219,7 +219,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         let deadline = drain_started + Duration::from_secs(opts.drain_timeout);
         loop {
             let np: NodePartitions = ctx
-                .get(&from_name, &format!("{from_url}/internal/v1/partitions"))
+                .get(&from_name, &format!("{from_url}{}", routes::PARTITIONS))
                 .await?;
             let busy = np
                 .partitions
@@ -248,10 +248,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
 
         // 3. Copy.
         let export: PartitionExport = ctx
-            .get(
-                &from_name,
-                &format!("{from_url}/internal/v1/partitions/{p}/export"),
-            )
+            .get(&from_name, &format!("{from_url}{}", routes::EXPORT.with(p)))
             .await?;
         let map = store.load().await?;
         let import = ImportRequest {
@@ -261,7 +258,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         let copied: PartitionSummary = ctx
             .post(
                 &to_name,
-                &format!("{to_url}/internal/v1/partitions/{p}/import"),
+                &format!("{to_url}{}", routes::IMPORT.with(p)),
                 &import,
             )
             .await?;
@@ -313,7 +310,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
     let _: Fence = ctx
         .post(
             &from_name,
-            &format!("{from_url}/internal/v1/partitions/{p}/fence"),
+            &format!("{from_url}{}", routes::FENCE.with(p)),
             &fence,
         )
         .await?;
@@ -370,14 +367,14 @@ pub async fn abort(ctx: &Ctx, p: PartitionId) -> CtlResult<()> {
     let _: Option<serde_json::Value> = ctx
         .post(
             &format!("node {}", record.to),
-            &format!("{to_url}/internal/v1/partitions/{p}/discard"),
+            &format!("{to_url}{}", routes::DISCARD.with(p)),
             &serde_json::json!({}),
         )
         .await?;
     let _: Option<serde_json::Value> = ctx
         .delete(
             &format!("node {}", record.from),
-            &format!("{from_url}/internal/v1/partitions/{p}/fence"),
+            &format!("{from_url}{}", routes::FENCE.with(p)),
         )
         .await?;
     change_map(&store, "ending the move", |map| {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use wallet_shared::admin::{NodePartitions, PartitionStats};
 use wallet_shared::map::MovePhase;
-use wallet_shared::PartitionId;
+use wallet_shared::{routes, PartitionId};
 
 use crate::ctx::Ctx;
 use crate::error::CtlResult;
@@ -89,7 +89,7 @@ async fn show(ctx: &Ctx) -> CtlResult<()> {
         let got: CtlResult<NodePartitions> = ctx
             .get(
                 &format!("node {id}"),
-                &format!("{url}/internal/v1/partitions"),
+                &format!("{url}{}", routes::PARTITIONS),
             )
             .await;
         (id.clone(), got)

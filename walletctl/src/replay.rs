@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use wallet_shared::protocol::{ReplayPage, ReplayedAccount};
-use wallet_shared::AccountId;
+use wallet_shared::{routes, AccountId};
 
 use crate::ctx::Ctx;
 use crate::error::{usage, CtlError, CtlResult, Exit};
@@ -51,8 +51,9 @@ pub async fn run(ctx: &Ctx, args: ReplayArgs) -> CtlResult<()> {
             .owner(map.account_partition(&id))
             .ok_or_else(|| CtlError::new(Exit::Failed, "the map has no owner for it"))?;
         let url = format!(
-            "{}/internal/v1/replay?account={id}",
-            ctx.node_url(&map, owner)?
+            "{}{}?account={id}",
+            ctx.node_url(&map, owner)?,
+            routes::REPLAY
         );
         let page: ReplayPage = ctx.get(&format!("node {owner}"), &url).await?;
         if page.accounts.is_empty() {
@@ -65,7 +66,7 @@ pub async fn run(ctx: &Ctx, args: ReplayArgs) -> CtlResult<()> {
         for (node, base) in &map.nodes {
             let mut after: Option<AccountId> = None;
             loop {
-                let mut url = format!("{base}/internal/v1/replay?limit=200");
+                let mut url = format!("{base}{}?limit=200", routes::REPLAY);
                 if let Some(a) = &after {
                     url.push_str(&format!("&after={a}"));
                 }

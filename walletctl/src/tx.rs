@@ -11,7 +11,7 @@ use wallet_shared::admin::{
     InDoubt, InDoubtRequest, NodeLegs, ResolveReply, ResolveRequest, StoredLeg,
 };
 use wallet_shared::protocol::{TransferRecord, TransferState};
-use wallet_shared::{PartitionId, PartitionMap, TransactionId};
+use wallet_shared::{routes, PartitionId, PartitionMap, TransactionId};
 
 use crate::ctx::Ctx;
 use crate::error::{not_found, usage, CtlError, CtlResult, Exit};
@@ -148,7 +148,8 @@ async fn record(
         .get(
             &format!("node {node}"),
             &format!(
-                "{url}/internal/v1/transfers/{id}?map_revision={}&partition={home}",
+                "{url}{}?map_revision={}&partition={home}",
+                routes::TRANSFER.with(id),
                 map.revision
             ),
         )
@@ -167,7 +168,7 @@ async fn show(ctx: &Ctx, id: TransactionId) -> CtlResult<()> {
         let got: CtlResult<NodeLegs> = ctx
             .get(
                 &format!("node {node}"),
-                &format!("{url}/internal/v1/admin/legs/{id}"),
+                &format!("{url}{}", routes::LEGS_OF.with(id)),
             )
             .await;
         (node.clone(), got)
@@ -378,7 +379,7 @@ async fn pending(ctx: &Ctx, limit: i64) -> CtlResult<()> {
         let got: CtlResult<InDoubt> = ctx
             .post(
                 &format!("node {node}"),
-                &format!("{url}/internal/v1/admin/in_doubt"),
+                &format!("{url}{}", routes::IN_DOUBT),
                 &req,
             )
             .await;
@@ -461,7 +462,7 @@ struct Resolved {
 }
 
 async fn resolve(ctx: &Ctx, id: TransactionId, force: bool) -> CtlResult<()> {
-    let url = format!("{}/internal/v1/transfers/{id}/resolve", ctx.coordinator);
+    let url = format!("{}{}", ctx.coordinator, routes::RESOLVE.with(id));
     let reply: ResolveReply = ctx
         .post_within(
             &format!("the coordinator at {}", ctx.coordinator),

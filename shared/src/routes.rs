@@ -1,0 +1,128 @@
+//! Every route of the internal API (`/internal/v1/...`), defined once.
+//!
+//! The participant's router and the coordinator's admin router mount these
+//! patterns; every caller (the coordinator's client, walletctl, the
+//! projector, the simulation) builds its paths from them, so a route cannot
+//! be renamed on one side only. The messages they carry are in
+//! [`crate::protocol`] and [`crate::admin`]; each constant names its request
+//! and reply types.
+
+use std::fmt;
+
+/// One route: an axum pattern with at most one `{param}` segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(&'static str);
+
+impl Route {
+    /// The pattern, as a router mounts it (`/internal/v1/transfers/{id}`).
+    pub const fn pattern(self) -> &'static str {
+        self.0
+    }
+
+    /// The path with its `{param}` segment filled in by `value`.
+    pub fn with(self, value: impl fmt::Display) -> String {
+        match (self.0.find('{'), self.0.find('}')) {
+            (Some(open), Some(close)) => {
+                format!("{}{value}{}", &self.0[..open], &self.0[close + 1..])
+            }
+            _ => self.0.to_string(),
+        }
+    }
+}
+
+/// A route without a parameter is its own path.
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+// ---- the transfer protocol (participant) ------------------------------------
+
+/// `Routed<BeginRequest>` -> `BeginReply`.
+pub const BEGIN: Route = Route("/internal/v1/transfers/begin");
+/// `Routed<DecideRequest>` -> `DecideReply`.
+pub const DECIDE: Route = Route("/internal/v1/transfers/decide");
+/// `Routed<CompleteRequest>` -> `()`.
+pub const COMPLETE: Route = Route("/internal/v1/transfers/complete");
+/// `Routed<ExecuteBatch>` -> `ExecuteReply`.
+pub const EXECUTE: Route = Route("/internal/v1/transfers/execute");
+/// GET, `?map_revision&partition` -> `TransferRecord` (404 `transfer_not_found`).
+pub const TRANSFER: Route = Route("/internal/v1/transfers/{id}");
+/// `Routed<LegsRequest>` -> `PrepareReply`.
+pub const PREPARE: Route = Route("/internal/v1/legs/prepare");
+/// `Routed<LegsRequest>` -> `LegsReply`.
+pub const COMMIT: Route = Route("/internal/v1/legs/commit");
+/// `Routed<LegsRequest>` -> `LegsReply`.
+pub const ABORT: Route = Route("/internal/v1/legs/abort");
+/// GET, `?grace_ms` -> `Unresolved`: recovery's work on one node.
+pub const UNRESOLVED: Route = Route("/internal/v1/unresolved");
+
+// ---- accounts (participant) --------------------------------------------------
+
+/// `Routed<OpenAccount>` -> `AccountBalance` (201 when created).
+pub const ACCOUNTS: Route = Route("/internal/v1/accounts");
+/// `Routed<MovementRequest>` -> `AccountBalance`.
+pub const MOVEMENTS: Route = Route("/internal/v1/movements");
+/// GET, `?map_revision&partition[&as_of&snapshots]` -> `HistoricalBalance`.
+pub const BALANCE: Route = Route("/internal/v1/accounts/{id}/balance");
+/// GET, `?map_revision&partition[&after&limit&types]` -> `EventsPage`.
+pub const EVENTS: Route = Route("/internal/v1/accounts/{id}/events");
+/// GET, `?after&limit` -> `FeedPage`: this node's change feed.
+pub const FEED: Route = Route("/internal/v1/feed");
+/// GET, `?account` or `?after&limit` -> `ReplayPage`: balances against their events.
+pub const REPLAY: Route = Route("/internal/v1/replay");
+
+// ---- operators (participant, walletctl) ---------------------------------------
+
+/// GET -> `NodePartitions`: what this node holds, partition by partition.
+pub const PARTITIONS: Route = Route("/internal/v1/partitions");
+/// POST `Fence` -> `Fence` / DELETE: a partition move's fence on its old owner.
+pub const FENCE: Route = Route("/internal/v1/partitions/{p}/fence");
+/// GET -> `PartitionExport`: the partition's rows, for its new owner.
+pub const EXPORT: Route = Route("/internal/v1/partitions/{p}/export");
+/// `ImportRequest` -> `PartitionSummary`.
+pub const IMPORT: Route = Route("/internal/v1/partitions/{p}/import");
+/// POST -> drops a copy this node no longer owns.
+pub const DISCARD: Route = Route("/internal/v1/partitions/{p}/discard");
+/// `InDoubtRequest` -> `InDoubt`.
+pub const IN_DOUBT: Route = Route("/internal/v1/admin/in_doubt");
+/// GET -> `NodeLegs`: every leg of one transaction here.
+pub const LEGS_OF: Route = Route("/internal/v1/admin/legs/{id}");
+/// `AuditRequest` -> `NodeAudit`.
+pub const AUDIT: Route = Route("/internal/v1/admin/audit");
+
+// ---- operators (coordinator) --------------------------------------------------
+
+/// `ResolveRequest` -> `ResolveReply`: drive one transfer to its end now.
+pub const RESOLVE: Route = Route("/internal/v1/transfers/{id}/resolve");
+
+/// Every route, for the checks below and for whoever lists them.
+pub const ALL: [Route; 24] = [
+    BEGIN, DECIDE, COMPLETE, EXECUTE, TRANSFER, PREPARE, COMMIT, ABORT, UNRESOLVED, ACCOUNTS,
+    MOVEMENTS, BALANCE, EVENTS, FEED, REPLAY, PARTITIONS, FENCE, EXPORT, IMPORT, DISCARD, IN_DOUBT,
+    LEGS_OF, AUDIT, RESOLVE,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parameter_fills_its_segment_and_nothing_else() {
+        assert_eq!(TRANSFER.with("abc"), "/internal/v1/transfers/abc");
+        assert_eq!(FENCE.with(7), "/internal/v1/partitions/7/fence");
+        assert_eq!(RESOLVE.with("x"), "/internal/v1/transfers/x/resolve");
+        assert_eq!(BEGIN.with("ignored"), BEGIN.to_string());
+    }
+
+    #[test]
+    fn routes_are_distinct_internal_and_have_at_most_one_parameter() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in ALL {
+            assert!(seen.insert(r.pattern()), "{r} twice");
+            assert!(r.pattern().starts_with("/internal/v1/"), "{r}");
+            assert!(r.pattern().matches('{').count() <= 1, "{r}");
+        }
+    }
+}
