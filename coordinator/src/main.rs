@@ -11,7 +11,8 @@ use coordinator::{api, batch, client, resolver, transfer};
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("coordinator");
     let cfg: CoordinatorConfig =
-        wallet_shared::config::load_from_args().context("loading coordinator config")?;
+        wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
+            .context("loading coordinator config")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await

@@ -12,7 +12,8 @@ use participant::{app, fence, moves, pg::PgStore};
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("participant");
     let cfg: ParticipantConfig =
-        wallet_shared::config::load_from_args().context("loading participant config")?;
+        wallet_shared::config::load_from_args(participant::config::DEFAULTS)
+            .context("loading participant config")?;
     let store = PgStore::connect(&cfg)
         .await
         .context("connecting to Postgres")?;

@@ -9,8 +9,8 @@ use projector::{status, Follower, Projections};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("projector");
-    let cfg: ProjectorConfig =
-        wallet_shared::config::load_from_args().context("loading projector config")?;
+    let cfg: ProjectorConfig = wallet_shared::config::load_from_args(projector::config::DEFAULTS)
+        .context("loading projector config")?;
     let projections = Projections::connect(
         &cfg.database_url,
         Duration::from_millis(cfg.statement_timeout_ms),
