@@ -14,7 +14,8 @@ use wallet_shared::protocol::*;
 use wallet_shared::{routes, AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
 use crate::client::CallError;
-use crate::transfer::{Coordinator, TransferOutcome};
+use crate::machine::TransferOutcome;
+use crate::transfer::Coordinator;
 
 pub fn router(coordinator: Coordinator, max_body_bytes: usize) -> Router {
     Router::new()

@@ -10,6 +10,7 @@ pub mod api;
 pub mod batch;
 pub mod client;
 pub mod config;
+pub mod machine;
 pub mod movement;
 pub mod resolver;
 pub mod transfer;

@@ -21,7 +21,8 @@ use wallet_shared::protocol::{
 use wallet_shared::{routes, ErrorCode, Rejection};
 
 use crate::client::CallError;
-use crate::transfer::{crash_point, routing, Coordinator};
+use crate::machine::routing;
+use crate::transfer::{crash_point, Coordinator};
 
 impl Coordinator {
     /// Applies a deposit or withdrawal exactly once. `Ok` once it is

@@ -18,12 +18,13 @@ use tracing::Instrument;
 use wallet_shared::admin::ResolveReply;
 use wallet_shared::protocol::{
     AccountBalance, Begin, BeginResult, Decision, Leg, LegRole, Movement, MovementRequest,
-    TransferRecord, TransferState, Unresolved,
+    RecordKind, TransferRecord, TransferState, Unresolved,
 };
 use wallet_shared::{routes, ErrorCode, PartitionMap, Rejection, TransactionId};
 
 use crate::client::CallError;
-use crate::transfer::{routing, Coordinator};
+use crate::machine::{routing, Ending, Machine};
+use crate::transfer::Coordinator;
 
 pub async fn run(coordinator: Coordinator, interval: Duration, grace: Duration) {
     loop {
@@ -96,21 +97,18 @@ async fn settle(
     if let Some(m) = Movement::of_record(&record, map.account_partition(&record.spec.to)) {
         return settle_movement(coordinator, map, record, m).await;
     }
-    let record = if record.state == TransferState::Preparing {
-        let reason = Rejection::new(
-            ErrorCode::TransferAborted,
-            "its coordinator stopped before deciding; recovery aborted it and nothing was applied",
-        );
-        coordinator
-            .decide(id, map.decision_partition(id), Decision::Abort { reason })
-            .await?
-    } else {
-        record
-    };
-    tracing::info!(state = ?record.state, "recovery applies the decision");
     let legs = legs_of(map, &record);
-    let finished = coordinator.finish(record.clone(), &legs).await;
-    Ok((record, finished))
+    let (machine, first) = Machine::recover(record, legs);
+    match coordinator.drive(machine, first).await {
+        Ending::Decided { record, finished } => {
+            tracing::info!(state = ?record.state, finished, "recovery applied the decision");
+            Ok((record, finished))
+        }
+        Ending::Undecided(e) => Err(e),
+        Ending::Early(outcome) => Err(CallError::Unknown(format!(
+            "internal: recovery of {id} ended early: {outcome:?}"
+        ))),
+    }
 }
 
 /// A movement's claim: its record follows the account's node, which holds
@@ -230,7 +228,8 @@ async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {
         }
         Ok(record) if matches_leg(&record, &leg) => {
             let legs = legs_of(map, &record);
-            coordinator.finish(record, &legs).await;
+            let (machine, first) = Machine::recover(record, legs);
+            coordinator.drive(machine, first).await;
         }
         Ok(_) => {
             tracing::error!("a prepared leg does not match its transfer record; aborting the leg");
@@ -245,6 +244,9 @@ async fn resolve_leg(coordinator: &Coordinator, map: &PartitionMap, leg: Leg) {
 }
 
 fn matches_leg(record: &TransferRecord, leg: &Leg) -> bool {
+    if record.kind != RecordKind::Transfer {
+        return false;
+    }
     let spec = &record.spec;
     let account = match leg.role {
         LegRole::Debit => &spec.from,

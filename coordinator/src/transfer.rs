@@ -1,39 +1,16 @@
-//! The transfer protocol, as the coordinator runs it.
-//!
-//! ```text
-//! begin (decision partition) -> prepare legs (their nodes, in parallel)
-//!   -> decide (CAS at the decision partition) -> commit|abort legs -> complete
-//! ```
-//!
-//! The decision is written before any leg is committed, and it is the only
-//! truth: whatever happens after it, recovery drives every leg to it. Before
-//! it, any failure leaves the transfer undecided, which recovery turns into
-//! an abort once the lease runs out (presumed abort). An unclear answer is
-//! never read as a success: the client gets `pending`.
+//! The transfer protocol, as the coordinator runs it: works out where the
+//! messages go, then drives the [`Machine`] (the protocol itself, in
+//! `machine`) by sending what it asks for and feeding the replies back.
+//! Recovery (`resolver`) and the simulation drive the same machine.
 
 use std::time::Duration;
 
 use tracing::Instrument;
 use wallet_shared::protocol::*;
-use wallet_shared::{ErrorCode, Rejection};
 
-use crate::batch::{Batcher, Batches, Kind, Limits};
+use crate::batch::{Batches, Limits};
 use crate::client::{CallError, Participants};
-
-/// What a transfer request comes to.
-#[derive(Debug)]
-pub enum TransferOutcome {
-    /// Decided; for an aborted one, the record says why.
-    Decided(TransferRecord),
-    /// The outcome is not known yet; recovery will settle it.
-    Pending(String),
-    /// Another coordinator is running this transaction id right now.
-    InProgress,
-    /// This transaction id was used with another body.
-    Reused,
-    /// Refused before anything was recorded.
-    Refused(Rejection),
-}
+use crate::machine::{Effect, Ending, Machine, Message, Plan, Reply, TransferOutcome};
 
 #[derive(Clone)]
 pub struct Coordinator {
@@ -75,6 +52,12 @@ impl Coordinator {
         if let Err(r) = self.participants.await_moves(&touched).await {
             return TransferOutcome::Refused(r);
         }
+        let (machine, first) = Machine::new(self.plan(spec));
+        self.drive(machine, first).await.outcome()
+    }
+
+    /// Where a transfer's messages go, by the current map.
+    fn plan(&self, spec: TransferSpec) -> Plan {
         let map = self.participants.map.current();
         let home = map.decision_partition(spec.transaction_id);
         let legs = Leg::both(
@@ -83,52 +66,69 @@ impl Coordinator {
             map.account_partition(&spec.to),
             home,
         );
-        let begin = Begin {
-            spec,
-            partition: home,
-            lease_ms: self.lease.as_millis() as u64,
-            attempt: uuid::Uuid::new_v4(),
-            kind: RecordKind::Transfer,
-        };
         let owners: Vec<_> = [home, legs[0].partition, legs[1].partition]
             .iter()
             .map(|&p| map.owner(p))
             .collect();
-        if owners.iter().all(|o| *o == owners[0]) {
-            // Decision and both accounts on one node: one local transaction.
-            let req = ExecuteRequest { begin, legs };
-            return match self.batches.execute.submit(req).await {
-                Ok(result) => started(result).unwrap_or_else(|| {
-                    TransferOutcome::Pending("unexpected answer to execute".into())
-                }),
-                Err(e) => not_begun(e),
-            };
+        Plan {
+            one_node: owners.iter().all(|o| *o == owners[0]),
+            begin: Begin {
+                spec,
+                partition: home,
+                lease_ms: self.lease.as_millis() as u64,
+                attempt: uuid::Uuid::new_v4(),
+                kind: RecordKind::Transfer,
+            },
+            legs,
         }
+    }
 
-        let transaction_id = begin.spec.transaction_id;
-        match self.batches.begin.submit(begin).await {
-            Ok(BeginResult::Proceed) => {}
-            Ok(other) => return started(other).unwrap_or(TransferOutcome::InProgress),
-            Err(e) => return not_begun(e),
-        }
-
-        let votes = on_legs(&self.batches.prepare, &legs).await;
-        crash_point(&self.crash_at, "after_prepare");
-        let decision = decide_from(&votes);
-        tracing::info!(?decision, "votes counted");
-
-        let record = match self.decide(transaction_id, home, decision).await {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(error = %e, "decision not confirmed; recovery will settle it");
-                return TransferOutcome::Pending(format!(
-                    "the decision could not be confirmed: {e}"
-                ));
+    /// Runs `machine` to its end: sends what it asks for, one message at a
+    /// time, and feeds each reply back.
+    pub async fn drive(&self, mut machine: Machine, first: Effect) -> Ending {
+        let mut effects = vec![first];
+        loop {
+            let mut reply = None;
+            for effect in effects {
+                match effect {
+                    Effect::Send(message) => reply = self.send(message).await,
+                    Effect::CrashPoint(point) => crash_point(&self.crash_at, point),
+                    Effect::Done(ending) => return ending,
+                }
             }
-        };
-        crash_point(&self.crash_at, "after_decision");
-        self.finish(record.clone(), &legs).await;
-        TransferOutcome::Decided(record)
+            let Some(reply) = reply else {
+                return Ending::Undecided(CallError::Unknown(
+                    "internal: the transfer stopped without an end".into(),
+                ));
+            };
+            effects = machine.on(reply);
+        }
+    }
+
+    /// Sends one message through its batcher; `None` for `Complete`, whose
+    /// answer nobody waits for.
+    async fn send(&self, message: Message) -> Option<Reply> {
+        let b = &self.batches;
+        Some(match message {
+            Message::Begin(begin) => Reply::Begun(b.begin.submit(begin).await),
+            Message::Execute(req) => Reply::Executed(b.execute.submit(req).await),
+            Message::Prepare(legs) => Reply::Voted(b.prepare.submit_all(legs.to_vec()).await),
+            Message::Decide(decide) => Reply::Decided(self.submit_decide(decide).await),
+            Message::Commit(legs) => Reply::Applied(b.commit.submit_all(legs.to_vec()).await),
+            Message::Abort(legs) => Reply::Applied(b.abort.submit_all(legs.to_vec()).await),
+            Message::Complete(complete) => {
+                let batcher = b.complete.clone();
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = batcher.submit(complete).await {
+                            tracing::debug!(error = %e, "complete not confirmed");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                return None;
+            }
+        })
     }
 
     /// Compare-and-set of the decision at the decision partition; returns the
@@ -139,120 +139,21 @@ impl Coordinator {
         partition: wallet_shared::PartitionId,
         decision: Decision,
     ) -> Result<TransferRecord, CallError> {
-        let decide = Decide {
+        self.submit_decide(Decide {
             transaction_id,
             partition,
             decision,
-        };
+        })
+        .await
+    }
+
+    async fn submit_decide(&self, decide: Decide) -> Result<TransferRecord, CallError> {
+        let id = decide.transaction_id;
         self.batches
             .decide
             .submit(decide)
             .await?
-            .ok_or_else(|| CallError::Unknown(format!("no decision record for {transaction_id}")))
-    }
-
-    /// Drives both legs to the recorded decision, then marks the record
-    /// complete. Used by live transfers and by recovery alike.
-    pub async fn finish(&self, record: TransferRecord, legs: &[Leg; 2]) -> bool {
-        let (states, wanted) = match record.state {
-            TransferState::Committed => (
-                on_legs(&self.batches.commit, legs).await,
-                LegState::Committed,
-            ),
-            TransferState::Aborted => (on_legs(&self.batches.abort, legs).await, LegState::Aborted),
-            TransferState::Preparing => return false,
-        };
-        let done = states
-            .iter()
-            .all(|s| matches!(s, Ok(state) if *state == wanted));
-        if !done {
-            tracing::warn!(
-                ?states,
-                "not every leg applied the decision yet; recovery will retry"
-            );
-            return false;
-        }
-        let complete = TransferRef {
-            transaction_id: record.spec.transaction_id,
-            partition: legs[0].decision_partition,
-        };
-        // Best effort: if this is lost, recovery re-applies the (idempotent)
-        // decision and completes it later.
-        let batcher = self.batches.complete.clone();
-        tokio::spawn(
-            async move {
-                if let Err(e) = batcher.submit(complete).await {
-                    tracing::debug!(error = %e, "complete not confirmed");
-                }
-            }
-            .in_current_span(),
-        );
-        true
-    }
-}
-
-/// Sends both legs at once (legs on one node in one request) and returns
-/// one answer per leg, in order.
-async fn on_legs<K: Kind<Item = Leg>>(
-    batcher: &std::sync::Arc<Batcher<K>>,
-    legs: &[Leg; 2],
-) -> Vec<Result<K::Answer, CallError>> {
-    batcher.submit_all(legs.to_vec()).await
-}
-
-/// Commit only on two known yes votes; a refusal aborts with its reason; a
-/// vote we never heard aborts too (nothing is committed without a yes).
-fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
-    let mut unknown = None;
-    for v in votes {
-        match v {
-            Ok(Vote::Yes) => {}
-            // Refused for where it was sent, not for what it asked: the
-            // transfer itself was never judged, as if no answer had come.
-            Err(CallError::Rejected(r)) if routing(r.code) => unknown = Some(r.to_string()),
-            Ok(Vote::No { reason }) | Err(CallError::Rejected(reason)) => {
-                return Decision::Abort {
-                    reason: reason.clone(),
-                }
-            }
-            Err(CallError::Unknown(why)) => unknown = Some(why.clone()),
-        }
-    }
-    match unknown {
-        None => Decision::Commit,
-        Some(why) => Decision::Abort {
-            reason: Rejection::new(
-                ErrorCode::TransferAborted,
-                format!("a node did not answer the prepare ({why}); nothing was applied, use a new transaction_id to try again"),
-            ),
-        },
-    }
-}
-
-/// Refusals about routing (a stale map, a partition being moved): they say
-/// nothing about the transfer.
-pub fn routing(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving
-    )
-}
-
-fn started(result: BeginResult) -> Option<TransferOutcome> {
-    match result {
-        BeginResult::Proceed => None,
-        BeginResult::InProgress => Some(TransferOutcome::InProgress),
-        BeginResult::Reused => Some(TransferOutcome::Reused),
-        BeginResult::Decided { record } => Some(TransferOutcome::Decided(record)),
-    }
-}
-
-/// A failure of the first call: a refusal means nothing was recorded; no
-/// answer means it may have been, and recovery will settle it.
-fn not_begun(e: CallError) -> TransferOutcome {
-    match e {
-        CallError::Rejected(r) => TransferOutcome::Refused(r),
-        CallError::Unknown(why) => TransferOutcome::Pending(why),
+            .ok_or_else(|| CallError::Unknown(format!("no decision record for {id}")))
     }
 }
 
@@ -261,37 +162,5 @@ pub fn crash_point(configured: &Option<String>, point: &str) {
     if configured.as_deref() == Some(point) {
         tracing::warn!(point, "crash point reached: killing this process");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn code(votes: &[Result<Vote, CallError>]) -> Option<ErrorCode> {
-        match decide_from(votes) {
-            Decision::Commit => None,
-            Decision::Abort { reason } => Some(reason.code),
-        }
-    }
-
-    #[test]
-    fn only_two_yes_votes_commit_and_a_routing_refusal_is_no_verdict() {
-        let refused = |c| Err(CallError::Rejected(Rejection::new(c, "x")));
-        assert_eq!(code(&[Ok(Vote::Yes), Ok(Vote::Yes)]), None);
-        assert_eq!(
-            code(&[Ok(Vote::Yes), refused(ErrorCode::InsufficientFunds)]),
-            Some(ErrorCode::InsufficientFunds)
-        );
-        for routing in [ErrorCode::WrongPartitionOwner, ErrorCode::PartitionMoving] {
-            assert_eq!(
-                code(&[Ok(Vote::Yes), refused(routing)]),
-                Some(ErrorCode::TransferAborted)
-            );
-        }
-        assert_eq!(
-            code(&[Err(CallError::Unknown("lost".into())), Ok(Vote::Yes)]),
-            Some(ErrorCode::TransferAborted)
-        );
     }
 }

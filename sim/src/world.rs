@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use coordinator::batch::Limits;
 use coordinator::client::{CallError, Participants};
-use coordinator::transfer::{Coordinator, TransferOutcome};
+use coordinator::machine::TransferOutcome;
+use coordinator::transfer::Coordinator;
 use participant::app::App;
 use participant::movements;
 use participant::store::Store;
