@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use wallet_shared::admin::{ResolveReply, ResolveRequest};
 use wallet_shared::{routes, TransactionId};
 
-use crate::api::{ApiError, ApiJson};
+use crate::http::{ApiError, ApiJson};
 use crate::resolver;
 use crate::transfer::Coordinator;
 

@@ -1,5 +1,5 @@
 //! The transfer as a state machine: a state plus what came back gives the
-//! next state and the messages to send. No I/O here: [`Coordinator::drive`]
+//! next state and the messages to send. No I/O here: `Coordinator::drive`
 //! (in `transfer`) sends the messages and feeds the replies back, and the
 //! request path, recovery and the simulation all run transfers through it.
 //!

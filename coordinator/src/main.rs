@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use coordinator::config::CoordinatorConfig;
-use coordinator::{api, batch, client, resolver, transfer};
+use coordinator::{batch, client, http, resolver, transfer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(cfg.resolver_interval_ms),
         Duration::from_millis(cfg.resolver_grace_ms),
     ));
-    let router = api::router(coordinator, cfg.max_body_bytes).layer(
+    let router = http::router(coordinator, cfg.max_body_bytes).layer(
         tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),

@@ -156,7 +156,7 @@ async fn settle_movement(
 /// lease with `begin`, as a retry of the transfer would, so a live
 /// coordinator is never raced. Only ever decides abort, so nothing commits
 /// without its two yes votes. (A deposit's or withdrawal's claim is
-/// completed instead: see [`settle_movement`].)
+/// completed instead: see `settle_movement`.)
 pub async fn resolve_one(
     coordinator: &Coordinator,
     id: TransactionId,
