@@ -4,7 +4,13 @@
 //!
 //! A library too, so the deterministic simulation runs the same router and
 //! rules on an in-memory [`store::Store`].
+//!
+//! Read in this order: `model` (the `Working` set the rules run over),
+//! `decisions`, `legs` and `movements` (the pure rules), `store` and `pg`
+//! (loading and saving), `app` (admission and the router), `protocol`,
+//! `reads` and `admin` (the routes), `fence` and `moves` (partition moves).
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod config;
@@ -17,4 +23,6 @@ pub mod model;
 pub mod movements;
 pub mod moves;
 pub mod pg;
+pub mod protocol;
+pub mod reads;
 pub mod store;
