@@ -11,8 +11,7 @@ use wallet_shared::protocol::{
 };
 use wallet_shared::TransactionId;
 
-use crate::error::StoreError;
-use crate::model::{Keys, TransferRow, Working};
+use crate::model::{Broken, Keys, TransferRow, Working};
 use crate::{ledger, legs};
 
 pub fn keys(ids: impl IntoIterator<Item = TransactionId>) -> Keys {
@@ -27,7 +26,7 @@ fn lease_until(w: &Working, b: &Begin) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Claims a transfer for the calling coordinator, or says why not.
-pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, StoreError> {
+pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, Broken> {
     let spec = &b.spec;
     let id = spec.transaction_id;
     let fingerprint = b.fingerprint();
@@ -90,7 +89,7 @@ pub fn decide(
     w: &mut Working,
     id: TransactionId,
     decision: &Decision,
-) -> Result<Option<TransferRecord>, StoreError> {
+) -> Result<Option<TransferRecord>, Broken> {
     let now = w.now;
     let Some(stored) = w.transfer(id) else {
         return Ok(None);
@@ -142,7 +141,7 @@ fn decisions_and_legs(id: TransactionId, legs_: &[Leg; 2]) -> Keys {
 /// The whole transfer in one local transaction, when its decision partition
 /// and both accounts live here: dedup record, both legs and both events
 /// commit together or not at all.
-pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult, StoreError> {
+pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult, Broken> {
     let started = begin(w, b)?;
     if started != BeginResult::Proceed {
         return Ok(started);
@@ -186,7 +185,7 @@ pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResu
         Some(stored) => Ok(BeginResult::Decided {
             record: stored.record.clone(),
         }),
-        None => Err(StoreError::corrupt(
+        None => Err(Broken::new(
             "transfer record vanished inside its transaction",
         )),
     }

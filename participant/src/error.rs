@@ -20,6 +20,12 @@ pub enum StoreError {
     Unsupported(String),
 }
 
+impl From<crate::model::Broken> for StoreError {
+    fn from(b: crate::model::Broken) -> Self {
+        StoreError::Corrupt(b.0)
+    }
+}
+
 impl StoreError {
     pub fn corrupt(why: impl std::fmt::Display) -> Self {
         StoreError::Corrupt(why.to_string())
@@ -52,6 +58,12 @@ pub enum ApiError {
     Rejected(#[from] Rejection),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<crate::model::Broken> for ApiError {
+    fn from(b: crate::model::Broken) -> Self {
+        ApiError::Store(b.into())
+    }
 }
 
 impl IntoResponse for ApiError {

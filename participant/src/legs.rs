@@ -7,9 +7,8 @@ use wallet_shared::admin::StoredLeg;
 use wallet_shared::protocol::{Decision, EventKind, Leg, LegRole, LegState, Vote};
 use wallet_shared::{ErrorCode, Rejection};
 
-use crate::error::StoreError;
 use crate::ledger;
-use crate::model::{Keys, LegKey, LegRow, RowRole, Working};
+use crate::model::{Broken, Keys, LegKey, LegRow, RowRole, Working};
 
 pub fn key(leg: &Leg) -> LegKey {
     let role = match leg.role {
@@ -50,9 +49,9 @@ fn new_row(w: &Working, leg: &Leg, state: LegState, reason: Option<Rejection>) -
 
 /// Records a leg that was applied (or refused) in the same local
 /// transaction as its decision.
-pub fn insert_finished(w: &mut Working, leg: &Leg, decision: &Decision) -> Result<(), StoreError> {
+pub fn insert_finished(w: &mut Working, leg: &Leg, decision: &Decision) -> Result<(), Broken> {
     if w.leg(key(leg)).is_some() {
-        return Err(StoreError::corrupt(format!(
+        return Err(Broken::new(format!(
             "{} leg of {} exists although its transfer just began",
             leg.role.as_str(),
             leg.transaction_id
@@ -69,7 +68,7 @@ pub fn insert_finished(w: &mut Working, leg: &Leg, decision: &Decision) -> Resul
 /// Prepares one leg: a debit moves the amount from available to held, a
 /// credit records a pending credit. A refusal is recorded too (as an aborted
 /// leg), so every later prepare of the same leg gets the same vote.
-pub fn prepare(w: &mut Working, leg: &Leg) -> Result<Vote, StoreError> {
+pub fn prepare(w: &mut Working, leg: &Leg) -> Result<Vote, Broken> {
     if let Some(stored) = w.leg(key(leg)) {
         if stored.account_id != leg.account
             || stored.amount != leg.amount.minor()
@@ -140,9 +139,19 @@ fn already_aborted(leg: &Leg) -> Rejection {
     )
 }
 
-/// Applies a decision to one leg: commit posts it, abort releases it. An
-/// abort of a leg never seen leaves a tombstone, so a late prepare is refused.
-pub fn finish(w: &mut Working, leg: &Leg, commit: bool) -> Result<LegState, StoreError> {
+/// What a decision does to a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Posts it: a debit's held funds leave, a pending credit arrives.
+    Commit,
+    /// Releases it: held funds are available again, a pending credit voids.
+    Abort,
+}
+
+/// Applies a decision to one leg. An abort of a leg never seen leaves a
+/// tombstone, so a late prepare is refused.
+pub fn finish(w: &mut Working, leg: &Leg, how: Finish) -> Result<LegState, Broken> {
+    let commit = how == Finish::Commit;
     let Some(stored) = w.leg(key(leg)) else {
         if commit {
             tracing::error!(transaction_id = %leg.transaction_id, role = leg.role.as_str(), "commit of a leg this node never prepared");
@@ -186,12 +195,12 @@ pub fn finish(w: &mut Working, leg: &Leg, commit: bool) -> Result<LegState, Stor
 }
 
 /// A stored transfer leg as the protocol names it (recovery's view).
-pub fn as_leg(row: &LegRow) -> Result<Leg, StoreError> {
+pub fn as_leg(row: &LegRow) -> Result<Leg, Broken> {
     let role = match row.role {
         RowRole::Debit => LegRole::Debit,
         RowRole::Credit => LegRole::Credit,
         other => {
-            return Err(StoreError::corrupt(format!(
+            return Err(Broken::new(format!(
                 "{} row is not a transfer leg",
                 other.as_str()
             )))
@@ -202,12 +211,12 @@ pub fn as_leg(row: &LegRow) -> Result<Leg, StoreError> {
         role,
         account: row.account_id.clone(),
         partition: row.partition,
-        amount: wallet_shared::Amount::from_minor(row.amount).map_err(StoreError::corrupt)?,
+        amount: wallet_shared::Amount::from_minor(row.amount).map_err(Broken::new)?,
         currency: row.currency,
         counterparty: row
             .counterparty
             .clone()
-            .ok_or_else(|| StoreError::corrupt("transfer leg without counterparty"))?,
+            .ok_or_else(|| Broken::new("transfer leg without counterparty"))?,
         decision_partition: row.decision_partition.unwrap_or_default(),
     })
 }

@@ -17,8 +17,6 @@ use wallet_shared::protocol::{
 };
 use wallet_shared::{AccountId, Currency, PartitionId, Rejection, TransactionId};
 
-use crate::error::StoreError;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRow {
     pub account_id: AccountId,
@@ -32,6 +30,19 @@ pub struct AccountRow {
     pub pending_credit: i64,
     pub last_seq: i64,
     pub created_at: DateTime<Utc>,
+}
+
+/// What the rules fail with: the loaded rows break an invariant (a bug or
+/// damaged data), never an answer to a caller. The rules know nothing of
+/// the database; the store turns this into its own error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored data is not valid: {0}")]
+pub struct Broken(pub String);
+
+impl Broken {
+    pub fn new(why: impl std::fmt::Display) -> Self {
+        Broken(why.to_string())
+    }
 }
 
 /// What a row of `legs` is for: the two legs of a transfer, or a movement.
@@ -53,13 +64,13 @@ impl RowRole {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, StoreError> {
+    pub fn parse(s: &str) -> Result<Self, Broken> {
         match s {
             "debit" => Ok(RowRole::Debit),
             "credit" => Ok(RowRole::Credit),
             "deposit" => Ok(RowRole::Deposit),
             "withdrawal" => Ok(RowRole::Withdrawal),
-            other => Err(StoreError::corrupt(format!("leg role {other:?}"))),
+            other => Err(Broken::new(format!("leg role {other:?}"))),
         }
     }
 }
@@ -241,7 +252,7 @@ impl Working {
         self.transfers.get_mut(&id).map(Slot::touch)
     }
 
-    pub fn insert_transfer(&mut self, row: TransferRow) -> Result<(), StoreError> {
+    pub fn insert_transfer(&mut self, row: TransferRow) -> Result<(), Broken> {
         insert(&mut self.transfers, row.id(), row)
     }
 
@@ -255,7 +266,7 @@ impl Working {
         self.legs.get_mut(&key).map(Slot::touch)
     }
 
-    pub fn insert_leg(&mut self, row: LegRow) -> Result<(), StoreError> {
+    pub fn insert_leg(&mut self, row: LegRow) -> Result<(), Broken> {
         insert(&mut self.legs, row.key(), row)
     }
 
@@ -264,7 +275,7 @@ impl Working {
         self.accounts.get(id).map(|s| &s.row)
     }
 
-    pub fn insert_account(&mut self, row: AccountRow) -> Result<(), StoreError> {
+    pub fn insert_account(&mut self, row: AccountRow) -> Result<(), Broken> {
         insert(&mut self.accounts, row.account_id.clone(), row)
     }
 
@@ -279,12 +290,12 @@ impl Working {
         amount: i64,
         transaction_id: Option<TransactionId>,
         counterparty: Option<&AccountId>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<i64, Broken> {
         let now = self.now;
         let slot = self
             .accounts
             .get_mut(account)
-            .ok_or_else(|| StoreError::corrupt(format!("event for unknown account {account}")))?;
+            .ok_or_else(|| Broken::new(format!("event for unknown account {account}")))?;
         let (d_posted, d_held, d_pending) = kind.effect(amount);
         let row = slot.touch();
         let posted = row.posted.checked_add(d_posted);
@@ -297,7 +308,7 @@ impl Working {
                 row.pending_credit = c;
             }
             _ => {
-                return Err(StoreError::corrupt(format!(
+                return Err(Broken::new(format!(
                     "{} of {amount} on {account} would break its balance (posted {}, held {}, pending {})",
                     kind.as_str(),
                     row.posted,
@@ -382,9 +393,9 @@ fn insert<K: Ord + std::fmt::Debug, T>(
     rows: &mut BTreeMap<K, Slot<T>>,
     key: K,
     row: T,
-) -> Result<(), StoreError> {
+) -> Result<(), Broken> {
     if rows.contains_key(&key) {
-        return Err(StoreError::corrupt(format!("{key:?} inserted twice")));
+        return Err(Broken::new(format!("{key:?} inserted twice")));
     }
     rows.insert(
         key,
@@ -427,7 +438,7 @@ impl Changes {
     /// What this transaction adds to the change feed, in order: its events,
     /// then the transfers it aborted. Positions are 0: the store numbers
     /// them in commit order.
-    pub fn feed_entries(&self) -> Result<Vec<FeedEntry>, StoreError> {
+    pub fn feed_entries(&self) -> Result<Vec<FeedEntry>, Broken> {
         let accounts: BTreeMap<&AccountId, &AccountRow> = self
             .new_accounts
             .iter()
@@ -437,7 +448,7 @@ impl Changes {
         let mut entries = Vec::with_capacity(self.events.len() + self.aborted.len());
         for e in &self.events {
             let account = accounts.get(&e.account_id).ok_or_else(|| {
-                StoreError::corrupt(format!("event of {} without its account row", e.account_id))
+                Broken::new(format!("event of {} without its account row", e.account_id))
             })?;
             entries.push(FeedEntry {
                 position: 0,

@@ -15,8 +15,7 @@ use wallet_shared::protocol::{
 };
 use wallet_shared::{ErrorCode, Rejection};
 
-use crate::error::StoreError;
-use crate::model::{AccountRow, Keys, LegKey, LegRow, RowRole, Working};
+use crate::model::{AccountRow, Broken, Keys, LegKey, LegRow, RowRole, Working};
 use crate::{decisions, ledger};
 
 pub fn open_keys(req: &OpenAccount) -> Keys {
@@ -31,7 +30,7 @@ pub fn open_keys(req: &OpenAccount) -> Keys {
 pub fn open(
     w: &mut Working,
     req: &OpenAccount,
-) -> Result<Result<(bool, AccountBalance), Rejection>, StoreError> {
+) -> Result<Result<(bool, AccountBalance), Rejection>, Broken> {
     if let Some(existing) = w.account(&req.account_id) {
         if existing.currency != req.currency {
             return Ok(Err(Rejection::new(
@@ -88,7 +87,7 @@ pub fn request_keys(req: &MovementRequest) -> Keys {
 pub fn apply_request(
     w: &mut Working,
     req: &MovementRequest,
-) -> Result<Result<AccountBalance, Rejection>, StoreError> {
+) -> Result<Result<AccountBalance, Rejection>, Broken> {
     let Some(claim) = &req.claim else {
         return apply(w, &req.movement);
     };
@@ -107,10 +106,7 @@ pub fn apply_request(
 
 /// Applies a deposit or withdrawal once. Returns the balance after it, or
 /// the refusal (the first one, on every retry).
-pub fn apply(
-    w: &mut Working,
-    m: &Movement,
-) -> Result<Result<AccountBalance, Rejection>, StoreError> {
+pub fn apply(w: &mut Working, m: &Movement) -> Result<Result<AccountBalance, Rejection>, Broken> {
     let fingerprint = m.fingerprint();
     if let Some(stored) = w.leg(key(m)) {
         if stored.fingerprint.as_deref() != Some(fingerprint.as_str()) {
@@ -161,14 +157,14 @@ pub fn apply(
     current(w, m)
 }
 
-fn current(w: &Working, m: &Movement) -> Result<Result<AccountBalance, Rejection>, StoreError> {
+fn current(w: &Working, m: &Movement) -> Result<Result<AccountBalance, Rejection>, Broken> {
     Ok(w.account(&m.account_id)
         .map(AccountRow::balance)
         .ok_or_else(|| ledger::not_found(&m.account_id)))
 }
 
-fn balance(w: &Working, id: &wallet_shared::AccountId) -> Result<AccountBalance, StoreError> {
+fn balance(w: &Working, id: &wallet_shared::AccountId) -> Result<AccountBalance, Broken> {
     w.account(id)
         .map(AccountRow::balance)
-        .ok_or_else(|| StoreError::corrupt("account vanished after opening"))
+        .ok_or_else(|| Broken::new("account vanished after opening"))
 }

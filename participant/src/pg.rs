@@ -19,7 +19,7 @@ use wallet_shared::{
 
 use crate::config::ParticipantConfig;
 use crate::error::StoreError;
-use crate::model::{AccountRow, Changes, Keys, LegRow, RowRole, TransferRow, Working};
+use crate::model::{AccountRow, Broken, Changes, Keys, LegRow, RowRole, TransferRow, Working};
 use crate::store::Store;
 
 /// Key of the advisory lock that serialises the feed publisher's rounds.
@@ -118,7 +118,7 @@ impl Store for PgStore {
     async fn attempt<T, F>(&self, keys: &Keys, rules: &F) -> Result<T, StoreError>
     where
         T: Send,
-        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync,
+        F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     {
         let mut tx = self.pool.begin().await?;
         let mut w = load(&mut tx, keys).await?;

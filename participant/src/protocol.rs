@@ -15,6 +15,7 @@ use wallet_shared::{routes, ErrorCode, PartitionId, Rejection, TransactionId};
 use crate::app::App;
 use crate::error::ApiResult;
 use crate::fence::Work;
+use crate::legs::Finish;
 use crate::store::Store;
 use crate::{decisions, legs, movements};
 
@@ -181,22 +182,22 @@ async fn prepare<S: Store>(
 async fn finish<S: Store>(
     app: App<S>,
     req: Routed<LegsRequest>,
-    commit: bool,
+    how: Finish,
 ) -> ApiResult<Json<LegsReply>> {
     let items = req.body.legs;
     let _pass = app
         .admit_legs(req.map_revision, Work::Finish, &items)
         .await?;
     let keys = |l: &Leg| legs::keys(std::slice::from_ref(l));
-    let states = if commit {
-        app.store
-            .batch("commit", &items, keys, |w, l| legs::finish(w, l, true))
-            .await?
-    } else {
-        app.store
-            .batch("abort", &items, keys, |w, l| legs::finish(w, l, false))
-            .await?
-    };
+    let states = match how {
+        Finish::Commit => app.store.batch("commit", &items, keys, |w, l| {
+            legs::finish(w, l, Finish::Commit)
+        }),
+        Finish::Abort => app.store.batch("abort", &items, keys, |w, l| {
+            legs::finish(w, l, Finish::Abort)
+        }),
+    }
+    .await?;
     Ok(Json(LegsReply { states }))
 }
 
@@ -204,14 +205,14 @@ async fn commit<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<LegsReply>> {
-    finish(app, req, true).await
+    finish(app, req, Finish::Commit).await
 }
 
 async fn abort<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<LegsReply>> {
-    finish(app, req, false).await
+    finish(app, req, Finish::Abort).await
 }
 
 #[derive(Deserialize)]

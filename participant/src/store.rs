@@ -11,7 +11,7 @@ use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRec
 use wallet_shared::{retry, AccountId, PartitionId, TransactionId};
 
 use crate::error::StoreError;
-use crate::model::{AccountRow, Keys, LegRow, TransferRow, Working};
+use crate::model::{AccountRow, Broken, Keys, LegRow, TransferRow, Working};
 
 pub trait Store: Clone + Send + Sync + 'static {
     /// One attempt at a local transaction: load and lock the rows `keys`
@@ -25,7 +25,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         T: Send,
-        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync;
+        F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync;
 
     /// A transfer's decision record.
     fn lookup(
@@ -132,7 +132,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         T: Send,
-        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync,
+        F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     {
         async move {
             let (keys, rules) = (&keys, &rules);
@@ -153,7 +153,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         what: &'static str,
         items: &[I],
         keys: impl Fn(&I) -> Keys,
-        step: fn(&mut Working, &I) -> Result<T, StoreError>,
+        step: fn(&mut Working, &I) -> Result<T, Broken>,
     ) -> impl Future<Output = Result<Vec<T>, StoreError>> + Send
     where
         I: Sync,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use participant::error::StoreError;
-use participant::model::{self, AccountRow, Keys, LegKey, LegRow, TransferRow, Working};
+use participant::model::{self, AccountRow, Broken, Keys, LegKey, LegRow, TransferRow, Working};
 use participant::store::Store;
 use wallet_shared::admin::PartitionStats;
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord};
@@ -69,7 +69,7 @@ impl Store for MemStore {
     async fn attempt<T, F>(&self, keys: &Keys, rules: &F) -> Result<T, StoreError>
     where
         T: Send,
-        F: Fn(&mut Working) -> Result<T, StoreError> + Send + Sync,
+        F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     {
         self.check_up()?;
         let mut t = self.tables.lock().unwrap();
@@ -98,11 +98,9 @@ impl Store for MemStore {
         }
         let out = match rules(&mut w) {
             Ok(out) => out,
-            Err(e) => {
-                if let StoreError::Corrupt(why) = &e {
-                    t.corrupt.push(why.clone());
-                }
-                return Err(e);
+            Err(broken) => {
+                t.corrupt.push(broken.0.clone());
+                return Err(broken.into());
             }
         };
         let c = w.into_changes();
