@@ -7,7 +7,7 @@
 //! Presumed abort: a transfer without a `committed` record never happened.
 
 use wallet_shared::protocol::{
-    Begin, BeginResult, Decision, EventKind, Leg, RecordKind, TransferRecord, TransferState,
+    Begin, BeginResult, Decision, EventKind, Leg, RecordKind, TransferRecord, TransferState, Vote,
 };
 use wallet_shared::TransactionId;
 
@@ -21,8 +21,14 @@ pub fn keys(ids: impl IntoIterator<Item = TransactionId>) -> Keys {
     }
 }
 
+/// The longest lease a coordinator may claim; a longer one from the wire is
+/// taken as this (a lease only delays recovery, it never decides anything).
+const MAX_LEASE: chrono::Duration = chrono::Duration::hours(1);
+
 fn lease_until(w: &Working, b: &Begin) -> chrono::DateTime<chrono::Utc> {
-    w.now + chrono::Duration::milliseconds(b.lease_ms.min(i64::MAX as u64) as i64)
+    let asked = i64::try_from(b.lease_ms).unwrap_or(i64::MAX);
+    let lease = chrono::Duration::try_milliseconds(asked).map_or(MAX_LEASE, |d| d.min(MAX_LEASE));
+    w.now + lease
 }
 
 /// Claims a transfer for the calling coordinator, or says why not.
@@ -146,6 +152,12 @@ pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResu
     if started != BeginResult::Proceed {
         return Ok(started);
     }
+    if legs_.iter().any(|leg| w.leg(legs::key(leg)).is_some()) {
+        // An earlier attempt ran in two phases (before a partition move
+        // brought the decision and both accounts here) and left legs: this
+        // one takes it over and finishes it the two-phase way, here.
+        return take_over(w, b, legs_);
+    }
     let spec = &b.spec;
     let amount = spec.amount.minor();
     let verdict = match (w.account(&spec.from), w.account(&spec.to)) {
@@ -182,6 +194,36 @@ pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResu
     decide(w, spec.transaction_id, &decision)?;
     complete(w, spec.transaction_id);
     match w.transfer(spec.transaction_id) {
+        Some(stored) => Ok(BeginResult::Decided {
+            record: stored.record.clone(),
+        }),
+        None => Err(Broken::new(
+            "transfer record vanished inside its transaction",
+        )),
+    }
+}
+
+/// The rest of a two-phase transfer whose record and legs are all here, in
+/// one local transaction: prepare what is not prepared yet, decide from the
+/// votes, apply the decision to both legs, complete.
+fn take_over(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult, Broken> {
+    let id = b.spec.transaction_id;
+    let mut decision = Decision::Commit;
+    for leg in legs_ {
+        if let Vote::No { reason } = legs::prepare(w, leg)? {
+            decision = Decision::Abort { reason };
+        }
+    }
+    decide(w, id, &decision)?;
+    let how = match decision {
+        Decision::Commit => legs::Finish::Commit,
+        Decision::Abort { .. } => legs::Finish::Abort,
+    };
+    for leg in legs_ {
+        legs::finish(w, leg, how)?;
+    }
+    complete(w, id);
+    match w.transfer(id) {
         Some(stored) => Ok(BeginResult::Decided {
             record: stored.record.clone(),
         }),
