@@ -25,7 +25,7 @@ use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 
 use crate::app::App;
 use crate::error::{ApiResult, StoreError};
-use crate::fence::FenceMap;
+use crate::fence::{self, FenceMap};
 use crate::pg::PgStore;
 
 /// The tables a partition's rows live in, and how to select them; in the
@@ -112,87 +112,27 @@ async fn fence(
     // back here between the check and the change.
     let mut fences = app.fences.write().await;
     let owned = owns(&app, p).await?;
-    let now = fences.get(&p).cloned();
-    let order = |s: Option<FenceState>| match s {
-        None => 0,
-        Some(FenceState::Draining) => 1,
-        Some(FenceState::Frozen) => 2,
-        Some(FenceState::Moved) => 3,
+    let Some(want) = fence::advance(p, fences.get(&p), &want, owned, &app.node_id)? else {
+        return Ok(Json(fences.get(&p).cloned().unwrap_or(want)));
     };
-    if order(now.as_ref().map(|f| f.state)) > order(Some(want.state)) {
-        // Asking for less than what holds (a move resumed) is done already;
-        // but a partition that moved away is not fenced again here.
-        return match now {
-            Some(now) if now.state != FenceState::Moved && now.to == want.to => Ok(Json(now)),
-            _ => Err(refuse(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "partition {p} is already {} here; a fence only moves forward",
-                    now.map_or("unfenced", |f| f.state.as_str())
-                ),
-            )),
-        };
+    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
+    if want.state == FenceState::Moved {
+        drop_rows(&mut tx, p).await?;
     }
-    if let Some(now) = &now {
-        if now.to != want.to && now.state != FenceState::Moved {
-            return Err(refuse(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "partition {p} is moving to node {}, not {}",
-                    now.to, want.to
-                ),
-            ));
-        }
-    }
-    if want.state == FenceState::Moved
-        && !matches!(
-            now.as_ref().map(|f| f.state),
-            Some(FenceState::Frozen | FenceState::Moved)
-        )
-    {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!("partition {p} must be frozen here before it is marked moved"),
-        ));
-    }
-    match (want.state, owned) {
-        (FenceState::Moved, true) => {
-            return Err(refuse(
-                ErrorCode::WrongPartitionOwner,
-                format!(
-                    "node {} still owns partition {p} in the map; switch the owner first",
-                    app.node_id
-                ),
-            ))
-        }
-        (FenceState::Draining | FenceState::Frozen, false) => {
-            return Err(refuse(
-                ErrorCode::WrongPartitionOwner,
-                format!("node {} does not own partition {p}", app.node_id),
-            ))
-        }
-        _ => {}
-    }
-    if now.as_ref() != Some(&want) {
-        let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
-        if want.state == FenceState::Moved {
-            drop_rows(&mut tx, p).await?;
-        }
-        sqlx::query(
-            "INSERT INTO partition_fences (partition, state, target) VALUES ($1, $2, $3)
-             ON CONFLICT (partition) DO UPDATE
-               SET state = excluded.state, target = excluded.target, updated_at = now()",
-        )
-        .bind(p as i32)
-        .bind(want.state.as_str())
-        .bind(&want.to)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
-        tracing::info!(partition = p, state = want.state.as_str(), to = %want.to, "partition fenced");
-        fences.insert(p, want.clone());
-    }
+    sqlx::query(
+        "INSERT INTO partition_fences (partition, state, target) VALUES ($1, $2, $3)
+         ON CONFLICT (partition) DO UPDATE
+           SET state = excluded.state, target = excluded.target, updated_at = now()",
+    )
+    .bind(p as i32)
+    .bind(want.state.as_str())
+    .bind(&want.to)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(partition = p, state = want.state.as_str(), to = %want.to, "partition fenced");
+    fences.insert(p, want.clone());
     Ok(Json(want))
 }
 
@@ -203,18 +143,8 @@ async fn release(
 ) -> ApiResult<StatusCode> {
     let mut fences = app.fences.write().await;
     let owned = owns(&app, p).await?;
-    match fences.get(&p) {
-        None => return Ok(StatusCode::NO_CONTENT),
-        Some(f) if f.state == FenceState::Moved || !owned => {
-            return Err(refuse(
-                ErrorCode::WrongPartitionOwner,
-                format!(
-                    "partition {p} has moved to node {}; it cannot be released here",
-                    f.to
-                ),
-            ))
-        }
-        Some(_) => {}
+    if !fence::release(p, fences.get(&p), owned)? {
+        return Ok(StatusCode::NO_CONTENT);
     }
     sqlx::query("DELETE FROM partition_fences WHERE partition = $1")
         .bind(p as i32)
