@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::batch::Limits;
-use coordinator::client::{CallError, Participants};
-use coordinator::machine::TransferOutcome;
+use coordinator::client::Participants;
 use coordinator::transfer::Coordinator;
 use participant::app::App;
 use participant::movements;
@@ -16,10 +15,9 @@ use participant::store::Store;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tower::ServiceExt;
 use wallet_shared::protocol::{Movement, MovementKind, OpenAccount, TransferSpec};
-use wallet_shared::{
-    AccountId, Amount, Currency, ErrorCode, MapHandle, PartitionMap, TransactionId,
-};
+use wallet_shared::{AccountId, Amount, Currency, MapHandle, PartitionMap, TransactionId};
 
 use crate::check::{self, Anomaly};
 use crate::clock::NodeClock;
@@ -527,19 +525,7 @@ async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
     let Some(coordinator) = coordinator else {
         return Outcome::Unknown("coordinator down: connection refused".into());
     };
-    let task = tokio::spawn(async move {
-        match request {
-            Request::Transfer(spec) => transfer_outcome(coordinator.transfer(spec).await),
-            Request::Movement(m) => match coordinator.movement(m).await {
-                Ok(()) => Outcome::Ok,
-                Err(CallError::Rejected(r)) if r.code == ErrorCode::InProgress => {
-                    Outcome::Unknown("in_progress".into())
-                }
-                Err(CallError::Rejected(r)) => Outcome::Fail(r.code.as_str().into()),
-                Err(CallError::Unknown(why)) => Outcome::Unknown(why),
-            },
-        }
-    });
+    let task = tokio::spawn(through_the_api(coordinator, request));
     {
         let mut slots = world.coordinators.lock().unwrap();
         slots[c].tasks.retain(|t| !t.is_finished());
@@ -551,23 +537,59 @@ async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
     }
 }
 
-fn transfer_outcome(o: TransferOutcome) -> Outcome {
-    use wallet_shared::protocol::TransferState;
-    match o {
-        TransferOutcome::Decided(record) => match record.state {
-            TransferState::Committed => Outcome::Ok,
-            TransferState::Aborted => Outcome::Fail(
-                record
-                    .reason
-                    .map(|r| r.code.as_str().to_string())
-                    .unwrap_or_else(|| "aborted".into()),
-            ),
-            TransferState::Preparing => Outcome::Unknown("preparing".into()),
-        },
-        TransferOutcome::Pending(why) => Outcome::Unknown(why),
-        TransferOutcome::InProgress => Outcome::Unknown("in_progress".into()),
-        TransferOutcome::Reused => Outcome::Fail("idempotency_key_reused".into()),
-        TransferOutcome::Refused(r) => Outcome::Fail(r.code.as_str().into()),
+/// Sends a client's request through the coordinator's public API, as a
+/// client would (JSON in, status and `{code}` out), so the API layer runs in
+/// the simulation too. A 5xx or `in_progress` says nothing about the
+/// outcome: unknown, as a client must read it.
+async fn through_the_api(coordinator: Coordinator, request: Request) -> Outcome {
+    let (path, body) = match &request {
+        Request::Transfer(spec) => (
+            "/v1/wallet/balance_transfer".to_string(),
+            serde_json::json!({
+                "transaction_id": spec.transaction_id,
+                "from_account": spec.from,
+                "to_account": spec.to,
+                "amount": spec.currency.format(spec.amount.minor()),
+                "currency": spec.currency,
+            }),
+        ),
+        Request::Movement(m) => {
+            let verb = match m.kind {
+                MovementKind::Deposit => "deposit",
+                MovementKind::Withdrawal => "withdraw",
+            };
+            (
+                format!("/v1/wallet/accounts/{}/{verb}", m.account_id),
+                serde_json::json!({
+                    "transaction_id": m.transaction_id,
+                    "amount": m.currency.format(m.amount.minor()),
+                    "currency": m.currency,
+                }),
+            )
+        }
+    };
+    let req = axum::http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("a well-formed request");
+    let router = coordinator::http::router(coordinator, 16 * 1024);
+    let response = match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = response.status().as_u16();
+    let bytes = match axum::body::to_bytes(response.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return Outcome::Unknown(format!("unreadable answer: {e}")),
+    };
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let code = body["code"].as_str().unwrap_or("").to_string();
+    match status {
+        200 => Outcome::Ok,
+        202 => Outcome::Unknown("pending".into()),
+        409 if code == "in_progress" => Outcome::Unknown(code),
+        400..=499 => Outcome::Fail(code),
+        _ => Outcome::Unknown(format!("{status} {code}")),
     }
 }
 
