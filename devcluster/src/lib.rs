@@ -15,8 +15,8 @@
 //! `stop`, `pause`, `resume`, `wait_exit`, its PID and its log. A [`Proxy`]
 //! cuts or silences a link on demand.
 //!
-//! [`chaos`] is the chaos suite built on all of it (the `chaos` binary,
-//! `make chaos`, and a short run in `make test`).
+//! Built on it, each in a crate of its own: the chaos suite (`chaos/`), the
+//! benchmark (`bench/`) and the end-to-end tests (`e2e/`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -29,7 +29,6 @@
 //! ```
 
 pub mod bench;
-pub mod chaos;
 pub mod cluster;
 pub mod etcd;
 pub mod ports;

@@ -620,10 +620,7 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
 
 /// The account view holds every stored balance, each account's every event
 /// counted once (events = last sequence number).
-async fn assert_account_view(
-    projections: &projector::Projections,
-    audit: &devcluster::chaos::audit::Audit,
-) {
+async fn assert_account_view(projections: &projector::Projections, audit: &chaos::audit::Audit) {
     let view: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT account_id, posted, last_seq, events FROM account_view ORDER BY account_id",
     )

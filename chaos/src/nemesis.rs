@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
+use anyhow::{bail, Context, Result};
+use devcluster::proxy::{Mode, Proxy};
+use devcluster::{Cluster, Supervised};
+
 use super::history::{Clock, Fault, FaultKind};
 use super::Until;
-use crate::proxy::{Mode, Proxy};
-use crate::{Cluster, Supervised};
-use anyhow::{bail, Context, Result};
 
 /// How often and how long.
 #[derive(Debug, Clone)]
