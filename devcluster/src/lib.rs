@@ -28,7 +28,6 @@
 //! # let _ = api; Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod cluster;
 pub mod etcd;
 pub mod ports;

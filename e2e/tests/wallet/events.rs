@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bench::history::append_deposits;
 use chrono::{DateTime, Utc};
-use devcluster::bench::history::append_deposits;
 use devcluster::ClusterOptions;
 use futures::future::join_all;
 use serde_json::{json, Value};

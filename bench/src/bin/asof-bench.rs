@@ -5,7 +5,7 @@
 //! Starts a cluster of its own (one participant), opens an account, writes
 //! `--events` deposits straight into its database with a snapshot every
 //! `--snapshot-every` (as the participant would; see
-//! `devcluster::bench::history`), then times `--repeat` queries through the
+//! `bench::history`), then times `--repeat` queries through the
 //! coordinator at a few instants of the history and prints the median and
 //! the fastest. Not part of `make test`:
 //!
@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bench::history::append_deposits;
 use clap::Parser;
-use devcluster::bench::history::append_deposits;
 use devcluster::{Cluster, ClusterOptions};
 use serde_json::Value;
 
