@@ -10,7 +10,6 @@
 
 pub mod cpu;
 pub mod generator;
-pub mod history;
 pub mod reference;
 pub mod report;
 pub mod rss;

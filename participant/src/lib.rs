@@ -3,10 +3,14 @@
 //! partitions the partition map gives its node.
 //!
 //! A library too, so the deterministic simulation runs the same router and
-//! rules on an in-memory [`store::Store`].
+//! rules on an in-memory [`store::Store`], and so the tools that write or
+//! read the participant's rows straight in its database (the benchmark's
+//! loader, the chaos audit) use [`bulk`] and [`rows`], whose SQL is here
+//! beside the schema.
 
 pub mod app;
 pub mod audit;
+pub mod bulk;
 pub mod config;
 pub mod decisions;
 pub mod error;
@@ -17,4 +21,5 @@ pub mod model;
 pub mod movements;
 pub mod moves;
 pub mod pg;
+pub mod rows;
 pub mod store;
