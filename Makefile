@@ -37,7 +37,7 @@ test: deps
 	$(CARGO) test --workspace
 
 bench: deps
-	$(CARGO) build --release -p participant -p coordinator -p devcluster
+	$(CARGO) build --release -p participant -p coordinator -p bench
 	BENCH_OUT="$${BENCH_OUT:-$(TARGET_DIR)/bench}" $(TARGET_DIR)/release/bench
 
 sim: deps

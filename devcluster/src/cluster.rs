@@ -492,7 +492,7 @@ impl Cluster {
             address: self.etcd.addr().to_string(),
             url: self.etcd.url(),
             data_dir: self.etcd.data_dir(),
-            log: self.etcd.log_path(),
+            log: self.etcd.log_path().to_path_buf(),
             node_id: None,
         }];
         for (i, pg) in self.postgres.iter().enumerate() {
@@ -503,7 +503,7 @@ impl Cluster {
                 address: pg.addr().to_string(),
                 url: pg.url(),
                 data_dir: pg.data_dir().to_path_buf(),
-                log: pg.log_path(),
+                log: pg.log_path().to_path_buf(),
                 node_id: None,
             });
         }
@@ -525,7 +525,7 @@ impl Cluster {
                     address: s.addr().to_string(),
                     url: s.url(),
                     data_dir: s.dir().to_path_buf(),
-                    log: s.log_path(),
+                    log: s.log_path().to_path_buf(),
                     node_id: (kind == "participant").then(|| node_id(i)),
                 });
             }
@@ -566,12 +566,12 @@ impl Cluster {
             note("the projector", p.stop().await);
         }
         let results =
-            futures::future::join_all(self.coordinators.iter_mut().map(Service::stop)).await;
+            futures::future::join_all(self.coordinators.iter_mut().map(|s| s.stop())).await;
         results.into_iter().for_each(|r| note("a coordinator", r));
         let results =
-            futures::future::join_all(self.participants.iter_mut().map(Service::stop)).await;
+            futures::future::join_all(self.participants.iter_mut().map(|s| s.stop())).await;
         results.into_iter().for_each(|r| note("a participant", r));
-        let results = futures::future::join_all(self.postgres.iter_mut().map(Postgres::stop)).await;
+        let results = futures::future::join_all(self.postgres.iter_mut().map(|pg| pg.stop())).await;
         results.into_iter().for_each(|r| note("postgres", r));
         note("etcd", self.etcd.stop().await);
         first_error.map_or(Ok(()), Err)

@@ -10,12 +10,13 @@
 //!   fixed ports and data kept in `.data/`.
 //!
 //! Each piece can also be used on its own: [`Postgres`], [`Etcd`] and
-//! [`Service`] each start one process, wait until it is ready, and can
-//! `kill9`, `restart`, `stop`, `pause` and `resume` it; a [`Proxy`] cuts or
-//! silences a link on demand.
+//! [`Service`] each start one process and wait until it is ready; each is a
+//! [`Supervised`] process, the one lifecycle they share: `kill9`, `restart`,
+//! `stop`, `pause`, `resume`, `wait_exit`, its PID and its log. A [`Proxy`]
+//! cuts or silences a link on demand.
 //!
-//! [`chaos`] is the chaos suite built on all of it (the `chaos` binary,
-//! `make chaos`, and a short run in `make test`).
+//! Built on it, each in a crate of its own: the chaos suite (`chaos/`), the
+//! benchmark (`bench/`) and the end-to-end tests (`e2e/`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -27,8 +28,6 @@
 //! # let _ = api; Ok(()) }
 //! ```
 
-pub mod bench;
-pub mod chaos;
 pub mod cluster;
 pub mod etcd;
 pub mod ports;
@@ -41,6 +40,6 @@ pub use cluster::{write_partition_map, Cluster, ClusterOptions, Component, Fixed
 pub use etcd::Etcd;
 pub use ports::free_port;
 pub use postgres::Postgres;
-pub use process::log_tail;
+pub use process::{log_tail, Supervised};
 pub use proxy::Proxy;
 pub use service::{find_binary, Service, ServiceConfig};

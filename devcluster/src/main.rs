@@ -129,23 +129,23 @@ fn report_exits(cluster: &mut Cluster, reported: &mut std::collections::HashSet<
     for i in 0..cluster.coordinators().len() {
         let s = cluster.coordinator_mut(i);
         if !s.is_running() {
-            dead.push((s.name().to_string(), s.log_path()));
+            dead.push((s.name().to_string(), s.log_path().to_path_buf()));
         }
     }
     for i in 0..cluster.participants().len() {
         let s = cluster.participant_mut(i);
         if !s.is_running() {
-            dead.push((s.name().to_string(), s.log_path()));
+            dead.push((s.name().to_string(), s.log_path().to_path_buf()));
         }
     }
     for i in 0..cluster.options().participants {
         let pg = cluster.postgres_mut(i);
         if !pg.is_running() {
-            dead.push((format!("postgres-{}", i + 1), pg.log_path()));
+            dead.push((format!("postgres-{}", i + 1), pg.log_path().to_path_buf()));
         }
     }
     if !cluster.etcd_mut().is_running() {
-        dead.push(("etcd".to_string(), cluster.etcd().log_path()));
+        dead.push(("etcd".to_string(), cluster.etcd().log_path().to_path_buf()));
     }
     for (name, log) in dead {
         if reported.insert(name.clone()) {

@@ -11,20 +11,27 @@
 //! with `fsync=on` and `synchronous_commit=on`.
 //!
 //! As root, initdb and the server run as the `postgres` OS user, and the PID
-//! we hold is the postmaster's own, so [`Postgres::kill9`] kills exactly it.
+//! we hold is the postmaster's own.
+//!
+//! Its lifecycle is the one of every child ([`Supervised`]), with the
+//! backends as the postmaster's workers: `kill9` SIGKILLs the postmaster and
+//! every backend (a crash of the database machine), `pause`/`resume`
+//! freeze and thaw them all, `stop` is a fast shutdown (SIGINT), and a
+//! `restart` after `kill9` runs crash recovery.
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 use tokio::sync::OnceCell;
 
-use crate::ports::{local, wait_port_free};
-use crate::process::{self, log_tail, Proc, RunAs, POLL};
+use crate::ports::local;
+use crate::process::{numbered_entries, Launch, Ready, RunAs, Supervised, Workers};
 
 /// Name of the database every server gets.
 pub const DATABASE: &str = "wallet";
@@ -45,12 +52,11 @@ pub struct Postgres {
     data_dir: PathBuf,
     /// TCP port on 127.0.0.1.
     port: u16,
-    /// The postmaster, while started.
-    proc: Option<Proc>,
     /// Where the Postgres binaries are.
     bin: PathBuf,
-    /// Who the server runs as (`None`: as ourselves).
-    run_as: Option<RunAs>,
+    /// The postmaster, its backends as workers: `pid`, `kill9`, `pause`,
+    /// `resume`, `stop`, `restart` and the log, through `Deref`.
+    process: Supervised,
 }
 
 impl Postgres {
@@ -85,16 +91,28 @@ impl Postgres {
             .await?;
             tracing::debug!(dir = %data_dir.display(), elapsed = ?copying.elapsed(), "data directory copied");
         }
-        let mut pg = Postgres {
+        let mut process = Supervised::new(
+            format!("postgres on port {port}"),
+            launch(&bin, &dir, &data_dir, port, run_as),
+            dir.join("postgres.log"),
+            ready(&bin, port),
+        )
+        .start_timeout(START_TIMEOUT)
+        .stop_with(Signal::SIGINT, STOP_TIMEOUT)
+        .ports([port])
+        .workers(Workers {
+            exe: bin.join("postgres"),
+            dir: data_dir.clone(),
+        })
+        .pid_file(data_dir.join("postmaster.pid"));
+        process.start().await?;
+        Ok(Postgres {
             dir,
             data_dir,
             port,
-            proc: None,
             bin,
-            run_as,
-        };
-        pg.launch().await?;
-        Ok(pg)
+            process,
+        })
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/wallet`.
@@ -134,16 +152,6 @@ impl Postgres {
         local(self.port)
     }
 
-    /// The postmaster's PID, unless it is known to have exited.
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().and_then(Proc::live_pid)
-    }
-
-    /// Whether the postmaster is alive.
-    pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(|p| p.exited().is_none())
-    }
-
     /// The directory given to [`Postgres::start`].
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -152,11 +160,6 @@ impl Postgres {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    /// The server's log.
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("postgres.log")
     }
 
     /// Runs `sql` with `psql` (unaligned, tuples only) and returns its output,
@@ -180,239 +183,70 @@ impl Postgres {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
 
-    /// Crashes the server: SIGKILL to the postmaster and every backend it had
-    /// (what a crash of the database machine looks like to clients: nothing
-    /// more is committed). Returns once all are gone and the port is free, so
-    /// that [`Postgres::restart`] can follow at once.
-    pub async fn kill9(&mut self) -> Result<()> {
-        let Some(proc) = self.proc.as_mut() else {
-            return Ok(());
-        };
-        let pid = proc.pid();
-        let exe = self.bin.join("postgres");
-        let family = if proc.exited().is_none() {
-            // Freeze the postmaster so it cannot fork while we list its children.
-            proc.signal(Signal::SIGSTOP)?;
-            let family = process::find_processes(&exe, Some(pid), &self.data_dir);
-            proc.signal(Signal::SIGKILL)?;
-            family
-        } else {
-            process::find_processes(&exe, None, &self.data_dir)
-        };
-        process::kill_pids(&family);
-        if proc.wait_exit(Duration::from_secs(10)).await.is_none() {
-            bail!("postmaster {pid} survived SIGKILL for 10 s");
-        }
-        process::wait_pids_gone(&family, Duration::from_secs(10))
-            .await
-            .context("waiting for the Postgres backends to die")?;
-        wait_port_free(self.port, Duration::from_secs(10)).await?;
-        tracing::info!(port = self.port, pid, "postgres killed (SIGKILL)");
-        Ok(())
-    }
-
-    /// SIGSTOP to the postmaster and every backend: the server freezes with
-    /// its connections open, as when the database machine stalls.
-    /// [`Postgres::resume`] undoes it.
-    pub fn pause(&mut self) -> Result<()> {
-        self.signal_all(Signal::SIGSTOP)
-    }
-
-    /// SIGCONT to the postmaster and every backend after [`Postgres::pause`].
-    pub fn resume(&mut self) -> Result<()> {
-        self.signal_all(Signal::SIGCONT)
-    }
-
-    fn signal_all(&mut self, signal: Signal) -> Result<()> {
-        let Some(proc) = self.proc.as_mut() else {
-            return Ok(());
-        };
-        if proc.exited().is_some() {
-            return Ok(());
-        }
-        // The postmaster stops first and continues last, so it cannot fork
-        // a backend we did not list.
-        let stop = signal == Signal::SIGSTOP;
-        if stop {
-            proc.signal(signal)?;
-        }
-        let family =
-            process::find_processes(&self.bin.join("postgres"), Some(proc.pid()), &self.data_dir);
-        process::signal_pids(&family, signal);
-        if !stop {
-            proc.signal(signal)?;
-        }
-        Ok(())
-    }
-
-    /// Fast shutdown (SIGINT: roll back open transactions, checkpoint,
-    /// exit); SIGKILL if it takes longer than 60 s.
-    pub async fn stop(&mut self) -> Result<()> {
-        let Some(proc) = self.proc.as_mut() else {
-            return Ok(());
-        };
-        let status = proc.terminate(Signal::SIGINT, STOP_TIMEOUT).await?;
-        let left = process::find_processes(&self.bin.join("postgres"), None, &self.data_dir);
-        process::kill_pids(&left);
-        process::wait_pids_gone(&left, Duration::from_secs(10)).await?;
-        wait_port_free(self.port, Duration::from_secs(10)).await?;
-        tracing::info!(port = self.port, %status, "postgres stopped");
-        Ok(())
-    }
-
-    /// Starts the server again on the same directory and port (after
-    /// [`Postgres::kill9`] it runs crash recovery first). Stops it first if it
-    /// still runs. Returns once it accepts connections.
-    pub async fn restart(&mut self) -> Result<()> {
-        if self.is_running() {
-            self.stop().await?;
-        }
-        self.launch().await
-    }
-
-    /// Spawns the postmaster and waits until it accepts connections.
-    async fn launch(&mut self) -> Result<()> {
-        self.clear_stale_pid_file()?;
-        let log_path = self.log_path();
-        let log = process::open_log(&log_path, &format!("postgres on port {}", self.port))?;
-        let (out, err) = process::log_stdio(&log)?;
-        let name = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "postgres".into());
-        let mut cmd = Command::new(self.bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg(format!(
-                "unix_socket_directories={}",
-                self.data_dir.display()
-            ));
-        for setting in [
-            "listen_addresses=127.0.0.1",
-            "max_connections=200",
-            // Participants hold prepared transactions (two-phase commit).
-            "max_prepared_transactions=200",
-            "shared_buffers=128MB",
-            "fsync=on",
-            "synchronous_commit=on",
-            "full_page_writes=on",
-            "huge_pages=off",
-            "logging_collector=off",
-            "log_line_prefix=%m [%p] ",
-        ] {
-            cmd.arg("-c").arg(setting);
-        }
-        cmd.arg("-c")
-            .arg(format!("cluster_name={name}"))
-            .current_dir(&self.data_dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(run_as) = &self.run_as {
-            run_as.apply(&mut cmd);
-        }
-        let started = Instant::now();
-        self.proc = Some(Proc::new(process::spawn(cmd)?));
-        self.wait_ready().await?;
-        tracing::info!(
-            port = self.port,
-            pid = self.proc.as_ref().map(Proc::pid),
-            elapsed = ?started.elapsed(),
-            "postgres ready"
-        );
-        Ok(())
-    }
-
-    /// Polls `pg_isready` until the server accepts connections.
-    async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
-                bail!(
-                    "postgres on port {} exited during startup ({status}); end of {}:\n{}",
-                    self.port,
-                    self.log_path().display(),
-                    log_tail(&self.log_path(), 30)
-                );
-            }
-            let ready = tokio::process::Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-t", "1", "-h", "127.0.0.1", "-U", "postgres", "-d"])
-                .arg(DATABASE)
-                .arg("-p")
-                .arg(self.port.to_string())
-                .stdin(Stdio::null())
-                .status()
-                .await
-                .context("running pg_isready")?;
-            if ready.success() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "postgres on port {} not ready after {START_TIMEOUT:?}; end of {}:\n{}",
-                    self.port,
-                    self.log_path().display(),
-                    log_tail(&self.log_path(), 30)
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Removes `postmaster.pid` when its PID belongs to some other live
-    /// process (PID reuse after a kill), which Postgres would take for a
-    /// running server. Refuses if a postmaster still runs on this data dir.
-    fn clear_stale_pid_file(&self) -> Result<()> {
-        let pid_file = self.data_dir.join("postmaster.pid");
-        let Ok(text) = std::fs::read_to_string(&pid_file) else {
-            return Ok(());
-        };
-        let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-        else {
-            return Ok(());
-        };
-        if process::pid_gone(pid) {
-            // Postgres handles this case itself (and frees the old shared memory).
-            return Ok(());
-        }
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-        let postgres = std::fs::canonicalize(self.bin.join("postgres")).ok();
-        if exe.is_some() && exe == postgres {
-            bail!(
-                "a postgres (pid {pid}) is already running on {}; stop it first (kill {pid})",
-                self.data_dir.display()
-            );
-        }
-        std::fs::remove_file(&pid_file)
-            .with_context(|| format!("removing stale {}", pid_file.display()))
+impl Deref for Postgres {
+    type Target = Supervised;
+    fn deref(&self) -> &Supervised {
+        &self.process
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let Some(proc) = self.proc.as_mut() else {
-            return;
-        };
-        let exe = self.bin.join("postgres");
-        let family = if proc.exited().is_none() {
-            let _ = proc.signal(Signal::SIGSTOP);
-            let family = process::find_processes(&exe, Some(proc.pid()), &self.data_dir);
-            proc.kill_blocking();
-            family
-        } else {
-            process::find_processes(&exe, None, &self.data_dir)
-        };
-        process::kill_pids(&family);
-        process::wait_pids_gone_blocking(&family, Duration::from_secs(5));
+impl DerefMut for Postgres {
+    fn deref_mut(&mut self) -> &mut Supervised {
+        &mut self.process
     }
+}
+
+/// The postmaster's command line.
+fn launch(bin: &Path, dir: &Path, data_dir: &Path, port: u16, run_as: Option<RunAs>) -> Launch {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into());
+    let mut launch = Launch::new(bin.join("postgres"), data_dir)
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", data_dir.display()));
+    for setting in [
+        "listen_addresses=127.0.0.1",
+        "max_connections=200",
+        // Participants hold prepared transactions (two-phase commit).
+        "max_prepared_transactions=200",
+        "shared_buffers=128MB",
+        "fsync=on",
+        "synchronous_commit=on",
+        "full_page_writes=on",
+        "huge_pages=off",
+        "logging_collector=off",
+        "log_line_prefix=%m [%p] ",
+    ] {
+        launch = launch.arg("-c").arg(setting);
+    }
+    launch
+        .arg("-c")
+        .arg(format!("cluster_name={name}"))
+        .run_as(run_as)
+}
+
+/// `pg_isready`: the server accepts connections.
+fn ready(bin: &Path, port: u16) -> Ready {
+    let pg_isready = bin.join("pg_isready");
+    Ready::new("pg_isready", move || {
+        let mut cmd = tokio::process::Command::new(&pg_isready);
+        cmd.args(["-q", "-t", "1", "-h", "127.0.0.1", "-U", "postgres", "-d"])
+            .arg(DATABASE)
+            .arg("-p")
+            .arg(port.to_string())
+            .stdin(Stdio::null());
+        async move {
+            let status = cmd.status().await.context("running pg_isready")?;
+            Ok(status.success())
+        }
+    })
 }
 
 /// The directory of the newest installed PostgreSQL's binaries:
@@ -422,22 +256,11 @@ pub fn bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("WALLET_PG_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    let mut best: Option<(u32, PathBuf)> = None;
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        for entry in entries.flatten() {
-            let Some(major) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let bin = entry.path().join("bin");
-            if bin.join("postgres").exists() && best.as_ref().is_none_or(|(m, _)| major > *m) {
-                best = Some((major, bin));
-            }
-        }
-    }
+    let best = numbered_entries(Path::new("/usr/lib/postgresql"))
+        .into_iter()
+        .map(|(major, dir)| (major, dir.join("bin")))
+        .filter(|(_, bin)| bin.join("postgres").exists())
+        .max_by_key(|(major, _)| *major);
     if let Some((_, bin)) = best {
         return Ok(bin);
     }

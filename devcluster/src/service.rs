@@ -3,19 +3,19 @@
 //!
 //! The service is configured by environment variables, appends its output
 //! to `DIR/NAME.log`, and counts as started once `GET http://ADDR/health`
-//! answers 200.
+//! answers 200. Its lifecycle (`kill9`, `pause`, `stop`, `restart`, ...) is
+//! the one of every child ([`Supervised`]).
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 
-use crate::ports::wait_port_free;
 use crate::postgres::absolute;
-use crate::process::{self, log_tail, Proc, POLL};
+use crate::process::{Launch, Ready, Supervised};
 
 /// How to run a service.
 #[derive(Debug, Clone)]
@@ -85,8 +85,9 @@ impl ServiceConfig {
 pub struct Service {
     /// How it was (and will be re-) started.
     config: ServiceConfig,
-    /// The process, while started.
-    proc: Option<Proc>,
+    /// The process: its `pid`, `kill9`, `pause`, `resume`, `stop`,
+    /// `restart`, `wait_exit` and log, through `Deref`.
+    process: Supervised,
 }
 
 impl Service {
@@ -97,9 +98,25 @@ impl Service {
         config.dir = absolute(&config.dir)?;
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("creating {}", config.dir.display()))?;
-        let mut service = Service { config, proc: None };
-        service.launch().await?;
-        Ok(service)
+        let launch = Launch::new(&config.program, &config.dir)
+            .args(&config.args)
+            .envs(config.env.iter().map(|(k, v)| (k, v)));
+        let url = format!("http://{}{}", config.addr, config.health_path);
+        let http = http_client()?;
+        let ready = Ready::new(format!("GET {url} answers 200"), move || {
+            answers_ok(http.clone(), url.clone())
+        });
+        let mut process = Supervised::new(
+            format!("{} on {}", config.name, config.addr),
+            launch,
+            config.dir.join(format!("{}.log", config.name)),
+            ready,
+        )
+        .start_timeout(config.startup_timeout)
+        .stop_with(Signal::SIGTERM, config.stop_timeout)
+        .ports([config.addr.port()]);
+        process.start().await?;
+        Ok(Service { config, process })
     }
 
     /// Its name, e.g. `participant-1`.
@@ -117,16 +134,6 @@ impl Service {
         format!("http://{}", self.config.addr)
     }
 
-    /// Its PID, unless it is known to have exited.
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().and_then(Proc::live_pid)
-    }
-
-    /// Whether the process is alive.
-    pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(|p| p.exited().is_none())
-    }
-
     /// How it is run.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
@@ -136,144 +143,28 @@ impl Service {
     pub fn dir(&self) -> &Path {
         &self.config.dir
     }
+}
 
-    /// Its log (stdout and stderr, appended across restarts).
-    pub fn log_path(&self) -> PathBuf {
-        self.config.dir.join(format!("{}.log", self.config.name))
-    }
-
-    /// The last `lines` lines of its log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.log_path(), lines)
-    }
-
-    /// Waits up to `timeout` for the process to exit on its own (a crash
-    /// hook, say) and returns how it exited.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let proc = self
-            .proc
-            .as_mut()
-            .ok_or_else(|| anyhow!("{} was never started", self.config.name))?;
-        proc.wait_exit(timeout)
-            .await
-            .ok_or_else(|| anyhow!("{} still running after {timeout:?}", self.config.name))
-    }
-
-    /// SIGKILL; returns once it is gone and its port is free.
-    pub async fn kill9(&mut self) -> Result<()> {
-        let Some(proc) = self.proc.as_mut() else {
-            return Ok(());
-        };
-        proc.terminate(Signal::SIGKILL, Duration::from_secs(10))
-            .await?;
-        wait_port_free(self.config.addr.port(), Duration::from_secs(10)).await?;
-        tracing::info!(name = %self.config.name, "killed (SIGKILL)");
-        Ok(())
-    }
-
-    /// SIGSTOP: the process freezes, its sockets stay open and its callers
-    /// wait, as when a machine stalls. [`Service::resume`] undoes it.
-    pub fn pause(&mut self) -> Result<()> {
-        self.proc
-            .as_mut()
-            .map_or(Ok(()), |p| p.signal(Signal::SIGSTOP))
-    }
-
-    /// SIGCONT after [`Service::pause`].
-    pub fn resume(&mut self) -> Result<()> {
-        self.proc
-            .as_mut()
-            .map_or(Ok(()), |p| p.signal(Signal::SIGCONT))
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited after the stop timeout
-    /// (10 s by default).
-    pub async fn stop(&mut self) -> Result<()> {
-        let Some(proc) = self.proc.as_mut() else {
-            return Ok(());
-        };
-        let status = proc
-            .terminate(Signal::SIGTERM, self.config.stop_timeout)
-            .await?;
-        wait_port_free(self.config.addr.port(), Duration::from_secs(10)).await?;
-        tracing::info!(name = %self.config.name, %status, "stopped");
-        Ok(())
-    }
-
-    /// Starts it again with the same config (same port), stopping it first
-    /// if it still runs; returns once it is healthy.
-    pub async fn restart(&mut self) -> Result<()> {
-        if self.is_running() {
-            self.stop().await?;
-        }
-        self.launch().await
-    }
-
-    async fn launch(&mut self) -> Result<()> {
-        let config = &self.config;
-        let log_path = self.log_path();
-        let log = process::open_log(&log_path, &format!("{} on {}", config.name, config.addr))?;
-        let (out, err) = process::log_stdio(&log)?;
-        let mut cmd = Command::new(&config.program);
-        cmd.args(&config.args)
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&config.dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let started = Instant::now();
-        self.proc = Some(Proc::new(process::spawn(cmd).with_context(|| {
-            format!("starting {} ({})", config.name, config.program.display())
-        })?));
-        self.wait_healthy().await?;
-        tracing::info!(
-            name = %self.config.name,
-            addr = %self.config.addr,
-            pid = self.pid(),
-            elapsed = ?started.elapsed(),
-            "ready"
-        );
-        Ok(())
-    }
-
-    async fn wait_healthy(&mut self) -> Result<()> {
-        let client = http_client()?;
-        let url = format!("{}{}", self.url(), self.config.health_path);
-        let timeout = self.config.startup_timeout;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.proc.as_mut().and_then(Proc::exited) {
-                bail!(
-                    "{} exited during startup ({status}); end of {}:\n{}",
-                    self.config.name,
-                    self.log_path().display(),
-                    self.log_tail(40)
-                );
-            }
-            if let Ok(resp) = client.get(&url).send().await {
-                if resp.status() == reqwest::StatusCode::OK {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not answer 200 on {url} within {timeout:?}; end of {}:\n{}",
-                    self.config.name,
-                    self.log_path().display(),
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+impl Deref for Service {
+    type Target = Supervised;
+    fn deref(&self) -> &Supervised {
+        &self.process
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(proc) = self.proc.as_mut() {
-            proc.kill_blocking();
-        }
+impl DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut Supervised {
+        &mut self.process
     }
+}
+
+/// Whether `GET url` answers 200.
+async fn answers_ok(client: reqwest::Client, url: String) -> Result<bool> {
+    Ok(client
+        .get(&url)
+        .send()
+        .await
+        .is_ok_and(|resp| resp.status() == reqwest::StatusCode::OK))
 }
 
 /// An HTTP client for health checks: short timeouts, never a proxy.

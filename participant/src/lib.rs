@@ -3,7 +3,10 @@
 //! partitions the partition map gives its node.
 //!
 //! A library too, so the deterministic simulation runs the same router and
-//! rules on an in-memory [`store::Store`].
+//! rules on an in-memory [`store::Store`], and so the tools that write or
+//! read the participant's rows straight in its database (the benchmark's
+//! loader, the chaos audit) use [`bulk`] and [`rows`], whose SQL is here
+//! beside the schema.
 //!
 //! Read in this order: `model` (the `Working` set the rules run over),
 //! `decisions`, `legs` and `movements` (the pure rules), `store` and `pg`
@@ -13,6 +16,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod bulk;
 pub mod config;
 pub mod decisions;
 pub mod error;
@@ -25,4 +29,5 @@ pub mod moves;
 pub mod pg;
 pub mod protocol;
 pub mod reads;
+pub mod rows;
 pub mod store;

@@ -676,7 +676,7 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn transfer_state(s: TransferState) -> &'static str {
+pub(crate) fn transfer_state(s: TransferState) -> &'static str {
     match s {
         TransferState::Preparing => "preparing",
         TransferState::Committed => "committed",
@@ -684,7 +684,7 @@ fn transfer_state(s: TransferState) -> &'static str {
     }
 }
 
-fn leg_state(s: LegState) -> &'static str {
+pub(crate) fn leg_state(s: LegState) -> &'static str {
     match s {
         LegState::Prepared => "prepared",
         LegState::Committed => "committed",

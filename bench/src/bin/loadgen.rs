@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bench::{setup, Accounts, Kind, Load, Plan, Scenario, Target};
 use clap::Parser;
-use devcluster::bench::{self, setup, Accounts, Kind, Load, Plan, Scenario, Target};
 use serde_json::Value;
 use wallet_shared::MapStore;
 

@@ -1,18 +1,14 @@
 //! Loading the benchmark's accounts straight into the participants'
 //! databases: opening 100,000 accounts one by one through the API takes
-//! minutes, three set-based statements per node take seconds.
+//! minutes, a few set-based statements per node take seconds.
 //!
-//! The rows are exactly what the participant itself writes when an account
-//! is opened and then funded by a deposit (`participant/src/movements.rs`):
-//! - `accounts`: the account's partition, currency, `posted` = the deposit,
-//!   `last_seq` = 2;
-//! - `events`: `opened` (seq 1, amount 0) and `deposited` (seq 2, with the
-//!   deposit's transaction id);
-//! - `legs`: the deposit, role `deposit`, state `committed`, with the
-//!   fingerprint of [`Movement::fingerprint`];
-//! - `transfers`, on the node that owns the deposit id's decision
-//!   partition: its claim record (kind `deposit`, committed and complete),
-//!   which makes the id one key across the cluster.
+//! Each account is opened and funded by a deposit, and the rows are the
+//! participant's own: it writes them ([`participant::bulk`], beside its
+//! schema), exactly as it does for an `open` and a `deposit`: the account,
+//! its `opened` and `deposited` events, the committed deposit leg with its
+//! fingerprint, and, on the node that owns the deposit id's decision
+//! partition, its claim record (which makes the id one key across the
+//! cluster).
 //!
 //! Partitions come from the partition map's own function and each account
 //! goes to the database of the node that owns its partition, so the
@@ -26,10 +22,12 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use participant::bulk::{self, Claim};
+use participant::rows;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use wallet_shared::protocol::{EventKind, Movement, MovementKind};
+use wallet_shared::protocol::{Movement, MovementKind};
 use wallet_shared::{AccountId, Amount, PartitionMap, TransactionId};
 
 use super::generator::Target;
@@ -69,34 +67,21 @@ pub async fn connect(url: &str, statement_timeout: Duration) -> Result<PgConnect
         .with_context(|| format!("connecting to {url}"))
 }
 
-/// One node's share of the accounts, as columns; and of the deposits'
-/// claim records, by decision partition.
+/// One node's share: the accounts it owns, each with its funding deposit,
+/// and the deposits whose decision partition it owns.
 #[derive(Default)]
-struct Columns {
-    ids: Vec<String>,
-    partitions: Vec<i32>,
-    amounts: Vec<i64>,
-    transactions: Vec<uuid::Uuid>,
-    fingerprints: Vec<String>,
-    claims: Claims,
-}
-
-#[derive(Default)]
-struct Claims {
-    transactions: Vec<uuid::Uuid>,
-    partitions: Vec<i32>,
-    fingerprints: Vec<String>,
-    accounts: Vec<String>,
-    amounts: Vec<i64>,
+struct Rows {
+    deposits: Vec<Movement>,
+    claims: Vec<Claim>,
 }
 
 /// Writes every account of `accounts` into the database of the node that
 /// owns its partition. Fails if any of them exists already.
 pub async fn load(map: &PartitionMap, nodes: &[Node], accounts: &Accounts) -> Result<Loaded> {
     let started = Instant::now();
-    let mut columns: BTreeMap<&str, Columns> = nodes
+    let mut rows: BTreeMap<&str, Rows> = nodes
         .iter()
-        .map(|n| (n.node_id.as_str(), Columns::default()))
+        .map(|n| (n.node_id.as_str(), Rows::default()))
         .collect();
     let mut deposits = BTreeMap::new();
     for (id, minor) in accounts.funded() {
@@ -105,7 +90,7 @@ pub async fn load(map: &PartitionMap, nodes: &[Node], accounts: &Accounts) -> Re
         let owner = map
             .owner(partition)
             .with_context(|| format!("partition {partition} has no owner in the map"))?;
-        let Some(c) = columns.get_mut(owner.as_str()) else {
+        let Some(r) = rows.get_mut(owner.as_str()) else {
             bail!("partition {partition} belongs to {owner}, which is not among the nodes given");
         };
         let deposit = Movement {
@@ -116,34 +101,28 @@ pub async fn load(map: &PartitionMap, nodes: &[Node], accounts: &Accounts) -> Re
             amount: Amount::from_minor(minor)?,
             currency: accounts.currency,
         };
-        c.fingerprints.push(deposit.fingerprint());
-        c.ids.push(id.to_string());
-        c.partitions.push(partition as i32);
-        c.amounts.push(minor);
-        c.transactions.push(deposit.transaction_id.0);
+        r.deposits.push(deposit.clone());
         let home = map.decision_partition(deposit.transaction_id);
         let home_owner = map
             .owner(home)
             .with_context(|| format!("partition {home} has no owner in the map"))?;
-        let Some(c) = columns.get_mut(home_owner.as_str()) else {
+        let Some(r) = rows.get_mut(home_owner.as_str()) else {
             bail!("partition {home} belongs to {home_owner}, which is not among the nodes given");
         };
-        c.claims.transactions.push(deposit.transaction_id.0);
-        c.claims.partitions.push(home as i32);
-        c.claims.fingerprints.push(deposit.fingerprint());
-        c.claims.accounts.push(id.to_string());
-        c.claims.amounts.push(minor);
         deposits.insert(id.to_string(), deposit.transaction_id);
+        r.claims.push(Claim {
+            partition: home,
+            deposit,
+        });
     }
-    let currency = accounts.currency.code();
     let per_node = futures::future::try_join_all(nodes.iter().map(|node| {
-        let c = &columns[node.node_id.as_str()];
+        let r = &rows[node.node_id.as_str()];
         async move {
-            tokio::time::timeout(LOAD_TIMEOUT, load_node(node, c, currency))
+            tokio::time::timeout(LOAD_TIMEOUT, load_node(node, r))
                 .await
                 .with_context(|| format!("loading {}: not done in {LOAD_TIMEOUT:?}", node.node_id))?
                 .with_context(|| format!("loading accounts into {}", node.node_id))?;
-            Ok::<_, anyhow::Error>((node.node_id.clone(), c.ids.len()))
+            Ok::<_, anyhow::Error>((node.node_id.clone(), r.deposits.len()))
         }
     }))
     .await?
@@ -156,72 +135,11 @@ pub async fn load(map: &PartitionMap, nodes: &[Node], accounts: &Accounts) -> Re
     })
 }
 
-async fn load_node(node: &Node, c: &Columns, currency: &str) -> Result<()> {
+async fn load_node(node: &Node, rows: &Rows) -> Result<()> {
     let mut conn = connect(&node.database_url, LOAD_TIMEOUT).await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "INSERT INTO accounts (account_id, partition, currency, posted, last_seq)
-         SELECT id, p, $4, amount, 2 FROM UNNEST($1::text[], $2::int4[], $3::int8[]) AS t(id, p, amount)",
-    )
-    .bind(&c.ids)
-    .bind(&c.partitions)
-    .bind(&c.amounts)
-    .bind(currency)
-    .execute(&mut *tx)
-    .await
-    .context("inserting accounts (do some exist already?)")?;
-    sqlx::query(
-        "INSERT INTO events (account_id, seq, kind, amount, transaction_id)
-         SELECT id, 1, $4, 0, NULL::uuid FROM UNNEST($1::text[]) AS t(id)
-         UNION ALL
-         SELECT id, 2, $5, amount, tx FROM UNNEST($1::text[], $2::int8[], $3::uuid[]) AS t(id, amount, tx)",
-    )
-    .bind(&c.ids)
-    .bind(&c.amounts)
-    .bind(&c.transactions)
-    .bind(EventKind::Opened.as_str())
-    .bind(EventKind::Deposited.as_str())
-    .execute(&mut *tx)
-    .await
-    .context("inserting events")?;
-    // Role and state as the participant stores them (`RowRole::Deposit`,
-    // `LegState::Committed` in participant/src/{model,pg}.rs).
-    sqlx::query(
-        "INSERT INTO legs (transaction_id, role, account_id, partition, amount, currency, fingerprint, state)
-         SELECT tx, 'deposit', id, p, amount, $6, fp, 'committed'
-         FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::uuid[], $5::text[]) AS t(id, p, amount, tx, fp)",
-    )
-    .bind(&c.ids)
-    .bind(&c.partitions)
-    .bind(&c.amounts)
-    .bind(&c.transactions)
-    .bind(&c.fingerprints)
-    .bind(currency)
-    .execute(&mut *tx)
-    .await
-    .context("inserting deposit legs")?;
-    // As `decisions::begin` and `decide` leave a deposit's claim.
-    let k = &c.claims;
-    sqlx::query(
-        "INSERT INTO transfers (transaction_id, kind, partition, fingerprint, from_account, to_account,
-                                amount, currency, state, lease_until, lease_owner, decided_at, completed)
-         SELECT tx, 'deposit', p, fp, id, id, amount, $6, 'committed', now(), gen_random_uuid(), now(), true
-         FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::int8[]) AS t(tx, p, fp, id, amount)",
-    )
-    .bind(&k.transactions)
-    .bind(&k.partitions)
-    .bind(&k.fingerprints)
-    .bind(&k.accounts)
-    .bind(&k.amounts)
-    .bind(currency)
-    .execute(&mut *tx)
-    .await
-    .context("inserting deposit claims")?;
-    tx.commit().await?;
-    sqlx::query("ANALYZE accounts, events, legs, transfers")
-        .execute(&mut conn)
-        .await?;
-    Ok(())
+    bulk::load_funded_accounts(&mut conn, &rows.deposits, &rows.claims)
+        .await
+        .context("writing the accounts, events, legs and claims (do some exist already?)")
 }
 
 /// Checks `sample` random accounts and both hot ones through the API: the
@@ -292,23 +210,12 @@ pub async fn settle(nodes: &[Node], within: Duration) -> Result<(i64, i64)> {
     loop {
         let mut prepared = 0i64;
         for c in conns.iter_mut() {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM legs WHERE state = 'prepared'
-                 UNION ALL SELECT count(*) FROM accounts WHERE held > 0 OR pending_credit > 0
-                 ORDER BY 1 DESC LIMIT 1",
-            )
-            .fetch_one(&mut *c)
-            .await?;
-            prepared += n;
+            prepared += rows::in_flight(c).await?;
         }
         if prepared == 0 || Instant::now() >= deadline {
             let mut posted = 0i64;
             for c in conns.iter_mut() {
-                let p: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(sum(posted), 0)::int8 FROM accounts")
-                        .fetch_one(&mut *c)
-                        .await?;
-                posted += p;
+                posted += rows::posted_total(c).await?;
             }
             return Ok((posted, prepared));
         }

@@ -16,10 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bench::{report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target};
 use clap::Parser;
-use devcluster::bench::{
-    self, report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target,
-};
 use devcluster::{Cluster, ClusterOptions};
 
 #[derive(Parser)]

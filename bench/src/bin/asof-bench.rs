@@ -5,7 +5,7 @@
 //! Starts a cluster of its own (one participant), opens an account, writes
 //! `--events` deposits straight into its database with a snapshot every
 //! `--snapshot-every` (as the participant would; see
-//! `devcluster::bench::history`), then times `--repeat` queries through the
+//! `participant::bulk::append_deposits`), then times `--repeat` queries through the
 //! coordinator at a few instants of the history and prints the median and
 //! the fastest. Not part of `make test`:
 //!
@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use devcluster::bench::history::append_deposits;
 use devcluster::{Cluster, ClusterOptions};
+use participant::bulk::append_deposits;
 use serde_json::Value;
+use sqlx::Connection;
 
 #[derive(Parser)]
 #[command(
@@ -72,13 +73,13 @@ async fn run(args: &Args, cluster: &Cluster) -> Result<()> {
         bail!("opening the account: {}", r.text().await?);
     }
     let loading = Instant::now();
-    let history = append_deposits(
-        &cluster.postgres_url(0),
-        account,
-        args.events,
-        args.snapshot_every,
-    )
-    .await?;
+    let database = cluster.postgres_url(0);
+    let mut db = sqlx::PgConnection::connect(&database)
+        .await
+        .with_context(|| format!("connecting to {database}"))?;
+    let history = append_deposits(&mut db, account, args.events, args.snapshot_every)
+        .await
+        .with_context(|| format!("appending {} deposits to {account}", args.events))?;
     println!(
         "{} events written in {:.1} s (a snapshot every {})",
         args.events,

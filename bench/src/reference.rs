@@ -5,7 +5,7 @@
 //! at several client counts; the best one is the reference.
 //!
 //! The script is the project's shared reference (`../shared/reference/` beside
-//! the repository) when it is there, else the copy in `devcluster/bench/`.
+//! the repository) when it is there, else the copy in `bench/`.
 //! Every transaction's latency comes from pgbench's per-transaction log.
 
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use super::setup::connect;
 /// Database the reference runs in.
 pub const DATABASE: &str = "pgbench_ref";
 /// The script, as kept in the repository.
-pub const SCRIPT: &str = include_str!("../../bench/pgbench-transfer.sql");
+pub const SCRIPT: &str = include_str!("../pgbench-transfer.sql");
 /// Balance of every reference account: never runs dry.
 const BALANCE: i64 = 1_000_000_000_000;
 
@@ -60,7 +60,7 @@ pub fn script(workspace: &Path, out_dir: &Path) -> Result<PathBuf> {
     if shared.is_file() {
         let text = std::fs::read_to_string(&shared)?;
         if text != SCRIPT {
-            tracing::warn!(path = %shared.display(), "the shared reference script differs from devcluster/bench/pgbench-transfer.sql; using the shared one");
+            tracing::warn!(path = %shared.display(), "the shared reference script differs from bench/pgbench-transfer.sql; using the shared one");
         }
         return std::fs::canonicalize(&shared).context("resolving the script path");
     }
@@ -259,7 +259,7 @@ mod tests {
         if let Ok(text) = std::fs::read_to_string(shared) {
             assert_eq!(
                 text, SCRIPT,
-                "devcluster/bench/pgbench-transfer.sql must equal the shared reference"
+                "bench/pgbench-transfer.sql must equal the shared reference"
             );
         }
         assert!(SCRIPT.contains("UPDATE accounts SET balance = balance - 1 WHERE id = :a;"));

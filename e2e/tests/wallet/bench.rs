@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use devcluster::bench::{
-    self, report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target,
-};
+use bench::{self, report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target};
 use devcluster::ClusterOptions;
 
 use crate::support::TestCluster;

@@ -7,14 +7,14 @@
 //! with one of those faults or a crash of walletctl in the middle, run again
 //! until it is done. Every fault becomes a [`Fault`] in the history.
 
-use std::future::Future;
 use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use devcluster::proxy::{Mode, Proxy};
+use devcluster::{Cluster, Supervised};
 
 use super::history::{Clock, Fault, FaultKind};
 use super::Until;
-use crate::proxy::{Mode, Proxy};
-use crate::{Cluster, Etcd, Postgres, Service};
-use anyhow::{bail, Context, Result};
 
 /// How often and how long.
 #[derive(Debug, Clone)]
@@ -37,40 +37,6 @@ impl Default for Schedule {
         }
     }
 }
-
-/// A process the nemesis can kill, restart, pause and resume.
-trait Victim {
-    fn kill9(&mut self) -> impl Future<Output = Result<()>>;
-    fn restart(&mut self) -> impl Future<Output = Result<()>>;
-    fn pause(&mut self) -> Result<()>;
-    fn resume(&mut self) -> Result<()>;
-    fn is_running(&mut self) -> bool;
-}
-
-macro_rules! victim {
-    ($t:ty) => {
-        impl Victim for $t {
-            fn kill9(&mut self) -> impl Future<Output = Result<()>> {
-                <$t>::kill9(self)
-            }
-            fn restart(&mut self) -> impl Future<Output = Result<()>> {
-                <$t>::restart(self)
-            }
-            fn pause(&mut self) -> Result<()> {
-                <$t>::pause(self)
-            }
-            fn resume(&mut self) -> Result<()> {
-                <$t>::resume(self)
-            }
-            fn is_running(&mut self) -> bool {
-                <$t>::is_running(self)
-            }
-        }
-    };
-}
-victim!(Service);
-victim!(Postgres);
-victim!(Etcd);
 
 /// How many times a restart is tried before the run gives up.
 const RESTART_ATTEMPTS: u32 = 3;
@@ -285,7 +251,7 @@ async fn hold_link(proxy: Option<&Proxy>, cut: bool, hold: Duration) -> Result<S
 }
 
 /// `kill -9`, down for `hold`, restart; or SIGSTOP, `hold`, SIGCONT.
-async fn disturb(victim: &mut impl Victim, kill: bool, hold: Duration) -> Result<()> {
+async fn disturb(victim: &mut Supervised, kill: bool, hold: Duration) -> Result<()> {
     if kill {
         victim.kill9().await?;
         tokio::time::sleep(hold).await;
@@ -298,7 +264,7 @@ async fn disturb(victim: &mut impl Victim, kill: bool, hold: Duration) -> Result
 }
 
 /// Restarts, a few times if need be (a start can fail on a port race).
-async fn restart(victim: &mut impl Victim) -> Result<()> {
+async fn restart(victim: &mut Supervised) -> Result<()> {
     let mut attempt = 1;
     loop {
         match victim.restart().await {
@@ -330,7 +296,7 @@ pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
     finish_moves(cluster).await
 }
 
-async fn heal(victim: &mut impl Victim) -> Result<()> {
+async fn heal(victim: &mut Supervised) -> Result<()> {
     victim.resume()?;
     if !victim.is_running() {
         restart(victim).await?;

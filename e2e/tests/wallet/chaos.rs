@@ -2,12 +2,12 @@
 //! a real cluster with two coordinators and a proxy on every link, clients
 //! against faults of every kind for 45 s or more (until 2,000 transfers were
 //! sent and 20 faults injected, at most 180 s), then heal, settle and check
-//! (`devcluster::chaos`). `CHAOS_SEED` replays a seed's choices.
+//! (`chaos`). `CHAOS_SEED` replays a seed's choices.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use devcluster::chaos::{self, nemesis::Schedule, Config};
+use chaos::{nemesis::Schedule, Config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_breaks_no_promise() {

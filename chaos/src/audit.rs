@@ -5,72 +5,24 @@
 //! either not applied or applied once on both sides, and money is conserved
 //! per currency.
 //!
-//! The end-to-end tests and the chaos checker both use it.
+//! The end-to-end tests and the chaos checker both use it. The rows are
+//! read by the participant's own reader ([`participant::rows`]); the checks
+//! are here.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 use wallet_shared::protocol::EventKind;
 
 use super::checker::{Anomaly, AnomalyKind};
 
+pub use participant::rows::{AuditEvent, Stored, StoredTransfer};
+
 /// Longest a whole read of one database may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An account's balance row.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    /// ISO code.
-    pub currency: String,
-    /// Money that is the account's, in minor units.
-    pub posted: i64,
-    /// Part of `posted` held by prepared debits.
-    pub held: i64,
-    /// Prepared credits, not yet the account's.
-    pub pending_credit: i64,
-    /// Sequence number of its last event.
-    pub last_seq: i64,
-}
-
-/// One event of an account's log.
-#[derive(Debug, Clone)]
-pub struct AuditEvent {
-    /// Whose log.
-    pub account: String,
-    /// Per-account sequence number, from 1.
-    pub seq: i64,
-    /// What happened.
-    pub kind: EventKind,
-    /// Minor units.
-    pub amount: i64,
-    /// The transfer, deposit or withdrawal it belongs to.
-    pub transaction_id: Option<Uuid>,
-    /// The other account of a transfer.
-    pub counterparty: Option<String>,
-}
-
-/// A decision record (the `transfers` table of the transfer's decision node).
-#[derive(Debug, Clone)]
-pub struct StoredTransfer {
-    /// `transfer`, `deposit` or `withdrawal` (whose record names its
-    /// account as both `from` and `to`).
-    pub kind: String,
-    /// Account debited.
-    pub from: String,
-    /// Account credited.
-    pub to: String,
-    /// Minor units.
-    pub amount: i64,
-    /// ISO code.
-    pub currency: String,
-    /// `preparing`, `committed` or `aborted`.
-    pub state: String,
-    /// Whether both legs have applied the decision.
-    pub completed: bool,
-}
 
 /// Everything read from every participant's database.
 #[derive(Debug, Default)]
@@ -118,68 +70,12 @@ impl Audit {
 
     async fn read_one(&mut self, url: &str) -> Result<()> {
         let mut conn = PgConnection::connect(url).await?;
-        for row in sqlx::query(
-            "SELECT account_id, currency, posted, held, pending_credit, last_seq FROM accounts",
-        )
-        .fetch_all(&mut conn)
-        .await?
-        {
-            self.accounts.insert(
-                row.try_get("account_id")?,
-                Stored {
-                    currency: row.try_get("currency")?,
-                    posted: row.try_get("posted")?,
-                    held: row.try_get("held")?,
-                    pending_credit: row.try_get("pending_credit")?,
-                    last_seq: row.try_get("last_seq")?,
-                },
-            );
-        }
-        for row in sqlx::query(
-            "SELECT account_id, seq, kind, amount, transaction_id, counterparty FROM events",
-        )
-        .fetch_all(&mut conn)
-        .await?
-        {
-            let kind: String = row.try_get("kind")?;
-            self.events.push(AuditEvent {
-                account: row.try_get("account_id")?,
-                seq: row.try_get("seq")?,
-                kind: EventKind::parse(&kind)
-                    .with_context(|| format!("unknown event kind {kind:?}"))?,
-                amount: row.try_get("amount")?,
-                transaction_id: row.try_get("transaction_id")?,
-                counterparty: row.try_get("counterparty")?,
-            });
-        }
-        for row in sqlx::query(
-            "SELECT transaction_id, kind, from_account, to_account, amount, currency, state, completed
-             FROM transfers",
-        )
-        .fetch_all(&mut conn)
-        .await?
-        {
-            self.transfers.insert(
-                row.try_get("transaction_id")?,
-                StoredTransfer {
-                    kind: row.try_get("kind")?,
-                    from: row.try_get("from_account")?,
-                    to: row.try_get("to_account")?,
-                    amount: row.try_get("amount")?,
-                    currency: row.try_get("currency")?,
-                    state: row.try_get("state")?,
-                    completed: row.try_get("completed")?,
-                },
-            );
-        }
-        self.prepared_xacts +=
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_prepared_xacts")
-                .fetch_one(&mut conn)
-                .await?;
-        self.prepared_legs +=
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM legs WHERE state = 'prepared'")
-                .fetch_one(&mut conn)
-                .await?;
+        let contents = participant::rows::read(&mut conn).await?;
+        self.accounts.extend(contents.accounts);
+        self.events.extend(contents.events);
+        self.transfers.extend(contents.transfers);
+        self.prepared_xacts += contents.prepared_xacts;
+        self.prepared_legs += contents.prepared_legs;
         conn.close().await?;
         Ok(())
     }

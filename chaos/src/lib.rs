@@ -38,7 +38,7 @@ use self::history::{Clock, History, Known, Op, Outcome, Phase, Request};
 use self::nemesis::Schedule;
 use self::report::{Report, Timings};
 use self::workload::{Client, Workload};
-use crate::{Cluster, ClusterOptions};
+use devcluster::{Cluster, ClusterOptions};
 
 /// Recovery settings short enough to watch recovery work in a test:
 /// environment for coordinators.

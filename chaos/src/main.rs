@@ -1,5 +1,5 @@
 //! `chaos`: the chaos suite against a real local cluster (see
-//! `devcluster::chaos`). Starts its own cluster, runs clients and faults for
+//! the `chaos` library). Starts its own cluster, runs clients and faults for
 //! `--duration` seconds, heals, checks, writes `history.jsonl`,
 //! `report.json`, `report.txt` and the cluster's logs into `--out`, prints
 //! the summary, and exits with 1 if the checker found any anomaly (2 if the
@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chaos::{nemesis::Schedule, Config};
 use clap::Parser;
-use devcluster::chaos::{self, nemesis::Schedule, Config};
 
 #[derive(Parser)]
 #[command(about = "Runs clients and faults against a real wallet cluster, then checks the history")]

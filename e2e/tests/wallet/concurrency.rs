@@ -1,13 +1,13 @@
 //! Many clients at once over few accounts, so they contend and overdraw.
-//! The clients are the chaos suite's (`devcluster::chaos::workload`), with
+//! The clients are the chaos suite's (`chaos::workload`), with
 //! transfers only and no faults; its checker holds the system to the
 //! recorded history.
 
 use std::time::Duration;
 
-use devcluster::chaos::history::{Clock, History, Op, Outcome};
-use devcluster::chaos::workload::{place_accounts, Client, Mix, Workload};
-use devcluster::chaos::{self, Checked, Until};
+use chaos::history::{Clock, History, Op, Outcome};
+use chaos::workload::{place_accounts, Client, Mix, Workload};
+use chaos::{Checked, Until};
 use wallet_shared::Currency;
 
 use crate::support::TestCluster;

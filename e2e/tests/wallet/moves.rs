@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use devcluster::chaos::quick_recovery;
-use devcluster::chaos::workload::{place_accounts, Mix, Workload};
+use chaos::quick_recovery;
+use chaos::workload::{place_accounts, Mix, Workload};
 use devcluster::ClusterOptions;
 use serde_json::json;
 use wallet_shared::protocol::{Movement, MovementKind, Routed};
@@ -145,8 +145,7 @@ async fn rebalance_onto_a_new_node_under_load_loses_and_doubles_nothing() {
             on_new += 1;
             let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
             assert_eq!(r.status, 200, "{}", r.body);
-            let shown =
-                devcluster::chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD");
+            let shown = chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD");
             assert_eq!(shown, Some(posted), "{a}");
         }
     }
@@ -205,16 +204,12 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
             for a in &mine {
                 let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
                 assert_eq!(r.status, 200, "{a}: {}", r.body);
-                sum += devcluster::chaos::checker::minor_units(
-                    r.body["balance"].as_str().unwrap(),
-                    "USD",
-                )
-                .unwrap();
+                sum += chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD")
+                    .unwrap();
             }
             let r = t.get(&format!("/v1/wallet/accounts/{other}/balance")).await;
             let o =
-                devcluster::chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD")
-                    .unwrap();
+                chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD").unwrap();
             [("mv", sum), ("other", o)]
         }
     };

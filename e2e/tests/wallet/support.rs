@@ -1,13 +1,13 @@
 //! What every test shares: a running cluster, an HTTP client for the public
 //! API, account ids placed on chosen nodes, and the audit
-//! (`devcluster::chaos::audit`) that reads every participant's Postgres
+//! (`chaos::audit`) that reads every participant's Postgres
 //! directly and checks what can be checked at rest.
 
 use std::time::Duration;
 
-use devcluster::chaos::audit::Audit;
-pub use devcluster::chaos::quick_recovery;
-use devcluster::chaos::workload::accounts_on;
+use chaos::audit::Audit;
+pub use chaos::quick_recovery;
+use chaos::workload::accounts_on;
 use devcluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
 use wallet_shared::{AccountId, PartitionMap};

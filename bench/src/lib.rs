@@ -5,19 +5,18 @@
 //! report (table, JSON, SVG chart).
 //!
 //! Performance figures come from these programs, never from a test: the
-//! smoke test in `devcluster/tests/wallet/bench.rs` only checks that they
+//! smoke test in `e2e/tests/wallet/bench.rs` only checks that they
 //! measure something plausible.
 
 pub mod cpu;
 pub mod generator;
-pub mod history;
 pub mod reference;
 pub mod report;
 pub mod rss;
 pub mod scenario;
 pub mod setup;
 
-use crate::Cluster;
+use devcluster::Cluster;
 
 pub use generator::{Load, Plan, RunResult, Target};
 pub use report::{Report, Row};

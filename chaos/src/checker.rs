@@ -461,7 +461,7 @@ mod tests {
     use wallet_shared::protocol::EventKind;
 
     use super::*;
-    use crate::chaos::audit::{AuditEvent, Stored, StoredTransfer};
+    use crate::audit::{AuditEvent, Stored, StoredTransfer};
 
     const A: &str = "a";
     const B: &str = "b";

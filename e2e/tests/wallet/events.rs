@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use devcluster::bench::history::append_deposits;
 use devcluster::ClusterOptions;
 use futures::future::join_all;
+use participant::bulk::append_deposits;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -199,9 +199,10 @@ async fn as_of_on_an_account_with_100_000_events_folds_at_most_one_snapshot_inte
     // participant writes them (events, the snapshot every 1,000th, the
     // balance row), one microsecond apart after the real ones.
     const N: i64 = 100_000;
-    let history = append_deposits(&t.cluster.postgres_url(2), &big, N, 1_000)
+    let mut db = PgConnection::connect(&t.cluster.postgres_url(2))
         .await
         .unwrap();
+    let history = append_deposits(&mut db, &big, N, 1_000).await.unwrap();
     assert_eq!(history.first_seq, 3);
     // Another real deposit on top, through the API.
     assert_eq!(movement(&t, &big, "deposit", "1.00").await, 200);
@@ -620,10 +621,7 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
 
 /// The account view holds every stored balance, each account's every event
 /// counted once (events = last sequence number).
-async fn assert_account_view(
-    projections: &projector::Projections,
-    audit: &devcluster::chaos::audit::Audit,
-) {
+async fn assert_account_view(projections: &projector::Projections, audit: &chaos::audit::Audit) {
     let view: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT account_id, posted, last_seq, events FROM account_view ORDER BY account_id",
     )
