@@ -37,6 +37,9 @@ pub struct Audit {
     pub prepared_xacts: i64,
     /// Legs still `prepared`, over every database.
     pub prepared_legs: i64,
+    /// Balance rows and decision records found on more than one node (an
+    /// old owner's copy after a move, say): each one, once.
+    pub duplicates: Vec<String>,
 }
 
 /// How many times one transaction id moved money, by event kind.
@@ -56,8 +59,8 @@ impl Audit {
     /// Reads every database (one URL per participant).
     pub async fn read(urls: &[String]) -> Result<Audit> {
         let mut audit = Audit::default();
-        for url in urls {
-            tokio::time::timeout(READ_TIMEOUT, audit.read_one(url))
+        for (node, url) in urls.iter().enumerate() {
+            tokio::time::timeout(READ_TIMEOUT, audit.read_one(node, url))
                 .await
                 .with_context(|| format!("reading {url} took over {READ_TIMEOUT:?}"))?
                 .with_context(|| format!("reading {url}"))?;
@@ -68,12 +71,31 @@ impl Audit {
         Ok(audit)
     }
 
-    async fn read_one(&mut self, url: &str) -> Result<()> {
+    /// Adds what database `node` holds. Rows are keyed by id, so a second
+    /// copy of one (on another node) is kept aside as a duplicate instead of
+    /// hiding the first.
+    async fn read_one(&mut self, node: usize, url: &str) -> Result<()> {
         let mut conn = PgConnection::connect(url).await?;
         let contents = participant::rows::read(&mut conn).await?;
-        self.accounts.extend(contents.accounts);
+        for (id, row) in contents.accounts {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                self.accounts.entry(id.clone())
+            {
+                slot.insert(row);
+            } else {
+                self.duplicates
+                    .push(format!("account {id} is stored on node {node} too"));
+            }
+        }
+        for (id, row) in contents.transfers {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.transfers.entry(id) {
+                slot.insert(row);
+            } else {
+                self.duplicates
+                    .push(format!("record {id} is stored on node {node} too"));
+            }
+        }
         self.events.extend(contents.events);
-        self.transfers.extend(contents.transfers);
         self.prepared_xacts += contents.prepared_xacts;
         self.prepared_legs += contents.prepared_legs;
         conn.close().await?;
@@ -121,6 +143,9 @@ impl Audit {
                 format!("{} rows in pg_prepared_xacts", self.prepared_xacts),
             ));
         }
+        for d in &self.duplicates {
+            found.push(Anomaly::new(AnomalyKind::DuplicateRow, d.clone()));
+        }
         if self.prepared_legs != 0 {
             found.push(Anomaly::new(
                 AnomalyKind::PreparedLeg,
@@ -162,6 +187,7 @@ impl Audit {
     /// held or pending.
     fn check_replay(&self, found: &mut Vec<Anomaly>) {
         let mut folded: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
+        let mut previous: BTreeMap<&str, &AuditEvent> = BTreeMap::new();
         for e in &self.events {
             let f = folded.entry(&e.account).or_default();
             if e.seq != f.3 + 1 {
@@ -170,6 +196,17 @@ impl Audit {
                     format!("events of {} jump from seq {} to {}", e.account, f.3, e.seq),
                 ));
             }
+            // An account's events are in time order: `as_of` relies on it.
+            if let Some(before) = previous.get(e.account.as_str()).filter(|p| p.at > e.at) {
+                found.push(Anomaly::new(
+                    AnomalyKind::EventTimeWentBack,
+                    format!(
+                        "event {} of {} is stamped {}, before event {} ({})",
+                        e.seq, e.account, e.at, before.seq, before.at
+                    ),
+                ));
+            }
+            previous.insert(&e.account, e);
             let (dp, dh, dc) = e.kind.effect(e.amount);
             *f = (f.0 + dp, f.1 + dh, f.2 + dc, e.seq);
         }

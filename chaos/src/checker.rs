@@ -35,6 +35,10 @@ pub enum AnomalyKind {
     ReplayMismatch,
     /// An account's event sequence has a gap or a repeat.
     SeqGap,
+    /// An account's event is stamped earlier than the one before it.
+    EventTimeWentBack,
+    /// A balance row or decision record stored on more than one node.
+    DuplicateRow,
     /// Funds still held after settling.
     HeldLeft,
     /// A credit still pending after settling.
@@ -514,6 +518,7 @@ mod tests {
             amount,
             transaction_id: Some(Uuid::from_u128(id)),
             counterparty,
+            at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(seq),
         }
     }
 
@@ -694,6 +699,25 @@ mod tests {
         reused.push(event(B, 3, EventKind::Deposited, 5, 2));
         let found = kinds(&h, &audit(reused));
         assert!(found.contains(&AnomalyKind::RecordMismatch), "{found:?}");
+    }
+
+    #[test]
+    fn an_event_stamped_before_the_one_before_it_is_caught() {
+        let h = history(vec![committed(transfer(2, 30))]);
+        let mut a = audit(applied_transfer(2));
+        assert_eq!(kinds(&h, &a), vec![]);
+        let last = a.events.iter().rposition(|e| e.account == A).unwrap();
+        a.events[last].at = chrono::DateTime::UNIX_EPOCH;
+        assert_eq!(kinds(&h, &a), vec![AnomalyKind::EventTimeWentBack]);
+    }
+
+    #[test]
+    fn a_row_left_on_a_second_node_is_caught_not_overwritten() {
+        let h = history(vec![committed(transfer(2, 30))]);
+        let mut a = audit(applied_transfer(2));
+        a.duplicates
+            .push("account a is stored on node 1 too".into());
+        assert_eq!(kinds(&h, &a), vec![AnomalyKind::DuplicateRow]);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct AuditEvent {
     pub transaction_id: Option<Uuid>,
     /// The other account of a transfer.
     pub counterparty: Option<String>,
+    /// When it was written; never earlier than the account's event before.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A decision record (the `transfers` table of the transfer's decision node).
@@ -100,7 +102,7 @@ pub async fn read(conn: &mut PgConnection) -> Result<Contents, StoreError> {
         ));
     }
     for row in sqlx::query(
-        "SELECT account_id, seq, kind, amount, transaction_id, counterparty FROM events",
+        "SELECT account_id, seq, kind, amount, transaction_id, counterparty, at FROM events",
     )
     .fetch_all(&mut *conn)
     .await?
@@ -114,6 +116,7 @@ pub async fn read(conn: &mut PgConnection) -> Result<Contents, StoreError> {
             amount: row.try_get("amount")?,
             transaction_id: row.try_get("transaction_id")?,
             counterparty: row.try_get("counterparty")?,
+            at: row.try_get("at")?,
         });
     }
     for row in sqlx::query(
