@@ -3,12 +3,16 @@
 //! set from tables in memory with the keys each request names (as the
 //! stores do), runs the rules and writes back what they changed.
 //!
-//! Properties (proptest):
+//! Properties (proptest; `PROPTEST_CASES` sets how many cases each runs):
 //! - any sequence of opens, deposits, withdrawals and transfer steps
-//!   (duplicated, reordered, aborted before prepared, stray commits of
-//!   aborted legs) keeps every balance row's invariants, keeps it equal to
+//!   (duplicated, reordered, coordinators stopping at any step, aborts
+//!   before prepares, stray commits of aborted or unseen legs, prepares with
+//!   another body) keeps every balance row's invariants, keeps it equal to
 //!   the fold of its events and to a reference model built from the rules'
-//!   answers alone, and conserves money per currency;
+//!   answers alone, and conserves money per currency; after recovery nothing
+//!   is held and each transfer's legs are both committed or neither;
+//! - a movement's row on its account's node keeps its first body and answer
+//!   without its claim;
 //! - every operation applied twice leaves what applying it once left, and
 //!   answers the same;
 //! - a batch (what every internal call is) equals its items one by one;
