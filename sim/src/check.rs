@@ -14,12 +14,15 @@
 //! - Exactly once (3): an acknowledged transfer or movement is applied once,
 //!   a refused one never; a transfer's answer never changes, so every
 //!   definite answer for one id agrees with the others and with the record.
+//! - As asked: what an acknowledged request applied is what the client
+//!   asked for (accounts, amount, currency, kind), not only what its record
+//!   says; and a deposit or withdrawal applied what its record says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use wallet_shared::protocol::{
-    replay, EventKind, FeedKind, LegState, RecordKind, TransferRecord, TransferState,
+    replay, EventKind, FeedKind, LegState, MovementKind, RecordKind, TransferRecord, TransferState,
 };
 use wallet_shared::{AccountId, TransactionId};
 
@@ -81,11 +84,33 @@ pub fn settled(stores: &BTreeMap<String, MemStore>) -> bool {
     unsettled(stores).is_empty()
 }
 
+/// What one transaction id applied, read from the event logs.
 #[derive(Default)]
 struct Applied {
     debits: Vec<(String, i64)>,
     credits: Vec<(String, i64)>,
-    movements: usize,
+    /// The currencies of the accounts its debits and credits posted to.
+    currencies: BTreeSet<String>,
+    /// Its deposits and withdrawals.
+    movements: Vec<Moved>,
+}
+
+/// One deposit or withdrawal as its event says it was applied.
+#[derive(Debug, PartialEq)]
+struct Moved {
+    account: String,
+    kind: MovementKind,
+    amount: i64,
+    currency: String,
+}
+
+impl Moved {
+    fn is(&self, account: &AccountId, kind: MovementKind, amount: i64, currency: &str) -> bool {
+        self.account == account.as_str()
+            && self.kind == kind
+            && self.amount == amount
+            && self.currency == currency
+    }
 }
 
 pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly> {
@@ -199,19 +224,27 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                 let Some(id) = e.transaction_id else { continue };
                 let entry = applied.entry(id).or_default();
                 let who = e.account_id.as_str().to_string();
+                let moved = |kind| Moved {
+                    account: who.clone(),
+                    kind,
+                    amount: e.amount,
+                    currency: currency.clone(),
+                };
                 match e.kind {
                     EventKind::Deposited => {
                         *brought.entry(currency.clone()).or_default() += e.amount;
-                        entry.movements += 1;
+                        entry.movements.push(moved(MovementKind::Deposit));
                     }
                     EventKind::Withdrawn => {
                         *brought.entry(currency.clone()).or_default() -= e.amount;
-                        entry.movements += 1;
+                        entry.movements.push(moved(MovementKind::Withdrawal));
                     }
                     EventKind::DebitPosted | EventKind::TransferredOut => {
+                        entry.currencies.insert(currency.clone());
                         entry.debits.push((who, e.amount))
                     }
                     EventKind::CreditPosted | EventKind::TransferredIn => {
+                        entry.currencies.insert(currency.clone());
                         entry.credits.push((who, e.amount))
                     }
                     _ => {}
@@ -243,15 +276,17 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                 r.spec.from.as_str() == a.debits[0].0
                     && r.spec.to.as_str() == a.credits[0].0
                     && r.spec.amount.minor() == a.debits[0].1
+                    && a.currencies.iter().all(|c| c == r.spec.currency.code())
             });
         if !committed || !pair_ok {
             out.push(Anomaly::new(
                 "atomicity",
                 format!(
-                    "{id}: debits {:?}, credits {:?}, record {:?}",
+                    "{id}: debits {:?}, credits {:?} in {:?}, record {:?}",
                     a.debits,
                     a.credits,
-                    record.map(|r| r.state)
+                    a.currencies,
+                    record.map(|r| (r.state, r.spec.currency.code()))
                 ),
             ));
         }
@@ -261,7 +296,7 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
     // record says whether it was applied, once, and nothing else was.
     for (id, r) in &records {
         let a = applied.get(id);
-        let movements = a.map_or(0, |a| a.movements);
+        let movements = a.map_or(0, |a| a.movements.len());
         let legs = a.map_or(0, |a| a.debits.len() + a.credits.len());
         let committed = r.state == TransferState::Committed;
         match r.kind {
@@ -288,6 +323,30 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                             "{} {id} is {:?} but applied {movements} movements and {legs} transfer legs",
                             r.kind.as_str(),
                             r.state
+                        ),
+                    ));
+                }
+                // What it applied is what the record holds.
+                let spec = &r.spec;
+                let other: Vec<&Moved> = a
+                    .map(|a| a.movements.iter())
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| {
+                        r.kind.movement().is_none_or(|kind| {
+                            !m.is(&spec.to, kind, spec.amount.minor(), spec.currency.code())
+                        })
+                    })
+                    .collect();
+                if !other.is_empty() {
+                    out.push(Anomaly::new(
+                        "movement_record",
+                        format!(
+                            "{} {id} of {} {} to {} applied {other:?}",
+                            r.kind.as_str(),
+                            spec.amount.minor(),
+                            spec.currency.code(),
+                            spec.to
                         ),
                     ));
                 }
@@ -331,13 +390,22 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                     ));
                 }
                 if matches!(op.request, Request::Movement(_))
-                    && posted.map_or(0, |a| a.movements) != 1
+                    && posted.map_or(0, |a| a.movements.len()) != 1
                 {
                     out.push(Anomaly::new(
                         "lost_commit",
                         format!(
                             "movement {id} was acknowledged but applied {} times",
-                            posted.map_or(0, |a| a.movements)
+                            posted.map_or(0, |a| a.movements.len())
+                        ),
+                    ));
+                }
+                if let Some(a) = posted.filter(|a| !as_asked(&op.request, a)) {
+                    out.push(Anomaly::new(
+                        "not_as_asked",
+                        format!(
+                            "{id} was acknowledged for {:?} but applied debits {:?}, credits {:?} in {:?}, movements {:?}",
+                            op.request, a.debits, a.credits, a.currencies, a.movements
                         ),
                     ));
                 }
@@ -356,7 +424,7 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                         format!("{id} was refused ({code}) but committed"),
                     ));
                 }
-                if record.is_none() && posted.is_some_and(|a| a.movements != 0) {
+                if record.is_none() && posted.is_some_and(|a| !a.movements.is_empty()) {
                     out.push(Anomaly::new(
                         "changed_outcome",
                         format!("movement {id} was refused ({code}) but applied"),
@@ -365,12 +433,12 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
             }
         }
         if let Request::Movement(_) = op.request {
-            if posted.map_or(0, |a| a.movements) > 1 {
+            if posted.map_or(0, |a| a.movements.len()) > 1 {
                 out.push(Anomaly::new(
                     "applied_twice",
                     format!(
                         "movement {id} applied {} times",
-                        posted.map_or(0, |a| a.movements)
+                        posted.map_or(0, |a| a.movements.len())
                     ),
                 ));
             }
@@ -396,6 +464,27 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
     out.sort_by(|a, b| (&a.kind, &a.detail).cmp(&(&b.kind, &b.detail)));
     out.dedup();
     out
+}
+
+/// Whether every posting or movement of an acknowledged request is the one
+/// its client asked for. How many there are is for the other checks.
+fn as_asked(request: &Request, a: &Applied) -> bool {
+    match request {
+        Request::Transfer(spec) => {
+            let amount = spec.amount.minor();
+            a.debits
+                .iter()
+                .all(|(who, n)| who == spec.from.as_str() && *n == amount)
+                && a.credits
+                    .iter()
+                    .all(|(who, n)| who == spec.to.as_str() && *n == amount)
+                && a.currencies.iter().all(|c| c == spec.currency.code())
+        }
+        Request::Movement(m) => a
+            .movements
+            .iter()
+            .all(|moved| moved.is(&m.account_id, m.kind, m.amount.minor(), m.currency.code())),
+    }
 }
 
 /// Whether `record` is this request's: the same kind and body.
@@ -1137,7 +1226,118 @@ mod tests {
             Request::Movement(movement(D1, MovementKind::Deposit, "a", 99)),
             Outcome::Ok,
         ));
-        assert_eq!(f.kinds(), kinds(&["lost_commit", "reuse_accepted"]));
+        // And the second was not applied as asked (99): 100 was.
+        assert_eq!(
+            f.kinds(),
+            kinds(&["lost_commit", "not_as_asked", "reuse_accepted"])
+        );
+    }
+
+    // ---- what the client asked ------------------------------------------------
+
+    /// An acknowledged deposit or withdrawal whose record says what was
+    /// asked, applied otherwise on its account's node (the shape of `body`).
+    fn movement_applied_as(f: &mut Fixture, asked: Movement, applied: (&str, EventKind, i64)) {
+        f.claim_record(&asked, TransferState::Committed);
+        let (account, kind, amount) = applied;
+        f.append(N1, account, kind, amount, Some(asked.transaction_id));
+        f.history.push(op(Request::Movement(asked), Outcome::Ok));
+    }
+
+    #[test]
+    fn a_deposit_applied_to_another_account_is_not_as_asked() {
+        let mut f = Fixture::good();
+        let asked = movement(100, MovementKind::Deposit, "a", 50);
+        movement_applied_as(&mut f, asked, ("c", EventKind::Deposited, 50));
+        assert_eq!(f.kinds(), kinds(&["movement_record", "not_as_asked"]));
+    }
+
+    #[test]
+    fn a_deposit_applied_with_another_amount_is_not_as_asked() {
+        let mut f = Fixture::good();
+        let asked = movement(101, MovementKind::Deposit, "a", 50);
+        movement_applied_as(&mut f, asked, ("a", EventKind::Deposited, 49));
+        assert_eq!(f.kinds(), kinds(&["movement_record", "not_as_asked"]));
+    }
+
+    #[test]
+    fn a_withdrawal_applied_as_a_deposit_is_not_as_asked() {
+        let mut f = Fixture::good();
+        let asked = movement(102, MovementKind::Withdrawal, "a", 5);
+        movement_applied_as(&mut f, asked, ("a", EventKind::Deposited, 5));
+        assert_eq!(f.kinds(), kinds(&["movement_record", "not_as_asked"]));
+    }
+
+    /// The record and the event agree with each other, not with the client.
+    #[test]
+    fn a_movement_recorded_and_applied_otherwise_is_not_as_asked() {
+        let mut f = Fixture::good();
+        let asked = movement(103, MovementKind::Deposit, "a", 50);
+        let mut done = asked.clone();
+        done.account_id = acct("c");
+        f.claim_record(&done, TransferState::Committed);
+        f.append(N1, "c", EventKind::Deposited, 50, Some(id(103)));
+        f.history.push(op(Request::Movement(asked), Outcome::Ok));
+        assert_eq!(f.kinds(), kinds(&["lost_commit", "not_as_asked"]));
+    }
+
+    #[test]
+    fn a_transfer_recorded_and_posted_with_another_amount_is_not_as_asked() {
+        let mut f = Fixture::good();
+        f.record(
+            RecordKind::Transfer,
+            spec(104, "a", "b", 5),
+            TransferState::Committed,
+        );
+        f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(104)));
+        f.append(N2, "b", EventKind::TransferredIn, 5, Some(id(104)));
+        f.history
+            .push(op(Request::Transfer(spec(104, "a", "b", 6)), Outcome::Ok));
+        assert_eq!(f.kinds(), kinds(&["lost_commit", "not_as_asked"]));
+    }
+
+    #[test]
+    fn a_transfer_credited_to_another_account_than_asked_is_not_as_asked() {
+        let mut f = Fixture::good();
+        let asked = spec(105, "a", "b", 5);
+        f.record(
+            RecordKind::Transfer,
+            asked.clone(),
+            TransferState::Committed,
+        );
+        f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(105)));
+        f.append(N1, "c", EventKind::TransferredIn, 5, Some(id(105)));
+        f.history.push(op(Request::Transfer(asked), Outcome::Ok));
+        assert_eq!(f.kinds(), kinds(&["atomicity", "not_as_asked"]));
+    }
+
+    /// A USD transfer that moved yen: the record and the amounts agree.
+    #[test]
+    fn a_transfer_posted_in_another_currency_is_not_as_asked() {
+        let mut f = Fixture::good();
+        let n2 = &f.stores[N2];
+        open(n2, "j1", jpy());
+        open(n2, "j2", jpy());
+        let mut fund = movement(106, MovementKind::Deposit, "j1", 100);
+        fund.currency = jpy();
+        let req = MovementRequest {
+            claim: Some(fund.claim(0, 5000, uuid::Uuid::nil())),
+            movement: fund,
+        };
+        tx(n2, movements::request_keys(&req), |w| {
+            movements::apply_request(w, &req)
+        })
+        .unwrap();
+        let asked = spec(107, "j1", "j2", 5);
+        f.record(
+            RecordKind::Transfer,
+            asked.clone(),
+            TransferState::Committed,
+        );
+        f.append(N2, "j1", EventKind::TransferredOut, 5, Some(id(107)));
+        f.append(N2, "j2", EventKind::TransferredIn, 5, Some(id(107)));
+        f.history.push(op(Request::Transfer(asked), Outcome::Ok));
+        assert_eq!(f.kinds(), kinds(&["atomicity", "not_as_asked"]));
     }
 
     // ---- liveness ---------------------------------------------------------------
