@@ -1,20 +1,27 @@
 //! The chaos suite's short version (the ten-minute one is `make chaos`):
 //! a real cluster with two coordinators and a proxy on every link, clients
 //! against faults of every kind for 45 s or more (until 2,000 transfers were
-//! sent and 20 faults injected, at most 180 s), then heal, settle and check
-//! (`chaos`). `CHAOS_SEED` replays a seed's choices.
+//! sent and 20 faults injected), then heal, settle and check (`chaos`).
+//!
+//! It runs one fixed, printed seed, so a failure replays
+//! (`CHAOS_SEED` picks another; random seeds are `make chaos`'s), and its
+//! thresholds are counts the run keeps going until it reaches, so a busy
+//! machine makes it slower, never red. The time cap is only a safety net.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use chaos::{nemesis::Schedule, Config};
 
+/// The seed `make test` runs.
+const SEED: u64 = 20_261_130;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_breaks_no_promise() {
     let seed = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
+        .unwrap_or(SEED);
     let out = tempfile::Builder::new()
         .prefix("chaos-test-")
         .tempdir()
@@ -25,7 +32,7 @@ async fn chaos_breaks_no_promise() {
     let config = Config {
         // Longer if the machine is busy, until the counts are reached.
         duration: Duration::from_secs(45),
-        max_duration: Duration::from_secs(180),
+        max_duration: Duration::from_secs(900),
         min_transfers: 2_000,
         min_faults: 20,
         clients: 16,
