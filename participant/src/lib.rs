@@ -23,6 +23,7 @@ pub mod error;
 pub mod fence;
 pub mod ledger;
 pub mod legs;
+pub mod memory;
 pub mod model;
 pub mod movements;
 pub mod moves;

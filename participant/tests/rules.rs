@@ -23,31 +23,40 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::slice;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use participant::memory::Tables;
 use participant::model::Broken;
-use participant::model::{self, AccountRow, Keys, LegKey, LegRow, RowRole, TransferRow, Working};
+use participant::model::{self, AccountRow, Keys, LegRow, RowRole, Working};
 use participant::{decisions, legs, movements};
 use proptest::prelude::*;
 use uuid::Uuid;
 use wallet_shared::protocol::{
-    replay, AccountBalance, Begin, BeginResult, Decision, Event, FeedEntry, FeedKind, Leg, LegRole,
-    LegState, Movement, MovementKind, MovementRequest, OpenAccount, RecordKind, Snapshot,
-    TransferRecord, TransferSpec, TransferState, Vote,
+    replay, AccountBalance, Begin, BeginResult, Decision, FeedKind, Leg, LegRole, LegState,
+    Movement, MovementKind, MovementRequest, OpenAccount, RecordKind, TransferRecord, TransferSpec,
+    TransferState, Vote,
 };
 use wallet_shared::{AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
 // ---- the tables, and one local transaction over them ---------------------
 
-/// The participant's tables in memory, one transaction at a time (what
-/// `sim::mem::MemStore` does, synchronously).
+/// The participant's tables in memory (`participant::memory`, the
+/// simulation's store too) at a clock the test moves.
 #[derive(Debug, Clone, PartialEq)]
 struct Db {
     now: DateTime<Utc>,
-    transfers: BTreeMap<TransactionId, TransferRow>,
-    legs: BTreeMap<LegKey, LegRow>,
-    accounts: BTreeMap<AccountId, AccountRow>,
-    events: BTreeMap<AccountId, Vec<Event>>,
-    snapshots: BTreeMap<AccountId, Vec<Snapshot>>,
-    feed: Vec<FeedEntry>,
+    tables: Tables,
+}
+
+impl std::ops::Deref for Db {
+    type Target = Tables;
+    fn deref(&self) -> &Tables {
+        &self.tables
+    }
+}
+
+impl std::ops::DerefMut for Db {
+    fn deref_mut(&mut self) -> &mut Tables {
+        &mut self.tables
+    }
 }
 
 /// Small, so that short sequences write snapshots too.
@@ -57,90 +66,27 @@ impl Db {
     fn new() -> Self {
         Db {
             now: epoch(),
-            transfers: BTreeMap::new(),
-            legs: BTreeMap::new(),
-            accounts: BTreeMap::new(),
-            events: BTreeMap::new(),
-            snapshots: BTreeMap::new(),
-            feed: Vec::new(),
+            tables: Tables::default(),
         }
     }
 
-    /// Loads what `keys` names (and the accounts of the loaded legs), runs
-    /// `rules`, writes back what changed. On an error nothing is written.
-    /// Also answers whether anything was written.
+    /// One local transaction over the tables, all or nothing; also answers
+    /// whether anything was written.
     fn run<T>(
         &mut self,
         keys: Keys,
         rules: impl FnOnce(&mut Working) -> Result<T, Broken>,
     ) -> Result<(T, bool), Broken> {
-        let mut w = Working::new(self.now, keys.clone());
-        w.snapshot_every = SNAPSHOT_EVERY;
-        for id in &keys.transfers {
-            if let Some(row) = self.transfers.get(id) {
-                w.load_transfer(row.clone());
-            }
-        }
-        let mut accounts: Vec<AccountId> = keys.accounts.iter().cloned().collect();
-        for key in &keys.legs {
-            if let Some(row) = self.legs.get(key) {
-                accounts.push(row.account_id.clone());
-                w.load_leg(row.clone());
-            }
-        }
-        for id in accounts {
-            if let Some(row) = self.accounts.get(&id) {
-                w.load_account(row.clone());
-            }
-            if let Some(last) = self.events.get(&id).and_then(|log| log.last()) {
-                w.load_last_event_at(id.clone(), last.at);
-            }
-            w.note_account_key(id);
-        }
-        let out = rules(&mut w)?;
-        let c = w.into_changes();
-        let wrote = !c.is_empty();
-        let feed = c.feed_entries()?;
-        let mut next = self.clone();
-        for row in c.new_transfers.into_iter().chain(c.changed_transfers) {
-            next.transfers.insert(row.id(), row);
-        }
-        for row in c.new_legs.into_iter().chain(c.changed_legs) {
-            next.legs.insert(row.key(), row);
-        }
-        for row in c.new_accounts.into_iter().chain(c.changed_accounts) {
-            next.accounts.insert(row.account_id.clone(), row);
-        }
-        for e in c.events {
-            let log = next.events.entry(e.account_id.clone()).or_default();
-            if e.seq != log.len() as i64 + 1 {
-                return Err(Broken::new(format!(
-                    "event {} of {} is not next in its log",
-                    e.seq, e.account_id
-                )));
-            }
-            log.push(e);
-        }
-        for s in c.snapshots {
-            next.snapshots
-                .entry(s.account_id.clone())
-                .or_default()
-                .push(s);
-        }
-        for mut entry in feed {
-            entry.position = next.feed.len() as i64 + 1;
-            next.feed.push(entry);
-        }
-        *self = next;
-        Ok((out, wrote))
+        let now = self.now;
+        self.tables.transaction(now, SNAPSHOT_EVERY, &keys, rules)
     }
 
     /// The tables with the feed in a canonical order (a batch writes its
     /// aborted transfers after all its events, one by one after each).
     fn canonical(&self) -> Db {
         let mut db = self.clone();
-        db.feed.iter_mut().for_each(|e| e.position = 0);
-        db.feed.sort_by_key(|e| format!("{e:?}"));
+        db.outbox.iter_mut().for_each(|e| e.position = 0);
+        db.outbox.sort_by_key(|e| format!("{e:?}"));
         db
     }
 }
@@ -1423,7 +1369,7 @@ impl<'a> Run<'a> {
         // The feed: every event once, in order; one entry per aborted transfer.
         let mut fed: BTreeMap<&AccountId, Vec<i64>> = BTreeMap::new();
         let mut aborted_fed = 0;
-        for e in &db.feed {
+        for e in &db.outbox {
             match e.kind {
                 FeedKind::Event(_) => fed.entry(&e.account_id).or_default().push(e.seq.unwrap()),
                 FeedKind::TransferAborted => aborted_fed += 1,

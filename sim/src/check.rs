@@ -120,10 +120,10 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
     let mut applied: BTreeMap<TransactionId, Applied> = BTreeMap::new();
     let mut records = BTreeMap::new();
     for (node, store) in stores {
-        let t = store.tables.lock().unwrap();
-        for why in &t.corrupt {
+        for why in store.corrupt.lock().unwrap().iter() {
             out.push(Anomaly::new("invariant", format!("{node}: {why}")));
         }
+        let t = store.tables.lock().unwrap();
         for r in t.transfers.values() {
             records.insert(r.id(), r.record.clone());
         }
@@ -903,8 +903,10 @@ mod tests {
     #[test]
     fn a_transaction_the_rules_refused_is_an_invariant_anomaly() {
         let f = Fixture::good();
-        f.tables(N2)
+        f.stores[N2]
             .corrupt
+            .lock()
+            .unwrap()
             .push("debit_posted of 5 on b would break its balance".into());
         assert_eq!(f.kinds(), kinds(&["invariant"]));
     }

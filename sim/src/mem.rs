@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use participant::error::StoreError;
-use participant::model::{self, AccountRow, Broken, Keys, LegKey, LegRow, TransferRow, Working};
+use participant::model::{self, AccountRow, Broken, Keys, LegRow, TransferRow, Working};
 use participant::store::Store;
 use wallet_shared::admin::PartitionStats;
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord};
@@ -18,23 +18,14 @@ use wallet_shared::{AccountId, PartitionId, TransactionId};
 
 use crate::clock::NodeClock;
 
-#[derive(Debug, Default, Clone)]
-pub struct Tables {
-    pub transfers: BTreeMap<TransactionId, TransferRow>,
-    pub legs: BTreeMap<LegKey, LegRow>,
-    pub accounts: BTreeMap<AccountId, AccountRow>,
-    pub events: BTreeMap<AccountId, Vec<Event>>,
-    pub snapshots: BTreeMap<AccountId, Vec<Snapshot>>,
-    /// The change feed, in commit order (one transaction at a time, so an
-    /// entry's position is its place here, from 1).
-    pub outbox: Vec<FeedEntry>,
-    /// Transactions the rules refused as corrupt (a broken invariant).
-    pub corrupt: Vec<String>,
-}
+/// The participant's tables in memory (shared with the rules' tests).
+pub type Tables = participant::memory::Tables;
 
 #[derive(Clone)]
 pub struct MemStore {
     pub tables: Arc<Mutex<Tables>>,
+    /// Transactions the rules refused as corrupt (a broken invariant).
+    pub corrupt: Arc<Mutex<Vec<String>>>,
     pub clock: NodeClock,
     /// The node's database is down: every call fails as Postgres's would.
     pub down: Arc<Mutex<bool>>,
@@ -47,6 +38,7 @@ impl MemStore {
     pub fn new(clock: NodeClock) -> Self {
         MemStore {
             tables: Arc::default(),
+            corrupt: Arc::default(),
             clock,
             down: Arc::default(),
             snapshot_every: 4,
@@ -73,67 +65,13 @@ impl Store for MemStore {
     {
         self.check_up()?;
         let mut t = self.tables.lock().unwrap();
-        let mut w = Working::new(self.now(), keys.clone());
-        w.snapshot_every = self.snapshot_every;
-        for id in &keys.transfers {
-            if let Some(row) = t.transfers.get(id) {
-                w.load_transfer(row.clone());
-            }
-        }
-        let mut accounts: Vec<AccountId> = keys.accounts.iter().cloned().collect();
-        for key in &keys.legs {
-            if let Some(row) = t.legs.get(key) {
-                accounts.push(row.account_id.clone());
-                w.load_leg(row.clone());
-            }
-        }
-        for id in accounts {
-            if let Some(row) = t.accounts.get(&id) {
-                w.load_account(row.clone());
-            }
-            if let Some(last) = t.events.get(&id).and_then(|log| log.last()) {
-                w.load_last_event_at(id.clone(), last.at);
-            }
-            w.note_account_key(id);
-        }
-        let out = match rules(&mut w) {
-            Ok(out) => out,
+        match t.transaction(self.now(), self.snapshot_every, keys, rules) {
+            Ok((out, _)) => Ok(out),
             Err(broken) => {
-                t.corrupt.push(broken.0.clone());
-                return Err(broken.into());
+                self.corrupt.lock().unwrap().push(broken.0.clone());
+                Err(broken.into())
             }
-        };
-        let c = w.into_changes();
-        let feed = c.feed_entries()?;
-        for row in c.new_transfers.into_iter().chain(c.changed_transfers) {
-            t.transfers.insert(row.id(), row);
         }
-        for row in c.new_legs.into_iter().chain(c.changed_legs) {
-            t.legs.insert(row.key(), row);
-        }
-        for row in c.new_accounts.into_iter().chain(c.changed_accounts) {
-            t.accounts.insert(row.account_id.clone(), row);
-        }
-        for e in c.events {
-            let log = t.events.entry(e.account_id.clone()).or_default();
-            if e.seq != log.len() as i64 + 1 {
-                let why = format!("event {} of {} is not next in its log", e.seq, e.account_id);
-                t.corrupt.push(why.clone());
-                return Err(StoreError::corrupt(why));
-            }
-            log.push(e);
-        }
-        for snap in c.snapshots {
-            t.snapshots
-                .entry(snap.account_id.clone())
-                .or_default()
-                .push(snap);
-        }
-        for mut entry in feed {
-            entry.position = t.outbox.len() as i64 + 1;
-            t.outbox.push(entry);
-        }
-        Ok(out)
     }
 
     async fn lookup(&self, id: TransactionId) -> Result<Option<TransferRecord>, StoreError> {
