@@ -21,7 +21,6 @@ use wallet_shared::protocol::{
 use wallet_shared::{routes, ErrorCode, Rejection};
 
 use crate::client::CallError;
-use crate::machine::routing;
 use crate::transfer::{crash_point, Coordinator};
 
 impl Coordinator {
@@ -82,9 +81,10 @@ impl Coordinator {
             .await
         {
             Ok(_) => Ok(()),
-            Err(CallError::Rejected(r)) if !routing(r.code) => Err(r),
-            // Not applied there now, or not known: the claim stays
-            // undecided, and a retry after the lease, or recovery, settles it.
+            Err(CallError::Rejected(r)) if r.code.is_verdict() => Err(r),
+            // Not applied there now (a stale route, a move, overload), or not
+            // known: no verdict to record. The claim stays undecided, and a
+            // retry after the lease, or recovery, settles it.
             Err(e) => return Err(e),
         };
         crash_point(&self.crash_at, "movement_after_apply");

@@ -23,7 +23,7 @@ use wallet_shared::protocol::{
 use wallet_shared::{routes, ErrorCode, PartitionMap, Rejection, TransactionId};
 
 use crate::client::CallError;
-use crate::machine::{routing, Ending, Machine};
+use crate::machine::{Ending, Machine};
 use crate::transfer::Coordinator;
 
 pub async fn run(coordinator: Coordinator, interval: Duration, grace: Duration) {
@@ -140,7 +140,7 @@ async fn settle_movement(
         .await
     {
         Ok(_) => Ok(()),
-        Err(CallError::Rejected(r)) if !routing(r.code) => Err(r),
+        Err(CallError::Rejected(r)) if r.code.is_verdict() => Err(r),
         Err(e) => return Err(e),
     };
     let record = coordinator

@@ -64,6 +64,16 @@ impl ErrorCode {
         }
     }
 
+    /// A refusal that judges the request itself (a 4xx other than a stale
+    /// route and a rate limit): the same on every retry, so it may be
+    /// recorded as the final answer for its id. Anything else (a stale map,
+    /// a partition moving, overload, a node that cannot serve now) says
+    /// nothing was done, and only for now.
+    pub fn is_verdict(self) -> bool {
+        let status = self.http_status();
+        (400..500).contains(&status) && status != 421 && status != 429
+    }
+
     /// The code's wire spelling (the same as serde's, which a test checks).
     pub fn as_str(self) -> &'static str {
         use ErrorCode::*;
@@ -170,6 +180,28 @@ impl Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_judgement_of_the_request_is_a_verdict() {
+        use ErrorCode::*;
+        for code in [
+            AccountNotFound,
+            InsufficientFunds,
+            CurrencyMismatch,
+            IdempotencyKeyReused,
+        ] {
+            assert!(code.is_verdict(), "{code}");
+        }
+        for code in [
+            WrongPartitionOwner,
+            PartitionMoving,
+            Overloaded,
+            Unavailable,
+            Internal,
+        ] {
+            assert!(!code.is_verdict(), "{code}");
+        }
+    }
 
     #[test]
     fn every_code_has_its_snake_case_name() {
