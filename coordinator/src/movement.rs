@@ -70,28 +70,33 @@ impl Coordinator {
             }
         }
         crash_point(&self.crash_at, "movement_after_claim");
-        let partition = m.partition;
-        let req = MovementRequest {
-            movement: m,
-            claim: None,
-        };
-        let outcome = match self
-            .participants
-            .post::<_, AccountBalance>(&[partition], routes::MOVEMENTS.pattern(), &req)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(CallError::Rejected(r)) if r.code.is_verdict() => Err(r),
-            // Not applied there now (a stale route, a move, overload), or not
-            // known: no verdict to record. The claim stays undecided, and a
-            // retry after the lease, or recovery, settles it.
-            Err(e) => return Err(e),
-        };
+        let outcome = self.apply_movement(m).await?;
         crash_point(&self.crash_at, "movement_after_apply");
         if let Err(e) = self.decide(id, home, Decision::of(&outcome)).await {
             tracing::info!(error = %e, "the outcome is not copied into the record yet; recovery will");
         }
         outcome.map_err(CallError::Rejected)
+    }
+
+    /// Applies a claimed movement on its account's node (idempotent there):
+    /// `Ok(verdict)`, the movement's outcome to record; `Err`, no verdict
+    /// now (a stale route, a move, overload, or no answer), so the claim
+    /// stays undecided. The live path and recovery both use it.
+    pub async fn apply_movement(&self, m: Movement) -> Result<Result<(), Rejection>, CallError> {
+        let partition = m.partition;
+        let req = MovementRequest {
+            movement: m,
+            claim: None,
+        };
+        match self
+            .participants
+            .post::<_, AccountBalance>(&[partition], routes::MOVEMENTS.pattern(), &req)
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(CallError::Rejected(r)) if r.code.is_verdict() => Ok(Err(r)),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tracing::Instrument;
 use wallet_shared::admin::ResolveReply;
 use wallet_shared::protocol::{
-    AccountBalance, Begin, BeginResult, Decision, Leg, LegRole, Movement, MovementRequest,
-    RecordKind, TransferRecord, TransferState, Unresolved,
+    Begin, BeginResult, Decision, Leg, LegRole, Movement, RecordKind, TransferRecord,
+    TransferState, Unresolved,
 };
 use wallet_shared::{routes, ErrorCode, PartitionMap, Rejection, TransactionId};
 
@@ -126,23 +126,7 @@ async fn settle_movement(
         return Ok((record, true));
     }
     let id = m.transaction_id;
-    let partition = m.partition;
-    let outcome = match coordinator
-        .participants
-        .post::<_, AccountBalance>(
-            &[partition],
-            routes::MOVEMENTS.pattern(),
-            &MovementRequest {
-                movement: m,
-                claim: None,
-            },
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(CallError::Rejected(r)) if r.code.is_verdict() => Err(r),
-        Err(e) => return Err(e),
-    };
+    let outcome = coordinator.apply_movement(m).await?;
     let record = coordinator
         .decide(id, map.decision_partition(id), Decision::of(&outcome))
         .await?;
@@ -164,8 +148,7 @@ pub async fn resolve_one(
 ) -> Result<ResolveReply, CallError> {
     let map = coordinator.participants.map.current();
     let home = map.decision_partition(id);
-    let path = routes::TRANSFER.with(id);
-    let record: TransferRecord = coordinator.participants.get(home, &path, &[]).await?;
+    let record = coordinator.status(id).await?;
     let before = record.state;
     let record = if record.state == TransferState::Preparing && !force {
         let begin = Begin {
