@@ -77,24 +77,20 @@ impl Audit {
     async fn read_one(&mut self, node: usize, url: &str) -> Result<()> {
         let mut conn = PgConnection::connect(url).await?;
         let contents = participant::rows::read(&mut conn).await?;
-        for (id, row) in contents.accounts {
-            if let std::collections::btree_map::Entry::Vacant(slot) =
-                self.accounts.entry(id.clone())
-            {
-                slot.insert(row);
-            } else {
-                self.duplicates
-                    .push(format!("account {id} is stored on node {node} too"));
-            }
-        }
-        for (id, row) in contents.transfers {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.transfers.entry(id) {
-                slot.insert(row);
-            } else {
-                self.duplicates
-                    .push(format!("record {id} is stored on node {node} too"));
-            }
-        }
+        keep_first(
+            &mut self.accounts,
+            contents.accounts,
+            "account",
+            node,
+            &mut self.duplicates,
+        );
+        keep_first(
+            &mut self.transfers,
+            contents.transfers,
+            "record",
+            node,
+            &mut self.duplicates,
+        );
         self.events.extend(contents.events);
         self.prepared_xacts += contents.prepared_xacts;
         self.prepared_legs += contents.prepared_legs;
@@ -490,5 +486,30 @@ impl Applied {
     /// Moved no money at all.
     pub fn nothing(self) -> bool {
         self == Applied::default()
+    }
+}
+
+/// Adds `rows` from database `node` to `into`; a row whose id is there
+/// already (from another node) is named in `duplicates` instead of
+/// replacing the first.
+fn keep_first<K: Ord + std::fmt::Display, V>(
+    into: &mut BTreeMap<K, V>,
+    rows: Vec<(K, V)>,
+    what: &str,
+    node: usize,
+    duplicates: &mut Vec<String>,
+) {
+    for (id, row) in rows {
+        match into.entry(id) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(row);
+            }
+            std::collections::btree_map::Entry::Occupied(slot) => {
+                duplicates.push(format!(
+                    "{what} {} is stored on node {node} too",
+                    slot.key()
+                ));
+            }
+        }
     }
 }

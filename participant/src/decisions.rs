@@ -192,15 +192,7 @@ pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResu
         legs::insert_finished(w, leg, &decision)?;
     }
     decide(w, spec.transaction_id, &decision)?;
-    complete(w, spec.transaction_id);
-    match w.transfer(spec.transaction_id) {
-        Some(stored) => Ok(BeginResult::Decided {
-            record: stored.record.clone(),
-        }),
-        None => Err(Broken::new(
-            "transfer record vanished inside its transaction",
-        )),
-    }
+    completed(w, spec.transaction_id)
 }
 
 /// The rest of a two-phase transfer whose record and legs are all here, in
@@ -222,13 +214,16 @@ fn take_over(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult
     for leg in legs_ {
         legs::finish(w, leg, how)?;
     }
+    completed(w, id)
+}
+
+/// Completes a transfer decided in this transaction and answers with its
+/// record, as `execute` does for every one-node transfer.
+fn completed(w: &mut Working, id: TransactionId) -> Result<BeginResult, Broken> {
     complete(w, id);
-    match w.transfer(id) {
-        Some(stored) => Ok(BeginResult::Decided {
+    w.transfer(id)
+        .map(|stored| BeginResult::Decided {
             record: stored.record.clone(),
-        }),
-        None => Err(Broken::new(
-            "transfer record vanished inside its transaction",
-        )),
-    }
+        })
+        .ok_or_else(|| Broken::new("transfer record vanished inside its transaction"))
 }
