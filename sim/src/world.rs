@@ -130,11 +130,15 @@ const BATCH_LIMITS: Limits = Limits {
     max_batch: 8,
     max_in_flight: 2,
 };
+/// The coordinator's request body limit (its config's default).
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// Promise 7: after the faults stop, everything resolves within this.
 pub const RESOLVE_WITHIN: Duration = Duration::from_secs(30);
 
 struct CoordinatorSlot {
-    coordinator: Option<Coordinator>,
+    /// Its public API (`coordinator::http::router`), while it is up.
+    api: Option<axum::Router>,
     /// Its tasks (requests it is serving, its resolver): a crash aborts them.
     tasks: Vec<AbortHandle>,
 }
@@ -179,7 +183,7 @@ impl World {
         ));
         let mut slots = self.coordinators.lock().unwrap();
         slots[i] = CoordinatorSlot {
-            coordinator: Some(c),
+            api: Some(coordinator::http::router(c, MAX_BODY_BYTES)),
             tasks: vec![resolver.abort_handle()],
         };
     }
@@ -190,7 +194,7 @@ impl World {
         for t in slots[i].tasks.drain(..) {
             t.abort();
         }
-        slots[i].coordinator = None;
+        slots[i].api = None;
     }
 
     fn fault(&self, kind: &str) {
@@ -255,7 +259,7 @@ async fn simulate(opts: Options) -> Report {
         coordinators: Mutex::new(
             (0..opts.coordinators)
                 .map(|_| CoordinatorSlot {
-                    coordinator: None,
+                    api: None,
                     tasks: Vec::new(),
                 })
                 .collect(),
@@ -427,7 +431,7 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
         // A coordinator that is down refuses the connection: nothing was
         // sent, so it is no operation; the client tries again shortly.
         let c = world.rng(|r| r.usize(0..opts.coordinators));
-        if world.coordinators.lock().unwrap()[c].coordinator.is_none() {
+        if world.coordinators.lock().unwrap()[c].api.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
@@ -518,14 +522,14 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
 /// Sends one request through coordinator `c`, as a task that a crash of
 /// that coordinator aborts.
 async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
-    let coordinator = {
+    let api = {
         let slots = world.coordinators.lock().unwrap();
-        slots[c].coordinator.clone()
+        slots[c].api.clone()
     };
-    let Some(coordinator) = coordinator else {
+    let Some(api) = api else {
         return Outcome::Unknown("coordinator down: connection refused".into());
     };
-    let task = tokio::spawn(through_the_api(coordinator, request));
+    let task = tokio::spawn(through_the_api(api, request));
     {
         let mut slots = world.coordinators.lock().unwrap();
         slots[c].tasks.retain(|t| !t.is_finished());
@@ -541,7 +545,7 @@ async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
 /// client would (JSON in, status and `{code}` out), so the API layer runs in
 /// the simulation too. A 5xx or `in_progress` says nothing about the
 /// outcome: unknown, as a client must read it.
-async fn through_the_api(coordinator: Coordinator, request: Request) -> Outcome {
+async fn through_the_api(api: axum::Router, request: Request) -> Outcome {
     let (path, body) = match &request {
         Request::Transfer(spec) => (
             "/v1/wallet/balance_transfer".to_string(),
@@ -572,8 +576,7 @@ async fn through_the_api(coordinator: Coordinator, request: Request) -> Outcome 
         .header("content-type", "application/json")
         .body(axum::body::Body::from(body.to_string()))
         .expect("a well-formed request");
-    let router = coordinator::http::router(coordinator, 16 * 1024);
-    let response = match router.oneshot(req).await {
+    let response = match api.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
@@ -707,7 +710,7 @@ async fn nemesis(world: Arc<World>, done: Arc<tokio::sync::Notify>, opts: Option
                 tokio::spawn(async move {
                     tokio::time::sleep(heal_after).await;
                     for c in 0..n {
-                        if w.coordinators.lock().unwrap()[c].coordinator.is_none() {
+                        if w.coordinators.lock().unwrap()[c].api.is_none() {
                             w.start_coordinator(c);
                         }
                     }
@@ -743,7 +746,7 @@ fn heal(world: &World, opts: &Options) {
         *s.down.lock().unwrap() = false;
     }
     for c in 0..opts.coordinators {
-        if world.coordinators.lock().unwrap()[c].coordinator.is_none() {
+        if world.coordinators.lock().unwrap()[c].api.is_none() {
             world.start_coordinator(c);
         }
     }
