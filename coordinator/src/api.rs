@@ -24,6 +24,9 @@ use crate::transfer::Coordinator;
 pub fn routes() -> Router<Coordinator> {
     Router::new()
         .route("/health", get(health))
+        .route("/livez", get(crate::ops::livez))
+        .route("/readyz", get(crate::ops::readyz))
+        .route("/metrics", get(crate::ops::metrics))
         .route("/v1/wallet/balance_transfer", post(balance_transfer))
         .route("/v1/wallet/transfers/{id}", get(transfer_status))
         .route("/v1/wallet/accounts", post(open_account))
@@ -91,7 +94,11 @@ async fn balance_transfer(
     State(c): State<Coordinator>,
     ApiJson(body): ApiJson<TransferBody>,
 ) -> ApiResult {
-    let spec = parse_transfer(body)?;
+    let spec = parse_transfer(body).inspect_err(|r| {
+        // Refused before the protocol ran; the rest are counted by `transfer`.
+        metrics::counter!("wallet_transfers_total", "outcome" => "refused", "code" => r.code.as_str())
+            .increment(1);
+    })?;
     let id = spec.transaction_id;
     Ok(match c.transfer(spec).await {
         TransferOutcome::Decided(record) => record_response(&record),

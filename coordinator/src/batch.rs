@@ -144,7 +144,7 @@ impl<K: Kind> Batcher<K> {
     /// Sends `batch`, then whatever queued meanwhile, until the lane is empty.
     async fn drain(self: Arc<Self>, node: String, mut batch: Vec<Waiting<K>>) {
         loop {
-            self.send(batch).await;
+            self.send(&node, batch).await;
             let mut lanes = self.lanes.lock().unwrap();
             let Some(lane) = lanes.get_mut(&node) else {
                 return;
@@ -157,8 +157,13 @@ impl<K: Kind> Batcher<K> {
         }
     }
 
-    async fn send(&self, batch: Vec<Waiting<K>>) {
+    async fn send(&self, node: &str, batch: Vec<Waiting<K>>) {
         let n = batch.len();
+        // The lane's kind, by its route's last segment (begin, prepare, ...).
+        let lane = K::PATH.rsplit('/').next().unwrap_or(K::PATH);
+        metrics::histogram!("wallet_batch_items", "lane" => lane, "node" => node.to_string())
+            .record(n as f64);
+        let started = std::time::Instant::now();
         let (items, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let mut partitions: Vec<PartitionId> = items.iter().flat_map(K::partitions).collect();
         partitions.sort_unstable();
@@ -167,6 +172,8 @@ impl<K: Kind> Batcher<K> {
             .participants
             .post::<K::Request, K::Reply>(&partitions, K::PATH, &K::request(items))
             .await;
+        metrics::histogram!("wallet_batch_request_duration_seconds", "lane" => lane, "node" => node.to_string())
+            .record(started.elapsed().as_secs_f64());
         let answers = reply.map(|r| K::answers(r, n));
         match answers {
             Ok(answers) if answers.len() == n => {

@@ -8,8 +8,8 @@
 //! Read in this order: `machine` (the transfer protocol as a state machine),
 //! `transfer` (drives it), `movement` (deposits and withdrawals),
 //! `accounts` and `feed` (the rest of the application), `resolver`
-//! (recovery), `batch` and `client` (how messages travel), `api`, `admin`
-//! and `http` (the HTTP edge).
+//! (recovery), `batch` and `client` (how messages travel), `api`, `admin`,
+//! `ops` (liveness, readiness, metrics) and `http` (the HTTP edge).
 
 pub mod accounts;
 pub mod admin;
@@ -21,5 +21,6 @@ pub mod feed;
 pub mod http;
 pub mod machine;
 pub mod movement;
+pub mod ops;
 pub mod resolver;
 pub mod transfer;

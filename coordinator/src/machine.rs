@@ -57,6 +57,21 @@ pub enum Message {
     Complete(TransferRef),
 }
 
+impl Message {
+    /// The protocol phase it belongs to, as metrics name it.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            Message::Begin(_) => "begin",
+            Message::Execute(_) => "execute",
+            Message::Prepare(_) => "prepare",
+            Message::Decide(_) => "decide",
+            Message::Commit(_) => "commit",
+            Message::Abort(_) => "abort",
+            Message::Complete(_) => "complete",
+        }
+    }
+}
+
 /// What came back for a [`Message`] (nothing comes back for `Complete`).
 #[derive(Debug)]
 pub enum Reply {

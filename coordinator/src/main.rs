@@ -10,6 +10,7 @@ use coordinator::{batch, client, http, resolver, transfer};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("coordinator");
+    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let cfg: CoordinatorConfig =
         wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
             .context("loading coordinator config")?;

@@ -30,7 +30,19 @@ impl Coordinator {
     /// the lease, settles it).
     pub async fn movement(&self, m: Movement) -> Result<(), CallError> {
         let span = tracing::info_span!("movement", transaction_id = %m.transaction_id);
-        self.run_movement(m).instrument(span).await
+        let kind = match m.kind {
+            wallet_shared::protocol::MovementKind::Deposit => "deposit",
+            wallet_shared::protocol::MovementKind::Withdrawal => "withdrawal",
+        };
+        let result = self.run_movement(m).instrument(span).await;
+        let (outcome, code) = match &result {
+            Ok(()) => ("committed", ""),
+            Err(CallError::Rejected(r)) => ("refused", r.code.as_str()),
+            Err(CallError::Unknown(_)) => ("unknown", ""),
+        };
+        metrics::counter!("wallet_movements_total", "kind" => kind, "outcome" => outcome, "code" => code)
+            .increment(1);
+        result
     }
 
     async fn run_movement(&self, mut m: Movement) -> Result<(), CallError> {

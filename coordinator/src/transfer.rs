@@ -39,7 +39,14 @@ impl Coordinator {
 
     pub async fn transfer(&self, spec: TransferSpec) -> TransferOutcome {
         let span = tracing::info_span!("transfer", transaction_id = %spec.transaction_id);
-        self.run(spec).instrument(span).await
+        let started = std::time::Instant::now();
+        let outcome = self.run(spec).instrument(span).await;
+        let (label, code) = outcome_labels(&outcome);
+        metrics::counter!("wallet_transfers_total", "outcome" => label, "code" => code)
+            .increment(1);
+        metrics::histogram!("wallet_transfer_duration_seconds", "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
+        outcome
     }
 
     async fn run(&self, spec: TransferSpec) -> TransferOutcome {
@@ -106,8 +113,20 @@ impl Coordinator {
     }
 
     /// Sends one message through its batcher; `None` for `Complete`, whose
-    /// answer nobody waits for.
+    /// answer nobody waits for. Each phase's latency (the wait for its batch
+    /// included) goes to `wallet_transfer_phase_duration_seconds`.
     async fn send(&self, message: Message) -> Option<Reply> {
+        let phase = message.phase();
+        let started = std::time::Instant::now();
+        let reply = self.send_now(message).await;
+        if reply.is_some() {
+            metrics::histogram!("wallet_transfer_phase_duration_seconds", "phase" => phase)
+                .record(started.elapsed().as_secs_f64());
+        }
+        reply
+    }
+
+    async fn send_now(&self, message: Message) -> Option<Reply> {
         let b = &self.batches;
         Some(match message {
             Message::Begin(begin) => Reply::Begun(b.begin.submit(begin).await),
@@ -154,6 +173,29 @@ impl Coordinator {
             .submit(decide)
             .await?
             .ok_or_else(|| CallError::Unknown(format!("no decision record for {id}")))
+    }
+}
+
+/// `wallet_transfers_total`'s labels: `outcome` (committed, aborted,
+/// pending, in_progress, refused) and the error `code` ("" when committed
+/// or pending).
+fn outcome_labels(outcome: &TransferOutcome) -> (&'static str, &'static str) {
+    match outcome {
+        TransferOutcome::Decided(r) => match r.state {
+            TransferState::Committed => ("committed", ""),
+            TransferState::Aborted => (
+                "aborted",
+                r.reason
+                    .as_ref()
+                    .map_or("transfer_aborted", |r| r.code.as_str()),
+            ),
+            // A decided outcome is never `preparing`; counted as unknown if it were.
+            TransferState::Preparing => ("pending", ""),
+        },
+        TransferOutcome::Pending(_) => ("pending", ""),
+        TransferOutcome::InProgress => ("in_progress", "in_progress"),
+        TransferOutcome::Reused => ("refused", "idempotency_key_reused"),
+        TransferOutcome::Refused(r) => ("refused", r.code.as_str()),
     }
 }
 

@@ -103,6 +103,9 @@ impl<S: Store> App<S> {
 pub fn router<S: Store>(app: App<S>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/livez", get(crate::ops::livez))
+        .route("/readyz", get(crate::ops::readyz::<S>))
+        .route("/metrics", get(crate::ops::metrics::<S>))
         .merge(protocol::routes())
         .merge(reads::routes())
         .merge(admin::routes())

@@ -11,7 +11,8 @@
 //! Read in this order: `model` (the `Working` set the rules run over),
 //! `decisions`, `legs` and `movements` (the pure rules), `store` and `pg`
 //! (loading and saving), `app` (admission and the router), `protocol`,
-//! `reads` and `admin` (the routes), `fence` and `moves` (partition moves).
+//! `reads` and `admin` (the routes), `fence` and `moves` (partition moves), `ops` (liveness,
+//! readiness, metrics).
 
 pub mod admin;
 pub mod app;
@@ -27,6 +28,7 @@ pub mod memory;
 pub mod model;
 pub mod movements;
 pub mod moves;
+pub mod ops;
 pub mod pg;
 pub mod protocol;
 pub mod reads;

@@ -11,6 +11,7 @@ use participant::{app, fence, moves, pg::PgStore};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("participant");
+    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let cfg: ParticipantConfig =
         wallet_shared::config::load_from_args(participant::config::DEFAULTS)
             .context("loading participant config")?;

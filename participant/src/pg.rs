@@ -234,6 +234,35 @@ impl Store for PgStore {
         crate::audit::run(&self.pool, req).await
     }
 
+    async fn vitals(&self) -> Result<crate::store::Vitals, StoreError> {
+        // Each count uses its partial index (transfers_open, legs_prepared).
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM transfers WHERE NOT completed) AS open_records,
+                    (SELECT min(created_at) FROM transfers WHERE NOT completed) AS oldest_record,
+                    (SELECT count(*) FROM legs WHERE state = 'prepared'
+                       AND role IN ('debit', 'credit')) AS prepared_legs,
+                    (SELECT min(created_at) FROM legs WHERE state = 'prepared'
+                       AND role IN ('debit', 'credit')) AS oldest_leg,
+                    (SELECT last_position FROM outbox_head) AS feed_head",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let size = self.pool.size();
+        let idle = self.pool.num_idle() as u32;
+        Ok(crate::store::Vitals {
+            open_records: row.try_get("open_records")?,
+            oldest_record: row.try_get("oldest_record")?,
+            prepared_legs: row.try_get("prepared_legs")?,
+            oldest_leg: row.try_get("oldest_leg")?,
+            feed_head: row.try_get::<Option<i64>, _>("feed_head")?.unwrap_or(0),
+            pool: Some(crate::store::PoolStats {
+                in_use: size.saturating_sub(idle),
+                idle,
+                max: self.pool.options().get_max_connections(),
+            }),
+        })
+    }
+
     async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StoreError> {
         let rows = sqlx::query(
             "WITH a AS (SELECT partition, count(*) AS n FROM accounts GROUP BY partition),

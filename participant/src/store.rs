@@ -13,6 +13,34 @@ use wallet_shared::{retry, AccountId, PartitionId, TransactionId};
 use crate::error::StoreError;
 use crate::model::{AccountRow, Broken, Keys, LegRow, TransferRow, Working};
 
+/// What `/metrics` and `/readyz` read of the node's database: the work left
+/// unfinished here and the connection pool. Reading it at all proves the
+/// database answers.
+#[derive(Debug, Clone, Default)]
+pub struct Vitals {
+    /// Decision records here not completed yet (undecided, or decided with
+    /// a leg still to apply): the in-doubt transfers.
+    pub open_records: i64,
+    /// When the oldest of them began.
+    pub oldest_record: Option<DateTime<Utc>>,
+    /// Transfer legs here still prepared (funds held or credits pending).
+    pub prepared_legs: i64,
+    /// When the oldest of them was prepared.
+    pub oldest_leg: Option<DateTime<Utc>>,
+    /// The last position the change feed handed out.
+    pub feed_head: i64,
+    /// Connections: in use, idle, and the most the pool opens (Postgres only).
+    pub pool: Option<PoolStats>,
+}
+
+/// A connection pool's state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 pub trait Store: Clone + Send + Sync + 'static {
     /// One attempt at a local transaction: load and lock the rows `keys`
     /// names (and the accounts of the loaded legs) into a [`Working`] set,
@@ -112,6 +140,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         async {
             Err(StoreError::Unsupported(
                 "this store does not run the audit".into(),
+            ))
+        }
+    }
+
+    /// Unfinished work and the pool ([`Vitals`]). A store without them says so.
+    fn vitals(&self) -> impl Future<Output = Result<Vitals, StoreError>> + Send {
+        async {
+            Err(StoreError::Unsupported(
+                "this store does not report vitals".into(),
             ))
         }
     }

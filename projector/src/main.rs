@@ -9,6 +9,7 @@ use projector::{status, Follower, Projections};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wallet_shared::telemetry::init("projector");
+    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let cfg: ProjectorConfig = wallet_shared::config::load_from_args(projector::config::DEFAULTS)
         .context("loading projector config")?;
     let projections = Projections::connect(
@@ -26,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     .context("following the partition map in etcd")?;
     let follower = Follower::new(
         projections.clone(),
-        map,
+        map.clone(),
         Duration::from_millis(cfg.participant_timeout_ms),
         cfg.page,
     )?;
@@ -40,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
             .run(idle, wallet_shared::telemetry::shutdown_signal())
             .await
     });
-    axum::serve(listener, status::router(projections))
+    axum::serve(listener, status::router(projections, map))
         .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
         .await?;
     following.await?;

@@ -1,5 +1,7 @@
 //! The projector's HTTP side: `/status` (where each feed stands, and the
-//! lag) and the read models as JSON, amounts as decimal strings.
+//! lag) and the read models as JSON, amounts as decimal strings; `/livez`,
+//! `/readyz` (its database answers and a partition map is loaded) and
+//! `/metrics` (Prometheus text format, the feed lag per node among them).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,18 +10,100 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sqlx::Row;
-use wallet_shared::{AccountId, Currency, ErrorCode, Rejection};
+use wallet_shared::metrics::Readiness;
+use wallet_shared::{AccountId, Currency, ErrorCode, MapHandle, Rejection};
 
 use crate::models::Projections;
 
-pub fn router(projections: Projections) -> Router {
+/// What the routes read: the models, and the map whose nodes are followed.
+#[derive(Clone)]
+struct Served {
+    projections: Projections,
+    map: MapHandle,
+}
+
+impl axum::extract::FromRef<Served> for Projections {
+    fn from_ref(s: &Served) -> Projections {
+        s.projections.clone()
+    }
+}
+
+/// Longest a readiness check or a scrape waits for the database.
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub fn router(projections: Projections, map: MapHandle) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/livez", get(|| async { Json(json!({"status": "live"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/v1/ledger", get(ledger))
         .route("/v1/accounts/{id}", get(account))
         .route("/v1/rejected_transfers", get(rejected))
-        .with_state(projections)
+        .with_state(Served { projections, map })
+}
+
+async fn cursors(p: &Projections) -> Result<Vec<crate::models::Cursor>, String> {
+    match tokio::time::timeout(DB_TIMEOUT, p.cursors()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("postgres: {e}")),
+        Err(_) => Err(format!("postgres did not answer within {DB_TIMEOUT:?}")),
+    }
+}
+
+async fn readyz(State(s): State<Served>) -> Response {
+    let mut readiness = Readiness::default();
+    readiness.check(
+        "postgres",
+        cursors(&s.projections)
+            .await
+            .map(|c| json!({"feeds": c.len()})),
+    );
+    let map = s.map.current();
+    readiness.check(
+        "map",
+        if map.owners.is_empty() {
+            Err("no partition map".into())
+        } else {
+            Ok(json!({"revision": map.revision, "nodes": map.nodes.len()}))
+        },
+    );
+    let (status, body) = readiness.reply();
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        Json(body),
+    )
+        .into_response()
+}
+
+/// The feed gauges per node (`wallet_projector_feed_*`), from the cursors
+/// table: what is projected, the head last seen, and the lag between them.
+async fn metrics(State(s): State<Served>) -> Response {
+    wallet_shared::metrics::record_map(&s.map);
+    match cursors(&s.projections).await {
+        Ok(cursors) => {
+            ::metrics::gauge!("wallet_db_up").set(1.0);
+            for c in cursors {
+                let node = c.node_id.clone();
+                ::metrics::gauge!("wallet_projector_feed_position", "node" => node.clone())
+                    .set(c.position as f64);
+                ::metrics::gauge!("wallet_projector_feed_head_position", "node" => node.clone())
+                    .set(c.head as f64);
+                ::metrics::gauge!("wallet_projector_feed_lag_entries", "node" => node)
+                    .set(c.lag as f64);
+            }
+        }
+        Err(_) => ::metrics::gauge!("wallet_db_up").set(0.0),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            wallet_shared::metrics::CONTENT_TYPE,
+        )],
+        wallet_shared::metrics::render(),
+    )
+        .into_response()
 }
 
 struct Error(Rejection);

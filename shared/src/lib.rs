@@ -1,13 +1,14 @@
 //! What every wallet component shares: the domain types that parse (an
 //! `AccountId`, `Currency`, `Amount` or `TransactionId` that exists is valid),
 //! the stable partition hash, the partition map in etcd, the messages between
-//! coordinators and participants and the routes that carry them, the error codes, retries, config and logs.
+//! coordinators and participants and the routes that carry them, the error codes, retries, config, logs and metrics.
 
 pub mod admin;
 pub mod config;
 pub mod error;
 pub mod ids;
 pub mod map;
+pub mod metrics;
 pub mod money;
 pub mod partition;
 pub mod protocol;

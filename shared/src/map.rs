@@ -363,6 +363,7 @@ impl MapStore {
         let handle = MapHandle {
             store: Some(self),
             tx: Arc::new(tx),
+            confirmed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         };
         tokio::spawn(handle.clone().watch_loop());
         Ok(handle)
@@ -390,6 +391,9 @@ pub struct MapHandle {
     store: Option<MapStore>,
     /// Holds the newest map seen; readers borrow it without locking etcd.
     tx: Arc<watch::Sender<Arc<PartitionMap>>>,
+    /// When etcd last confirmed the map we hold (a read of it succeeded):
+    /// how stale it may be, for `/metrics` and `/readyz`.
+    confirmed: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl MapHandle {
@@ -400,6 +404,7 @@ impl MapHandle {
         MapHandle {
             store: None,
             tx: Arc::new(tx),
+            confirmed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         }
     }
 
@@ -413,6 +418,7 @@ impl MapHandle {
             return Ok(self.current());
         };
         let fresh = store.load().await?;
+        *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         self.tx.send_if_modified(|cur| {
             if fresh.revision > cur.revision {
                 *cur = Arc::new(fresh);
@@ -431,6 +437,19 @@ impl MapHandle {
             return Ok(cur);
         }
         self.refresh().await
+    }
+
+    /// How long ago etcd last confirmed the map we hold (zero for a fixed
+    /// map). The watch re-reads the map at least every 5 s while etcd
+    /// answers, so a larger age means etcd has not been reachable.
+    pub fn age(&self) -> Duration {
+        if self.store.is_none() {
+            return Duration::ZERO;
+        }
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<PartitionMap>> {

@@ -9,5 +9,6 @@ mod concurrency;
 mod crashes;
 mod events;
 mod moves;
+mod ops;
 mod support;
 mod walletctl;

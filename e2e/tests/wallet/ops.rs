@@ -1,0 +1,260 @@
+//! What operators read: `/metrics` on the coordinator, the participants and
+//! the projector agrees with the traffic sent; `/readyz` follows what a
+//! service needs (a participant's Postgres, the coordinator's etcd) down
+//! and back up, while `/livez` stays up.
+
+use std::time::Duration;
+
+use devcluster::ClusterOptions;
+use serde_json::{json, Value};
+
+use crate::support::{metric, quick_recovery, scrape, Sample, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_agree_with_the_traffic_sent() {
+    let t = TestCluster::start_with(ClusterOptions {
+        coordinator_env: quick_recovery(),
+        projector: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let a = t.accounts_on(0, "metrics-a", 1).remove(0);
+    let b = t.accounts_on(1, "metrics-b", 1).remove(0);
+    t.open(&a, "USD").await;
+    t.open(&b, "USD").await;
+    t.deposit(&a, "100.00", "USD").await;
+    const COMMITTED: usize = 10;
+    const OVERDRAWN: usize = 4;
+    const SAME: usize = 2;
+    for _ in 0..COMMITTED {
+        let r = t.transfer(&a, &b, "1.00").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for _ in 0..OVERDRAWN {
+        let r = t.transfer(&a, &b, "1000.00").await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["code"], "insufficient_funds");
+    }
+    for _ in 0..SAME {
+        let r = t.transfer(&a, &a, "1.00").await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["code"], "same_account");
+    }
+
+    let coordinator = format!("{}/metrics", t.cluster.coordinator_url(0));
+    let m = scrape(&t.http, &coordinator).await;
+    let count = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels).unwrap_or(0.0);
+    let transfers = "wallet_transfers_total";
+    assert_eq!(
+        count(transfers, &[("outcome", "committed")]),
+        COMMITTED as f64
+    );
+    assert_eq!(
+        count(
+            transfers,
+            &[("outcome", "aborted"), ("code", "insufficient_funds")]
+        ),
+        OVERDRAWN as f64
+    );
+    assert_eq!(
+        count(
+            transfers,
+            &[("outcome", "refused"), ("code", "same_account")]
+        ),
+        SAME as f64
+    );
+    assert_eq!(count(transfers, &[("outcome", "pending")]), 0.0);
+    assert_eq!(
+        count(
+            "wallet_movements_total",
+            &[("kind", "deposit"), ("outcome", "committed")]
+        ),
+        1.0
+    );
+    // Every transfer that got past parsing began once and prepared both
+    // legs (one on each node: one item in each node's prepare lane).
+    let begun = (COMMITTED + OVERDRAWN) as f64;
+    let phase = "wallet_transfer_phase_duration_seconds_count";
+    assert_eq!(count(phase, &[("phase", "begin")]), begun);
+    assert_eq!(count(phase, &[("phase", "prepare")]), begun);
+    assert_eq!(count(phase, &[("phase", "decide")]), begun);
+    assert_eq!(count(phase, &[("phase", "commit")]), COMMITTED as f64);
+    assert_eq!(count(phase, &[("phase", "abort")]), OVERDRAWN as f64);
+    assert_eq!(
+        count("wallet_batch_items_sum", &[("lane", "prepare")]),
+        2.0 * begun
+    );
+    assert!(count("wallet_batch_items_count", &[("lane", "prepare")]) >= begun);
+    assert!(
+        count(
+            "wallet_transfer_phase_duration_seconds_bucket",
+            &[("phase", "begin"), ("le", "+Inf")]
+        ) == begun
+    );
+    assert_eq!(count("wallet_map_revision", &[]), t.map.revision as f64);
+    assert!(count("wallet_map_age_seconds", &[]) < 30.0);
+
+    // Participants: nothing left in doubt once the transfers completed
+    // (completion is sent in the background), the pool, the map, the feed.
+    let mut heads = Vec::new();
+    for i in 0..t.cluster.participants().len() {
+        let url = format!("{}/metrics", t.cluster.participant_url(i));
+        let m = eventually(&t, &url, |m| {
+            metric(m, "wallet_in_doubt_transfers", &[]) == Some(0.0)
+                && metric(m, "wallet_prepared_legs", &[]) == Some(0.0)
+        })
+        .await;
+        assert_eq!(metric(&m, "wallet_db_up", &[]), Some(1.0), "{url}");
+        assert_eq!(
+            metric(&m, "wallet_in_doubt_oldest_age_seconds", &[]),
+            Some(0.0)
+        );
+        assert_eq!(
+            metric(&m, "wallet_db_pool_max_connections", &[]),
+            Some(32.0)
+        );
+        let in_use = metric(&m, "wallet_db_pool_connections", &[("state", "in_use")]);
+        let idle = metric(&m, "wallet_db_pool_connections", &[("state", "idle")]);
+        assert!(in_use.is_some() && idle.is_some(), "{url}: pool gauges");
+        assert!(in_use.unwrap() + idle.unwrap() <= 32.0);
+        assert_eq!(
+            metric(&m, "wallet_map_revision", &[]),
+            Some(t.map.revision as f64)
+        );
+        heads.push((
+            t.cluster.node_id(i),
+            metric(&m, "wallet_feed_head_position", &[]),
+        ));
+    }
+    // a's node published at least: opened, deposited, and per committed
+    // transfer a hold and its post (an overdraft holds nothing).
+    let a_head = heads[0].1.expect("feed head of node-1");
+    assert!(a_head >= (2 + 2 * COMMITTED) as f64, "{heads:?}");
+
+    // The projector catches up with every node's head (which the feed's
+    // publisher may still move for a moment): position = head, lag 0.
+    let projector = format!(
+        "{}/metrics",
+        t.cluster.projector().expect("projector").url()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut heads = Vec::new();
+        for i in 0..t.cluster.participants().len() {
+            let url = format!("{}/metrics", t.cluster.participant_url(i));
+            let m = scrape(&t.http, &url).await;
+            heads.push((
+                t.cluster.node_id(i),
+                metric(&m, "wallet_feed_head_position", &[]),
+            ));
+        }
+        let m = scrape(&t.http, &projector).await;
+        let caught_up = heads.iter().all(|(node, head)| {
+            let position = metric(&m, "wallet_projector_feed_position", &[("node", node)]);
+            position.is_some() && position == *head
+        });
+        if caught_up {
+            for (node, _) in &heads {
+                assert_eq!(
+                    metric(&m, "wallet_projector_feed_lag_entries", &[("node", node)]),
+                    Some(0.0),
+                    "{node}"
+                );
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projector behind after 60 s: heads {heads:?}, projector {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_postgres_and_etcd() {
+    let mut t = TestCluster::start().await;
+    let participant = t.cluster.participant_url(0);
+    let coordinator = t.cluster.coordinator_url(0);
+    let (status, body) = get(&t, &format!("{participant}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    let (status, _) = get(&t, &format!("{coordinator}/readyz")).await;
+    assert_eq!(status, 200);
+
+    // The participant's Postgres stops: unready, saying why; still live.
+    t.cluster
+        .postgres_mut(0)
+        .stop()
+        .await
+        .expect("postgres stops");
+    let body = until_status(&t, &format!("{participant}/readyz"), 503).await;
+    assert_eq!(body["status"], "unready");
+    assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
+    assert_eq!(body["checks"]["map"]["ok"], true, "{body}");
+    let (status, _) = get(&t, &format!("{participant}/livez")).await;
+    assert_eq!(status, 200);
+    let m = scrape(&t.http, &format!("{participant}/metrics")).await;
+    assert_eq!(crate::support::metric(&m, "wallet_db_up", &[]), Some(0.0));
+    assert_eq!(crate::support::metric(&m, "wallet_ready", &[]), Some(0.0));
+    // Back: ready again.
+    t.cluster
+        .postgres_mut(0)
+        .restart()
+        .await
+        .expect("postgres restarts");
+    let body = until_status(&t, &format!("{participant}/readyz"), 200).await;
+    assert_eq!(body["status"], "ready");
+
+    // etcd stops: the coordinator is unready (it cannot see map changes),
+    // and ready again once etcd is back.
+    t.cluster.etcd_mut().stop().await.expect("etcd stops");
+    let body = until_status(&t, &format!("{coordinator}/readyz"), 503).await;
+    assert_eq!(body["checks"]["etcd_map"]["ok"], false, "{body}");
+    let (status, _) = get(&t, &format!("{coordinator}/livez")).await;
+    assert_eq!(status, 200);
+    t.cluster.etcd_mut().restart().await.expect("etcd restarts");
+    until_status(&t, &format!("{coordinator}/readyz"), 200).await;
+    // And it serves.
+    let a = t.accounts_on(1, "ready-a", 1).remove(0);
+    t.open(&a, "USD").await;
+}
+
+async fn get(t: &TestCluster, url: &str) -> (u16, Value) {
+    let resp = t.http.get(url).send().await.expect("answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(json!(null)))
+}
+
+/// Polls `url` until it answers `status` (at most 60 s); returns the body.
+async fn until_status(t: &TestCluster, url: &str, status: u16) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, body) = get(t, url).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url}: still {got} {body}, waiting for {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Scrapes `url` until `done` holds (at most 60 s); returns that scrape.
+async fn eventually(t: &TestCluster, url: &str, done: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = scrape(&t.http, url).await;
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url}: not there after 60 s: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
