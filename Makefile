@@ -5,6 +5,10 @@
 # make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
 # make move-under-load  moves a partition of 10,000 accounts while loadgen runs (release build)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
+# make compose-up   the cluster in containers (docker-compose.yml), with Prometheus; waits until
+#                   ready (local base image from Debian's packages and a release build on the host;
+#                   WALLET_BUILD=public builds from the public rust/debian images instead)
+# make compose-down stops it and deletes its volumes
 # make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
 #                  history, report and logs in target/chaos/<date>/
 
@@ -19,10 +23,14 @@ SIM_FIRST ?= 1
 CHAOS_SECONDS ?= 600
 CHAOS_ARGS ?=
 
-.PHONY: deps build run test sim chaos bench move-under-load clean-data
+.PHONY: deps compose-deps build run test sim chaos bench move-under-load clean-data compose-up compose-down
 
 deps:
 	scripts/ensure-deps.sh
+
+# Docker, Compose, debootstrap: for the compose targets and the compose test.
+compose-deps:
+	scripts/ensure-deps.sh --compose
 
 build: deps
 	$(CARGO) build --workspace
@@ -30,7 +38,7 @@ build: deps
 run: build
 	$(TARGET_DIR)/debug/devcluster run $(RUN_ARGS)
 
-test: deps
+test: compose-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
@@ -59,3 +67,9 @@ move-under-load: deps
 
 clean-data:
 	rm -rf .data
+
+compose-up: compose-deps
+	scripts/compose.sh up
+
+compose-down:
+	scripts/compose.sh down

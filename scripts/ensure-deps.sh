@@ -9,9 +9,27 @@
 #   (`google/protobuf/descriptor.proto`): etcd-client's build script needs
 #   both the compiler (protobuf-compiler) and those .proto files
 #   (libprotobuf-dev), which `--no-install-recommends` does not bring.
+# With --compose, also what docker-compose.yml and its test need (make
+# compose-up, make test): the Docker engine and Compose (`docker compose` or
+# docker-compose), debootstrap for the local base image
+# (scripts/build-base-image.sh) and objcopy (binutils) to strip the staged
+# binaries; and it checks that the engine answers.
 # A no-op when everything is present. Uses apt-get; through sudo unless root.
-# `ensure-deps.sh --check` only reports what is missing (exit 1 if anything).
+# `ensure-deps.sh --check [--compose]` only reports what is missing (exit 1 if anything).
 set -euo pipefail
+
+check=0
+compose=0
+for arg in "$@"; do
+    case "$arg" in
+    --check) check=1 ;;
+    --compose) compose=1 ;;
+    *)
+        echo "ensure-deps: unknown argument $arg (--check, --compose)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 missing=()
 
@@ -54,10 +72,30 @@ elif ! protoc_ok; then
     missing+=(libprotobuf-dev)
 fi
 
+if [ "$compose" -eq 1 ]; then
+    command -v docker >/dev/null || missing+=(docker.io)
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+        missing+=(docker-compose)
+    fi
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v objcopy >/dev/null || missing+=(binutils)
+    command -v curl >/dev/null || missing+=(curl)
+fi
+
+# The engine must answer (installing docker.io starts it; a machine that
+# has it stopped needs it started).
+docker_answers() {
+    [ "$compose" -eq 0 ] || docker info >/dev/null 2>&1
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
+    if ! docker_answers; then
+        echo "ensure-deps: the Docker engine does not answer (docker info); start it (service docker start)" >&2
+        exit 1
+    fi
     exit 0
 fi
-if [ "${1:-}" = "--check" ]; then
+if [ "$check" -eq 1 ]; then
     echo "ensure-deps: missing ${missing[*]}" >&2
     exit 1
 fi
@@ -74,5 +112,9 @@ export DEBIAN_FRONTEND=noninteractive
 # Installed is not the same as working: check again, and say what still fails.
 if ! protoc_ok; then
     echo "ensure-deps: protoc still cannot compile a file importing google/protobuf/descriptor.proto" >&2
+    exit 1
+fi
+if ! docker_answers; then
+    echo "ensure-deps: the Docker engine does not answer (docker info); start it (service docker start)" >&2
     exit 1
 fi
