@@ -46,8 +46,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
     tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
-        .await?;
+    let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
+        cfg.shutdown_grace_ms,
+    ));
+    tokio::select! {
+        served = axum::serve(listener, router).with_graceful_shutdown(stop) => served?,
+        () = deadline => {}
+    }
+    tracing::info!("stopped");
     Ok(())
 }

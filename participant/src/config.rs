@@ -11,6 +11,8 @@ pub struct ParticipantConfig {
     pub node_id: String,
     /// Where the internal HTTP API listens.
     pub listen_addr: String,
+    /// On SIGTERM, the longest wait for requests in flight.
+    pub shutdown_grace_ms: u64,
     /// The node's Postgres database.
     pub database_url: String,
     pub db_pool_size: u32,

@@ -47,9 +47,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
     tracing::info!(node_id = %cfg.node_id, addr = %cfg.listen_addr, "participant ready");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
-        .await?;
+    let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
+        cfg.shutdown_grace_ms,
+    ));
+    tokio::select! {
+        served = axum::serve(listener, router).with_graceful_shutdown(stop) => served?,
+        () = deadline => {}
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -26,6 +26,37 @@ pub fn init_cli() {
         .try_init();
 }
 
+/// Graceful shutdown with a deadline. `stop` resolves on Ctrl-C or SIGTERM:
+/// give it to `with_graceful_shutdown` (stop accepting, finish what is in
+/// flight). `deadline` resolves `grace` after that: a server still busy
+/// then is dropped (recovery settles whatever it left undecided).
+pub fn shutdown_with_deadline(
+    grace: std::time::Duration,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    let mut stop_rx = rx.clone();
+    let mut deadline_rx = rx;
+    let stop = async move {
+        let _ = stop_rx.wait_for(|stopping| *stopping).await;
+    };
+    let deadline = async move {
+        if deadline_rx.wait_for(|stopping| *stopping).await.is_ok() {
+            tokio::time::sleep(grace).await;
+            tracing::warn!(?grace, "shutdown deadline passed with requests in flight");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    (stop, deadline)
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let term = async {

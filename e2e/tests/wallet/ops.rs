@@ -258,3 +258,108 @@ async fn eventually(t: &TestCluster, url: &str, done: impl Fn(&[Sample]) -> bool
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// SIGTERM to a coordinator under load: it stops accepting, finishes what is
+/// in flight and exits by itself; every client got an answer or a refused
+/// connection (nothing was sent, retry elsewhere), and nothing is left
+/// pending once the other coordinator has looked up the few 202s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_client_and_leaves_nothing_pending() {
+    let mut t = TestCluster::start_with(ClusterOptions {
+        coordinators: 2,
+        coordinator_env: quick_recovery(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let mut accounts = t.accounts_on(0, "term-a", 2);
+    accounts.extend(t.accounts_on(1, "term-b", 2));
+    for a in &accounts {
+        t.open(a, "USD").await;
+        t.deposit(a, "1000.00", "USD").await;
+    }
+    // A new connection per request: a refused connect is then the only way
+    // to meet a stopping server without an answer.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let base = t.cluster.coordinator_url(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (http, base, stop, accounts) =
+                (http.clone(), base.clone(), stop.clone(), accounts.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut i = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = uuid::Uuid::new_v4();
+                    let (from, to) = (&accounts[i % 4], &accounts[(i + 1 + c % 3) % 4]);
+                    i += 1;
+                    let body = TestCluster::transfer_body(id, from, to, "0.01", "USD");
+                    let sent = http
+                        .post(format!("{base}/v1/wallet/balance_transfer"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    seen.push((id, sent.map(|r| r.status().as_u16())));
+                    if matches!(seen.last(), Some((_, Err(_)))) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = t.cluster.coordinator(0).pid().expect("coordinator runs");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let exit = t
+        .cluster
+        .coordinator_mut(0)
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the coordinator exits by itself after SIGTERM");
+    assert!(exit.success(), "exit status {exit}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut answered = 0;
+    let mut refused = 0;
+    let mut pending = Vec::new();
+    for client in clients {
+        for (id, sent) in client.await.expect("client task") {
+            match sent {
+                Ok(200) => answered += 1,
+                Ok(202) => pending.push(id),
+                Ok(status) => panic!("transfer {id}: unexpected {status}"),
+                Err(e) => {
+                    assert!(
+                        e.is_connect(),
+                        "transfer {id}: no answer and not refused: {e:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "SIGTERM under load: {answered} committed, {} pending, {refused} refused connections",
+        pending.len()
+    );
+    assert!(
+        answered > 0 && refused > 0,
+        "the load must straddle the shutdown"
+    );
+    t.coordinator = 1;
+    for id in pending {
+        let status = t.settled(id, Duration::from_secs(30)).await;
+        assert_eq!(status["status"], "committed", "{status}");
+    }
+    t.wait_settled().await;
+}
