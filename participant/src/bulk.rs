@@ -202,7 +202,8 @@ pub async fn append_deposits(
         .await?;
     }
     sqlx::query(
-        "UPDATE accounts SET posted = posted + $2, last_seq = last_seq + $2 WHERE account_id = $1",
+        "UPDATE accounts SET posted = posted + $2, last_seq = last_seq + $2,
+                change_no = nextval('row_changes') WHERE account_id = $1",
     )
     .bind(account)
     .bind(n)

@@ -27,6 +27,10 @@ pub struct ParticipantConfig {
     /// Longest pause of the feed's publisher between rounds (it also runs
     /// right after a write, at most once per this interval).
     pub publish_interval_ms: u64,
+    /// A partition move's cut-over (from fencing the partition `draining`
+    /// here to the owner switch) lasts at most this long; past it, this
+    /// node rolls it back and serves the partition again.
+    pub move_cutover_deadline_ms: u64,
 }
 
 #[cfg(test)]

@@ -149,7 +149,8 @@ pub fn advance(
         }
         _ => {}
     }
-    Ok((now != Some(want)).then(|| want.clone()))
+    let same = now.is_some_and(|f| (f.state, &f.to) == (want.state, &want.to));
+    Ok((!same).then(|| want.clone()))
 }
 
 /// Whether the fence on `p` may be lifted (a move rolled back): yes when
@@ -181,6 +182,7 @@ mod tests {
                 Fence {
                     state,
                     to: "node-4".into(),
+                    deadline: None,
                 },
             )])
         };
@@ -202,6 +204,7 @@ mod tests {
         let f = |state, to: &str| Fence {
             state,
             to: to.into(),
+            deadline: None,
         };
         let adv = |now: Option<Fence>, want: Fence, owned| {
             advance(5, now.as_ref(), &want, owned, "node-1").map_err(|r| r.code)
@@ -263,6 +266,7 @@ mod tests {
         let f = |state| Fence {
             state,
             to: "n2".into(),
+            deadline: None,
         };
         assert_eq!(release(5, None, true), Ok(false));
         assert_eq!(release(5, Some(&f(Draining)), true), Ok(true));

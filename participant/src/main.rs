@@ -36,8 +36,13 @@ async fn main() -> anyhow::Result<()> {
         fences: fence::Fences::new(fences),
     };
     let body_limit = axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024);
-    let router = app::router(app.clone())
-        .merge(moves::router(app))
+    let mover = moves::Mover {
+        app: app.clone(),
+        cutover_deadline: Duration::from_millis(cfg.move_cutover_deadline_ms),
+    };
+    tokio::spawn(moves::expire_cutovers(mover.clone()));
+    let router = app::router(app)
+        .merge(moves::router(mover))
         .layer(body_limit)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

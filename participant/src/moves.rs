@@ -1,67 +1,97 @@
-//! Moving a partition to another node (driven by `walletctl partitions
-//! move`), on the Postgres store:
+//! Moving a partition to another node while it serves (driven by
+//! `walletctl partitions move`), on the Postgres store. The shape of
+//! Vitess's `MoveTables`: copy, catch up, short cut-over.
 //!
-//! 1. the old owner fences the partition `draining` (no new work), then
-//!    `frozen` (nothing changes);
-//! 2. it exports the partition's rows, and the new owner imports them in one
-//!    local transaction (after dropping any older copy);
-//! 3. the map in etcd switches the owner;
-//! 4. the old owner fences it `moved` and drops its rows, in one local
-//!    transaction. A caller with any map is then refused here.
+//! 1. **Copy** (phase `copying` in etcd; the old owner serves as usual): the
+//!    new owner pulls the partition's rows table by table in chunks, oldest
+//!    change first (`change_no`, see migration 0005), and applies each
+//!    chunk with its cursor in one local transaction, so a copy resumes
+//!    where it stopped and never applies a chunk twice. A pass ends at a
+//!    `mark` (every change up to it committed); a row changed after it was
+//!    copied comes round again in the next pass, so each pass copies only
+//!    the changes made during the one before.
+//! 2. **Cut-over** (phase `moving`): the old owner fences the partition
+//!    `draining` (no new work), then `frozen` (nothing changes); the last
+//!    changes are copied, the new owner checks its copy against the old
+//!    owner's summary, and the map switches the owner. The fence has a
+//!    deadline ([`expire_cutovers`]): past it, this node rolls the move back
+//!    to `copying` in etcd and serves the partition again.
+//! 3. The old owner fences it `moved` (refusing it to anyone from then on)
+//!    and drops its rows in small batches (`discard`).
 //!
-//! Every step is idempotent, so a move interrupted anywhere is run again
-//! from the start; before the switch it can also be undone (`release` on
-//! the old owner, `discard` on the new one).
+//! Every step is idempotent; a move interrupted anywhere is run again, or
+//! undone before the switch (`release` on the old owner, `discard` on the
+//! new one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
 use sqlx::{PgConnection, Row};
-use wallet_shared::admin::{Fence, FenceState, ImportRequest, PartitionExport, PartitionSummary};
+use wallet_shared::admin::{
+    CopyBegin, CopyFinish, CopyRows, CopyState, Discarded, Fence, FenceState, Mark, MarkRequest,
+    PartitionSummary, RowsChunk, PARTITION_TABLES,
+};
+use wallet_shared::map::{MovePhase, PartitionMap};
 use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 
 use crate::app::App;
-use crate::error::{ApiResult, StoreError};
+use crate::error::{ApiError, ApiResult, StoreError};
 use crate::fence::{self, FenceMap};
 use crate::pg::PgStore;
 
-/// The tables a partition's rows live in, and how to select them; in the
-/// order they are inserted (deleted in reverse: events refer to accounts).
-const TABLES: &[(&str, &str)] = &[
-    ("accounts", "partition = $1"),
-    (
-        "events",
-        "account_id IN (SELECT account_id FROM accounts WHERE partition = $1)",
-    ),
-    ("legs", "partition = $1"),
-    ("transfers", "partition = $1"),
-    // Last, so dropped first, while the accounts that select them remain.
-    // Not the outbox: the feed stays with the node that published it.
-    (
-        "snapshots",
-        "account_id IN (SELECT account_id FROM accounts WHERE partition = $1)",
-    ),
-];
+/// How to select a partition's rows in each of [`PARTITION_TABLES`] (`$1`
+/// is the partition).
+fn filter(table: &str) -> Option<&'static str> {
+    Some(match table {
+        "accounts" | "legs" | "transfers" => "partition = $1",
+        "events" | "snapshots" => {
+            "account_id IN (SELECT account_id FROM accounts WHERE partition = $1)"
+        }
+        _ => return None,
+    })
+}
+
+/// Largest chunk a caller may ask for.
+const MAX_CHUNK: i64 = 20_000;
+/// Rows deleted per statement when a copy is dropped.
+const DROP_BATCH: i64 = 5_000;
+/// How long one `discard` call goes on dropping before it answers.
+const DROP_BUDGET: Duration = Duration::from_secs(1);
+
+/// The moving routes' state: the node, and how long a cut-over may last.
+#[derive(Clone)]
+pub struct Mover {
+    pub app: App<PgStore>,
+    /// From fencing `draining` to the owner switch, at most this long.
+    pub cutover_deadline: Duration,
+}
 
 /// The moving routes, merged into the participant's router by `main`.
-pub fn router(app: App<PgStore>) -> Router {
-    // A partition's copy can be far above the API's body limit.
-    let big = axum::extract::DefaultBodyLimit::max(1 << 30);
+pub fn router(mover: Mover) -> Router {
+    // A chunk of rows can be above the API's body limit.
+    let big = axum::extract::DefaultBodyLimit::max(64 << 20);
     Router::new()
         .route(routes::FENCE.pattern(), post(fence).delete(release))
-        .route(routes::EXPORT.pattern(), get(export))
-        .route(routes::IMPORT.pattern(), post(import).layer(big))
+        .route(routes::MARK.pattern(), post(mark))
+        .route(routes::ROWS.pattern(), get(rows))
+        .route(routes::SUMMARY.pattern(), get(summary))
+        .route(routes::COPY.pattern(), post(copy_begin))
+        .route(routes::COPY_ROWS.pattern(), post(copy_rows).layer(big))
+        .route(routes::COPY_FINISH.pattern(), post(copy_finish))
         .route(routes::DISCARD.pattern(), post(discard))
-        .with_state(app)
+        .with_state(mover)
         .layer(axum::middleware::from_fn(crate::app::run_to_completion))
 }
 
 /// Fences read at start: a fence outlives the process.
 pub async fn load_fences(store: &PgStore) -> anyhow::Result<FenceMap> {
-    let rows = sqlx::query("SELECT partition, state, target FROM partition_fences")
+    let rows = sqlx::query("SELECT partition, state, target, deadline FROM partition_fences")
         .fetch_all(&store.pool)
         .await?;
     let mut fences = FenceMap::new();
@@ -74,153 +104,253 @@ pub async fn load_fences(store: &PgStore) -> anyhow::Result<FenceMap> {
             Fence {
                 state,
                 to: r.try_get("target")?,
+                deadline: r.try_get("deadline")?,
             },
         );
     }
     Ok(fences)
 }
 
-fn refuse(code: ErrorCode, why: String) -> crate::error::ApiError {
+fn refuse(code: ErrorCode, why: String) -> ApiError {
     Rejection::new(code, why).into()
 }
 
-/// Whether the map, read from etcd now, says this node owns `p`.
-async fn owns(app: &App<PgStore>, p: PartitionId) -> ApiResult<bool> {
-    let map = app.map.refresh().await.map_err(|e| {
-        refuse(
-            ErrorCode::Unavailable,
-            format!("cannot read the partition map: {e}"),
-        )
-    })?;
+fn map_unavailable(e: impl std::fmt::Display) -> ApiError {
+    refuse(
+        ErrorCode::Unavailable,
+        format!("cannot read the partition map: {e}"),
+    )
+}
+
+fn check_partition(map: &PartitionMap, p: PartitionId) -> ApiResult<()> {
     if p >= map.partition_count() {
         return Err(refuse(
             ErrorCode::InvalidRequest,
             format!("no partition {p}: the map has {}", map.partition_count()),
         ));
     }
-    Ok(map.owner(p).map(|o| o.as_str()) == Some(&*app.node_id))
+    Ok(())
+}
+
+fn owned(app: &App<PgStore>, map: &PartitionMap, p: PartitionId) -> bool {
+    map.owner(p).map(|o| o.as_str()) == Some(&*app.node_id)
+}
+
+/// The map read from etcd now, and whether it says this node owns `p`.
+async fn fresh_map(app: &App<PgStore>, p: PartitionId) -> ApiResult<(PartitionMap, bool)> {
+    let map = app.map.refresh().await.map_err(map_unavailable)?;
+    check_partition(&map, p)?;
+    let owns = owned(app, &map, p);
+    Ok(((*map).clone(), owns))
 }
 
 /// `POST .../fence {state, to}`: draining, then frozen while this node owns
-/// the partition; moved (dropping the rows) once the map says it does not.
+/// the partition and the map records the move's cut-over; moved once the
+/// map says it does not own it any more. Draining starts the cut-over's
+/// deadline.
 async fn fence(
-    State(app): State<App<PgStore>>,
+    State(m): State<Mover>,
     Path(p): Path<PartitionId>,
     Json(want): Json<Fence>,
 ) -> ApiResult<Json<Fence>> {
-    // Guard first, then the map: nothing can import or move the partition
+    let app = &m.app;
+    // Guard first, then the map: nothing can copy or move the partition
     // back here between the check and the change.
     let mut fences = app.fences.write().await;
-    let owned = owns(&app, p).await?;
-    let Some(want) = fence::advance(p, fences.get(&p), &want, owned, &app.node_id)? else {
-        return Ok(Json(fences.get(&p).cloned().unwrap_or(want)));
-    };
-    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
-    if want.state == FenceState::Moved {
-        drop_rows(&mut tx, p).await?;
+    let (map, owns) = fresh_map(app, p).await?;
+    let now = fences.get(&p).cloned();
+    if want.state != FenceState::Moved {
+        let cutover = map
+            .moves
+            .get(&p)
+            .is_some_and(|mv| mv.to == want.to && mv.phase == MovePhase::Moving);
+        if !cutover && owns {
+            return Err(refuse(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the map records no cut-over of partition {p} to {} (rolled back past \
+                     its deadline, or undone); nothing fenced",
+                    want.to
+                ),
+            ));
+        }
     }
+    let Some(mut next) = fence::advance(p, now.as_ref(), &want, owns, &app.node_id)? else {
+        return Ok(Json(now.unwrap_or(want)));
+    };
+    next.deadline = match next.state {
+        FenceState::Moved => None,
+        // Frozen keeps the deadline draining started.
+        _ => Some(
+            now.as_ref()
+                .and_then(|f| f.deadline)
+                .unwrap_or_else(|| Utc::now() + m.cutover_deadline),
+        ),
+    };
     sqlx::query(
-        "INSERT INTO partition_fences (partition, state, target) VALUES ($1, $2, $3)
+        "INSERT INTO partition_fences (partition, state, target, deadline) VALUES ($1, $2, $3, $4)
          ON CONFLICT (partition) DO UPDATE
-           SET state = excluded.state, target = excluded.target, updated_at = now()",
+           SET state = excluded.state, target = excluded.target, deadline = excluded.deadline,
+               updated_at = now()",
     )
     .bind(p as i32)
-    .bind(want.state.as_str())
-    .bind(&want.to)
-    .execute(&mut *tx)
+    .bind(next.state.as_str())
+    .bind(&next.to)
+    .bind(next.deadline)
+    .execute(&app.store.pool)
     .await
     .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
-    tracing::info!(partition = p, state = want.state.as_str(), to = %want.to, "partition fenced");
-    fences.insert(p, want.clone());
-    Ok(Json(want))
+    tracing::info!(partition = p, state = next.state.as_str(), to = %next.to, "partition fenced");
+    fences.insert(p, next.clone());
+    Ok(Json(next))
 }
 
 /// `DELETE .../fence`: undoes draining or frozen (a move rolled back).
-async fn release(
-    State(app): State<App<PgStore>>,
-    Path(p): Path<PartitionId>,
-) -> ApiResult<StatusCode> {
+async fn release(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResult<StatusCode> {
+    let app = &m.app;
     let mut fences = app.fences.write().await;
-    let owned = owns(&app, p).await?;
-    if !fence::release(p, fences.get(&p), owned)? {
+    let (_, owns) = fresh_map(app, p).await?;
+    if !fence::release(p, fences.get(&p), owns)? {
         return Ok(StatusCode::NO_CONTENT);
     }
+    lift_fence(app, &mut fences, p).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn lift_fence(app: &App<PgStore>, fences: &mut FenceMap, p: PartitionId) -> ApiResult<()> {
     sqlx::query("DELETE FROM partition_fences WHERE partition = $1")
         .bind(p as i32)
         .execute(&app.store.pool)
         .await
         .map_err(StoreError::from)?;
     fences.remove(&p);
-    tracing::info!(partition = p, "partition fence released");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(partition = p, "partition fence lifted");
+    Ok(())
 }
 
-/// `GET .../export`: the rows of a frozen partition.
-async fn export(
-    State(app): State<App<PgStore>>,
+/// `POST .../mark`: the end of a copy pass on the old owner. Taken under
+/// the fences' write guard, which waits for every request between its
+/// fence check and its commit: every `change_no` up to the mark belongs to
+/// a committed row (or to none), so a pass that copies up to it misses
+/// nothing that a later pass would not see.
+async fn mark(
+    State(m): State<Mover>,
     Path(p): Path<PartitionId>,
-) -> ApiResult<Json<PartitionExport>> {
-    // Hold the read pass: the fence cannot change while we read.
-    let fences = app.fences.read().await;
-    if fences.get(&p).map(|f| f.state) != Some(FenceState::Frozen) {
+    Json(req): Json<MarkRequest>,
+) -> ApiResult<Json<Mark>> {
+    let app = &m.app;
+    let map = app
+        .map
+        .at_least(req.map_revision)
+        .await
+        .map_err(map_unavailable)?;
+    check_partition(&map, p)?;
+    if !owned(app, &map, p) {
         return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!("partition {p} must be frozen here before it is exported"),
+            ErrorCode::WrongPartitionOwner,
+            format!("node {} does not own partition {p}", app.node_id),
         ));
     }
-    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
+    let mark: i64 = {
+        let _quiet = app.fences.write().await;
+        sqlx::query_scalar("SELECT last_value FROM row_changes")
+            .fetch_one(&app.store.pool)
+            .await
+            .map_err(StoreError::from)?
+    };
+    let mut left = BTreeMap::new();
+    for table in PARTITION_TABLES {
+        let after = req.after.get(table).copied().unwrap_or(0);
+        let upto = (table != "accounts").then_some(mark);
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE {} AND change_no > $2
+               AND ($3::int8 IS NULL OR change_no <= $3)",
+            filter(table).expect("a partition table")
+        ))
+        .bind(p as i32)
+        .bind(after)
+        .bind(upto)
+        .fetch_one(&app.store.pool)
         .await
         .map_err(StoreError::from)?;
-    let mut tables = BTreeMap::new();
-    for (table, filter) in TABLES {
-        let sql = format!("SELECT coalesce(json_agg(t), '[]'::json) FROM {table} t WHERE {filter}");
-        let rows: serde_json::Value = sqlx::query_scalar(&sql)
-            .bind(p as i32)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        tables.insert(table.to_string(), rows);
+        left.insert(table.to_string(), n);
     }
-    let summary = summarize(&mut tx, p).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(PartitionExport {
-        partition: p,
-        tables,
-        summary,
+    Ok(Json(Mark { mark, left }))
+}
+
+#[derive(Debug, Deserialize)]
+struct RowsQuery {
+    table: String,
+    #[serde(default)]
+    after: i64,
+    upto: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET .../rows`: one chunk of the partition's rows of one table, changed
+/// after the cursor (and at most up to `upto`), oldest change first.
+async fn rows(
+    State(m): State<Mover>,
+    Path(p): Path<PartitionId>,
+    Query(q): Query<RowsQuery>,
+) -> ApiResult<Json<RowsChunk>> {
+    let Some(filter) = filter(&q.table) else {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "no table {:?} in a partition (one of {PARTITION_TABLES:?})",
+                q.table
+            ),
+        ));
+    };
+    let limit = q.limit.unwrap_or(2_000).clamp(1, MAX_CHUNK);
+    let (rows, last, count): (serde_json::Value, Option<i64>, i64) = sqlx::query_as(&format!(
+        "SELECT coalesce(json_agg(to_jsonb(t) - 'change_no' ORDER BY t.change_no), '[]'::json),
+                max(t.change_no), count(*)
+         FROM (SELECT * FROM {} WHERE {filter} AND change_no > $2
+                 AND ($3::int8 IS NULL OR change_no <= $3)
+               ORDER BY change_no LIMIT $4) t",
+        q.table
+    ))
+    .bind(p as i32)
+    .bind(q.after)
+    .bind(q.upto)
+    .bind(limit)
+    .fetch_one(&m.app.store.pool)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(Json(RowsChunk {
+        table: q.table,
+        after: q.after,
+        last: last.unwrap_or(q.after),
+        count,
+        rows,
     }))
 }
 
-/// `POST .../import`: replaces this node's copy of a partition it does not
-/// own (yet) with the export, in one local transaction.
-async fn import(
-    State(app): State<App<PgStore>>,
+/// `GET .../summary`: what this node holds of the partition.
+async fn summary(
+    State(m): State<Mover>,
     Path(p): Path<PartitionId>,
-    Json(req): Json<ImportRequest>,
 ) -> ApiResult<Json<PartitionSummary>> {
-    if req.export.partition != p {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!(
-                "the export is of partition {}, not {p}",
-                req.export.partition
-            ),
-        ));
-    }
-    app.map.at_least(req.map_revision).await.map_err(|e| {
-        refuse(
-            ErrorCode::Unavailable,
-            format!("cannot read the partition map: {e}"),
-        )
-    })?;
-    let mut fences = app.fences.write().await;
-    if owns(&app, p).await? {
+    let mut conn = m.app.store.pool.acquire().await.map_err(StoreError::from)?;
+    Ok(Json(summarize(&mut conn, p).await?))
+}
+
+/// Refuses to copy into, or drop, a partition this node owns or is moving
+/// away.
+fn not_ours(
+    app: &App<PgStore>,
+    map: &PartitionMap,
+    fences: &FenceMap,
+    p: PartitionId,
+) -> ApiResult<()> {
+    check_partition(map, p)?;
+    if owned(app, map, p) {
         return Err(refuse(
             ErrorCode::WrongPartitionOwner,
             format!(
-                "node {} owns partition {p}; it will not overwrite it",
+                "node {} owns partition {p}; it will not overwrite or drop it",
                 app.node_id
             ),
         ));
@@ -235,111 +365,324 @@ async fn import(
             ),
         ));
     }
-    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
-    drop_rows(&mut tx, p).await?;
-    for (table, _) in TABLES {
-        let rows = req.export.tables.get(*table).ok_or_else(|| {
-            refuse(
-                ErrorCode::InvalidRequest,
-                format!("the export has no table {table}"),
-            )
-        })?;
-        let sql = format!(
-            "INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, $1::json)"
-        );
-        sqlx::query(&sql)
-            .bind(rows)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+    Ok(())
+}
+
+async fn copy_state(
+    conn: &mut PgConnection,
+    p: PartitionId,
+) -> Result<Option<CopyState>, StoreError> {
+    let row = sqlx::query(
+        "SELECT source, move_id, cursors, rows, bytes FROM partition_copies WHERE partition = $1",
+    )
+    .bind(p as i32)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        let cursors: serde_json::Value = r.try_get("cursors")?;
+        Ok(CopyState {
+            from: r.try_get("source")?,
+            move_id: r.try_get("move_id")?,
+            cursors: serde_json::from_value(cursors).map_err(StoreError::corrupt)?,
+            rows: r.try_get("rows")?,
+            bytes: r.try_get("bytes")?,
+            older_copy: false,
+        })
+    })
+    .transpose()
+}
+
+/// `POST .../copy` on the new owner: starts the copy of a move, or says how
+/// far it has come. Rows of an older copy must be discarded first.
+async fn copy_begin(
+    State(m): State<Mover>,
+    Path(p): Path<PartitionId>,
+    Json(req): Json<CopyBegin>,
+) -> ApiResult<Json<CopyState>> {
+    let app = &m.app;
+    let map = app
+        .map
+        .at_least(req.map_revision)
+        .await
+        .map_err(map_unavailable)?;
+    let fences = app.fences.read().await;
+    not_ours(app, &map, &fences, p)?;
+    let mut conn = app.store.pool.acquire().await.map_err(StoreError::from)?;
+    let older = match copy_state(&mut conn, p).await? {
+        Some(s) if (&s.from, &s.move_id) == (&req.from, &req.move_id) => return Ok(Json(s)),
+        Some(_) => true,
+        None => sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM accounts WHERE partition = $1)
+                     OR EXISTS (SELECT 1 FROM legs WHERE partition = $1)
+                     OR EXISTS (SELECT 1 FROM transfers WHERE partition = $1)",
+        )
+        .bind(p as i32)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::from)?,
+    };
+    if older {
+        return Ok(Json(CopyState {
+            older_copy: true,
+            ..CopyState::default()
+        }));
     }
-    let summary = summarize(&mut tx, p).await?;
-    if summary != req.export.summary {
-        // Nothing is committed: the copy is not the export.
+    sqlx::query("INSERT INTO partition_copies (partition, source, move_id) VALUES ($1, $2, $3)")
+        .bind(p as i32)
+        .bind(&req.from)
+        .bind(&req.move_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+    tracing::info!(partition = p, from = %req.from, "partition copy started");
+    Ok(Json(CopyState {
+        from: req.from,
+        move_id: req.move_id,
+        ..CopyState::default()
+    }))
+}
+
+/// The columns a copy writes (all but `change_no`, which is this node's),
+/// and the primary key's, read from the catalog so a column added to a
+/// table is copied too.
+async fn columns(
+    conn: &mut PgConnection,
+    table: &str,
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let cols: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute
+         WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
+           AND attname <> 'change_no'
+         ORDER BY attnum",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    let key: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = $1::regclass AND i.indisprimary",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((cols, key))
+}
+
+/// `POST .../copy/rows` on the new owner: one chunk, inserted or written
+/// over by primary key, with the cursor moved past it, in one local
+/// transaction; refused unless the cursor is where the chunk starts.
+async fn copy_rows(
+    State(m): State<Mover>,
+    Path(p): Path<PartitionId>,
+    Json(req): Json<CopyRows>,
+) -> ApiResult<Json<CopyState>> {
+    let app = &m.app;
+    let table = req.chunk.table.as_str();
+    if filter(table).is_none() {
         return Err(refuse(
-            ErrorCode::Internal,
-            format!(
-                "partition {p}: the imported copy does not match the export ({summary:?} vs {:?})",
-                req.export.summary
-            ),
+            ErrorCode::InvalidRequest,
+            format!("no table {table:?} in a partition"),
         ));
     }
-    sqlx::query("DELETE FROM partition_fences WHERE partition = $1")
+    let fences = app.fences.read().await;
+    not_ours(app, &app.map.current(), &fences, p)?;
+    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
+    sqlx::query("SELECT 1 FROM partition_copies WHERE partition = $1 FOR UPDATE")
         .bind(p as i32)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+    let state = copy_state(&mut tx, p).await?;
+    let Some(state) = state.filter(|s| s.move_id == req.move_id) else {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!("no copy of partition {p} for this move here; start it first"),
+        ));
+    };
+    let cursor = state.cursors.get(table).copied().unwrap_or(0);
+    if cursor != req.chunk.after {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the copy of {table} is at {cursor}, not {}; read the copy's state again",
+                req.chunk.after
+            ),
+        ));
+    }
+    let body = req.chunk.rows.to_string();
+    if req.chunk.count > 0 {
+        let (cols, key) = columns(&mut tx, table).await?;
+        let list = cols.join(", ");
+        let set: Vec<String> = cols
+            .iter()
+            .filter(|c| !key.contains(c))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .chain(["change_no = nextval('row_changes')".to_string()])
+            .collect();
+        let applied = sqlx::query(&format!(
+            "INSERT INTO {table} ({list})
+             SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json)
+             ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            set.join(", ")
+        ))
+        .bind(&body)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        if applied as i64 != req.chunk.count {
+            return Err(refuse(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the chunk of {table} says {} rows, it holds {applied}",
+                    req.chunk.count
+                ),
+            ));
+        }
+    }
+    sqlx::query(
+        "UPDATE partition_copies
+         SET cursors = jsonb_set(cursors, ARRAY[$2::text], to_jsonb($3::int8)),
+             rows = rows + $4, bytes = bytes + $5, updated_at = now()
+         WHERE partition = $1",
+    )
+    .bind(p as i32)
+    .bind(table)
+    .bind(req.chunk.last)
+    .bind(req.chunk.count)
+    .bind(body.len() as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let state = copy_state(&mut tx, p).await?.unwrap_or_default();
     tx.commit().await.map_err(StoreError::from)?;
-    fences.remove(&p);
+    Ok(Json(state))
+}
+
+/// `POST .../copy/finish` on the new owner: the old owner is frozen and the
+/// last changes are here; the copy must hold what it holds. Lifts an old
+/// `moved` fence of this partition here, so it serves it once it owns it.
+async fn copy_finish(
+    State(m): State<Mover>,
+    Path(p): Path<PartitionId>,
+    Json(req): Json<CopyFinish>,
+) -> ApiResult<Json<PartitionSummary>> {
+    let app = &m.app;
+    let mut fences = app.fences.write().await;
+    not_ours(app, &app.map.current(), &fences, p)?;
+    let mut conn = app.store.pool.acquire().await.map_err(StoreError::from)?;
+    match copy_state(&mut conn, p).await? {
+        Some(s) if s.move_id == req.move_id => {}
+        _ => {
+            return Err(refuse(
+                ErrorCode::InvalidRequest,
+                format!("no copy of partition {p} for this move here"),
+            ))
+        }
+    }
+    let summary = summarize(&mut conn, p).await?;
+    if summary != req.expected {
+        return Err(refuse(
+            ErrorCode::Internal,
+            format!(
+                "partition {p}: the copy does not match the old owner ({summary:?} vs {:?})",
+                req.expected
+            ),
+        ));
+    }
+    if fences.contains_key(&p) {
+        lift_fence(app, &mut fences, p).await?;
+    }
     tracing::info!(
         partition = p,
         accounts = summary.accounts,
         events = summary.events,
-        "partition imported"
+        "partition copy complete"
     );
     Ok(Json(summary))
 }
 
-/// `POST .../discard`: drops this node's copy of a partition it does not
-/// own (a move undone before the switch).
-async fn discard(
-    State(app): State<App<PgStore>>,
-    Path(p): Path<PartitionId>,
-) -> ApiResult<StatusCode> {
-    let fences = app.fences.write().await;
-    if owns(&app, p).await? {
-        return Err(refuse(
-            ErrorCode::WrongPartitionOwner,
-            format!(
-                "node {} owns partition {p}; it will not drop it",
-                app.node_id
-            ),
-        ));
+/// `POST .../discard`: drops this node's rows of a partition it does not
+/// own (a copy undone, or the old owner's rows after the switch), in small
+/// batches for about a second; called again until `done`.
+async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResult<Json<Discarded>> {
+    let app = &m.app;
+    {
+        let fences = app.fences.read().await;
+        let (map, _) = fresh_map(app, p).await?;
+        not_ours(app, &map, &fences, p)?;
     }
-    if let Some(f) = fences.get(&p).filter(|f| f.state != FenceState::Moved) {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!(
-                "partition {p} is {} here; it will not drop it",
-                f.state.as_str()
-            ),
-        ));
-    }
-    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
-    drop_rows(&mut tx, p).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn drop_rows(tx: &mut PgConnection, p: PartitionId) -> Result<(), StoreError> {
-    for (table, filter) in TABLES.iter().rev() {
-        sqlx::query(&format!("DELETE FROM {table} WHERE {filter}"))
+    let started = Instant::now();
+    let mut dropped = 0;
+    // Reverse order: events and snapshots are found through their
+    // accounts, which go last.
+    for table in PARTITION_TABLES.iter().rev() {
+        let filter = filter(table).expect("a partition table");
+        loop {
+            let n = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM {table} WHERE {filter} LIMIT $2))"
+            ))
             .bind(p as i32)
-            .execute(&mut *tx)
-            .await?;
+            .bind(DROP_BATCH)
+            .execute(&app.store.pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected() as i64;
+            dropped += n;
+            if n < DROP_BATCH {
+                break;
+            }
+            if started.elapsed() > DROP_BUDGET {
+                return Ok(Json(Discarded {
+                    dropped,
+                    done: false,
+                }));
+            }
+        }
     }
-    Ok(())
+    sqlx::query("DELETE FROM partition_copies WHERE partition = $1")
+        .bind(p as i32)
+        .execute(&app.store.pool)
+        .await
+        .map_err(StoreError::from)?;
+    if dropped > 0 {
+        tracing::info!(partition = p, rows = dropped, "partition rows dropped");
+    }
+    Ok(Json(Discarded {
+        dropped,
+        done: true,
+    }))
 }
 
-async fn summarize(tx: &mut PgConnection, p: PartitionId) -> Result<PartitionSummary, StoreError> {
-    let count =
-        |table: &str, filter: &str| format!("(SELECT count(*) FROM {table} WHERE {filter})");
+async fn summarize(
+    conn: &mut PgConnection,
+    p: PartitionId,
+) -> Result<PartitionSummary, StoreError> {
+    let count = |table: &str| {
+        format!(
+            "(SELECT count(*) FROM {table} WHERE {})",
+            filter(table).expect("a partition table")
+        )
+    };
     let sql = format!(
         "SELECT {}, {}, {}, {}",
-        count(TABLES[0].0, TABLES[0].1),
-        count(TABLES[1].0, TABLES[1].1),
-        count(TABLES[2].0, TABLES[2].1),
-        count(TABLES[3].0, TABLES[3].1),
+        count("accounts"),
+        count("events"),
+        count("legs"),
+        count("transfers"),
     );
     let (accounts, events, legs, transfers): (i64, i64, i64, i64) = sqlx::query_as(&sql)
         .bind(p as i32)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
     let posted = sqlx::query_as::<_, (String, i64)>(
         "SELECT currency, sum(posted)::bigint FROM accounts WHERE partition = $1 GROUP BY currency",
     )
     .bind(p as i32)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .collect();
@@ -350,4 +693,100 @@ async fn summarize(tx: &mut PgConnection, p: PartitionId) -> Result<PartitionSum
         transfers,
         posted,
     })
+}
+
+/// The cut-over's deadline, enforced by the old owner on its own: a
+/// partition fenced `draining` or `frozen` past its fence's deadline, or
+/// recorded in etcd as in cut-over from here with no fence for longer than
+/// the deadline (the mover died before fencing), is rolled back: the move
+/// goes back to `copying` in etcd (a compare-and-set, so a switch that
+/// happened first wins and nothing is rolled back), then the fence is
+/// lifted and the partition serves here again. The mover's own switch is a
+/// compare-and-set that requires the cut-over, so it can no longer land.
+pub async fn expire_cutovers(mover: Mover) {
+    let app = &mover.app;
+    let mut unfenced_since: HashMap<PartitionId, Instant> = HashMap::new();
+    let mut failures = wallet_shared::retry::Policy::background().backoff();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = Utc::now();
+        let fences = app.fences.read().await.clone();
+        let map = app.map.current();
+        let mut due: Vec<PartitionId> = fences
+            .iter()
+            .filter(|(_, f)| f.state != FenceState::Moved && f.deadline.is_some_and(|d| d < now))
+            .map(|(p, _)| *p)
+            .collect();
+        let unfenced: Vec<PartitionId> = map
+            .moves
+            .iter()
+            .filter(|(p, mv)| {
+                mv.phase == MovePhase::Moving
+                    && mv.from == *app.node_id
+                    && owned(app, &map, **p)
+                    && !fences.contains_key(p)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        unfenced_since.retain(|p, _| unfenced.contains(p));
+        for p in unfenced {
+            let since = *unfenced_since.entry(p).or_insert_with(Instant::now);
+            if since.elapsed() > mover.cutover_deadline {
+                due.push(p);
+            }
+        }
+        for p in due {
+            match roll_back(app, p).await {
+                Ok(()) => {
+                    unfenced_since.remove(&p);
+                    failures = wallet_shared::retry::Policy::background().backoff();
+                }
+                Err(e) => {
+                    let pause = failures.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(partition = p, error = %e, ?pause, "cannot roll back an overdue cut-over yet");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+async fn roll_back(app: &App<PgStore>, p: PartitionId) -> anyhow::Result<()> {
+    let mut fences = app.fences.write().await;
+    let map = app.map.refresh().await?;
+    if !owned(app, &map, p) {
+        // The owner switched first: the move goes on, nothing to undo.
+        return Ok(());
+    }
+    if let Some(mv) = map
+        .moves
+        .get(&p)
+        .filter(|mv| mv.phase == MovePhase::Moving && mv.from == *app.node_id)
+    {
+        let store = app
+            .map
+            .store()
+            .ok_or_else(|| anyhow::anyhow!("no etcd behind the map"))?;
+        let back = wallet_shared::map::Move {
+            phase: MovePhase::Copying,
+            cutover_at: None,
+            rollbacks: mv.rollbacks + 1,
+            ..mv.clone()
+        };
+        let key = format!("moves/{p:05}");
+        store
+            .update(map.revision, &[(key, serde_json::to_string(&back)?)], &[])
+            .await?;
+        tracing::warn!(
+            partition = p,
+            to = %mv.to,
+            "the move's cut-over overran its deadline: rolled back to copying; the partition serves here again"
+        );
+    }
+    if fences.get(&p).is_some_and(|f| f.state != FenceState::Moved) {
+        lift_fence(app, &mut fences, p)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
 }

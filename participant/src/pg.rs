@@ -550,7 +550,8 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         let a = &c.changed_accounts;
         sqlx::query(
             "UPDATE accounts a SET posted = u.posted, held = u.held,
-                    pending_credit = u.pending_credit, last_seq = u.last_seq
+                    pending_credit = u.pending_credit, last_seq = u.last_seq,
+                    change_no = nextval('row_changes')
              FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
                   AS u(account_id, posted, held, pending_credit, last_seq)
              WHERE a.account_id = u.account_id",
@@ -639,7 +640,8 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE transfers t SET state = u.state, reason_code = u.reason_code,
                     reason_message = u.reason_message, lease_until = u.lease_until,
-                    lease_owner = u.lease_owner, decided_at = u.decided_at, completed = u.completed
+                    lease_owner = u.lease_owner, decided_at = u.decided_at, completed = u.completed,
+                    change_no = nextval('row_changes')
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
                          $7::timestamptz[], $8::bool[])
                   AS u(transaction_id, state, reason_code, reason_message, lease_until, lease_owner,
@@ -688,7 +690,8 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         let l = &c.changed_legs;
         sqlx::query(
             "UPDATE legs l SET state = u.state, reason_code = u.reason_code,
-                    reason_message = u.reason_message, updated_at = u.updated_at
+                    reason_message = u.reason_message, updated_at = u.updated_at,
+                    change_no = nextval('row_changes')
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
                   AS u(transaction_id, role, state, reason_code, reason_message, updated_at)
              WHERE l.transaction_id = u.transaction_id AND l.role = u.role",

@@ -69,6 +69,10 @@ pub struct Fence {
     pub state: FenceState,
     /// The node the partition is moving to.
     pub to: String,
+    /// While draining or frozen: when the node rolls the cut-over back on
+    /// its own if the owner has not switched by then. Set by the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// What a partition's copy holds, to check that a copy is whole.
@@ -82,22 +86,98 @@ pub struct PartitionSummary {
     pub posted: std::collections::BTreeMap<String, i64>,
 }
 
-/// `GET /internal/v1/partitions/{p}/export` from a frozen partition: its
-/// rows, table by table, as Postgres renders them (`json_agg`), so a copy
-/// keeps every column as it is.
+/// The tables a partition's rows live in, in the order a copy imports them
+/// (an event needs its account first).
+pub const PARTITION_TABLES: [&str; 5] = ["accounts", "events", "snapshots", "legs", "transfers"];
+
+/// `POST /internal/v1/partitions/{p}/mark` on the old owner: where a copy
+/// pass ends. Every row changed up to `mark` is committed when it answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartitionExport {
-    pub partition: PartitionId,
-    pub tables: std::collections::BTreeMap<String, serde_json::Value>,
-    pub summary: PartitionSummary,
+pub struct MarkRequest {
+    /// The map revision the mover read (the move recorded in it); the node
+    /// catches up to it first, so its background pruning sees the move.
+    pub map_revision: i64,
+    /// Per table, the `change_no` the copy has reached (absent: 0).
+    #[serde(default)]
+    pub after: std::collections::BTreeMap<String, i64>,
 }
 
-/// `POST /internal/v1/partitions/{p}/import`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportRequest {
-    /// The map revision the mover read; the node catches up to it first.
+pub struct Mark {
+    /// The last `change_no` handed out, all of them committed.
+    pub mark: i64,
+    /// Per table, the rows of the partition changed after `after` (at most
+    /// up to `mark`, but for `accounts`): what this pass has to copy.
+    pub left: std::collections::BTreeMap<String, i64>,
+}
+
+/// `GET /internal/v1/partitions/{p}/rows?table&after&upto&limit` on the old
+/// owner: the partition's rows of one table changed after `after` (and at
+/// most up to `upto`), oldest change first, as Postgres renders them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowsChunk {
+    pub table: String,
+    /// The cursor this chunk continues from.
+    pub after: i64,
+    /// The `change_no` of its last row (`after` when empty): the next cursor.
+    pub last: i64,
+    pub count: i64,
+    /// A JSON array of rows, without their `change_no`.
+    pub rows: serde_json::Value,
+}
+
+/// `POST /internal/v1/partitions/{p}/copy` on the new owner: start or
+/// resume the copy of one move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyBegin {
     pub map_revision: i64,
-    pub export: PartitionExport,
+    /// The old owner.
+    pub from: String,
+    /// Names the move (its `started_at` in etcd).
+    pub move_id: String,
+}
+
+/// How far a copy has come, on the new owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyState {
+    pub from: String,
+    pub move_id: String,
+    /// Per table, the source's `change_no` of the last row copied.
+    pub cursors: std::collections::BTreeMap<String, i64>,
+    /// Rows and bytes (of JSON) copied so far, counting rows copied again.
+    pub rows: i64,
+    pub bytes: i64,
+    /// Nothing was started: this node holds rows of the partition from an
+    /// older copy (another move); discard them first.
+    #[serde(default)]
+    pub older_copy: bool,
+}
+
+/// `POST /internal/v1/partitions/{p}/copy/rows` on the new owner: one chunk,
+/// applied (inserted or overwritten by primary key) in one local
+/// transaction with the cursor, if the cursor is where the chunk starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyRows {
+    pub move_id: String,
+    pub chunk: RowsChunk,
+}
+
+/// `POST /internal/v1/partitions/{p}/copy/finish` on the new owner, once
+/// the old owner is frozen and the last changes are copied: the copy must
+/// hold what the old owner holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyFinish {
+    pub move_id: String,
+    pub expected: PartitionSummary,
+}
+
+/// `POST /internal/v1/partitions/{p}/discard`: what is left to drop.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Discarded {
+    /// Rows dropped by this call.
+    pub dropped: i64,
+    /// Whether the partition has no rows left here.
+    pub done: bool,
 }
 
 // ---- transfers in doubt ------------------------------------------------------

@@ -66,14 +66,26 @@ pub struct Move {
     pub from: NodeId,
     pub to: NodeId,
     pub phase: MovePhase,
-    /// RFC 3339, when the move started.
+    /// RFC 3339, when the move started; with `from` and `to`, it names the
+    /// move (the new owner's copy belongs to it).
     pub started_at: String,
+    /// RFC 3339, when the cut-over (phase `moving`) began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover_at: Option<String>,
+    /// Cut-overs that overran their deadline and were rolled back.
+    #[serde(default)]
+    pub rollbacks: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MovePhase {
-    /// The old owner still owns the partition; new work on it waits.
+    /// The partition is being copied while its old owner serves it as
+    /// usual; nothing waits.
+    Copying,
+    /// The cut-over: the old owner still owns the partition, but no longer
+    /// changes it; new work on it waits. It has a deadline, past which the
+    /// old owner rolls it back to `copying` and serves the partition again.
     Moving,
     /// The new owner owns it; the old owner's copy is still to be dropped.
     Switched,
@@ -109,12 +121,13 @@ impl PartitionMap {
             .collect()
     }
 
-    /// The partition is being moved (or a move undone) and its new owner
-    /// does not own it yet: new work on it should wait.
+    /// The partition is in a move's cut-over (or a move is being undone)
+    /// and its new owner does not own it yet: new work on it should wait.
+    /// A partition that is only being copied serves as usual.
     pub fn is_moving(&self, partition: PartitionId) -> bool {
         self.moves
             .get(&partition)
-            .is_some_and(|m| m.phase != MovePhase::Switched)
+            .is_some_and(|m| matches!(m.phase, MovePhase::Moving | MovePhase::Aborting))
     }
 
     /// Builds a map from the key-values found under `prefix`.
@@ -410,6 +423,11 @@ impl MapHandle {
 
     pub fn current(&self) -> Arc<PartitionMap> {
         self.tx.borrow().clone()
+    }
+
+    /// The etcd side, to change the map (`None` for a fixed map).
+    pub fn store(&self) -> Option<&MapStore> {
+        self.store.as_ref()
     }
 
     /// Re-reads etcd now. Used when a peer shows a newer revision than ours.

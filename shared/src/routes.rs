@@ -79,11 +79,19 @@ pub const REPLAY: Route = Route("/internal/v1/replay");
 pub const PARTITIONS: Route = Route("/internal/v1/partitions");
 /// POST `Fence` -> `Fence` / DELETE: a partition move's fence on its old owner.
 pub const FENCE: Route = Route("/internal/v1/partitions/{p}/fence");
-/// GET -> `PartitionExport`: the partition's rows, for its new owner.
-pub const EXPORT: Route = Route("/internal/v1/partitions/{p}/export");
-/// `ImportRequest` -> `PartitionSummary`.
-pub const IMPORT: Route = Route("/internal/v1/partitions/{p}/import");
-/// POST -> drops a copy this node no longer owns.
+/// `MarkRequest` -> `Mark`: where a copy pass ends (old owner).
+pub const MARK: Route = Route("/internal/v1/partitions/{p}/mark");
+/// GET, `?table&after&upto&limit` -> `RowsChunk`: rows to copy (old owner).
+pub const ROWS: Route = Route("/internal/v1/partitions/{p}/rows");
+/// GET -> `PartitionSummary`: what the partition holds here.
+pub const SUMMARY: Route = Route("/internal/v1/partitions/{p}/summary");
+/// `CopyBegin` -> `CopyState`: start or resume a copy (new owner).
+pub const COPY: Route = Route("/internal/v1/partitions/{p}/copy");
+/// `CopyRows` -> `CopyState`: apply one chunk (new owner).
+pub const COPY_ROWS: Route = Route("/internal/v1/partitions/{p}/copy/rows");
+/// `CopyFinish` -> `PartitionSummary`: check the whole copy (new owner).
+pub const COPY_FINISH: Route = Route("/internal/v1/partitions/{p}/copy/finish");
+/// POST -> `Discarded`: drops (part of) a copy this node does not own.
 pub const DISCARD: Route = Route("/internal/v1/partitions/{p}/discard");
 /// `InDoubtRequest` -> `InDoubt`.
 pub const IN_DOUBT: Route = Route("/internal/v1/admin/in_doubt");
@@ -98,10 +106,35 @@ pub const AUDIT: Route = Route("/internal/v1/admin/audit");
 pub const RESOLVE: Route = Route("/internal/v1/transfers/{id}/resolve");
 
 /// Every route, for the checks below and for whoever lists them.
-pub const ALL: [Route; 24] = [
-    BEGIN, DECIDE, COMPLETE, EXECUTE, TRANSFER, PREPARE, COMMIT, ABORT, UNRESOLVED, ACCOUNTS,
-    MOVEMENTS, BALANCE, EVENTS, FEED, REPLAY, PARTITIONS, FENCE, EXPORT, IMPORT, DISCARD, IN_DOUBT,
-    LEGS_OF, AUDIT, RESOLVE,
+pub const ALL: [Route; 28] = [
+    BEGIN,
+    DECIDE,
+    COMPLETE,
+    EXECUTE,
+    TRANSFER,
+    PREPARE,
+    COMMIT,
+    ABORT,
+    UNRESOLVED,
+    ACCOUNTS,
+    MOVEMENTS,
+    BALANCE,
+    EVENTS,
+    FEED,
+    REPLAY,
+    PARTITIONS,
+    FENCE,
+    MARK,
+    ROWS,
+    SUMMARY,
+    COPY,
+    COPY_ROWS,
+    COPY_FINISH,
+    DISCARD,
+    IN_DOUBT,
+    LEGS_OF,
+    AUDIT,
+    RESOLVE,
 ];
 
 #[cfg(test)]

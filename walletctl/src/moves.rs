@@ -1,27 +1,34 @@
 //! Online partition moves, driven from here (see `participant::moves` for
 //! the node's side):
 //!
-//! 1. record the move in etcd (`moves/{p}`, phase `moving`): coordinators
-//!    hold new work on the partition back until it ends;
-//! 2. fence the partition `draining` on its owner and wait (bounded) for
-//!    its in-flight transfers to finish; then `frozen`;
-//! 3. copy it: export from the old owner, import into the new one, which
-//!    checks the copy against the export's summary;
-//! 4. switch the owner in etcd, a compare-and-set on the map revision that
-//!    also requires the move record and the old owner unchanged;
-//! 5. fence it `moved` on the old owner, which drops its rows; a caller with
-//!    any map is refused there from then on;
-//! 6. delete the move record.
+//! 1. record the move in etcd (`moves/{p}`, phase `copying`): the old owner
+//!    serves the partition as usual;
+//! 2. copy it in chunks, pass after pass, each pass up to a mark taken on
+//!    the old owner and copying only what changed during the one before,
+//!    until what is left is small (at most `--cutover-rows`);
+//! 3. cut over (phase `moving`: coordinators hold new work back): fence the
+//!    partition `draining` on its owner, wait (bounded) for its in-flight
+//!    transfers, fence it `frozen`, copy the last changes, have the new owner
+//!    check its copy against the old owner's summary, and switch the owner
+//!    in etcd, a compare-and-set that also requires the cut-over unchanged.
+//!    A cut-over that overruns the old owner's deadline is rolled back there
+//!    (phase `copying` again); this tries again, a few times;
+//! 4. fence it `moved` on the old owner (a caller with any map is refused
+//!    there from then on), drop its rows there in small batches;
+//! 5. delete the move record.
 //!
-//! Every step is idempotent and the record says where a move stands, so
-//! running the same command again after a crash (of walletctl, or of either
-//! node) resumes it; `--abort` undoes one that has not switched yet.
+//! Every step is idempotent and the record (with the new owner's copy
+//! cursors) says where a move stands, so running the same command again
+//! after a crash (of walletctl, or of either node) resumes it; `--abort`
+//! undoes one that has not switched yet.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wallet_shared::admin::{
-    Fence, FenceState, ImportRequest, NodePartitions, PartitionExport, PartitionSummary,
+    CopyBegin, CopyFinish, CopyRows, CopyState, Discarded, Fence, FenceState, Mark, MarkRequest,
+    NodePartitions, PartitionSummary, RowsChunk, PARTITION_TABLES,
 };
 use wallet_shared::map::{MapError, Move, MovePhase};
 use wallet_shared::{routes, MapStore, PartitionId, PartitionMap};
@@ -33,27 +40,54 @@ use crate::output::Table;
 #[derive(Debug, Clone, clap::Args)]
 pub struct MoveOptions {
     /// Longest wait, in seconds, for the partition's in-flight transfers to
-    /// finish before it is frozen (whatever is left is copied as it is)
-    #[arg(long, default_value_t = 10)]
-    drain_timeout: u64,
-    /// Milliseconds to let coordinators see a new move before fencing
-    #[arg(long, default_value_t = 500)]
+    /// finish once it takes no new work (whatever is left is copied as it
+    /// is and finishes on the new owner)
+    #[arg(long, default_value_t = 0.5)]
+    drain_timeout: f64,
+    /// Milliseconds to let coordinators see the cut-over before fencing
+    #[arg(long, default_value_t = 200)]
     announce_ms: u64,
+    /// Copy at most this many rows per second (0: as fast as it goes)
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Rows per chunk
+    #[arg(long, default_value_t = 2_000)]
+    chunk: i64,
+    /// Cut over once a pass has at most this many rows left to copy
+    #[arg(long, default_value_t = 2_000)]
+    cutover_rows: i64,
+    /// Cut-overs to try before giving up, when one overruns its deadline
+    /// and is rolled back
+    #[arg(long, default_value_t = 3)]
+    cutovers: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct MoveReport {
     pub partition: PartitionId,
     pub from: String,
     pub to: String,
     /// Nothing to do: the partition was already there.
     pub already_there: bool,
-    /// What was copied (`None` when resuming after the switch).
+    /// What the new owner holds once the copy is checked (`None` when
+    /// resuming after the switch).
     pub copied: Option<PartitionSummary>,
-    /// Seconds spent waiting for in-flight transfers.
+    /// Rows and bytes (JSON) copied by this run, counting rows copied again
+    /// because they changed meanwhile.
+    pub rows_copied: i64,
+    pub bytes_copied: i64,
+    /// Copy passes while the partition served.
+    pub passes: u32,
+    /// Rows copied while the partition was frozen (the last delta).
+    pub delta_rows: i64,
+    /// Seconds spent waiting for in-flight transfers (no new work taken).
     pub drain_seconds: f64,
     /// Seconds the partition was frozen (no writes at all).
     pub frozen_seconds: f64,
+    /// Seconds the old owner refused writes on it (draining and frozen).
+    pub refused_seconds: f64,
+    /// Cut-overs rolled back by the deadline during this run.
+    pub rollbacks: u32,
     pub total_seconds: f64,
 }
 
@@ -71,9 +105,30 @@ pub fn describe(r: &MoveReport) -> String {
             )
         });
     format!(
-        "partition {} moved from {} to {} in {:.2} s ({}; drained {:.2} s, frozen {:.2} s)",
-        r.partition, r.from, r.to, r.total_seconds, copied, r.drain_seconds, r.frozen_seconds
+        "partition {} moved from {} to {} in {:.2} s ({}; {} rows, {} copied in {} passes; \
+         last delta {} rows; drained {:.3} s, frozen {:.3} s, writes refused {:.3} s{})",
+        r.partition,
+        r.from,
+        r.to,
+        r.total_seconds,
+        copied,
+        r.rows_copied,
+        megabytes(r.bytes_copied),
+        r.passes,
+        r.delta_rows,
+        r.drain_seconds,
+        r.frozen_seconds,
+        r.refused_seconds,
+        if r.rollbacks > 0 {
+            format!("; {} cut-overs rolled back", r.rollbacks)
+        } else {
+            String::new()
+        }
     )
+}
+
+fn megabytes(bytes: i64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// Test hook: dies here, as `kill -9` would (`WALLETCTL_CRASH_AT`).
@@ -129,6 +184,27 @@ fn owner_key(p: PartitionId) -> String {
     format!("partitions/{p:05}")
 }
 
+fn same_move(a: &Move, b: &Move) -> bool {
+    (&a.from, &a.to, &a.started_at) == (&b.from, &b.to, &b.started_at)
+}
+
+/// One move as this run drives it: where, and what it did so far.
+struct Mover<'a> {
+    ctx: &'a Ctx,
+    store: MapStore,
+    p: PartitionId,
+    record: Move,
+    from_url: String,
+    to_url: String,
+    from_name: String,
+    to_name: String,
+    opts: &'a MoveOptions,
+    report: MoveReport,
+    /// When this run started copying, and the rows it copied: the rate.
+    copy_started: Instant,
+    last_note: Instant,
+}
+
 pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> CtlResult<MoveReport> {
     let started = Instant::now();
     let store = ctx.map_store().await?;
@@ -139,11 +215,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         partition: p,
         from: map.owners[p as usize].clone(),
         to: to.to_string(),
-        already_there: false,
-        copied: None,
-        drain_seconds: 0.0,
-        frozen_seconds: 0.0,
-        total_seconds: 0.0,
+        ..MoveReport::default()
     };
     let record = match map.moves.get(&p) {
         Some(m) if m.phase == MovePhase::Aborting => {
@@ -162,8 +234,9 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         }
         Some(m) => {
             ctx.output.note(format!(
-                "resuming the move of partition {p} from {} to {to}",
-                m.from
+                "resuming the move of partition {p} from {} to {to} ({})",
+                m.from,
+                phase_name(m.phase)
             ));
             m.clone()
         }
@@ -175,8 +248,10 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
             let record = Move {
                 from: map.owners[p as usize].clone(),
                 to: to.to_string(),
-                phase: MovePhase::Moving,
+                phase: MovePhase::Copying,
                 started_at: chrono::Utc::now().to_rfc3339(),
+                cutover_at: None,
+                rollbacks: 0,
             };
             let value = serde_json::to_string(&record).expect("serializable");
             change_map(&store, "recording the move", |map| {
@@ -191,35 +266,302 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
                 Ok((vec![(move_key(p), value.clone())], vec![]))
             })
             .await?;
-            // Coordinators follow the map: give them a moment to hold new
-            // work back, so few requests meet the fence.
-            tokio::time::sleep(Duration::from_millis(opts.announce_ms)).await;
             record
         }
     };
     report.from = record.from.clone();
     let map = store.load().await?;
-    let from_url = ctx.node_url(&map, &record.from)?.to_string();
-    let to_url = ctx.node_url(&map, &record.to)?.to_string();
-    let from_name = format!("node {} (the old owner)", record.from);
-    let to_name = format!("node {} (the new owner)", record.to);
+    let mut mv = Mover {
+        ctx,
+        p,
+        from_url: ctx.node_url(&map, &record.from)?.to_string(),
+        to_url: ctx.node_url(&map, &record.to)?.to_string(),
+        from_name: format!("node {} (the old owner)", record.from),
+        to_name: format!("node {} (the new owner)", record.to),
+        store,
+        record,
+        opts,
+        report,
+        copy_started: Instant::now(),
+        last_note: Instant::now(),
+    };
 
-    if map.owners[p as usize] != record.to {
+    if map.owners[p as usize] != mv.record.to {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            mv.copy_online().await?;
+            crash_point("after_copy");
+            if mv.cut_over().await? {
+                break;
+            }
+            mv.report.rollbacks += 1;
+            if attempt >= opts.cutovers.max(1) {
+                return Err(CtlError::new(
+                    Exit::Conflict,
+                    format!(
+                        "partition {p}: {attempt} cut-overs overran the old owner's deadline and \
+                         were rolled back; {} serves it as before. Run the same command again \
+                         (the copy resumes), at a quieter time or with a higher --cutover-rows \
+                         limit, or undo it with `walletctl partitions move {p} --abort`",
+                        mv.record.from
+                    ),
+                ));
+            }
+            ctx.output.note(format!(
+                "partition {p}: the cut-over overran the old owner's deadline and was rolled \
+                 back; {} serves it again; catching up and trying again",
+                mv.record.from
+            ));
+        }
+    }
+    mv.finish().await?;
+    mv.report.total_seconds = started.elapsed().as_secs_f64();
+    Ok(mv.report)
+}
+
+fn phase_name(phase: MovePhase) -> &'static str {
+    match phase {
+        MovePhase::Copying => "copying",
+        MovePhase::Moving => "cutting over",
+        MovePhase::Switched => "switched, cleanup pending",
+        MovePhase::Aborting => "being undone",
+    }
+}
+
+impl Mover<'_> {
+    fn url(&self, base: &str, route: routes::Route) -> String {
+        format!("{base}{}", route.with(self.p))
+    }
+
+    /// Starts or resumes the new owner's copy: its cursors.
+    async fn begin_copy(&mut self) -> CtlResult<BTreeMap<String, i64>> {
+        let begin = |rev| CopyBegin {
+            map_revision: rev,
+            from: self.record.from.clone(),
+            move_id: self.record.started_at.clone(),
+        };
+        let rev = self.store.load().await?.revision;
+        let url = self.url(&self.to_url, routes::COPY);
+        let mut state: CopyState = self.ctx.post(&self.to_name, &url, &begin(rev)).await?;
+        if state.older_copy {
+            self.ctx.output.note(format!(
+                "partition {}: {} holds an older copy; dropping it first",
+                self.p, self.record.to
+            ));
+            drop_rows(
+                self.ctx,
+                &self.to_name,
+                &self.url(&self.to_url, routes::DISCARD),
+            )
+            .await?;
+            state = self.ctx.post(&self.to_name, &url, &begin(rev)).await?;
+            if state.older_copy {
+                return Err(CtlError::new(
+                    Exit::Failed,
+                    format!(
+                        "{}: its older copy of partition {} is still there",
+                        self.to_name, self.p
+                    ),
+                ));
+            }
+        } else if state.rows > 0 {
+            self.ctx.output.note(format!(
+                "partition {}: resuming the copy ({} rows, {} copied before)",
+                self.p,
+                state.rows,
+                megabytes(state.bytes)
+            ));
+        }
+        Ok(state.cursors)
+    }
+
+    async fn mark(&self, cursors: &BTreeMap<String, i64>) -> CtlResult<Mark> {
+        let rev = self.store.load().await?.revision;
+        let req = MarkRequest {
+            map_revision: rev,
+            after: cursors.clone(),
+        };
+        self.ctx
+            .post(
+                &self.from_name,
+                &self.url(&self.from_url, routes::MARK),
+                &req,
+            )
+            .await
+    }
+
+    /// Copies while the partition serves, pass after pass, until a pass has
+    /// at most `--cutover-rows` rows to copy (or after a few passes).
+    async fn copy_online(&mut self) -> CtlResult<()> {
+        const MAX_PASSES: u32 = 8;
+        let mut cursors = self.begin_copy().await?;
+        for pass in 1..=MAX_PASSES {
+            let mark = self.mark(&cursors).await?;
+            let left: i64 = mark.left.values().sum();
+            if left <= self.opts.cutover_rows.max(0) || pass == MAX_PASSES {
+                self.ctx.output.note(format!(
+                    "partition {}: {left} rows left to copy; cutting over",
+                    self.p
+                ));
+                return Ok(());
+            }
+            self.report.passes += 1;
+            self.ctx.output.note(format!(
+                "partition {}: copy pass {pass}: {left} rows to copy while it serves",
+                self.p
+            ));
+            self.copy_pass(&mut cursors, mark.mark, left).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies every table up to `upto` (accounts: all of them, so that every
+    /// event copied finds its account); returns the rows copied.
+    async fn copy_pass(
+        &mut self,
+        cursors: &mut BTreeMap<String, i64>,
+        upto: i64,
+        left: i64,
+    ) -> CtlResult<i64> {
+        let mut copied = 0;
+        let limit = self.opts.chunk.clamp(1, 20_000);
+        for table in PARTITION_TABLES {
+            loop {
+                let after = cursors.get(table).copied().unwrap_or(0);
+                let mut url = format!(
+                    "{}?table={table}&after={after}&limit={limit}",
+                    self.url(&self.from_url, routes::ROWS)
+                );
+                if table != "accounts" {
+                    url.push_str(&format!("&upto={upto}"));
+                }
+                let chunk: RowsChunk = self.ctx.get(&self.from_name, &url).await?;
+                if chunk.count == 0 {
+                    break;
+                }
+                let n = chunk.count;
+                let req = CopyRows {
+                    move_id: self.record.started_at.clone(),
+                    chunk,
+                };
+                let state: CopyState = self
+                    .ctx
+                    .post(
+                        &self.to_name,
+                        &self.url(&self.to_url, routes::COPY_ROWS),
+                        &req,
+                    )
+                    .await?;
+                let bytes = req.chunk.rows.to_string().len() as i64;
+                cursors.insert(table.to_string(), req.chunk.last);
+                copied += n;
+                self.report.rows_copied += n;
+                self.report.bytes_copied += bytes;
+                if self.last_note.elapsed() >= Duration::from_secs(1) {
+                    self.last_note = Instant::now();
+                    self.ctx.output.note(format!(
+                        "partition {}: {} rows ({}) copied by this run, {} in all; {} left of this pass ({table})",
+                        self.p,
+                        self.report.rows_copied,
+                        megabytes(self.report.bytes_copied),
+                        state.rows,
+                        (left - copied).max(0)
+                    ));
+                }
+                self.throttle().await;
+                if n < limit {
+                    break;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// `--rate`: sleeps while this run is ahead of its rows per second.
+    async fn throttle(&self) {
+        if self.opts.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.report.rows_copied as f64 / self.opts.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.copy_started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
+
+    /// The cut-over: `Ok(true)` once the owner switched, `Ok(false)` if it
+    /// overran the old owner's deadline and was rolled back.
+    async fn cut_over(&mut self) -> CtlResult<bool> {
+        let p = self.p;
+        // 1. Into phase `moving` (unless resuming one).
+        let cutting = Move {
+            phase: MovePhase::Moving,
+            cutover_at: Some(chrono::Utc::now().to_rfc3339()),
+            ..self.record.clone()
+        };
+        let value = serde_json::to_string(&cutting).expect("serializable");
+        let record = self.record.clone();
+        let map = change_map(&self.store, "starting the cut-over", |map| {
+            let Some(now) = map.moves.get(&p).filter(|m| same_move(m, &record)) else {
+                return Err(conflict(format!(
+                    "partition {p}: the move record changed underneath (undone?)"
+                )));
+            };
+            if map.owners[p as usize] != record.from || now.phase == MovePhase::Switched {
+                return Ok((vec![], vec![]));
+            }
+            if now.phase == MovePhase::Moving {
+                return Ok((vec![], vec![]));
+            }
+            Ok((vec![(move_key(p), value.clone())], vec![]))
+        })
+        .await?;
+        if map.owners[p as usize] == self.record.to {
+            return Ok(true);
+        }
+        if let Some(m) = map.moves.get(&p) {
+            self.record = m.clone();
+        }
+        // Coordinators follow the map: give them a moment to hold new work
+        // back, so few requests meet the fence.
+        tokio::time::sleep(Duration::from_millis(self.opts.announce_ms)).await;
+
         // 2. Fence, drain, freeze.
         let fence = |state| Fence {
             state,
-            to: record.to.clone(),
+            to: self.record.to.clone(),
+            deadline: None,
         };
-        let fence_url = format!("{from_url}{}", routes::FENCE.with(p));
-        let _: Fence = ctx
-            .post(&from_name, &fence_url, &fence(FenceState::Draining))
-            .await?;
+        let fence_url = self.url(&self.from_url, routes::FENCE);
+        let refused_at = Instant::now();
+        match self
+            .ctx
+            .post::<_, Fence>(&self.from_name, &fence_url, &fence(FenceState::Draining))
+            .await
+        {
+            Ok(f) => {
+                if let Some(d) = f.deadline {
+                    let left = (d - chrono::Utc::now()).num_milliseconds().max(0);
+                    self.ctx.output.note(format!(
+                        "partition {p}: cutting over; the old owner takes no new work on it \
+                         and rolls the cut-over back in {:.1} s unless the owner switches",
+                        left as f64 / 1000.0
+                    ));
+                }
+            }
+            Err(e) if e.exit == Exit::Usage && self.rolled_back().await? => return Ok(false),
+            Err(e) => return Err(e),
+        }
         crash_point("after_drain_fence");
         let drain_started = Instant::now();
-        let deadline = drain_started + Duration::from_secs(opts.drain_timeout);
+        let deadline = drain_started + Duration::from_secs_f64(self.opts.drain_timeout.max(0.0));
         loop {
-            let np: NodePartitions = ctx
-                .get(&from_name, &format!("{from_url}{}", routes::PARTITIONS))
+            let np: NodePartitions = self
+                .ctx
+                .get(
+                    &self.from_name,
+                    &format!("{}{}", self.from_url, routes::PARTITIONS),
+                )
                 .await?;
             let busy = np
                 .partitions
@@ -230,64 +572,77 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
                 break;
             }
             if Instant::now() >= deadline {
-                ctx.output.note(format!(
-                    "partition {p}: {busy} legs or transfers still in flight after {} s; \
-                     they are copied as they are and finish on {to}",
-                    opts.drain_timeout
+                self.ctx.output.note(format!(
+                    "partition {p}: {busy} legs or transfers still in flight after {:.2} s; \
+                     they are copied as they are and finish on {}",
+                    self.opts.drain_timeout, self.record.to
                 ));
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        report.drain_seconds = drain_started.elapsed().as_secs_f64();
+        self.report.drain_seconds = drain_started.elapsed().as_secs_f64();
         let frozen_at = Instant::now();
-        let _: Fence = ctx
-            .post(&from_name, &fence_url, &fence(FenceState::Frozen))
-            .await?;
+        match self
+            .ctx
+            .post::<_, Fence>(&self.from_name, &fence_url, &fence(FenceState::Frozen))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.exit == Exit::Usage && self.rolled_back().await? => return Ok(false),
+            Err(e) => return Err(e),
+        }
         crash_point("after_freeze");
 
-        // 3. Copy.
-        let export: PartitionExport = ctx
-            .get(&from_name, &format!("{from_url}{}", routes::EXPORT.with(p)))
+        // 3. The last changes, and the check.
+        let mut cursors = self.begin_copy().await?;
+        let mark = self.mark(&cursors).await?;
+        let left: i64 = mark.left.values().sum();
+        self.report.delta_rows = self.copy_pass(&mut cursors, mark.mark, left).await?;
+        let expected: PartitionSummary = self
+            .ctx
+            .get(&self.from_name, &self.url(&self.from_url, routes::SUMMARY))
             .await?;
-        let map = store.load().await?;
-        let import = ImportRequest {
-            map_revision: map.revision,
-            export,
+        let finish = CopyFinish {
+            move_id: self.record.started_at.clone(),
+            expected,
         };
-        let copied: PartitionSummary = ctx
+        let copied: PartitionSummary = self
+            .ctx
             .post(
-                &to_name,
-                &format!("{to_url}{}", routes::IMPORT.with(p)),
-                &import,
+                &self.to_name,
+                &self.url(&self.to_url, routes::COPY_FINISH),
+                &finish,
             )
-            .await?;
-        if copied != import.export.summary {
-            return Err(CtlError::new(
-                Exit::Failed,
-                format!("partition {p}: the copy on {to} does not match the export; the move stays frozen, run it again"),
-            ));
-        }
-        report.copied = Some(copied);
+            .await
+            .map_err(|e| {
+                CtlError::new(
+                    e.exit,
+                    format!(
+                        "{e}\nthe old owner rolls the cut-over back at its deadline; run the \
+                         same command again"
+                    ),
+                )
+            })?;
+        self.report.copied = Some(copied);
         crash_point("after_import");
 
-        // 4. Switch the owner.
+        // 4. Switch the owner, if the cut-over still stands.
         let switched = Move {
             phase: MovePhase::Switched,
-            ..record.clone()
+            ..self.record.clone()
         };
         let value = serde_json::to_string(&switched).expect("serializable");
-        change_map(&store, "switching the owner", |map| {
-            let same = map.moves.get(&p).is_some_and(|m| {
-                (&m.from, &m.to, m.phase) == (&record.from, &record.to, MovePhase::Moving)
-            });
-            if !same {
+        let record = self.record.clone();
+        let result = change_map(&self.store, "switching the owner", |map| {
+            let same = map
+                .moves
+                .get(&p)
+                .is_some_and(|m| same_move(m, &record) && m.phase == MovePhase::Moving);
+            if !same || map.owners[p as usize] != record.from {
                 return Err(conflict(format!(
-                    "partition {p}: the move record changed underneath (undone?)"
+                    "partition {p}: the cut-over no longer stands (rolled back or undone)"
                 )));
-            }
-            if map.owners[p as usize] != record.from {
-                return Err(conflict(format!("partition {p} changed owner underneath")));
             }
             Ok((
                 vec![
@@ -297,34 +652,84 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
                 vec![],
             ))
         })
-        .await?;
-        report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
+        .await;
+        self.report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
+        self.report.refused_seconds = refused_at.elapsed().as_secs_f64();
+        match result {
+            Ok(_) => {}
+            Err(e) if e.exit == Exit::Conflict && self.rolled_back().await? => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.record = switched;
         crash_point("after_switch");
+        Ok(true)
     }
 
-    // 5. The old owner drops its copy and refuses the partition for good.
-    let fence = Fence {
-        state: FenceState::Moved,
-        to: record.to.clone(),
-    };
-    let _: Fence = ctx
-        .post(
-            &from_name,
-            &format!("{from_url}{}", routes::FENCE.with(p)),
-            &fence,
+    /// Whether the move stands in phase `copying` again (the old owner
+    /// rolled the cut-over back).
+    async fn rolled_back(&mut self) -> CtlResult<bool> {
+        let map = self.store.load().await?;
+        match map.moves.get(&self.p) {
+            Some(m) if same_move(m, &self.record) && m.phase == MovePhase::Copying => {
+                self.record = m.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// After the switch: the old owner refuses the partition for good and
+    /// drops its rows; then the record goes.
+    async fn finish(&mut self) -> CtlResult<()> {
+        let p = self.p;
+        let fence = Fence {
+            state: FenceState::Moved,
+            to: self.record.to.clone(),
+            deadline: None,
+        };
+        let _: Fence = self
+            .ctx
+            .post(
+                &self.from_name,
+                &self.url(&self.from_url, routes::FENCE),
+                &fence,
+            )
+            .await?;
+        drop_rows(
+            self.ctx,
+            &self.from_name,
+            &self.url(&self.from_url, routes::DISCARD),
         )
         .await?;
-    // 6. Done.
-    change_map(&store, "ending the move", |map| {
-        Ok(if map.moves.contains_key(&p) {
-            (vec![], vec![move_key(p)])
-        } else {
-            (vec![], vec![])
+        change_map(&self.store, "ending the move", |map| {
+            Ok(if map.moves.contains_key(&p) {
+                (vec![], vec![move_key(p)])
+            } else {
+                (vec![], vec![])
+            })
         })
-    })
-    .await?;
-    report.total_seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Drops a node's rows of a partition it does not own, a batch at a time.
+async fn drop_rows(ctx: &Ctx, who: &str, url: &str) -> CtlResult<()> {
+    let mut dropped = 0;
+    let mut last_note = Instant::now();
+    loop {
+        let d: Discarded = ctx.post(who, url, &serde_json::json!({})).await?;
+        dropped += d.dropped;
+        if d.done {
+            return Ok(());
+        }
+        if last_note.elapsed() >= Duration::from_secs(1) {
+            last_note = Instant::now();
+            ctx.output.note(format!(
+                "{who}: {dropped} rows of the old copy dropped so far"
+            ));
+        }
+    }
 }
 
 /// Undoes a move that has not switched the owner yet.
@@ -364,13 +769,12 @@ pub async fn abort(ctx: &Ctx, p: PartitionId) -> CtlResult<()> {
     .await?;
     let from_url = ctx.node_url(&map, &record.from)?.to_string();
     let to_url = ctx.node_url(&map, &record.to)?.to_string();
-    let _: Option<serde_json::Value> = ctx
-        .post(
-            &format!("node {}", record.to),
-            &format!("{to_url}{}", routes::DISCARD.with(p)),
-            &serde_json::json!({}),
-        )
-        .await?;
+    drop_rows(
+        ctx,
+        &format!("node {}", record.to),
+        &format!("{to_url}{}", routes::DISCARD.with(p)),
+    )
+    .await?;
     let _: Option<serde_json::Value> = ctx
         .delete(
             &format!("node {}", record.from),
@@ -497,16 +901,34 @@ pub async fn rebalance(ctx: &Ctx, dry_run: bool, opts: &MoveOptions) -> CtlResul
         if r.is_empty() {
             return "the partitions are already spread evenly".to_string();
         }
-        let mut t = Table::new(&["PARTITION", "FROM", "TO", "ACCOUNTS", "FROZEN S", "TOTAL S"]);
+        let mut t = Table::new(&[
+            "PARTITION",
+            "FROM",
+            "TO",
+            "ACCOUNTS",
+            "EVENTS",
+            "ROWS COPIED",
+            "MB",
+            "LAST DELTA",
+            "FROZEN S",
+            "REFUSED S",
+            "TOTAL S",
+        ]);
         for m in r {
+            let copied = |f: fn(&PartitionSummary) -> i64| {
+                m.copied.as_ref().map_or("-".into(), |c| f(c).to_string())
+            };
             t.row(vec![
                 m.partition.to_string(),
                 m.from.clone(),
                 m.to.clone(),
-                m.copied
-                    .as_ref()
-                    .map_or("-".into(), |c| c.accounts.to_string()),
-                format!("{:.2}", m.frozen_seconds),
+                copied(|c| c.accounts),
+                copied(|c| c.events),
+                m.rows_copied.to_string(),
+                format!("{:.1}", m.bytes_copied as f64 / 1e6),
+                m.delta_rows.to_string(),
+                format!("{:.3}", m.frozen_seconds),
+                format!("{:.3}", m.refused_seconds),
                 format!("{:.2}", m.total_seconds),
             ]);
         }

@@ -123,6 +123,7 @@ async fn show(ctx: &Ctx) -> CtlResult<()> {
                 partition: p,
                 node: node.clone(),
                 state: match map.moves.get(&p) {
+                    Some(m) if m.phase == MovePhase::Copying => format!("copying to {}", m.to),
                     Some(m) if m.phase == MovePhase::Moving => format!("moving to {}", m.to),
                     Some(m) if m.phase == MovePhase::Aborting => {
                         format!("undoing the move to {}", m.to)
