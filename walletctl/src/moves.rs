@@ -522,6 +522,7 @@ impl Mover<'_> {
         if let Some(m) = map.moves.get(&p) {
             self.record = m.clone();
         }
+        crash_point("after_cutover_record");
         // Coordinators follow the map: give them a moment to hold new work
         // back, so few requests meet the fence.
         tokio::time::sleep(Duration::from_millis(self.opts.announce_ms)).await;

@@ -354,3 +354,189 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     let audit = t.walletctl(&["audit"], &[]).await;
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
+
+/// The cut-over has a deadline the old owner keeps on its own: a move whose
+/// walletctl died after freezing the partition, or after recording the
+/// cut-over but before fencing, is rolled back (the move goes back to
+/// copying, the fence is lifted) and the partition serves again at its old
+/// owner, with nobody doing anything; the same command later finishes the
+/// move from where its copy stood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
+    let mut env = quick_recovery();
+    env.push(("WALLET_MOVE_WAIT_MS".into(), "300".into()));
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 8,
+        coordinator_env: env,
+        participant_env: vec![("WALLET_MOVE_CUTOVER_DEADLINE_MS".into(), "2000".into())],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let p = 0;
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("dl-{i}"))
+        .filter(|a| t.partition_of(a) == p)
+        .take(2)
+        .collect();
+    for a in &mine {
+        t.open(a, "USD").await;
+        t.deposit(a, "100.00", "USD").await;
+    }
+    let deposit = |t: &TestCluster, account: String| {
+        let api = t.api();
+        async move {
+            api.post(
+                &format!("/v1/wallet/accounts/{account}/deposit"),
+                json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
+            )
+            .await
+        }
+    };
+    // Deposits until one is taken (the partition serves), for at most `within`.
+    let serves_again = |t: &TestCluster, account: String, within: Duration| {
+        let t = t.api();
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let r = t
+                    .post(
+                        &format!("/v1/wallet/accounts/{account}/deposit"),
+                        json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
+                    )
+                    .await;
+                if r.status == 200 {
+                    return start.elapsed();
+                }
+                assert_eq!(r.body["code"], "partition_moving", "{}", r.body);
+                assert!(
+                    start.elapsed() < within,
+                    "the partition still refuses writes after {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let fences_on_node_1 = |t: &TestCluster| {
+        let (http, url) = (t.http.clone(), t.cluster.participant_url(0));
+        async move {
+            let np: serde_json::Value = http
+                .get(format!("{url}/internal/v1/partitions"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            np["fences"].clone()
+        }
+    };
+
+    for crash_at in ["after_freeze", "after_cutover_record"] {
+        let ctl = t
+            .walletctl(
+                &["partitions", "move", "0", "--to", "node-2"],
+                &[("WALLETCTL_CRASH_AT", crash_at)],
+            )
+            .await;
+        assert_ne!(ctl.code, Some(0), "{crash_at}: {}", ctl.stderr);
+        // Right away, the partition takes no writes ...
+        let r = deposit(&t, mine[0].clone()).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (503, Some("partition_moving")),
+            "{crash_at}: {}",
+            r.body
+        );
+        // ... and by the deadline (2 s) it serves again at node-1, alone.
+        let took = serves_again(&t, mine[1].clone(), Duration::from_secs(20)).await;
+        eprintln!("{crash_at}: the partition served again after {took:?}");
+        t.reload_map().await;
+        assert_eq!(t.map.owners[p as usize], "node-1");
+        let m = t.map.moves.get(&p).expect("the move stays, copying");
+        assert_eq!(m.phase, wallet_shared::map::MovePhase::Copying, "{m:?}");
+        assert!(m.rollbacks >= 1, "{m:?}");
+        assert_eq!(fences_on_node_1(&t).await, json!({}), "{crash_at}");
+        let shown = t.walletctl(&["partitions", "show"], &[]).await;
+        assert!(
+            shown.stdout.contains("copying to node-2"),
+            "{}",
+            shown.stdout
+        );
+    }
+
+    // The same command finishes the move, from the copy already made.
+    let ctl = t
+        .walletctl(
+            &["partitions", "move", "0", "--to", "node-2", "-o", "json"],
+            &[],
+        )
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    let report: serde_json::Value = serde_json::from_str(&ctl.stdout).expect("json report");
+    assert_eq!(report["copied"]["accounts"], 2, "{report}");
+    t.reload_map().await;
+    assert_eq!(t.map.owners[p as usize], "node-2");
+    assert!(t.map.moves.is_empty());
+    // 2 x 100.00 deposited, and 1.00 for each of the two rollbacks.
+    let mut sum = 0;
+    for a in &mine {
+        let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
+        sum += chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD").unwrap();
+        assert_eq!(row(&t, 0, a).await, None, "node-1 kept {a}");
+    }
+    assert_eq!(sum, 20_200);
+    let r = deposit(&t, mine[0].clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    t.wait_settled().await;
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
+
+/// One idempotency domain: a deposit id used on one node's account and
+/// then sent for an account on another node is refused there, so a later
+/// move of the first account's partition onto that node meets no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_deposit_id_on_two_nodes_is_refused_and_a_move_then_succeeds() {
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 8,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let a = t.accounts_on(0, "dup-a", 1).pop().unwrap();
+    let b = t.accounts_on(1, "dup-b", 1).pop().unwrap();
+    for x in [&a, &b] {
+        t.open(x, "USD").await;
+    }
+    let id = uuid::Uuid::new_v4();
+    let body = json!({"transaction_id": id, "amount": "10.00", "currency": "USD"});
+    let first = t
+        .post(&format!("/v1/wallet/accounts/{a}/deposit"), body.clone())
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = t
+        .post(&format!("/v1/wallet/accounts/{b}/deposit"), body.clone())
+        .await;
+    assert_eq!(
+        (second.status, second.body["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{}",
+        second.body
+    );
+    let p = t.partition_of(&a).to_string();
+    let ctl = t
+        .walletctl(&["partitions", "move", &p, "--to", "node-2"], &[])
+        .await;
+    assert_eq!(ctl.code, Some(0), "{}", ctl.stderr);
+    t.reload_map().await;
+    assert_eq!(t.map.owners[t.partition_of(&a) as usize], "node-2");
+    assert_eq!(t.balance(&a).await.0, "10.00");
+    assert_eq!(t.balance(&b).await.0, "0.00");
+    // The retry of the first deposit still gets its answer, from node-2.
+    let again = t
+        .post(&format!("/v1/wallet/accounts/{a}/deposit"), body)
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(t.balance(&a).await.0, "10.00");
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
