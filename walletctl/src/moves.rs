@@ -455,6 +455,7 @@ impl Mover<'_> {
                     .await?;
                 let bytes = req.chunk.rows.to_string().len() as i64;
                 cursors.insert(table.to_string(), req.chunk.last);
+                crash_point("mid_copy");
                 copied += n;
                 self.report.rows_copied += n;
                 self.report.bytes_copied += bytes;

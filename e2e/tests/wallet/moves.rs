@@ -540,3 +540,170 @@ async fn the_same_deposit_id_on_two_nodes_is_refused_and_a_move_then_succeeds() 
     let audit = t.walletctl(&["audit"], &[]).await;
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
+
+/// Every event in the databases, as (account, seq), appears exactly once in
+/// the cluster's change feed read through the coordinator.
+async fn assert_feed_has_every_event_once(t: &TestCluster, audit: &chaos::audit::Audit) {
+    let events: i64 = audit.accounts.values().map(|s| s.last_seq).sum();
+    let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    let mut cursor = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (seen.len() as i64) < events {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed holds {} of {events} events",
+            seen.len()
+        );
+        let r = t
+            .get(&format!("/v1/wallet/events?after={cursor}&limit=1000"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.body["events"].as_array().unwrap();
+        for e in page {
+            if let Some(seq) = e["seq"].as_i64() {
+                *seen
+                    .entry((e["account_id"].as_str().unwrap().to_string(), seq))
+                    .or_default() += 1;
+            }
+        }
+        cursor = r.body["next_after"].as_str().unwrap().to_string();
+        if page.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(seen.len() as i64, events);
+    let twice: Vec<_> = seen.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events in the feed more than once: {twice:?}"
+    );
+    for (account, state) in &audit.accounts {
+        for seq in 1..=state.last_seq {
+            assert!(
+                seen.contains_key(&(account.clone(), seq)),
+                "{account} event {seq} is not in the feed"
+            );
+        }
+    }
+}
+
+/// A move under load, interrupted at every step: walletctl killed in the
+/// middle of the online copy, the new owner or the old owner killed
+/// (`kill -9`) in the middle of the copy, during the freeze, after the
+/// copy is checked and after the switch; each time the same command run
+/// again finishes it. The chaos checker then holds the cluster to the
+/// recorded history (every operation applied exactly once or not at all,
+/// balances, nothing held), and the feed has every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_killed_at_every_step_under_load_is_resumed_and_loses_nothing() {
+    let mut env = quick_recovery();
+    env.push(("WALLET_MOVE_WAIT_MS".into(), "500".into()));
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 4,
+        coordinator_env: env,
+        participant_env: vec![("WALLET_MOVE_CUTOVER_DEADLINE_MS".into(), "3000".into())],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let usd = Currency::parse("USD").unwrap();
+    let workload = Workload {
+        accounts: place_accounts(&t.map, &[(usd, 8)]),
+        initial: 10_000,
+        mix: Mix {
+            transfer: 70,
+            deposit: 15,
+            withdraw: 15,
+            read: 0,
+            retry: 0,
+            cross_currency: 0,
+        },
+    };
+    let moving = workload.accounts[0].id.clone();
+    let p = t.partition_of(&moving);
+    let ps = p.to_string();
+    let mut traffic = Traffic::setup_with(&t, 6, workload).await;
+
+    // (crash point of walletctl, the participant to kill -9 meanwhile)
+    #[derive(Clone, Copy, Debug)]
+    enum Victim {
+        None,
+        Source,
+        Target,
+    }
+    let steps = [
+        ("mid_copy", Victim::None),
+        ("mid_copy", Victim::Target),
+        ("mid_copy", Victim::Source),
+        ("after_freeze", Victim::Source),
+        ("after_import", Victim::Target),
+        ("after_switch", Victim::Source),
+    ];
+    let (ops, ()) = tokio::join!(traffic.run(Duration::from_secs(40)), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (crash_at, victim) in steps {
+            t.reload_map().await;
+            let from = index_of(&t, &t.map.owners[p as usize]);
+            let to = (from + 1) % 3;
+            let to_id = t.cluster.node_id(to);
+            let args = [
+                "partitions",
+                "move",
+                &ps,
+                "--to",
+                &to_id,
+                "--chunk",
+                "3",
+                "--cutover-rows",
+                "5",
+            ];
+            let ctl = t
+                .walletctl(&args, &[("WALLETCTL_CRASH_AT", crash_at)])
+                .await;
+            assert_ne!(ctl.code, Some(0), "{crash_at}: {}", ctl.stderr);
+            let killed = match victim {
+                Victim::None => None,
+                Victim::Source => Some(from),
+                Victim::Target => Some(to),
+            };
+            if let Some(i) = killed {
+                t.cluster.participant_mut(i).kill9().await.unwrap();
+                t.cluster.participant_mut(i).restart().await.unwrap();
+            }
+            let ctl = t.walletctl(&args, &[]).await;
+            assert_eq!(
+                ctl.code,
+                Some(0),
+                "{crash_at}, {victim:?} killed: {}",
+                ctl.stderr
+            );
+            t.reload_map().await;
+            assert_eq!(t.map.owners[p as usize], to_id, "{crash_at}");
+            assert!(t.map.moves.is_empty(), "{crash_at}: {:?}", t.map.moves);
+            assert_eq!(
+                row(&t, from, &moving).await,
+                None,
+                "{crash_at}: left behind"
+            );
+            eprintln!("{crash_at}, {victim:?} killed: moved to {to_id}");
+        }
+    });
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &ops {
+        let what = op.code().unwrap_or(if op.status == Some(200) {
+            "ok"
+        } else {
+            "other"
+        });
+        *answers.entry(what.to_string()).or_default() += 1;
+    }
+    eprintln!("answers during the moves: {answers:?}");
+    assert!(
+        answers.get("ok").copied().unwrap_or(0) > 50,
+        "too little traffic got through: {answers:?}"
+    );
+    let checked = traffic.check(&t).await;
+    assert!(!checked.audit.in_flight());
+    assert_feed_has_every_event_once(&t, &checked.audit).await;
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
