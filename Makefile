@@ -9,6 +9,8 @@
 #                   ready (local base image from Debian's packages and a release build on the host;
 #                   WALLET_BUILD=public builds from the public rust/debian images instead)
 # make compose-down stops it and deletes its volumes
+# make k8s-check    validates deploy/k8s/ against the Kubernetes schemas and checks it agrees with
+#                   docker-compose.yml and config/*.toml (part of make test)
 # make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
 #                  history, report and logs in target/chaos/<date>/
 
@@ -23,7 +25,7 @@ SIM_FIRST ?= 1
 CHAOS_SECONDS ?= 600
 CHAOS_ARGS ?=
 
-.PHONY: deps compose-deps build run test sim chaos bench move-under-load clean-data compose-up compose-down
+.PHONY: deps compose-deps k8s-check build run test sim chaos bench move-under-load clean-data compose-up compose-down
 
 deps:
 	scripts/ensure-deps.sh
@@ -40,6 +42,7 @@ run: build
 
 test: compose-deps
 	$(CARGO) fmt --all --check
+	scripts/k8s-check.sh
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
@@ -73,3 +76,6 @@ compose-up: compose-deps
 
 compose-down:
 	scripts/compose.sh down
+
+k8s-check: deps
+	scripts/k8s-check.sh

@@ -8,7 +8,9 @@
 # - protoc able to compile a file that imports Google's well-known types
 #   (`google/protobuf/descriptor.proto`): etcd-client's build script needs
 #   both the compiler (protobuf-compiler) and those .proto files
-#   (libprotobuf-dev), which `--no-install-recommends` does not bring.
+#   (libprotobuf-dev), which `--no-install-recommends` does not bring;
+# - Python 3 able to make a venv with pip (python3-venv): scripts/k8s-check.sh
+#   installs kubernetes-validate into one under target/ (make test).
 # With --compose, also what docker-compose.yml and its test need (make
 # compose-up, make test): the Docker engine and Compose (`docker compose` or
 # docker-compose), debootstrap for the local base image
@@ -72,6 +74,13 @@ elif ! protoc_ok; then
     missing+=(libprotobuf-dev)
 fi
 
+# A venv with pip in it: ensurepip is what Debian splits off into python3-venv.
+if ! command -v python3 >/dev/null; then
+    missing+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
 if [ "$compose" -eq 1 ]; then
     command -v docker >/dev/null || missing+=(docker.io)
     if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
@@ -112,6 +121,10 @@ export DEBIAN_FRONTEND=noninteractive
 # Installed is not the same as working: check again, and say what still fails.
 if ! protoc_ok; then
     echo "ensure-deps: protoc still cannot compile a file importing google/protobuf/descriptor.proto" >&2
+    exit 1
+fi
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "ensure-deps: python3 still cannot make a venv with pip (python3-venv)" >&2
     exit 1
 fi
 if ! docker_answers; then
