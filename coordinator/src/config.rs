@@ -9,6 +9,8 @@ pub const DEFAULTS: &str = include_str!("../../config/coordinator.toml");
 pub struct CoordinatorConfig {
     /// Where the public API listens.
     pub listen_addr: String,
+    /// Log lines as text or JSON.
+    pub log_format: wallet_shared::telemetry::LogFormat,
     /// On SIGTERM, the longest wait for requests in flight.
     pub shutdown_grace_ms: u64,
     pub etcd_endpoints: Vec<String>,

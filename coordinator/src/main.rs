@@ -9,11 +9,11 @@ use coordinator::{batch, client, http, resolver, transfer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    wallet_shared::telemetry::init("coordinator");
-    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let cfg: CoordinatorConfig =
         wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
             .context("loading coordinator config")?;
+    wallet_shared::telemetry::init_as("coordinator", cfg.log_format);
+    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await
@@ -36,12 +36,14 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(cfg.resolver_interval_ms),
         Duration::from_millis(cfg.resolver_grace_ms),
     ));
-    let router = http::router(coordinator, cfg.max_body_bytes).layer(
-        tower_http::timeout::TimeoutLayer::with_status_code(
+    let router = http::router(coordinator, cfg.max_body_bytes)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
-        ),
-    );
+        ))
+        .layer(axum::middleware::from_fn(
+            wallet_shared::telemetry::request_span,
+        ));
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;

@@ -38,10 +38,17 @@ impl Coordinator {
     }
 
     pub async fn transfer(&self, spec: TransferSpec) -> TransferOutcome {
+        // The request's span (telemetry::request_span) names it too, so its
+        // own lines (the closing "request finished") carry it.
+        tracing::Span::current().record(
+            "transaction_id",
+            tracing::field::display(spec.transaction_id),
+        );
         let span = tracing::info_span!("transfer", transaction_id = %spec.transaction_id);
         let started = std::time::Instant::now();
-        let outcome = self.run(spec).instrument(span).await;
+        let outcome = self.run(spec).instrument(span.clone()).await;
         let (label, code) = outcome_labels(&outcome);
+        span.in_scope(|| tracing::debug!(outcome = label, code, "transfer finished"));
         metrics::counter!("wallet_transfers_total", "outcome" => label, "code" => code)
             .increment(1);
         metrics::histogram!("wallet_transfer_duration_seconds", "outcome" => label)

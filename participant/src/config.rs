@@ -11,6 +11,8 @@ pub struct ParticipantConfig {
     pub node_id: String,
     /// Where the internal HTTP API listens.
     pub listen_addr: String,
+    /// Log lines as text or JSON.
+    pub log_format: wallet_shared::telemetry::LogFormat,
     /// On SIGTERM, the longest wait for requests in flight.
     pub shutdown_grace_ms: u64,
     /// The node's Postgres database.

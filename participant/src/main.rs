@@ -10,11 +10,11 @@ use participant::{app, fence, moves, pg::PgStore};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    wallet_shared::telemetry::init("participant");
-    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let cfg: ParticipantConfig =
         wallet_shared::config::load_from_args(participant::config::DEFAULTS)
             .context("loading participant config")?;
+    wallet_shared::telemetry::init_as("participant", cfg.log_format);
+    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let store = PgStore::connect(&cfg)
         .await
         .context("connecting to Postgres")?;
@@ -47,6 +47,9 @@ async fn main() -> anyhow::Result<()> {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
+        ))
+        .layer(axum::middleware::from_fn(
+            wallet_shared::telemetry::request_span,
         ));
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await

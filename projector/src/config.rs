@@ -10,6 +10,8 @@ pub const DEFAULTS: &str = include_str!("../../config/projector.toml");
 pub struct ProjectorConfig {
     /// Where `/status` and the read-model queries listen.
     pub listen_addr: String,
+    /// Log lines as text or JSON.
+    pub log_format: wallet_shared::telemetry::LogFormat,
     /// The projector's own database (the query side).
     pub database_url: String,
     pub statement_timeout_ms: u64,

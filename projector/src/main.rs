@@ -8,10 +8,10 @@ use projector::{status, Follower, Projections};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    wallet_shared::telemetry::init("projector");
-    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let cfg: ProjectorConfig = wallet_shared::config::load_from_args(projector::config::DEFAULTS)
         .context("loading projector config")?;
+    wallet_shared::telemetry::init_as("projector", cfg.log_format);
+    wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let projections = Projections::connect(
         &cfg.database_url,
         Duration::from_millis(cfg.statement_timeout_ms),
@@ -41,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
             .run(idle, wallet_shared::telemetry::shutdown_signal())
             .await
     });
-    axum::serve(listener, status::router(projections, map))
+    let router = status::router(projections, map).layer(axum::middleware::from_fn(
+        wallet_shared::telemetry::request_span,
+    ));
+    axum::serve(listener, router)
         .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
         .await?;
     following.await?;

@@ -1,16 +1,121 @@
 //! Logs: `tracing`, one line per event, level from `RUST_LOG` (default
-//! info); and the shutdown signal both services stop on.
+//! info), as text or as JSON (`log_format`); the span every request runs in
+//! (its request id and trace id); and the shutdown signal both services stop
+//! on.
 
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Deserialize;
+use tracing::Instrument;
+
+/// How a service writes its log lines (config key `log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One compact human-readable line per event, span fields inline.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, the event's fields
+    /// (`message` among them) at the top level, and `spans`, every span the
+    /// event is in with its fields (`request_id`, `trace_id`,
+    /// `transaction_id`, ...), outermost first.
+    Json,
+}
+
+/// Text logs (tools and harnesses).
 pub fn init(component: &str) {
+    init_as(component, LogFormat::Text)
+}
+
+/// Logs in the format of the service's `log_format`.
+pub fn init_as(component: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn,hyper=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .compact()
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.compact().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+    };
     tracing::info!(component, version = env!("CARGO_PKG_VERSION"), "starting");
+}
+
+/// The header carrying a request's id, taken from the client when it sends
+/// one (up to 128 visible ASCII characters), else made here; every
+/// response carries it back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Middleware (`axum::middleware::from_fn`): runs the request in a
+/// `request` span with its `request_id` and `trace_id` (the W3C
+/// `traceparent` header's trace id when the client sends a valid one, else a
+/// new one), so every log line of the request carries both, and answers
+/// with the request id in `x-request-id`.
+pub async fn request_span(req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let trace_id = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id_of)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = %trace_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        // Filled in by a handler that learns it (a transfer's).
+        transaction_id = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request finished"
+        )
+    });
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if
+/// it is well formed and not all zeros.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if parts.len() < 4 || !hex(parts[0], 2) || parts[0] == "ff" {
+        return None;
+    }
+    if parts[0] == "00" && parts.len() != 4 {
+        return None;
+    }
+    let (trace, parent) = (parts[1], parts[2]);
+    if !hex(trace, 32) || !hex(parent, 16) || !hex(parts[3], 2) {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(trace.to_ascii_lowercase())
 }
 
 /// For command-line tools: warnings and errors only on stderr (level from
@@ -72,4 +177,53 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_of(tp).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-00").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{bad}");
+        }
+        // A later version may append fields.
+        assert!(
+            trace_id_of("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some()
+        );
+    }
+
+    #[test]
+    fn log_format_from_config() {
+        #[derive(Deserialize)]
+        struct C {
+            log_format: LogFormat,
+        }
+        let c: C =
+            crate::config::from_toml("log_format = \"text\"", "log_format = \"json\"").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let err = crate::config::from_toml::<C>("log_format = \"text\"", "log_format = \"xml\"")
+            .err()
+            .expect("xml is no log format");
+        assert!(format!("{err:#}").contains("xml"), "{err:#}");
+    }
 }
