@@ -183,7 +183,7 @@ pub async fn run(config: &Config) -> Result<Report> {
     tracing::info!(seed = config.seed, out = %config.out.display(), "chaos run starting");
     let mut history = History::default();
     let result = run_into(config, &mut history).await;
-    let written = history.write_jsonl(&config.out.join("history.jsonl"));
+    let written = history::write_jsonl(&history, &config.out.join("history.jsonl"));
     let report = result?;
     written?;
     report.write(&config.out)?;

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 use wallet_shared::{AccountId, Currency, PartitionMap};
+
+pub use wallet_history::history::classify;
 
 use super::history::{Clock, Op, Outcome, Phase, Request};
 use super::Until;
@@ -156,59 +158,15 @@ impl Client {
     }
 
     fn build(&self, base: &str, request: &Request) -> reqwest::RequestBuilder {
-        let money = |amount: i64, currency: &str| {
-            Currency::parse(currency)
-                .map(|c| c.format(amount))
-                .unwrap_or_else(|_| amount.to_string())
+        let call = request.http();
+        let url = format!("{base}{}", call.path);
+        let builder = match call.method {
+            "GET" => self.http.get(url),
+            _ => self.http.post(url),
         };
-        match request {
-            Request::Open { account, currency } => self
-                .http
-                .post(format!("{base}/v1/wallet/accounts"))
-                .json(&json!({"account_id": account, "currency": currency})),
-            Request::Transfer {
-                transaction_id,
-                from,
-                to,
-                amount,
-                currency,
-            } => self
-                .http
-                .post(format!("{base}/v1/wallet/balance_transfer"))
-                .json(&json!({
-                    "transaction_id": transaction_id, "from_account": from, "to_account": to,
-                    "amount": money(*amount, currency), "currency": currency,
-                })),
-            Request::Deposit {
-                transaction_id,
-                account,
-                amount,
-                currency,
-            }
-            | Request::Withdraw {
-                transaction_id,
-                account,
-                amount,
-                currency,
-            } => {
-                let verb = if matches!(request, Request::Deposit { .. }) {
-                    "deposit"
-                } else {
-                    "withdraw"
-                };
-                self.http
-                    .post(format!("{base}/v1/wallet/accounts/{account}/{verb}"))
-                    .json(&json!({
-                        "transaction_id": transaction_id,
-                        "amount": money(*amount, currency), "currency": currency,
-                    }))
-            }
-            Request::Read { account } => self
-                .http
-                .get(format!("{base}/v1/wallet/accounts/{account}/balance")),
-            Request::Status { transaction_id } => self
-                .http
-                .get(format!("{base}/v1/wallet/transfers/{transaction_id}")),
+        match &call.body {
+            Some(body) => builder.json(body),
+            None => builder,
         }
     }
 }
@@ -223,28 +181,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// What an answer means (see the README's table of outcomes).
-pub fn classify(request: &Request, status: u16, body: &Value) -> Outcome {
-    let code = body.get("code").and_then(Value::as_str);
-    match status {
-        // Pending: recovery will settle it.
-        202 => Outcome::Unknown,
-        200..=299 => match request {
-            Request::Transfer { .. } | Request::Deposit { .. } | Request::Withdraw { .. } => {
-                if body.get("status").and_then(Value::as_str) == Some("committed") {
-                    Outcome::Ok
-                } else {
-                    Outcome::Unknown
-                }
-            }
-            _ => Outcome::Ok,
-        },
-        409 if code == Some("in_progress") => Outcome::Unknown,
-        400..=499 => Outcome::Fail,
-        _ => Outcome::Unknown,
-    }
 }
 
 /// Earlier requests, for retries.

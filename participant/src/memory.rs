@@ -101,3 +101,64 @@ impl Tables {
         Ok((out, wrote))
     }
 }
+
+impl Tables {
+    /// Every balance row, event and decision record, and the number of legs
+    /// still prepared, as the checkers see a node (what [`crate::rows::read`]
+    /// reads from Postgres).
+    pub fn rows(&self) -> wallet_history::NodeRows {
+        use wallet_history::{AuditEvent, Stored, StoredTransfer};
+        wallet_history::NodeRows {
+            accounts: self
+                .accounts
+                .values()
+                .map(|a| {
+                    let stored = Stored {
+                        currency: a.currency.code().to_string(),
+                        posted: a.posted,
+                        held: a.held,
+                        pending_credit: a.pending_credit,
+                        last_seq: a.last_seq,
+                    };
+                    (a.account_id.as_str().to_string(), stored)
+                })
+                .collect(),
+            events: self
+                .events
+                .values()
+                .flatten()
+                .map(|e| AuditEvent {
+                    account: e.account_id.as_str().to_string(),
+                    seq: e.seq,
+                    kind: e.kind,
+                    amount: e.amount,
+                    transaction_id: e.transaction_id.map(|id| id.0),
+                    counterparty: e.counterparty.as_ref().map(|c| c.as_str().to_string()),
+                    at: e.at,
+                })
+                .collect(),
+            transfers: self
+                .transfers
+                .values()
+                .map(|r| {
+                    let spec = &r.record.spec;
+                    let stored = StoredTransfer {
+                        kind: r.record.kind.as_str().to_string(),
+                        from: spec.from.as_str().to_string(),
+                        to: spec.to.as_str().to_string(),
+                        amount: spec.amount.minor(),
+                        currency: spec.currency.code().to_string(),
+                        state: crate::pg::transfer_state(r.record.state).to_string(),
+                        completed: r.record.completed,
+                    };
+                    (r.id().0, stored)
+                })
+                .collect(),
+            prepared_legs: self
+                .legs
+                .values()
+                .filter(|l| l.state == wallet_shared::protocol::LegState::Prepared)
+                .count() as i64,
+        }
+    }
+}

@@ -11,59 +11,8 @@ use wallet_shared::protocol::{EventKind, LegState};
 use crate::error::StoreError;
 use crate::pg::leg_state;
 
-/// An account's balance row.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    /// ISO code.
-    pub currency: String,
-    /// Money that is the account's, in minor units.
-    pub posted: i64,
-    /// Part of `posted` held by prepared debits.
-    pub held: i64,
-    /// Prepared credits, not yet the account's.
-    pub pending_credit: i64,
-    /// Sequence number of its last event.
-    pub last_seq: i64,
-}
-
-/// One event of an account's log.
-#[derive(Debug, Clone)]
-pub struct AuditEvent {
-    /// Whose log.
-    pub account: String,
-    /// Per-account sequence number, from 1.
-    pub seq: i64,
-    /// What happened.
-    pub kind: EventKind,
-    /// Minor units.
-    pub amount: i64,
-    /// The transfer, deposit or withdrawal it belongs to.
-    pub transaction_id: Option<Uuid>,
-    /// The other account of a transfer.
-    pub counterparty: Option<String>,
-    /// When it was written; never earlier than the account's event before.
-    pub at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A decision record (the `transfers` table of the transfer's decision node).
-#[derive(Debug, Clone)]
-pub struct StoredTransfer {
-    /// `transfer`, `deposit` or `withdrawal` (whose record names its
-    /// account as both `from` and `to`).
-    pub kind: String,
-    /// Account debited.
-    pub from: String,
-    /// Account credited.
-    pub to: String,
-    /// Minor units.
-    pub amount: i64,
-    /// ISO code.
-    pub currency: String,
-    /// `preparing`, `committed` or `aborted`.
-    pub state: String,
-    /// Whether both legs have applied the decision.
-    pub completed: bool,
-}
+// The rows' types are the checkers' model of a node's contents.
+pub use wallet_history::state::{AuditEvent, Stored, StoredTransfer};
 
 /// Everything [`read`] found in one database.
 #[derive(Debug, Default)]

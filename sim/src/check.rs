@@ -1,132 +1,54 @@
-//! The checker: what must hold after a run, read from every node's tables
-//! and the clients' history.
+//! The simulation's check: the checker it shares with the chaos suite
+//! ([`wallet_history::check`]: the clients' history against what every
+//! node's in-memory store holds, see its docs for the list), plus what only
+//! the simulation can see, since it holds every node's whole tables:
 //!
-//! - Liveness (7): nothing preparing, nothing decided but unfinished, no leg
-//!   prepared, no hold, no pending credit.
-//! - No overdraft (4): no balance below zero, and no transaction the rules
-//!   refused as breaking a balance's invariants.
-//! - Replay (6): every balance is the fold of its account's events.
-//! - Conservation (1): per currency, the balances add up to what deposits
-//!   brought in minus what withdrawals took out.
-//! - Atomicity (2): per transaction id, the event logs hold either no
-//!   posting or exactly one debit and one matching credit, as its decision
-//!   record says.
-//! - Exactly once (3): an acknowledged transfer or movement is applied once,
-//!   a refused one never; a transfer's answer never changes, so every
-//!   definite answer for one id agrees with the others and with the record.
-//! - As asked: what an acknowledged request applied is what the client
-//!   asked for (accounts, amount, currency, kind), not only what its record
-//!   says; and a deposit or withdrawal applied what its record says.
+//! - Invariants: no transaction the participant's rules refused as breaking
+//!   a balance's invariants.
+//! - The feed: every event exactly once, each account's in order, and one
+//!   `transfer_aborted` per aborted transfer's record.
+//! - Snapshots: each is the fold of the events up to its own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use serde::Serialize;
-use wallet_shared::protocol::{
-    replay, EventKind, FeedKind, LegState, MovementKind, RecordKind, TransferRecord, TransferState,
-};
-use wallet_shared::{AccountId, TransactionId};
+use wallet_history::{Anomaly, AnomalyKind, History, Settling, State};
+use wallet_shared::protocol::{replay, FeedKind, RecordKind, TransferState};
+use wallet_shared::AccountId;
 
 use crate::mem::MemStore;
-use crate::world::{Op, Outcome, Request};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Anomaly {
-    pub kind: String,
-    pub detail: String,
-}
-
-impl Anomaly {
-    pub fn new(kind: &str, detail: impl Into<String>) -> Self {
-        Anomaly {
-            kind: kind.into(),
-            detail: detail.into(),
-        }
-    }
-}
-
-/// What is still unsettled (promise 7), one line each.
-pub fn unsettled(stores: &BTreeMap<String, MemStore>) -> Vec<String> {
-    let mut out = Vec::new();
+/// What every node holds, as the shared checker reads it.
+pub fn state(stores: &BTreeMap<String, MemStore>) -> State {
+    let mut state = State::default();
     for (node, store) in stores {
-        let t = store.tables.lock().unwrap();
-        for r in t.transfers.values() {
-            if r.record.state == TransferState::Preparing || !r.record.completed {
-                out.push(format!(
-                    "{node}: transfer {} {:?} completed={}",
-                    r.id(),
-                    r.record.state,
-                    r.record.completed
-                ));
-            }
-        }
-        for l in t.legs.values() {
-            if l.state == LegState::Prepared {
-                out.push(format!(
-                    "{node}: {} leg of {} prepared",
-                    l.role.as_str(),
-                    l.transaction_id
-                ));
-            }
-        }
-        for a in t.accounts.values() {
-            if a.held != 0 || a.pending_credit != 0 {
-                out.push(format!(
-                    "{node}: {} holds {} and expects {}",
-                    a.account_id, a.held, a.pending_credit
-                ));
-            }
-        }
+        let rows = store.tables.lock().unwrap().rows();
+        state.add_node(node, rows);
     }
+    state
+}
+
+/// Checks the run: the shared checker, then what only the simulation sees.
+pub fn check(
+    stores: &BTreeMap<String, MemStore>,
+    history: &History,
+    settling: Settling,
+) -> Vec<Anomaly> {
+    let mut out = wallet_history::check(history, &state(stores), settling);
+    out.extend(extensions(stores));
     out
 }
 
-pub fn settled(stores: &BTreeMap<String, MemStore>) -> bool {
-    unsettled(stores).is_empty()
-}
-
-/// What one transaction id applied, read from the event logs.
-#[derive(Default)]
-struct Applied {
-    debits: Vec<(String, i64)>,
-    credits: Vec<(String, i64)>,
-    /// The currencies of the accounts its debits and credits posted to.
-    currencies: BTreeSet<String>,
-    /// Its deposits and withdrawals.
-    movements: Vec<Moved>,
-}
-
-/// One deposit or withdrawal as its event says it was applied.
-#[derive(Debug, PartialEq)]
-struct Moved {
-    account: String,
-    kind: MovementKind,
-    amount: i64,
-    currency: String,
-}
-
-impl Moved {
-    fn is(&self, account: &AccountId, kind: MovementKind, amount: i64, currency: &str) -> bool {
-        self.account == account.as_str()
-            && self.kind == kind
-            && self.amount == amount
-            && self.currency == currency
-    }
-}
-
-pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly> {
+/// The simulation's own checks (see the module docs).
+pub fn extensions(stores: &BTreeMap<String, MemStore>) -> Vec<Anomaly> {
     let mut out = Vec::new();
-    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-    let mut brought: BTreeMap<String, i64> = BTreeMap::new();
-    let mut applied: BTreeMap<TransactionId, Applied> = BTreeMap::new();
-    let mut records = BTreeMap::new();
     for (node, store) in stores {
         for why in store.corrupt.lock().unwrap().iter() {
-            out.push(Anomaly::new("invariant", format!("{node}: {why}")));
+            out.push(Anomaly::new(
+                AnomalyKind::Invariant,
+                format!("{node}: {why}"),
+            ));
         }
         let t = store.tables.lock().unwrap();
-        for r in t.transfers.values() {
-            records.insert(r.id(), r.record.clone());
-        }
         // The feed: every event exactly once, each account's in order, and
         // one `transfer_aborted` per aborted decision record here.
         let mut fed: BTreeMap<&AccountId, Vec<i64>> = BTreeMap::new();
@@ -138,7 +60,7 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                 }
                 (FeedKind::TransferAborted, None) => aborted_fed += 1,
                 _ => out.push(Anomaly::new(
-                    "feed",
+                    AnomalyKind::Feed,
                     format!("{node}: malformed entry {entry:?}"),
                 )),
             }
@@ -147,7 +69,7 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
             let want: Vec<i64> = log.iter().map(|e| e.seq).collect();
             if fed.get(account).map(Vec::as_slice).unwrap_or_default() != want.as_slice() {
                 out.push(Anomaly::new(
-                    "feed",
+                    AnomalyKind::Feed,
                     format!(
                         "{node}: the feed does not carry {account}'s events 1..{} once, in order",
                         want.len()
@@ -163,55 +85,27 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
             .count();
         if aborted != aborted_fed {
             out.push(Anomaly::new(
-                "feed",
+                AnomalyKind::Feed,
                 format!("{node}: {aborted} aborted transfers, {aborted_fed} in the feed"),
             ));
         }
-        for a in t.accounts.values() {
-            let currency = a.currency.code().to_string();
-            if a.posted < 0 || a.held < 0 || a.held > a.posted || a.pending_credit < 0 {
-                out.push(Anomaly::new(
-                    "overdraft",
-                    format!(
-                        "{}: posted {} held {} pending {}",
-                        a.account_id, a.posted, a.held, a.pending_credit
-                    ),
-                ));
-            }
-            let log = t
-                .events
-                .get(&a.account_id)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            if replay(log) != (a.posted, a.held, a.pending_credit) || log.len() as i64 != a.last_seq
-            {
-                out.push(Anomaly::new(
-                    "replay",
-                    format!(
-                        "{}: events fold to {:?} over {} events, the row says ({}, {}, {}) at seq {}",
-                        a.account_id,
-                        replay(log),
-                        log.len(),
-                        a.posted,
-                        a.held,
-                        a.pending_credit,
-                        a.last_seq
-                    ),
-                ));
-            }
-            // Snapshots: each is the fold of the events up to its own.
-            for snap in t.snapshots.get(&a.account_id).into_iter().flatten() {
+        // Snapshots: each is the fold of the events up to its own.
+        for (account, snaps) in &t.snapshots {
+            let log = t.events.get(account).map(Vec::as_slice).unwrap_or(&[]);
+            for snap in snaps {
                 let upto = log.get(..snap.seq as usize).unwrap_or(log);
-                let at = log.get(snap.seq as usize - 1).map(|e| e.at);
+                let at = (snap.seq as usize)
+                    .checked_sub(1)
+                    .and_then(|i| log.get(i))
+                    .map(|e| e.at);
                 if snap.seq % store.snapshot_every != 0
                     || replay(upto) != snap.fold()
                     || at != Some(snap.at)
                 {
                     out.push(Anomaly::new(
-                        "snapshot",
+                        AnomalyKind::Snapshot,
                         format!(
-                            "{}: snapshot at event {} says {:?}, the events say {:?}",
-                            a.account_id,
+                            "{account}: snapshot at event {} says {:?}, the events say {:?}",
                             snap.seq,
                             snap.fold(),
                             replay(upto)
@@ -219,285 +113,9 @@ pub fn check(stores: &BTreeMap<String, MemStore>, history: &[Op]) -> Vec<Anomaly
                     ));
                 }
             }
-            *totals.entry(currency.clone()).or_default() += a.posted;
-            for e in log {
-                let Some(id) = e.transaction_id else { continue };
-                let entry = applied.entry(id).or_default();
-                let who = e.account_id.as_str().to_string();
-                let moved = |kind| Moved {
-                    account: who.clone(),
-                    kind,
-                    amount: e.amount,
-                    currency: currency.clone(),
-                };
-                match e.kind {
-                    EventKind::Deposited => {
-                        *brought.entry(currency.clone()).or_default() += e.amount;
-                        entry.movements.push(moved(MovementKind::Deposit));
-                    }
-                    EventKind::Withdrawn => {
-                        *brought.entry(currency.clone()).or_default() -= e.amount;
-                        entry.movements.push(moved(MovementKind::Withdrawal));
-                    }
-                    EventKind::DebitPosted | EventKind::TransferredOut => {
-                        entry.currencies.insert(currency.clone());
-                        entry.debits.push((who, e.amount))
-                    }
-                    EventKind::CreditPosted | EventKind::TransferredIn => {
-                        entry.currencies.insert(currency.clone());
-                        entry.credits.push((who, e.amount))
-                    }
-                    _ => {}
-                }
-            }
         }
     }
-    for (currency, total) in &totals {
-        let expected = brought.get(currency).copied().unwrap_or(0);
-        if *total != expected {
-            out.push(Anomaly::new(
-                "conservation",
-                format!("{currency}: balances add up to {total}, deposits minus withdrawals to {expected}"),
-            ));
-        }
-    }
-    // Atomicity: per transfer, nothing posted or exactly one matching pair,
-    // as its record says.
-    for (id, a) in &applied {
-        if a.debits.is_empty() && a.credits.is_empty() {
-            continue;
-        }
-        let record = records.get(id);
-        let committed = record.is_some_and(|r| r.state == TransferState::Committed);
-        let pair_ok = a.debits.len() == 1
-            && a.credits.len() == 1
-            && a.debits[0].1 == a.credits[0].1
-            && record.is_some_and(|r| {
-                r.spec.from.as_str() == a.debits[0].0
-                    && r.spec.to.as_str() == a.credits[0].0
-                    && r.spec.amount.minor() == a.debits[0].1
-                    && a.currencies.iter().all(|c| c == r.spec.currency.code())
-            });
-        if !committed || !pair_ok {
-            out.push(Anomaly::new(
-                "atomicity",
-                format!(
-                    "{id}: debits {:?}, credits {:?} in {:?}, record {:?}",
-                    a.debits,
-                    a.credits,
-                    a.currencies,
-                    record.map(|r| (r.state, r.spec.currency.code()))
-                ),
-            ));
-        }
-    }
-    // Every record against what its id applied: a transfer's id moves no
-    // money through a deposit or withdrawal; a deposit's or withdrawal's
-    // record says whether it was applied, once, and nothing else was.
-    for (id, r) in &records {
-        let a = applied.get(id);
-        let movements = a.map_or(0, |a| a.movements.len());
-        let legs = a.map_or(0, |a| a.debits.len() + a.credits.len());
-        let committed = r.state == TransferState::Committed;
-        match r.kind {
-            RecordKind::Transfer => {
-                if committed && a.is_none_or(|a| a.debits.len() != 1 || a.credits.len() != 1) {
-                    out.push(Anomaly::new(
-                        "atomicity",
-                        format!("{id}: committed but not posted on both sides"),
-                    ));
-                }
-                if movements != 0 {
-                    out.push(Anomaly::new(
-                        "applied_twice",
-                        format!("transfer {id}: its id also applied {movements} deposits or withdrawals"),
-                    ));
-                }
-            }
-            RecordKind::Deposit | RecordKind::Withdrawal => {
-                let want = usize::from(committed);
-                if movements != want || legs != 0 {
-                    out.push(Anomaly::new(
-                        "movement_record",
-                        format!(
-                            "{} {id} is {:?} but applied {movements} movements and {legs} transfer legs",
-                            r.kind.as_str(),
-                            r.state
-                        ),
-                    ));
-                }
-                // What it applied is what the record holds.
-                let spec = &r.spec;
-                let other: Vec<&Moved> = a
-                    .map(|a| a.movements.iter())
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| {
-                        r.kind.movement().is_none_or(|kind| {
-                            !m.is(&spec.to, kind, spec.amount.minor(), spec.currency.code())
-                        })
-                    })
-                    .collect();
-                if !other.is_empty() {
-                    out.push(Anomaly::new(
-                        "movement_record",
-                        format!(
-                            "{} {id} of {} {} to {} applied {other:?}",
-                            r.kind.as_str(),
-                            spec.amount.minor(),
-                            spec.currency.code(),
-                            spec.to
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    // What clients heard.
-    let mut answers: BTreeMap<TransactionId, Vec<&Outcome>> = BTreeMap::new();
-    let mut acknowledged: BTreeMap<TransactionId, Vec<&Request>> = BTreeMap::new();
-    for op in history {
-        let id = op.request.id();
-        let posted = applied.get(&id);
-        let record = records.get(&id);
-        if op.outcome == Outcome::Ok {
-            acknowledged.entry(id).or_default().push(&op.request);
-        }
-        if op.reuse {
-            // An earlier request's id with another body. The first of the
-            // two to reach the id's record wins it; the other is refused,
-            // and nothing of it is applied (the checks below and the
-            // records' checks above see a second body).
-            if op.outcome == Outcome::Ok && !record.is_some_and(|r| holds(r, &op.request)) {
-                out.push(Anomaly::new(
-                    "reuse_accepted",
-                    format!("{id} was used again with another body and acknowledged"),
-                ));
-            }
-            continue;
-        }
-        match (&op.request, &op.outcome) {
-            (_, Outcome::Unknown(_)) => continue,
-            (_, Outcome::Ok) => {
-                if !matches!(record, Some(r) if holds(r, &op.request) && r.state == TransferState::Committed)
-                {
-                    out.push(Anomaly::new(
-                        "lost_commit",
-                        format!(
-                            "{id} was acknowledged but its record is {:?}",
-                            record.map(|r| (r.kind, r.state))
-                        ),
-                    ));
-                }
-                if matches!(op.request, Request::Movement(_))
-                    && posted.map_or(0, |a| a.movements.len()) != 1
-                {
-                    out.push(Anomaly::new(
-                        "lost_commit",
-                        format!(
-                            "movement {id} was acknowledged but applied {} times",
-                            posted.map_or(0, |a| a.movements.len())
-                        ),
-                    ));
-                }
-                if let Some(a) = posted.filter(|a| !as_asked(&op.request, a)) {
-                    out.push(Anomaly::new(
-                        "not_as_asked",
-                        format!(
-                            "{id} was acknowledged for {:?} but applied debits {:?}, credits {:?} in {:?}, movements {:?}",
-                            op.request, a.debits, a.credits, a.currencies, a.movements
-                        ),
-                    ));
-                }
-            }
-            (_, Outcome::Fail(code)) => {
-                let mine = record.filter(|r| holds(r, &op.request));
-                if code == "idempotency_key_reused" && mine.is_some() {
-                    out.push(Anomaly::new(
-                        "false_reuse",
-                        format!("{id}: the same body was refused as a reused key"),
-                    ));
-                }
-                if mine.is_some_and(|r| r.state == TransferState::Committed) {
-                    out.push(Anomaly::new(
-                        "changed_outcome",
-                        format!("{id} was refused ({code}) but committed"),
-                    ));
-                }
-                if record.is_none() && posted.is_some_and(|a| !a.movements.is_empty()) {
-                    out.push(Anomaly::new(
-                        "changed_outcome",
-                        format!("movement {id} was refused ({code}) but applied"),
-                    ));
-                }
-            }
-        }
-        if let Request::Movement(_) = op.request {
-            if posted.map_or(0, |a| a.movements.len()) > 1 {
-                out.push(Anomaly::new(
-                    "applied_twice",
-                    format!(
-                        "movement {id} applied {} times",
-                        posted.map_or(0, |a| a.movements.len())
-                    ),
-                ));
-            }
-        }
-        answers.entry(id).or_default().push(&op.outcome);
-    }
-    for (id, requests) in acknowledged {
-        if requests.windows(2).any(|w| w[0] != w[1]) {
-            out.push(Anomaly::new(
-                "reuse_accepted",
-                format!("{id}: two different bodies were acknowledged: {requests:?}"),
-            ));
-        }
-    }
-    for (id, outs) in answers {
-        if outs.windows(2).any(|w| w[0] != w[1]) {
-            out.push(Anomaly::new(
-                "changed_outcome",
-                format!("{id}: answers differ across retries: {outs:?}"),
-            ));
-        }
-    }
-    out.sort_by(|a, b| (&a.kind, &a.detail).cmp(&(&b.kind, &b.detail)));
-    out.dedup();
     out
-}
-
-/// Whether every posting or movement of an acknowledged request is the one
-/// its client asked for. How many there are is for the other checks.
-fn as_asked(request: &Request, a: &Applied) -> bool {
-    match request {
-        Request::Transfer(spec) => {
-            let amount = spec.amount.minor();
-            a.debits
-                .iter()
-                .all(|(who, n)| who == spec.from.as_str() && *n == amount)
-                && a.credits
-                    .iter()
-                    .all(|(who, n)| who == spec.to.as_str() && *n == amount)
-                && a.currencies.iter().all(|c| c == spec.currency.code())
-        }
-        Request::Movement(m) => a
-            .movements
-            .iter()
-            .all(|moved| moved.is(&m.account_id, m.kind, m.amount.minor(), m.currency.code())),
-    }
-}
-
-/// Whether `record` is this request's: the same kind and body.
-fn holds(record: &TransferRecord, request: &Request) -> bool {
-    match request {
-        Request::Transfer(spec) => record.kind == RecordKind::Transfer && record.spec == *spec,
-        Request::Movement(m) => {
-            record.kind == RecordKind::from(m.kind)
-                && record.spec.to == m.account_id
-                && record.spec.amount == m.amount
-                && record.spec.currency == m.currency
-        }
-    }
 }
 
 /// Every anomaly kind, fed a history that has it (and nothing else that
@@ -513,10 +131,14 @@ mod tests {
     use participant::model::{Keys, TransferRow, Working};
     use participant::store::Store;
     use participant::{decisions, legs, movements};
+    use serde_json::{json, Value};
+    use wallet_history::{Op, Outcome, Phase, Request};
     use wallet_shared::protocol::{
-        Begin, BeginResult, Decision, Event, FeedEntry, Leg, Movement, MovementKind,
+        Begin, BeginResult, Decision, Event, FeedEntry, Leg, LegState, Movement, MovementKind,
         MovementRequest, OpenAccount, Snapshot, TransferSpec, Vote,
     };
+    use wallet_shared::protocol::{EventKind, TransferRecord};
+    use wallet_shared::{AccountId, TransactionId};
     use wallet_shared::{Amount, Currency, Rejection};
 
     use super::*;
@@ -634,21 +256,73 @@ mod tests {
         });
     }
 
-    fn op(request: Request, outcome: Outcome) -> Op {
+    /// What a client heard, as the tests write it.
+    #[derive(Debug, Clone, Copy)]
+    enum Heard {
+        Ok,
+        Fail(&'static str),
+        Unknown,
+    }
+
+    /// An operation of a client with `heard` as the API answers it.
+    fn op(request: Request, heard: Heard) -> Op {
+        let (outcome, status, body) = match heard {
+            Heard::Ok => (Outcome::Ok, Some(200), json!({"status": "committed"})),
+            Heard::Fail(code) => (
+                Outcome::Fail,
+                Some(if code == "transfer_aborted" { 409 } else { 422 }),
+                json!({"status": "aborted", "code": code}),
+            ),
+            Heard::Unknown => (Outcome::Unknown, None, Value::Null),
+        };
         Op {
-            client: 0,
-            coordinator: 0,
+            process: 0,
+            phase: Phase::Chaos,
             request,
             retry: false,
-            reuse: false,
-            invoked_ms: 0,
-            completed_ms: 0,
+            coordinator: 0,
+            invoke_ms: 0.0,
+            complete_ms: 1.0,
             outcome,
+            status,
+            body,
+            error: matches!(heard, Heard::Unknown).then(|| "timeout".to_string()),
         }
     }
 
-    fn fail(code: &str) -> Outcome {
-        Outcome::Fail(code.into())
+    fn fail(code: &'static str) -> Heard {
+        Heard::Fail(code)
+    }
+
+    /// What a client asks for a transfer.
+    fn transfer_req(spec: TransferSpec) -> Request {
+        Request::Transfer {
+            transaction_id: spec.transaction_id.0,
+            from: spec.from.as_str().into(),
+            to: spec.to.as_str().into(),
+            amount: spec.amount.minor(),
+            currency: spec.currency.code().into(),
+        }
+    }
+
+    /// What a client asks for a deposit or withdrawal.
+    fn movement_req(m: Movement) -> Request {
+        let (transaction_id, account) = (m.transaction_id.0, m.account_id.as_str().into());
+        let (amount, currency) = (m.amount.minor(), m.currency.code().into());
+        match m.kind {
+            MovementKind::Deposit => Request::Deposit {
+                transaction_id,
+                account,
+                amount,
+                currency,
+            },
+            MovementKind::Withdrawal => Request::Withdraw {
+                transaction_id,
+                account,
+                amount,
+                currency,
+            },
+        }
     }
 
     /// Two nodes and what their clients heard, all consistent:
@@ -723,25 +397,55 @@ mod tests {
             });
             // T1's id again, as a deposit into c: refused, nothing applied.
             let reused = movement(T1, MovementKind::Deposit, "c", 7);
-            let mut reuse = op(Request::Movement(reused), fail("idempotency_key_reused"));
-            reuse.reuse = true;
-            let mut retry = op(Request::Transfer(t1.clone()), Outcome::Ok);
+            let reuse = op(movement_req(reused), fail("idempotency_key_reused"));
+            let mut retry = op(transfer_req(t1.clone()), Heard::Ok);
             retry.retry = true;
             let history = vec![
-                op(Request::Movement(d1), Outcome::Ok),
-                op(Request::Transfer(t1), Outcome::Ok),
+                op(movement_req(d1), Heard::Ok),
+                op(transfer_req(t1), Heard::Ok),
                 retry,
-                op(Request::Transfer(t2), Outcome::Ok),
-                op(Request::Transfer(t3), fail("insufficient_funds")),
-                op(Request::Movement(w1), Outcome::Ok),
+                op(transfer_req(t2), Heard::Ok),
+                op(transfer_req(t3), fail("insufficient_funds")),
+                op(movement_req(w1), Heard::Ok),
                 reuse,
                 // Never reached any node.
-                op(
-                    Request::Transfer(spec(T4, "c", "b", 1)),
-                    Outcome::Unknown("timeout".into()),
-                ),
+                op(transfer_req(spec(T4, "c", "b", 1)), Heard::Unknown),
+                // Which its status settles: no record, nothing applied.
+                Op {
+                    phase: Phase::Resolve,
+                    outcome: Outcome::Ok,
+                    status: Some(404),
+                    body: json!({"code": "transfer_not_found"}),
+                    ..op(
+                        Request::Status {
+                            transaction_id: id(T4).0,
+                        },
+                        Heard::Ok,
+                    )
+                },
             ];
             Fixture { stores, history }
+        }
+
+        /// Everything the checker finds.
+        fn check(&self) -> Vec<Anomaly> {
+            let history = History {
+                ops: self.history.clone(),
+                faults: Vec::new(),
+            };
+            let settling = Settling {
+                healed_ms: 0.0,
+                settled_ms: Some(1.0),
+                limit_ms: 30_000.0,
+            };
+            check(&self.stores, &history, settling)
+        }
+
+        /// Op `i` of the history heard `heard` instead.
+        fn heard(&mut self, i: usize, heard: Heard) {
+            let retry = self.history[i].retry;
+            self.history[i] = op(self.history[i].request.clone(), heard);
+            self.history[i].retry = retry;
         }
 
         fn tables(&self, node: &str) -> std::sync::MutexGuard<'_, crate::mem::Tables> {
@@ -750,9 +454,9 @@ mod tests {
 
         /// The anomaly kinds the checker reports.
         fn kinds(&self) -> BTreeSet<String> {
-            let found = check(&self.stores, &self.history);
+            let found = self.check();
             eprintln!("{found:#?}");
-            found.into_iter().map(|a| a.kind).collect()
+            found.into_iter().map(|a| a.kind.to_string()).collect()
         }
 
         /// Appends an event as the rules would write it (row, log, feed,
@@ -850,7 +554,7 @@ mod tests {
     fn a_good_history_has_no_anomaly_and_is_settled() {
         let f = Fixture::good();
         assert_eq!(f.kinds(), kinds(&[]));
-        assert!(settled(&f.stores), "{:?}", unsettled(&f.stores));
+        assert!(!state(&f.stores).in_flight());
         // It has what the bad ones break: a snapshot, an aborted transfer
         // in the feed, records of every kind.
         let t = f.tables(N1);
@@ -883,7 +587,10 @@ mod tests {
         let f = Fixture::good();
         f.append(N1, "a", EventKind::TransferredOut, 30, Some(id(T1)));
         f.append(N2, "b", EventKind::TransferredIn, 30, Some(id(T1)));
-        assert_eq!(f.kinds(), kinds(&["atomicity"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["acked_not_applied", "balance_mismatch", "leg_mismatch"])
+        );
     }
 
     /// D1 applied twice: its record, the acknowledged movement and the
@@ -894,7 +601,7 @@ mod tests {
         f.append(N1, "a", EventKind::Deposited, 100, Some(id(D1)));
         assert_eq!(
             f.kinds(),
-            kinds(&["applied_twice", "lost_commit", "movement_record"])
+            kinds(&["acked_not_applied", "balance_mismatch", "movement_mismatch"])
         );
     }
 
@@ -976,14 +683,30 @@ mod tests {
     fn more_held_than_posted_is_an_overdraft() {
         let f = Fixture::good();
         f.append(N1, "a", EventKind::DebitHeld, 61, Some(id(50)));
-        assert_eq!(f.kinds(), kinds(&["overdraft"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "held_left",
+                "leg_mismatch",
+                "negative_balance",
+                "phantom_transaction"
+            ])
+        );
     }
 
     #[test]
     fn a_negative_pending_credit_is_an_overdraft() {
         let f = Fixture::good();
         f.append(N1, "c", EventKind::CreditVoided, 1, Some(id(50)));
-        assert_eq!(f.kinds(), kinds(&["overdraft"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "leg_mismatch",
+                "negative_balance",
+                "pending_credit_left",
+                "phantom_transaction"
+            ])
+        );
     }
 
     #[test]
@@ -993,18 +716,25 @@ mod tests {
         let m = movement(51, MovementKind::Withdrawal, "a", 61);
         f.claim_record(&m, TransferState::Committed);
         f.append(N1, "a", EventKind::Withdrawn, 61, Some(id(51)));
-        assert_eq!(f.kinds(), kinds(&["overdraft"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "negative_balance",
+                "phantom_transaction"
+            ])
+        );
     }
 
     #[test]
     fn a_balance_that_is_not_its_events_is_a_replay_anomaly() {
         let f = Fixture::good();
         f.tables(N1).accounts.get_mut(&acct("c")).unwrap().held += 1;
-        assert_eq!(f.kinds(), kinds(&["replay"]));
+        assert_eq!(f.kinds(), kinds(&["held_left", "replay_mismatch"]));
 
         let f = Fixture::good();
         f.tables(N2).accounts.get_mut(&acct("b")).unwrap().last_seq += 1;
-        assert_eq!(f.kinds(), kinds(&["replay"]));
+        assert_eq!(f.kinds(), kinds(&["seq_gap"]));
     }
 
     #[test]
@@ -1038,7 +768,7 @@ mod tests {
     fn money_from_nowhere_is_a_conservation_anomaly() {
         let f = Fixture::good();
         f.append(N2, "b", EventKind::Deposited, 5, None);
-        assert_eq!(f.kinds(), kinds(&["conservation"]));
+        assert_eq!(f.kinds(), kinds(&["balance_mismatch", "conservation"]));
     }
 
     /// 5 USD out and 5 JPY in add up to nothing, but not per currency.
@@ -1048,9 +778,14 @@ mod tests {
         open(&f.stores[N2], "j", jpy());
         f.append(N2, "j", EventKind::Deposited, 5, None);
         f.append(N1, "c", EventKind::Withdrawn, 5, None);
-        let found = check(&f.stores, &f.history);
-        assert_eq!(found.len(), 2, "{found:#?}");
-        assert!(found.iter().all(|a| a.kind == "conservation"));
+        let found = f.check();
+        let conservation: Vec<&Anomaly> = found
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::Conservation)
+            .collect();
+        assert_eq!(conservation.len(), 2, "{found:#?}");
+        assert!(conservation.iter().any(|a| a.detail.starts_with("JPY")));
+        assert!(conservation.iter().any(|a| a.detail.starts_with("USD")));
     }
 
     // ---- atomicity ------------------------------------------------------------
@@ -1060,7 +795,15 @@ mod tests {
         let f = Fixture::good();
         f.append(N1, "a", EventKind::TransferredOut, 10, Some(id(T3)));
         f.append(N2, "b", EventKind::TransferredIn, 10, Some(id(T3)));
-        assert_eq!(f.kinds(), kinds(&["atomicity"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "leg_mismatch",
+                "record_mismatch",
+                "refused_but_applied"
+            ])
+        );
     }
 
     #[test]
@@ -1071,7 +814,7 @@ mod tests {
             spec(60, "a", "b", 5),
             TransferState::Committed,
         );
-        assert_eq!(f.kinds(), kinds(&["atomicity"]));
+        assert_eq!(f.kinds(), kinds(&["record_mismatch"]));
     }
 
     #[test]
@@ -1084,7 +827,7 @@ mod tests {
         );
         f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(61)));
         f.append(N1, "a", EventKind::Deposited, 5, None);
-        assert_eq!(f.kinds(), kinds(&["atomicity"]));
+        assert_eq!(f.kinds(), kinds(&["leg_mismatch", "phantom_transaction"]));
     }
 
     #[test]
@@ -1097,7 +840,15 @@ mod tests {
         );
         f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(62)));
         f.append(N1, "c", EventKind::TransferredIn, 5, Some(id(62)));
-        assert_eq!(f.kinds(), kinds(&["atomicity"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "leg_mismatch",
+                "phantom_transaction",
+                "record_mismatch"
+            ])
+        );
     }
 
     #[test]
@@ -1111,7 +862,10 @@ mod tests {
         f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(63)));
         f.append(N2, "b", EventKind::TransferredIn, 4, Some(id(63)));
         f.append(N2, "b", EventKind::Deposited, 1, None);
-        assert_eq!(f.kinds(), kinds(&["atomicity"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["balance_mismatch", "leg_mismatch", "phantom_transaction"])
+        );
     }
 
     // ---- exactly once -----------------------------------------------------------
@@ -1120,7 +874,15 @@ mod tests {
     fn a_transfers_id_applied_as_a_deposit_too_is_applied_twice() {
         let f = Fixture::good();
         f.append(N1, "c", EventKind::Deposited, 7, Some(id(T1)));
-        assert_eq!(f.kinds(), kinds(&["applied_twice"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "movement_mismatch",
+                "not_as_asked",
+                "record_mismatch"
+            ])
+        );
     }
 
     #[test]
@@ -1130,7 +892,7 @@ mod tests {
             &movement(70, MovementKind::Deposit, "c", 5),
             TransferState::Committed,
         );
-        assert_eq!(f.kinds(), kinds(&["movement_record"]));
+        assert_eq!(f.kinds(), kinds(&["record_mismatch"]));
     }
 
     #[test]
@@ -1141,7 +903,10 @@ mod tests {
             TransferState::Aborted,
         );
         f.append(N1, "c", EventKind::Deposited, 5, Some(id(71)));
-        assert_eq!(f.kinds(), kinds(&["movement_record"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["balance_mismatch", "phantom_transaction", "record_mismatch"])
+        );
     }
 
     #[test]
@@ -1153,24 +918,32 @@ mod tests {
         );
         f.append(N1, "c", EventKind::TransferredOut, 5, Some(id(72)));
         f.append(N1, "a", EventKind::TransferredIn, 5, Some(id(72)));
-        assert_eq!(f.kinds(), kinds(&["atomicity", "movement_record"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "leg_mismatch",
+                "phantom_transaction",
+                "record_mismatch"
+            ])
+        );
     }
 
     #[test]
     fn an_acknowledged_transfer_without_its_record_is_a_lost_commit() {
         let mut f = Fixture::good();
         f.history
-            .push(op(Request::Transfer(spec(80, "a", "b", 5)), Outcome::Ok));
-        assert_eq!(f.kinds(), kinds(&["lost_commit"]));
+            .push(op(transfer_req(spec(80, "a", "b", 5)), Heard::Ok));
+        assert_eq!(f.kinds(), kinds(&["acked_not_applied", "balance_mismatch"]));
     }
 
     #[test]
     fn an_acknowledged_transfer_whose_record_aborted_is_a_lost_commit() {
         let mut f = Fixture::good();
         let t3 = f.history[4].request.clone();
-        f.history[4].outcome = Outcome::Ok;
-        assert_eq!(t3.id(), id(T3));
-        assert_eq!(f.kinds(), kinds(&["lost_commit"]));
+        f.heard(4, Heard::Ok);
+        assert_eq!(t3.transaction_id(), Some(id(T3).0));
+        assert_eq!(f.kinds(), kinds(&["acked_not_applied", "balance_mismatch"]));
     }
 
     #[test]
@@ -1178,14 +951,17 @@ mod tests {
         let mut f = Fixture::good();
         let m = movement(81, MovementKind::Deposit, "a", 5);
         f.claim_record(&m, TransferState::Committed);
-        f.history.push(op(Request::Movement(m), Outcome::Ok));
-        assert_eq!(f.kinds(), kinds(&["lost_commit", "movement_record"]));
+        f.history.push(op(movement_req(m), Heard::Ok));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["acked_not_applied", "balance_mismatch", "record_mismatch"])
+        );
     }
 
     #[test]
     fn the_same_body_refused_as_reused_is_a_false_reuse() {
         let mut f = Fixture::good();
-        f.history[4].outcome = fail("idempotency_key_reused");
+        f.heard(4, fail("idempotency_key_reused"));
         assert_eq!(f.kinds(), kinds(&["false_reuse"]));
     }
 
@@ -1193,9 +969,12 @@ mod tests {
     fn a_refused_transfer_that_committed_is_a_changed_outcome() {
         let mut f = Fixture::good();
         let t2 = f.history[3].request.clone();
-        f.history[3].outcome = fail("insufficient_funds");
-        assert_eq!(t2.id(), id(T2));
-        assert_eq!(f.kinds(), kinds(&["changed_outcome"]));
+        f.heard(3, fail("insufficient_funds"));
+        assert_eq!(t2.transaction_id(), Some(id(T2).0));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["balance_mismatch", "refused_but_applied"])
+        );
     }
 
     #[test]
@@ -1204,25 +983,27 @@ mod tests {
         let m = movement(82, MovementKind::Deposit, "c", 5);
         f.append(N1, "c", EventKind::Deposited, 5, Some(id(82)));
         f.history
-            .push(op(Request::Movement(m), fail("insufficient_funds")));
-        assert_eq!(f.kinds(), kinds(&["changed_outcome"]));
+            .push(op(movement_req(m), fail("insufficient_funds")));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["balance_mismatch", "record_mismatch", "refused_but_applied"])
+        );
     }
 
     #[test]
     fn two_answers_for_one_id_are_a_changed_outcome() {
         let mut f = Fixture::good();
-        let mut again = f.history[4].clone();
-        again.outcome = fail("transfer_aborted");
+        let mut again = op(f.history[4].request.clone(), fail("transfer_aborted"));
         again.retry = true;
         f.history.push(again);
-        assert_eq!(f.kinds(), kinds(&["changed_outcome"]));
+        assert_eq!(f.kinds(), kinds(&["answer_changed"]));
     }
 
     #[test]
     fn a_reused_id_acknowledged_is_reuse_accepted() {
         let mut f = Fixture::good();
-        let reuse = f.history.iter_mut().find(|o| o.reuse).unwrap();
-        reuse.outcome = Outcome::Ok;
+        assert!(matches!(f.history[6].request, Request::Deposit { .. }));
+        f.heard(6, Heard::Ok);
         assert_eq!(f.kinds(), kinds(&["reuse_accepted"]));
     }
 
@@ -1230,14 +1011,11 @@ mod tests {
     fn two_bodies_acknowledged_for_one_id_are_reuse_accepted() {
         let mut f = Fixture::good();
         f.history.push(op(
-            Request::Movement(movement(D1, MovementKind::Deposit, "a", 99)),
-            Outcome::Ok,
+            movement_req(movement(D1, MovementKind::Deposit, "a", 99)),
+            Heard::Ok,
         ));
         // And the second was not applied as asked (99): 100 was.
-        assert_eq!(
-            f.kinds(),
-            kinds(&["lost_commit", "not_as_asked", "reuse_accepted"])
-        );
+        assert_eq!(f.kinds(), kinds(&["reuse_accepted"]));
     }
 
     // ---- what the client asked ------------------------------------------------
@@ -1248,7 +1026,7 @@ mod tests {
         f.claim_record(&asked, TransferState::Committed);
         let (account, kind, amount) = applied;
         f.append(N1, account, kind, amount, Some(asked.transaction_id));
-        f.history.push(op(Request::Movement(asked), Outcome::Ok));
+        f.history.push(op(movement_req(asked), Heard::Ok));
     }
 
     #[test]
@@ -1256,7 +1034,10 @@ mod tests {
         let mut f = Fixture::good();
         let asked = movement(100, MovementKind::Deposit, "a", 50);
         movement_applied_as(&mut f, asked, ("c", EventKind::Deposited, 50));
-        assert_eq!(f.kinds(), kinds(&["movement_record", "not_as_asked"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["balance_mismatch", "not_as_asked", "record_mismatch"])
+        );
     }
 
     #[test]
@@ -1264,7 +1045,10 @@ mod tests {
         let mut f = Fixture::good();
         let asked = movement(101, MovementKind::Deposit, "a", 50);
         movement_applied_as(&mut f, asked, ("a", EventKind::Deposited, 49));
-        assert_eq!(f.kinds(), kinds(&["movement_record", "not_as_asked"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["balance_mismatch", "not_as_asked", "record_mismatch"])
+        );
     }
 
     #[test]
@@ -1272,7 +1056,15 @@ mod tests {
         let mut f = Fixture::good();
         let asked = movement(102, MovementKind::Withdrawal, "a", 5);
         movement_applied_as(&mut f, asked, ("a", EventKind::Deposited, 5));
-        assert_eq!(f.kinds(), kinds(&["movement_record", "not_as_asked"]));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "acked_not_applied",
+                "balance_mismatch",
+                "not_as_asked",
+                "record_mismatch"
+            ])
+        );
     }
 
     /// The record and the event agree with each other, not with the client.
@@ -1284,8 +1076,11 @@ mod tests {
         done.account_id = acct("c");
         f.claim_record(&done, TransferState::Committed);
         f.append(N1, "c", EventKind::Deposited, 50, Some(id(103)));
-        f.history.push(op(Request::Movement(asked), Outcome::Ok));
-        assert_eq!(f.kinds(), kinds(&["lost_commit", "not_as_asked"]));
+        f.history.push(op(movement_req(asked), Heard::Ok));
+        assert_eq!(
+            f.kinds(),
+            kinds(&["acked_not_applied", "balance_mismatch", "not_as_asked"])
+        );
     }
 
     #[test]
@@ -1299,8 +1094,16 @@ mod tests {
         f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(104)));
         f.append(N2, "b", EventKind::TransferredIn, 5, Some(id(104)));
         f.history
-            .push(op(Request::Transfer(spec(104, "a", "b", 6)), Outcome::Ok));
-        assert_eq!(f.kinds(), kinds(&["lost_commit", "not_as_asked"]));
+            .push(op(transfer_req(spec(104, "a", "b", 6)), Heard::Ok));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "acked_not_applied",
+                "balance_mismatch",
+                "leg_mismatch",
+                "not_as_asked"
+            ])
+        );
     }
 
     #[test]
@@ -1314,8 +1117,16 @@ mod tests {
         );
         f.append(N1, "a", EventKind::TransferredOut, 5, Some(id(105)));
         f.append(N1, "c", EventKind::TransferredIn, 5, Some(id(105)));
-        f.history.push(op(Request::Transfer(asked), Outcome::Ok));
-        assert_eq!(f.kinds(), kinds(&["atomicity", "not_as_asked"]));
+        f.history.push(op(transfer_req(asked), Heard::Ok));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "leg_mismatch",
+                "not_as_asked",
+                "record_mismatch"
+            ])
+        );
     }
 
     /// A USD transfer that moved yen: the record and the amounts agree.
@@ -1343,16 +1154,26 @@ mod tests {
         );
         f.append(N2, "j1", EventKind::TransferredOut, 5, Some(id(107)));
         f.append(N2, "j2", EventKind::TransferredIn, 5, Some(id(107)));
-        f.history.push(op(Request::Transfer(asked), Outcome::Ok));
-        assert_eq!(f.kinds(), kinds(&["atomicity", "not_as_asked"]));
+        f.history.push(op(transfer_req(asked), Heard::Ok));
+        assert_eq!(
+            f.kinds(),
+            kinds(&[
+                "balance_mismatch",
+                "leg_mismatch",
+                "not_as_asked",
+                "phantom_transaction",
+                "record_mismatch"
+            ])
+        );
     }
 
     // ---- liveness ---------------------------------------------------------------
 
+    /// What is left open is in flight, and each kind of it an anomaly.
     #[test]
-    fn unsettled_names_what_is_left_open() {
+    fn what_is_left_open_is_in_flight_and_named() {
         let f = Fixture::good();
-        assert!(unsettled(&f.stores).is_empty());
+        assert!(!state(&f.stores).in_flight());
         // A record still preparing, one decided but not completed, a leg
         // prepared, a hold and a pending credit.
         f.record(
@@ -1373,20 +1194,25 @@ mod tests {
             |w| legs::prepare(w, &leg[1]),
         );
         f.append(N1, "a", EventKind::DebitHeld, 1, Some(id(92)));
-        let open = unsettled(&f.stores);
-        assert_eq!(open.len(), 5, "{open:#?}");
-        for (what, line) in [
-            (id(90).to_string(), "Preparing"),
-            (id(T1).to_string(), "completed=false"),
-            (id(91).to_string(), "credit leg"),
-            ("a holds 1".to_string(), ""),
-            ("b holds 0 and expects 1".to_string(), ""),
+        assert!(state(&f.stores).in_flight());
+        let found = f.check();
+        for (kind, what) in [
+            (AnomalyKind::UndecidedTransfer, id(90).to_string()),
+            (AnomalyKind::UncompletedTransfer, id(T1).to_string()),
+            (AnomalyKind::PreparedLeg, "1 legs".to_string()),
+            (
+                AnomalyKind::HeldLeft,
+                "account a still has 1 held".to_string(),
+            ),
+            (AnomalyKind::PendingCreditLeft, "account b".to_string()),
         ] {
             assert!(
-                open.iter().any(|l| l.contains(&what) && l.contains(line)),
-                "{what} {line}: {open:#?}"
+                found
+                    .iter()
+                    .any(|a| a.kind == kind && a.detail.contains(&what)),
+                "{kind} {what}: {found:#?}"
             );
         }
-        assert!(!settled(&f.stores));
+        let _ = LegState::Prepared;
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use clap::Parser;
+use wallet_history::{Anomaly, AnomalyKind};
 use wallet_sim::{run, Options, Report};
 
 #[derive(Parser)]
@@ -67,7 +68,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_default();
             Report {
                 seed,
-                anomalies: vec![wallet_sim::check::Anomaly::new("panic", why)],
+                anomalies: vec![Anomaly::new(AnomalyKind::Panic, why)],
                 ..Report::default()
             }
         });
@@ -81,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         add(&mut ops, &report.ops);
         add(&mut faults, &report.faults);
         for a in &report.anomalies {
-            *anomalies.entry(a.kind.clone()).or_default() += 1;
+            *anomalies.entry(a.kind.to_string()).or_default() += 1;
         }
         slowest_resolve = slowest_resolve.max(report.resolved_ms.unwrap_or(u64::MAX));
         sim_ms += report.sim_ms;

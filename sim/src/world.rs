@@ -10,16 +10,15 @@ use coordinator::batch::Limits;
 use coordinator::client::Participants;
 use coordinator::transfer::Coordinator;
 use participant::app::App;
-use participant::movements;
-use participant::store::Store;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use wallet_shared::protocol::{Movement, MovementKind, OpenAccount, TransferSpec};
-use wallet_shared::{AccountId, Amount, Currency, MapHandle, PartitionMap, TransactionId};
+use wallet_history::{classify, Anomaly, AnomalyKind, History, Op, Outcome, Phase, Request};
+use wallet_shared::{AccountId, Currency, MapHandle, PartitionMap};
 
-use crate::check::{self, Anomaly};
+use crate::check;
 use crate::clock::NodeClock;
 use crate::mem::MemStore;
 use crate::net::{Net, NetStats, Node, SharedNet, SimTransport, Weather};
@@ -50,48 +49,6 @@ impl Options {
             faults: true,
         }
     }
-}
-
-/// What a client asked for.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum Request {
-    Transfer(TransferSpec),
-    Movement(Movement),
-}
-
-impl Request {
-    pub fn id(&self) -> TransactionId {
-        match self {
-            Request::Transfer(s) => s.transaction_id,
-            Request::Movement(m) => m.transaction_id,
-        }
-    }
-}
-
-/// What the client heard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Outcome {
-    /// Definitely applied.
-    Ok,
-    /// Definitely not applied, with the stable code.
-    Fail(String),
-    /// Might be either; recovery settles it.
-    Unknown(String),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Op {
-    pub client: usize,
-    pub coordinator: usize,
-    pub request: Request,
-    /// A retry of an earlier request with the same id and body.
-    pub retry: bool,
-    /// An earlier request's id with another body (a deposit to another
-    /// account): it must be refused, and nothing of it applied.
-    pub reuse: bool,
-    pub invoked_ms: u64,
-    pub completed_ms: u64,
-    pub outcome: Outcome,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -150,7 +107,7 @@ pub(crate) struct World {
     pub stores: BTreeMap<String, MemStore>,
     coordinators: Mutex<Vec<CoordinatorSlot>>,
     pub rng: Mutex<fastrand::Rng>,
-    pub history: Mutex<Vec<Op>>,
+    pub history: Mutex<History>,
     pub faults: Mutex<BTreeMap<String, u64>>,
     pub accounts: Vec<AccountId>,
     pub currency: Currency,
@@ -265,7 +222,7 @@ async fn simulate(opts: Options) -> Report {
                 .collect(),
         ),
         rng: Mutex::new(fastrand::Rng::with_seed(opts.seed)),
-        history: Mutex::new(Vec::new()),
+        history: Mutex::new(History::default()),
         faults: Mutex::new(BTreeMap::new()),
         accounts: (0..opts.accounts)
             .map(|i| AccountId::parse(format!("acct-{i}")).unwrap())
@@ -275,7 +232,7 @@ async fn simulate(opts: Options) -> Report {
     for i in 0..opts.coordinators {
         world.start_coordinator(i);
     }
-    let mut anomalies = open_accounts(&world).await;
+    let mut anomalies = open_accounts(&world, opts.clients).await;
 
     // Faults and clients together; the nemesis stops when the clients do.
     let done = Arc::new(tokio::sync::Notify::new());
@@ -299,45 +256,24 @@ async fn simulate(opts: Options) -> Report {
     heal(&world, &opts);
     let healed_ms = world.ms();
 
-    // Recovery: faults off, every pending transfer must settle in time.
-    let mut resolved_ms = None;
-    while world.ms() - healed_ms <= RESOLVE_WITHIN.as_millis() as u64 {
-        if check::settled(&world.stores) {
-            resolved_ms = Some(world.ms() - healed_ms);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    if resolved_ms.is_none() {
-        anomalies.push(Anomaly::new(
-            "not_resolved",
-            format!(
-                "still unsettled {} s after the faults stopped: {}",
-                RESOLVE_WITHIN.as_secs(),
-                check::unsettled(&world.stores).join("; ")
-            ),
-        ));
-    }
-    anomalies.extend(fresh_transfer_commits(&world).await);
-    let history = world.history.lock().unwrap().clone();
-    anomalies.extend(check::check(&world.stores, &history));
+    // Recovery: faults off; every unknown outcome is resolved as a client
+    // would (a transfer's status, a movement's retry) and nothing may be
+    // left in flight, in time.
+    let harness = opts.clients;
+    let resolved_ms = settle(&world, harness, healed_ms).await;
+    fresh_transfer(&world, harness).await;
+    settle(&world, harness, world.ms()).await;
+    look_again(&world, harness).await;
+    read_balances(&world, harness).await;
+    let history = std::mem::take(&mut *world.history.lock().unwrap());
+    let settling = wallet_history::Settling {
+        healed_ms: healed_ms as f64,
+        settled_ms: resolved_ms.map(|ms| (healed_ms + ms) as f64),
+        limit_ms: RESOLVE_WITHIN.as_millis() as f64,
+    };
+    anomalies.extend(check::check(&world.stores, &history, settling));
 
-    let mut ops = BTreeMap::new();
-    for op in &history {
-        let kind = match &op.request {
-            _ if op.reuse => "reused_id",
-            Request::Transfer(_) if op.retry => "transfer_retry",
-            Request::Transfer(_) => "transfer",
-            Request::Movement(m) if m.kind == MovementKind::Deposit => "deposit",
-            Request::Movement(_) => "withdrawal",
-        };
-        let outcome = match &op.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Fail(_) => "fail",
-            Outcome::Unknown(_) => "unknown",
-        };
-        *ops.entry(format!("{kind} {outcome}")).or_default() += 1;
-    }
+    let ops = tally(&history);
     let stats = world.net.lock().unwrap().stats.clone();
     let messages = BTreeMap::from([
         ("sent".to_string(), stats.sent),
@@ -349,7 +285,7 @@ async fn simulate(opts: Options) -> Report {
         ("refused".to_string(), stats.refused),
     ]);
     let mut h = std::hash::DefaultHasher::new();
-    for op in &history {
+    for op in &history.ops {
         format!("{op:?}").hash(&mut h);
     }
     for store in world.stores.values() {
@@ -374,57 +310,51 @@ async fn simulate(opts: Options) -> Report {
     }
 }
 
-/// Opens every account and funds it, through the participant rules, before
-/// any fault; the deposits are in the event log like any other.
-async fn open_accounts(world: &World) -> Vec<Anomaly> {
+/// Opens every account and funds it through the public API, before any
+/// fault, as the harness's process `harness`; the requests are in the
+/// history like any other.
+async fn open_accounts(world: &Arc<World>, harness: usize) -> Vec<Anomaly> {
     let mut anomalies = Vec::new();
+    let currency = world.currency.code().to_string();
     for (i, account) in world.accounts.iter().enumerate() {
-        let partition = world.map.account_partition(account);
-        let node = world.map.owner(partition).expect("an owner").clone();
-        let store = &world.stores[&node];
-        let open = OpenAccount {
-            account_id: account.clone(),
-            partition,
-            currency: world.currency,
+        let open = Request::Open {
+            account: account.as_str().to_string(),
+            currency: currency.clone(),
         };
-        let deposit = Movement {
-            transaction_id: TransactionId(uuid::Uuid::from_u128(i as u128 + 1)),
-            kind: MovementKind::Deposit,
-            account_id: account.clone(),
-            partition,
-            amount: Amount::from_minor(world.rng(|r| r.i64(1..20_000))).unwrap(),
-            currency: world.currency,
+        let deposit = Request::Deposit {
+            transaction_id: uuid::Uuid::from_u128(i as u128 + 1),
+            account: account.as_str().to_string(),
+            amount: world.rng(|r| r.i64(1..20_000)),
+            currency: currency.clone(),
         };
-        let opened = store
-            .transaction("open", movements::open_keys(&open), |w| {
-                movements::open(w, &open)
-            })
-            .await;
-        let funded = store
-            .transaction("deposit", movements::keys(&deposit), |w| {
-                movements::apply(w, &deposit)
-            })
-            .await;
-        if !matches!(opened, Ok(Ok(_))) || !matches!(funded, Ok(Ok(_))) {
-            anomalies.push(Anomaly::new(
-                "setup",
-                format!("could not open and fund {account}"),
-            ));
+        for request in [open, deposit] {
+            let op = call(world, harness, Phase::Setup, 0, request, false).await;
+            if op.outcome != Outcome::Ok {
+                anomalies.push(Anomaly::new(
+                    AnomalyKind::Setup,
+                    format!("could not open and fund {account}: {op:?}"),
+                ));
+            }
         }
     }
     anomalies
 }
 
-fn new_id(world: &World) -> TransactionId {
+fn new_id(world: &World) -> uuid::Uuid {
     let bytes = world.rng(|r| r.u128(..)).to_le_bytes();
-    TransactionId(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// One client: transfers among few accounts (so they contend and overdraw),
-/// deposits, withdrawals, and retries of its earlier requests.
+/// deposits, withdrawals, retries of its earlier requests, and an earlier
+/// request's id sent again with another body (a deposit into another
+/// account), which must be refused.
 async fn client(world: Arc<World>, id: usize, opts: Options) {
     let mut sent: Vec<Request> = Vec::new();
     let mut done = 0;
+    let currency = world.currency.code().to_string();
+    let n = world.accounts.len();
+    let account = |i: usize| world.accounts[i].as_str().to_string();
     while done < opts.ops_per_client {
         let think = world.rng(|r| r.u64(0..40));
         tokio::time::sleep(Duration::from_millis(think)).await;
@@ -437,145 +367,136 @@ async fn client(world: Arc<World>, id: usize, opts: Options) {
         }
         done += 1;
         let roll = world.rng(|r| r.u32(0..100));
-        let (request, retry, reuse) = if roll < 15 && !sent.is_empty() {
+        let (request, retry) = if roll < 15 && !sent.is_empty() {
             let i = world.rng(|r| r.usize(0..sent.len()));
-            (sent[i].clone(), true, false)
+            (sent[i].clone(), true)
         } else if roll < 18 && !sent.is_empty() {
             let earlier = sent[world.rng(|r| r.usize(0..sent.len()))].clone();
-            let n = world.accounts.len();
-            let mut account = world.accounts[world.rng(|r| r.usize(0..n))].clone();
-            if let Request::Movement(m) = &earlier {
-                if m.account_id == account {
-                    let i = world
-                        .accounts
-                        .iter()
-                        .position(|a| *a == account)
-                        .unwrap_or(0);
-                    account = world.accounts[(i + 1) % n].clone();
-                }
+            let mut to = world.rng(|r| r.usize(0..n));
+            if earlier.movement().is_some_and(|(a, _, _)| a == account(to)) {
+                to = (to + 1) % n;
             }
-            (
-                Request::Movement(Movement {
-                    transaction_id: earlier.id(),
-                    kind: MovementKind::Deposit,
-                    partition: world.map.account_partition(&account),
-                    account_id: account,
-                    amount: Amount::from_minor(world.rng(|r| r.i64(1..5_000))).unwrap(),
-                    currency: world.currency,
-                }),
-                false,
-                true,
-            )
-        } else if roll < 25 {
-            let kind = if roll < 22 {
-                MovementKind::Deposit
-            } else {
-                MovementKind::Withdrawal
+            let reuse = Request::Deposit {
+                transaction_id: earlier.transaction_id().expect("a transaction id"),
+                account: account(to),
+                amount: world.rng(|r| r.i64(1..5_000)),
+                currency: currency.clone(),
             };
-            let account = world.accounts[world.rng(|r| r.usize(0..world.accounts.len()))].clone();
-            (
-                Request::Movement(Movement {
-                    transaction_id: new_id(&world),
-                    kind,
-                    partition: world.map.account_partition(&account),
-                    account_id: account,
-                    amount: Amount::from_minor(world.rng(|r| r.i64(1..5_000))).unwrap(),
-                    currency: world.currency,
-                }),
-                false,
-                false,
-            )
+            (reuse, false)
+        } else if roll < 25 {
+            let (transaction_id, to) = (new_id(&world), account(world.rng(|r| r.usize(0..n))));
+            let amount = world.rng(|r| r.i64(1..5_000));
+            let request = if roll < 22 {
+                Request::Deposit {
+                    transaction_id,
+                    account: to,
+                    amount,
+                    currency: currency.clone(),
+                }
+            } else {
+                Request::Withdraw {
+                    transaction_id,
+                    account: to,
+                    amount,
+                    currency: currency.clone(),
+                }
+            };
+            sent.push(request.clone());
+            (request, false)
         } else {
-            let n = world.accounts.len();
             let from = world.rng(|r| r.usize(0..n));
             let to = (from + world.rng(|r| r.usize(1..n))) % n;
-            (
-                Request::Transfer(TransferSpec {
-                    transaction_id: new_id(&world),
-                    from: world.accounts[from].clone(),
-                    to: world.accounts[to].clone(),
-                    amount: Amount::from_minor(world.rng(|r| r.i64(1..8_000))).unwrap(),
-                    currency: world.currency,
-                }),
-                false,
-                false,
-            )
-        };
-        if !retry && !reuse {
+            let request = Request::Transfer {
+                transaction_id: new_id(&world),
+                from: account(from),
+                to: account(to),
+                amount: world.rng(|r| r.i64(1..8_000)),
+                currency: currency.clone(),
+            };
             sent.push(request.clone());
-        }
-        let invoked_ms = world.ms();
-        let outcome = call(&world, c, request.clone()).await;
-        world.history.lock().unwrap().push(Op {
-            client: id,
-            coordinator: c,
-            request,
-            retry,
-            reuse,
-            invoked_ms,
-            completed_ms: world.ms(),
-            outcome,
-        });
+            (request, false)
+        };
+        call(&world, id, Phase::Chaos, c, request, retry).await;
     }
 }
 
 /// Sends one request through coordinator `c`, as a task that a crash of
-/// that coordinator aborts.
-async fn call(world: &Arc<World>, c: usize, request: Request) -> Outcome {
+/// that coordinator aborts, and records it in the history.
+async fn call(
+    world: &Arc<World>,
+    process: usize,
+    phase: Phase,
+    c: usize,
+    request: Request,
+    retry: bool,
+) -> Op {
+    let invoke_ms = world.ms() as f64;
     let api = {
         let slots = world.coordinators.lock().unwrap();
         slots[c].api.clone()
     };
-    let Some(api) = api else {
-        return Outcome::Unknown("coordinator down: connection refused".into());
+    let (outcome, status, body, error) = match api {
+        // Connection refused: the request never left, nothing happened.
+        None => (
+            Outcome::Fail,
+            None,
+            Value::Null,
+            Some("coordinator down: connection refused".to_string()),
+        ),
+        Some(api) => {
+            let task = tokio::spawn(through_the_api(api, request.clone()));
+            {
+                let mut slots = world.coordinators.lock().unwrap();
+                slots[c].tasks.retain(|t| !t.is_finished());
+                slots[c].tasks.push(task.abort_handle());
+            }
+            match task.await {
+                Ok(answer) => answer,
+                Err(_) => (
+                    Outcome::Unknown,
+                    None,
+                    Value::Null,
+                    Some("coordinator crashed mid-request".to_string()),
+                ),
+            }
+        }
     };
-    let task = tokio::spawn(through_the_api(api, request));
-    {
-        let mut slots = world.coordinators.lock().unwrap();
-        slots[c].tasks.retain(|t| !t.is_finished());
-        slots[c].tasks.push(task.abort_handle());
-    }
-    match task.await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::Unknown("coordinator crashed mid-request".into()),
-    }
+    let op = Op {
+        process,
+        phase,
+        request,
+        retry,
+        coordinator: c,
+        invoke_ms,
+        complete_ms: world.ms() as f64,
+        outcome,
+        status,
+        body,
+        error,
+    };
+    world.history.lock().unwrap().ops.push(op.clone());
+    op
 }
 
 /// Sends a client's request through the coordinator's public API, as a
-/// client would (JSON in, status and `{code}` out), so the API layer runs in
-/// the simulation too. A 5xx or `in_progress` says nothing about the
-/// outcome: unknown, as a client must read it.
-async fn through_the_api(api: axum::Router, request: Request) -> Outcome {
-    let (path, body) = match &request {
-        Request::Transfer(spec) => (
-            "/v1/wallet/balance_transfer".to_string(),
-            serde_json::json!({
-                "transaction_id": spec.transaction_id,
-                "from_account": spec.from,
-                "to_account": spec.to,
-                "amount": spec.currency.format(spec.amount.minor()),
-                "currency": spec.currency,
-            }),
-        ),
-        Request::Movement(m) => {
-            let verb = match m.kind {
-                MovementKind::Deposit => "deposit",
-                MovementKind::Withdrawal => "withdraw",
-            };
-            (
-                format!("/v1/wallet/accounts/{}/{verb}", m.account_id),
-                serde_json::json!({
-                    "transaction_id": m.transaction_id,
-                    "amount": m.currency.format(m.amount.minor()),
-                    "currency": m.currency,
-                }),
-            )
-        }
-    };
-    let req = axum::http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .expect("a well-formed request");
+/// client would (JSON in, status and body out), so the API layer runs in
+/// the simulation too; reads the answer as the chaos suite's clients do
+/// ([`classify`]): a 5xx or `in_progress` says nothing about the outcome.
+async fn through_the_api(
+    api: axum::Router,
+    request: Request,
+) -> (Outcome, Option<u16>, Value, Option<String>) {
+    let call = request.http();
+    let builder = axum::http::Request::builder()
+        .method(call.method)
+        .uri(&call.path);
+    let req = match &call.body {
+        Some(body) => builder
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string())),
+        None => builder.body(axum::body::Body::empty()),
+    }
+    .expect("a well-formed request");
     let response = match api.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -583,17 +504,106 @@ async fn through_the_api(api: axum::Router, request: Request) -> Outcome {
     let status = response.status().as_u16();
     let bytes = match axum::body::to_bytes(response.into_body(), 1 << 20).await {
         Ok(b) => b,
-        Err(e) => return Outcome::Unknown(format!("unreadable answer: {e}")),
+        Err(e) => {
+            return (
+                Outcome::Unknown,
+                Some(status),
+                Value::Null,
+                Some(format!("unreadable answer: {e}")),
+            )
+        }
     };
-    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let code = body["code"].as_str().unwrap_or("").to_string();
-    match status {
-        200 => Outcome::Ok,
-        202 => Outcome::Unknown("pending".into()),
-        409 if code == "in_progress" => Outcome::Unknown(code),
-        400..=499 => Outcome::Fail(code),
-        _ => Outcome::Unknown(format!("{status} {code}")),
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (classify(&request, status, &body), Some(status), body, None)
+}
+
+/// Resolves every unknown outcome as a client would (a transfer's status,
+/// a movement's retry) until the history settles all of them and no node
+/// has anything in flight, or [`RESOLVE_WITHIN`] after `from_ms` passes;
+/// says how long after `from_ms` it was settled.
+async fn settle(world: &Arc<World>, harness: usize, from_ms: u64) -> Option<u64> {
+    let n = world.coordinators.lock().unwrap().len();
+    while world.ms() - from_ms <= RESOLVE_WITHIN.as_millis() as u64 {
+        let pending = world.history.lock().unwrap().undetermined();
+        if pending.is_empty() && !check::state(&world.stores).in_flight() {
+            return Some(world.ms() - from_ms);
+        }
+        for (i, request) in pending.into_iter().enumerate() {
+            let (request, retry) = match request {
+                Request::Transfer { transaction_id, .. } => {
+                    (Request::Status { transaction_id }, false)
+                }
+                movement => (movement, true),
+            };
+            call(world, harness, Phase::Resolve, i % n, request, retry).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    None
+}
+
+/// A lookup that found no record, looked up again if one appeared since (a
+/// message delayed past the lookup).
+async fn look_again(world: &Arc<World>, harness: usize) {
+    let state = check::state(&world.stores);
+    let appeared: Vec<uuid::Uuid> = world
+        .history
+        .lock()
+        .unwrap()
+        .statuses()
+        .into_iter()
+        .filter(|(id, op)| op.status == Some(404) && state.transfers.contains_key(id))
+        .map(|(id, _)| id)
+        .collect();
+    for transaction_id in appeared {
+        let again = Request::Status { transaction_id };
+        call(world, harness, Phase::Final, 0, again, false).await;
+    }
+}
+
+/// The final read of every balance through the API (the checker compares
+/// it with the stores).
+async fn read_balances(world: &Arc<World>, harness: usize) {
+    for account in &world.accounts {
+        let read = Request::Read {
+            account: account.as_str().to_string(),
+        };
+        call(world, harness, Phase::Final, 0, read, false).await;
+    }
+}
+
+/// Operations by phase, kind and outcome (`transfer ok`, `resolve status
+/// ok`); a request under an id sent before with another body is a
+/// `reused_id`, a retry of a transfer a `transfer_retry`.
+fn tally(history: &History) -> BTreeMap<String, u64> {
+    let mut first_body: BTreeMap<uuid::Uuid, &Request> = BTreeMap::new();
+    let mut ops = BTreeMap::new();
+    for op in &history.ops {
+        let reuse = op
+            .request
+            .transaction_id()
+            .is_some_and(|id| *first_body.entry(id).or_insert(&op.request) != &op.request);
+        let kind = match &op.request {
+            _ if reuse => "reused_id",
+            Request::Transfer { .. } if op.retry => "transfer_retry",
+            Request::Withdraw { .. } => "withdrawal",
+            other => other.kind(),
+        };
+        let outcome = match op.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Fail => "fail",
+            Outcome::Unknown => "unknown",
+        };
+        let phase = match op.phase {
+            Phase::Chaos | Phase::Fresh => String::new(),
+            Phase::Setup => "setup ".into(),
+            Phase::Resolve => "resolve ".into(),
+            Phase::Final => "final ".into(),
+        };
+        *ops.entry(format!("{phase}{kind} {outcome}")).or_default() += 1;
+    }
+    ops
 }
 
 /// Faults, one after another, each healed after a while, until the clients
@@ -752,8 +762,9 @@ fn heal(world: &World, opts: &Options) {
     }
 }
 
-/// After recovery, a new transfer between funded accounts commits.
-async fn fresh_transfer_commits(world: &Arc<World>) -> Vec<Anomaly> {
+/// After recovery, a new transfer between funded accounts (the checker
+/// requires that it commits).
+async fn fresh_transfer(world: &Arc<World>, harness: usize) {
     let mut richest: Option<(i64, AccountId)> = None;
     for store in world.stores.values() {
         for a in store.tables.lock().unwrap().accounts.values() {
@@ -763,7 +774,7 @@ async fn fresh_transfer_commits(world: &Arc<World>) -> Vec<Anomaly> {
         }
     }
     let Some((available, from)) = richest.filter(|(v, _)| *v > 0) else {
-        return Vec::new();
+        return;
     };
     let to = world
         .accounts
@@ -775,30 +786,12 @@ async fn fresh_transfer_commits(world: &Arc<World>) -> Vec<Anomaly> {
         .or_else(|| world.accounts.iter().find(|a| **a != from))
         .cloned()
         .expect("two accounts");
-    let spec = TransferSpec {
+    let transfer = Request::Transfer {
         transaction_id: new_id(world),
-        from,
-        to,
-        amount: Amount::from_minor(available.min(100)).unwrap(),
-        currency: world.currency,
+        from: from.as_str().to_string(),
+        to: to.as_str().to_string(),
+        amount: available.min(100),
+        currency: world.currency.code().to_string(),
     };
-    let invoked_ms = world.ms();
-    let outcome = call(world, 0, Request::Transfer(spec.clone())).await;
-    world.history.lock().unwrap().push(Op {
-        client: usize::MAX,
-        coordinator: 0,
-        request: Request::Transfer(spec),
-        retry: false,
-        reuse: false,
-        invoked_ms,
-        completed_ms: world.ms(),
-        outcome: outcome.clone(),
-    });
-    if outcome != Outcome::Ok {
-        return vec![Anomaly::new(
-            "fresh_transfer_failed",
-            format!("a transfer after recovery did not commit: {outcome:?}"),
-        )];
-    }
-    Vec::new()
+    call(world, harness, Phase::Fresh, 0, transfer, false).await;
 }
