@@ -357,13 +357,7 @@ pub async fn settle_and_check(
     fresh(client, process, workload, &audit, history).await;
     let (audit, _) = Audit::wait_settled(databases, limit).await?;
     // A lookup that found no record is looked up again if one appeared.
-    let appeared: Vec<uuid::Uuid> = history
-        .statuses()
-        .into_iter()
-        .filter(|(id, op)| op.status == Some(404) && audit.transfers.contains_key(id))
-        .map(|(id, _)| id)
-        .collect();
-    for transaction_id in appeared {
+    for transaction_id in history.to_look_up_again(&audit) {
         let again = Request::Status { transaction_id };
         let op = client.call(process, Phase::Final, 0, again, false).await;
         history.ops.push(op);

@@ -468,29 +468,19 @@ fn holds(record: &StoredTransfer, request: &Request) -> bool {
                 && record.amount == *amount
                 && record.currency == *currency
         }
-        Request::Deposit {
-            account,
-            amount,
-            currency,
-            ..
-        }
-        | Request::Withdraw {
-            account,
-            amount,
-            currency,
-            ..
-        } => {
-            let kind = if matches!(request, Request::Deposit { .. }) {
-                "deposit"
-            } else {
-                "withdrawal"
-            };
-            record.kind == kind
-                && record.to == *account
-                && record.amount == *amount
-                && record.currency == *currency
-        }
-        _ => false,
+        _ => request
+            .movement()
+            .is_some_and(|(account, amount, currency)| {
+                let kind = if matches!(request, Request::Deposit { .. }) {
+                    "deposit"
+                } else {
+                    "withdrawal"
+                };
+                record.kind == kind
+                    && record.to == account
+                    && record.amount == amount
+                    && record.currency == currency
+            }),
     }
 }
 

@@ -517,6 +517,17 @@ impl History {
         out
     }
 
+    /// The transfers whose latest status lookup found no record while
+    /// `state` now holds one (a message delayed past the lookup): their
+    /// status is to be looked up again before checking.
+    pub fn to_look_up_again(&self, state: &crate::State) -> Vec<Uuid> {
+        self.statuses()
+            .into_iter()
+            .filter(|(id, op)| op.status == Some(404) && state.transfers.contains_key(id))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Writes the history as JSON lines into `out`, operations and faults
     /// merged in the order they started (`history.jsonl`).
     pub fn write_jsonl_to(&self, out: &mut impl Write) -> std::io::Result<()> {

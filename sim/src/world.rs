@@ -547,15 +547,7 @@ async fn settle(world: &Arc<World>, harness: usize, from_ms: u64) -> Option<u64>
 /// message delayed past the lookup).
 async fn look_again(world: &Arc<World>, harness: usize) {
     let state = check::state(&world.stores);
-    let appeared: Vec<uuid::Uuid> = world
-        .history
-        .lock()
-        .unwrap()
-        .statuses()
-        .into_iter()
-        .filter(|(id, op)| op.status == Some(404) && state.transfers.contains_key(id))
-        .map(|(id, _)| id)
-        .collect();
+    let appeared = world.history.lock().unwrap().to_look_up_again(&state);
     for transaction_id in appeared {
         let again = Request::Status { transaction_id };
         call(world, harness, Phase::Final, 0, again, false).await;
