@@ -1,7 +1,8 @@
 # make run         the whole cluster in the foreground (Ctrl-C stops it); data in .data/
 # make test        what CI runs: format, lints, build, every test
-# make bench       the benchmark (release build, its own cluster, ~6 min): pgbench reference and
-#                  every scenario; table, JSON and SVG chart in target/bench/<time>/ (BENCH_SECONDS=20)
+# make bench       the benchmark (release build, its own cluster, ~8 min): pgbench and XA references
+#                  and every scenario; table, JSON, SVG chart and profile in target/bench/<time>/
+#                  (BENCH_SECONDS=20; installs perf for the profile)
 # make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
 # make move-under-load  moves a partition of 10,000 accounts while loadgen runs (release build)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
@@ -48,6 +49,7 @@ test: compose-deps
 	$(CARGO) test --workspace
 
 bench: deps
+	scripts/ensure-deps.sh --bench
 	$(CARGO) build --release -p participant -p coordinator -p bench
 	BENCH_OUT="$${BENCH_OUT:-$(TARGET_DIR)/bench}" $(TARGET_DIR)/release/bench
 

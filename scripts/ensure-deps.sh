@@ -16,18 +16,22 @@
 # docker-compose), debootstrap for the local base image
 # (scripts/build-base-image.sh) and objcopy (binutils) to strip the staged
 # binaries; and it checks that the engine answers.
+# With --bench (make bench), also perf (linux-perf), for the profile the
+# benchmark writes beside its table.
 # A no-op when everything is present. Uses apt-get; through sudo unless root.
 # `ensure-deps.sh --check [--compose]` only reports what is missing (exit 1 if anything).
 set -euo pipefail
 
 check=0
 compose=0
+bench=0
 for arg in "$@"; do
     case "$arg" in
     --check) check=1 ;;
     --compose) compose=1 ;;
+    --bench) bench=1 ;;
     *)
-        echo "ensure-deps: unknown argument $arg (--check, --compose)" >&2
+        echo "ensure-deps: unknown argument $arg (--check, --compose, --bench)" >&2
         exit 2
         ;;
     esac
@@ -89,6 +93,10 @@ if [ "$compose" -eq 1 ]; then
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     command -v objcopy >/dev/null || missing+=(binutils)
     command -v curl >/dev/null || missing+=(curl)
+fi
+
+if [ "$bench" -eq 1 ] && ! command -v perf >/dev/null; then
+    missing+=(linux-perf)
 fi
 
 # The engine must answer (installing docker.io starts it; a machine that

@@ -53,39 +53,126 @@ pub fn snapshot() -> Snapshot {
             Some(f.iter().take(8).sum::<u64>() - idle)
         })
         .unwrap_or(0);
-    let mut parents: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut ticks: BTreeMap<u32, u64> = BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((ppid, t)) = proc_stat(pid) {
-                parents.insert(pid, ppid);
-                ticks.insert(pid, t);
-            }
-        }
-    }
-    let mut ours: BTreeSet<u32> = [std::process::id()].into();
-    // Descendants: repeat until no new child is found.
-    loop {
-        let before = ours.len();
-        for (pid, ppid) in &parents {
-            if ours.contains(ppid) {
-                ours.insert(*pid);
-            }
-        }
-        if ours.len() == before {
-            break;
-        }
-    }
+    let table = process_table();
+    let ours = descendants(&table, &[std::process::id()]);
     Snapshot {
         at: std::time::Instant::now(),
         busy,
         ours: ours
             .into_iter()
-            .filter_map(|p| Some((p, *ticks.get(&p)?)))
+            .filter_map(|p| Some((p, table.get(&p)?.1)))
             .collect(),
+    }
+}
+
+/// Every process of the machine: pid -> (ppid, ticks used with its ended
+/// children).
+fn process_table() -> BTreeMap<u32, (u32, u64)> {
+    let mut table = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(row) = proc_stat(pid) {
+                table.insert(pid, row);
+            }
+        }
+    }
+    table
+}
+
+/// `roots` and every process below them in `table`.
+fn descendants(table: &BTreeMap<u32, (u32, u64)>, roots: &[u32]) -> BTreeSet<u32> {
+    let mut found: BTreeSet<u32> = roots.iter().copied().collect();
+    // Repeat until no new child is found.
+    loop {
+        let before = found.len();
+        for (pid, (ppid, _)) in table {
+            if found.contains(ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
+}
+
+/// The pids of `root` and of every process below it (a Postgres server's
+/// backends), now.
+pub fn tree_pids(root: u32) -> BTreeSet<u32> {
+    let table = process_table();
+    descendants(&table, &[root])
+        .into_iter()
+        .filter(|p| table.contains_key(p))
+        .collect()
+}
+
+/// CPU time of named process trees (a service, a Postgres server with its
+/// backends, etcd), read at one instant. A tree's count is the sum over its
+/// live processes of their own time and that of their ended, waited-for
+/// children: a backend that ends moves, whole, into its postmaster's count,
+/// so the sum only grows while the root lives.
+#[derive(Debug, Clone)]
+pub struct Trees {
+    at: std::time::Instant,
+    /// Ticks by tree name.
+    ticks: BTreeMap<String, u64>,
+}
+
+/// What named process trees used between two [`Trees`] readings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TreesUsage {
+    /// Length of the interval, seconds.
+    pub seconds: f64,
+    /// CPU seconds of every tree together.
+    pub cpu_seconds: f64,
+    /// Percent of one CPU, by tree name (100 = one CPU busy all the time).
+    pub pct_by_process: BTreeMap<String, f64>,
+}
+
+impl TreesUsage {
+    /// CPU microseconds per unit of work (`None` when there was none).
+    pub fn us_per(&self, units: u64) -> Option<f64> {
+        (units > 0).then(|| self.cpu_seconds * 1e6 / units as f64)
+    }
+}
+
+impl Trees {
+    /// Reads the CPU time of each `(name, root pid)` tree now; trees that
+    /// share a name add up (two coordinators' trees as "coordinator").
+    pub fn read(roots: &[(String, u32)]) -> Trees {
+        let table = process_table();
+        let mut ticks: BTreeMap<String, u64> = BTreeMap::new();
+        for (name, root) in roots {
+            let sum: u64 = descendants(&table, &[*root])
+                .iter()
+                .filter_map(|p| Some(table.get(p)?.1))
+                .sum();
+            *ticks.entry(name.clone()).or_default() += sum;
+        }
+        Trees {
+            at: std::time::Instant::now(),
+            ticks,
+        }
+    }
+
+    /// What each tree used from `self` until `later`.
+    pub fn usage_until(&self, later: &Trees) -> TreesUsage {
+        let seconds = later.at.duration_since(self.at).as_secs_f64().max(0.001);
+        let mut total = 0u64;
+        let mut pct_by_process = BTreeMap::new();
+        for (name, t) in &later.ticks {
+            let used = t.saturating_sub(self.ticks.get(name).copied().unwrap_or(0));
+            total += used;
+            pct_by_process.insert(name.clone(), used as f64 / TICKS / seconds * 100.0);
+        }
+        TreesUsage {
+            seconds,
+            cpu_seconds: total as f64 / TICKS,
+            pct_by_process,
+        }
     }
 }
 
@@ -173,5 +260,22 @@ mod tests {
             "the child's CPU time is not ours: {grown} ticks"
         );
         assert!(before.usage_until(&after).ours_pct > 0.0);
+    }
+
+    #[test]
+    fn a_tree_counts_its_ended_children() {
+        let roots = vec![("me".to_string(), std::process::id())];
+        let before = Trees::read(&roots);
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let u = before.usage_until(&Trees::read(&roots));
+        assert!(u.cpu_seconds >= 0.05, "{u:?}");
+        assert!(u.pct_by_process["me"] > 0.0, "{u:?}");
+        assert_eq!(u.us_per(0), None);
+        assert!(u.us_per(10).unwrap() >= 5_000.0, "{u:?}");
+        assert!(tree_pids(std::process::id()).contains(&std::process::id()));
     }
 }

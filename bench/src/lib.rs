@@ -10,11 +10,13 @@
 
 pub mod cpu;
 pub mod generator;
+pub mod profile;
 pub mod reference;
 pub mod report;
 pub mod rss;
 pub mod scenario;
 pub mod setup;
+pub mod xa;
 
 use devcluster::Cluster;
 
@@ -42,27 +44,85 @@ pub fn services(cluster: &Cluster) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Every process of `cluster` whose CPU a transfer costs (name, root PID):
+/// coordinators, participants, each Postgres server (its backends are
+/// below it) and etcd. Not the load generator.
+pub fn cluster_processes(cluster: &Cluster) -> Vec<(String, u32)> {
+    let mut out = services(cluster);
+    for i in 0..cluster.participants().len() {
+        if let Some(pid) = cluster.postgres(i).pid() {
+            out.push((format!("postgres-{}", i + 1), pid));
+        }
+    }
+    if let Some(pid) = cluster.etcd().pid() {
+        out.push(("etcd".to_string(), pid));
+    }
+    out
+}
+
+/// The processes [`measure`] watches.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// Resident memory sampled (name, PID): the services.
+    pub rss: Vec<(String, u32)>,
+    /// CPU time summed over these process trees (name, root PID) in the
+    /// measured window: the whole cluster, not the load generator.
+    pub cpu: Vec<(String, u32)>,
+}
+
+impl Watched {
+    /// The services' memory and the whole cluster's CPU.
+    pub fn cluster(cluster: &Cluster) -> Watched {
+        Watched {
+            rss: services(cluster),
+            cpu: cluster_processes(cluster),
+        }
+    }
+}
+
 /// Runs `plan` with `scenario`'s requests while sampling the resident
-/// memory of `processes` and the machine's CPU use; one row of the report
-/// (ratio not yet set).
+/// memory and the CPU time of the `watched` processes and the machine's CPU
+/// use; one row of the report (ratios not yet set).
 pub async fn measure(
     name: &str,
     target: &Target,
     scenario: &Scenario,
     plan: &Plan,
     seed: u64,
-    processes: Vec<(String, u32)>,
+    watched: &Watched,
 ) -> Row {
-    let sampler = rss::Sampler::start(processes);
+    let sampler = rss::Sampler::start(watched.rss.clone());
     let before = cpu::snapshot();
+    // The cluster's CPU over the measured window only (the generator's
+    // clock starts now), so that it matches the commits counted in it.
+    let window = {
+        let roots = watched.cpu.clone();
+        let start = tokio::time::Instant::now() + plan.warmup;
+        let end = start + plan.measure;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            let first = cpu::Trees::read(&roots);
+            tokio::time::sleep_until(end).await;
+            first.usage_until(&cpu::Trees::read(&roots))
+        })
+    };
     let result = generator::run(target, scenario, plan, seed).await;
     let cpu = before.usage_until(&cpu::snapshot());
     let rss_mb = sampler.stop().await;
+    let cluster_cpu = window.await.unwrap_or_default();
+    let cpu_us_per_tx = if watched.cpu.is_empty() {
+        None
+    } else {
+        cluster_cpu.us_per(result.outcomes.committed)
+    };
     Row {
         scenario: name.to_string(),
         result,
         ratio: None,
         rss_mb,
         cpu,
+        cluster_cpu,
+        cpu_us_per_tx,
+        ratios: Default::default(),
     }
 }

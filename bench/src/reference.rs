@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::cpu::{self, Usage};
+use super::cpu::{self, Trees, TreesUsage, Usage};
 use super::generator::{histogram, Latency};
 use super::setup::connect;
 
@@ -24,7 +24,7 @@ pub const DATABASE: &str = "pgbench_ref";
 /// The script, as kept in the repository.
 pub const SCRIPT: &str = include_str!("../pgbench-transfer.sql");
 /// Balance of every reference account: never runs dry.
-const BALANCE: i64 = 1_000_000_000_000;
+pub const BALANCE: i64 = 1_000_000_000_000;
 
 /// One pgbench run.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +39,13 @@ pub struct RefRun {
     pub latency: Latency,
     /// CPU use of the machine during the run.
     pub cpu: Usage,
+    /// Transactions pgbench processed.
+    pub transactions: u64,
+    /// CPU of the Postgres server (postmaster and backends, not pgbench)
+    /// over the run.
+    pub server_cpu: TreesUsage,
+    /// `server_cpu` per processed transaction, microseconds.
+    pub cpu_us_per_tx: Option<f64>,
 }
 
 /// The reference measurement.
@@ -73,15 +80,21 @@ pub fn script(workspace: &Path, out_dir: &Path) -> Result<PathBuf> {
 /// `accounts(id int primary key, balance bigint not null check (balance >= 0))`
 /// with `accounts` rows.
 pub async fn prepare(port: u16, accounts: usize) -> Result<()> {
+    prepare_database(port, DATABASE, accounts).await
+}
+
+/// Creates (afresh) `database` on the server at `port` with the reference's
+/// `accounts` table of `accounts` rows (ids 1 to `accounts`).
+pub async fn prepare_database(port: u16, database: &str, accounts: usize) -> Result<()> {
     let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let mut conn = connect(&admin, Duration::from_secs(120)).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database}"))
         .execute(&mut conn)
         .await?;
-    sqlx::query(&format!("CREATE DATABASE {DATABASE}"))
+    sqlx::query(&format!("CREATE DATABASE {database}"))
         .execute(&mut conn)
         .await?;
-    let url = format!("postgres://postgres@127.0.0.1:{port}/{DATABASE}");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{database}");
     let mut conn = connect(&url, Duration::from_secs(120)).await?;
     sqlx::query(
         "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))",
@@ -100,9 +113,13 @@ pub async fn prepare(port: u16, accounts: usize) -> Result<()> {
 }
 
 /// Runs pgbench once per client count (`-j` up to 2), `seconds` each, and
-/// keeps every run; per-transaction logs go to `out_dir`.
+/// keeps every run; per-transaction logs go to `out_dir`. `server` names
+/// the Postgres server's process tree (name, postmaster PID) whose CPU the
+/// transfers cost.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     pgbench: &Path,
+    server: &(String, u32),
     port: u16,
     script: &Path,
     accounts: usize,
@@ -112,17 +129,18 @@ pub async fn run(
 ) -> Result<Reference> {
     let mut runs = Vec::new();
     for &c in clients {
-        let run = run_one(pgbench, port, script, c, seconds, out_dir)
+        let run = run_one(pgbench, server, port, script, c, seconds, out_dir)
             .await
             .with_context(|| format!("pgbench with {c} clients"))?;
         eprintln!(
-            "  pgbench -c {:>3} -j {}: {:>8.0} tps  p50 {:.2} ms  p99 {:.2} ms  failed {}  other CPU {:.0}%",
+            "  pgbench -c {:>3} -j {}: {:>8.0} tps  p50 {:.2} ms  p99 {:.2} ms  failed {}  server CPU {:.0} µs/tx  other CPU {:.0}%",
             run.clients,
             run.threads,
             run.tps,
             run.latency.p50_ms,
             run.latency.p99_ms,
             run.failed,
+            run.cpu_us_per_tx.unwrap_or(f64::NAN),
             run.cpu.other_pct
         );
         runs.push(run);
@@ -142,6 +160,7 @@ pub async fn run(
 
 async fn run_one(
     pgbench: &Path,
+    server: &(String, u32),
     port: u16,
     script: &Path,
     clients: usize,
@@ -163,11 +182,14 @@ async fn run_one(
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let limit = Duration::from_secs(seconds + 60);
+    let servers = [server.clone()];
     let before = cpu::snapshot();
+    let server_before = Trees::read(&servers);
     let out = tokio::time::timeout(limit, cmd.output())
         .await
         .with_context(|| format!("pgbench did not finish in {limit:?}"))?
         .context("running pgbench")?;
+    let server_cpu = server_before.usage_until(&Trees::read(&servers));
     let cpu = before.usage_until(&cpu::snapshot());
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -190,6 +212,8 @@ async fn run_one(
                 .ok()
         })
         .unwrap_or(0);
+    let transactions = parse_processed(&stdout)
+        .with_context(|| format!("no transaction count in pgbench's output:\n{stdout}"))?;
     Ok(RefRun {
         clients,
         threads,
@@ -198,6 +222,20 @@ async fn run_one(
         failed,
         latency: log_latency(&log_dir)?,
         cpu,
+        transactions,
+        cpu_us_per_tx: server_cpu.us_per(transactions),
+        server_cpu,
+    })
+}
+
+/// `number of transactions actually processed: 12345` (`/12345` may follow).
+fn parse_processed(stdout: &str) -> Option<u64> {
+    stdout.lines().find_map(|l| {
+        l.strip_prefix("number of transactions actually processed: ")?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     })
 }
 
@@ -250,6 +288,13 @@ mod tests {
         let out = "transaction type: pgbench-transfer.sql\nnumber of failed transactions: 0 (0.000%)\n\
                    latency average = 1.234 ms\ntps = 1617.123456 (without initial connection time)\n";
         assert_eq!(parse_tps(out), Some(1617.123456));
+        assert_eq!(parse_processed(out), None);
+        let out = "number of transactions actually processed: 16171\nnumber of failed transactions: 0 (0.000%)\n";
+        assert_eq!(parse_processed(out), Some(16171));
+        assert_eq!(
+            parse_processed("number of transactions actually processed: 500/500\n"),
+            Some(500)
+        );
     }
 
     #[test]

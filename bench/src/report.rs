@@ -9,13 +9,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::cpu::Usage;
+use super::cpu::{TreesUsage, Usage};
 use super::generator::{Latency, RunResult};
 use super::reference::Reference;
+use super::xa::XaReference;
 
 /// Row names the targets look for.
 pub const UNIFORM: &str = "uniform";
 pub const UNIFORM_HALF: &str = "uniform @ half load";
+pub const SAME_PARTITION: &str = "same-partition";
 pub const HOT_CREDIT: &str = "hot-credit";
 pub const HOT_DEBIT: &str = "hot-debit";
 pub const IN_FLIGHT: &str = "10k in flight";
@@ -31,6 +33,25 @@ pub struct Row {
     pub rss_mb: BTreeMap<String, f64>,
     /// CPU use of the machine during the run, ours and others'.
     pub cpu: Usage,
+    /// CPU of every process of the cluster (not the load generator) in
+    /// the measured window, by process tree.
+    pub cluster_cpu: TreesUsage,
+    /// `cluster_cpu` per committed operation, microseconds.
+    pub cpu_us_per_tx: Option<f64>,
+    /// The row against both references.
+    pub ratios: Ratios,
+}
+
+/// A row against the references of the same run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ratios {
+    /// CPU per transfer over pgbench's (the server's CPU per transfer at
+    /// pgbench's best client count).
+    pub cpu_vs_pgbench: Option<f64>,
+    /// Committed per second over the XA reference's best.
+    pub tps_vs_xa: Option<f64>,
+    /// CPU per transfer over the XA reference's (its two servers').
+    pub cpu_vs_xa: Option<f64>,
 }
 
 /// One target of `product.md`, checked against this run.
@@ -50,6 +71,8 @@ pub struct Report {
     /// seconds per scenario, Postgres durability settings, setup time, ...).
     pub settings: BTreeMap<String, String>,
     pub reference: Option<Reference>,
+    /// The second reference: a plain XA transfer across two servers.
+    pub xa: Option<XaReference>,
     pub rows: Vec<Row>,
     pub targets: Vec<TargetCheck>,
 }
@@ -60,15 +83,31 @@ impl Report {
         self.reference.as_ref().map(|r| r.best.tps)
     }
 
-    /// Sets every row's ratio to the reference and evaluates the targets.
+    /// pgbench's CPU per transfer at its best client count, microseconds.
+    pub fn reference_cpu(&self) -> Option<f64> {
+        self.reference.as_ref().and_then(|r| r.best.cpu_us_per_tx)
+    }
+
+    /// Sets every row's ratios to the references and evaluates the targets.
     pub fn finish(&mut self) {
         let reference = self.reference_tps();
+        let reference_cpu = self.reference_cpu();
+        let xa_tps = self.xa.as_ref().map(|x| x.best.tps);
+        let xa_cpu = self.xa.as_ref().and_then(|x| x.best.cpu_us_per_tx);
+        let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
         for row in &mut self.rows {
-            row.ratio = reference
-                .filter(|r| *r > 0.0)
-                .map(|r| row.result.committed_per_s / r);
+            let tps = Some(row.result.committed_per_s);
+            row.ratio = over(tps, reference);
+            row.ratios = Ratios {
+                cpu_vs_pgbench: over(row.cpu_us_per_tx, reference_cpu),
+                tps_vs_xa: over(tps, xa_tps),
+                cpu_vs_xa: over(row.cpu_us_per_tx, xa_cpu),
+            };
         }
-        self.targets = targets(reference, &self.rows);
+        self.targets = targets(reference, reference_cpu, &self.rows);
     }
 
     /// The Markdown table.
@@ -88,6 +127,10 @@ impl Report {
             "p99 ms",
             "p99.9 ms",
             "x ref",
+            "x XA",
+            "CPU µs/tx",
+            "CPU x ref",
+            "CPU x XA",
             "errors",
             "dropped",
             "other CPU %",
@@ -97,7 +140,13 @@ impl Report {
         .collect();
         header.extend(processes.iter().map(|p| format!("{p} MB")));
         let mut rows: Vec<Vec<String>> = Vec::new();
+        let reference = self.reference_tps();
+        let reference_cpu = self.reference_cpu();
+        let xa_tps = self.xa.as_ref().map(|x| x.best.tps);
+        let xa_cpu = self.xa.as_ref().and_then(|x| x.best.cpu_us_per_tx);
+        let ratio = |a: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map(|b| a / b);
         if let Some(r) = &self.reference {
+            let cpu = r.best.cpu_us_per_tx;
             let mut cells = vec![
                 "pgbench reference".to_string(),
                 format!("{} clients, -j {}", r.best.clients, r.best.threads),
@@ -106,6 +155,31 @@ impl Report {
                 ms(r.best.latency.p99_ms),
                 ms(r.best.latency.p999_ms),
                 "1.00".into(),
+                x(ratio(r.best.tps, xa_tps)),
+                us(cpu),
+                x(cpu.and_then(|c| ratio(c, reference_cpu))),
+                x(cpu.and_then(|c| ratio(c, xa_cpu))),
+                r.best.failed.to_string(),
+                "-".into(),
+                format!("{:.0}", r.best.cpu.other_pct),
+            ];
+            cells.extend(processes.iter().map(|_| "-".to_string()));
+            rows.push(cells);
+        }
+        if let Some(r) = &self.xa {
+            let cpu = r.best.cpu_us_per_tx;
+            let mut cells = vec![
+                "XA reference (2 servers)".to_string(),
+                format!("{} clients", r.best.clients),
+                format!("{:.0}", r.best.tps),
+                ms(r.best.latency.p50_ms),
+                ms(r.best.latency.p99_ms),
+                ms(r.best.latency.p999_ms),
+                x(ratio(r.best.tps, reference)),
+                "1.00".into(),
+                us(cpu),
+                x(cpu.and_then(|c| ratio(c, reference_cpu))),
+                x(cpu.and_then(|c| ratio(c, xa_cpu))),
                 r.best.failed.to_string(),
                 "-".into(),
                 format!("{:.0}", r.best.cpu.other_pct),
@@ -122,7 +196,11 @@ impl Report {
                 ms(res.latency.p50_ms),
                 ms(res.latency.p99_ms),
                 ms(res.latency.p999_ms),
-                row.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                x(row.ratio),
+                x(row.ratios.tps_vs_xa),
+                us(row.cpu_us_per_tx),
+                x(row.ratios.cpu_vs_pgbench),
+                x(row.ratios.cpu_vs_xa),
                 res.outcomes.errors().to_string(),
                 if matches!(res.load, super::generator::Load::Open { .. }) {
                     res.dropped.to_string()
@@ -143,9 +221,35 @@ impl Report {
         let _ = writeln!(
             out,
             "\ntx/s: committed per second. Latency of every answer, from when the request was due. \
+             x ref, x XA: tx/s over the pgbench and the XA reference's. \
+             CPU µs/tx: CPU time (user + system, from /proc) of every process of the cluster \
+             (coordinators, participants, Postgres servers with their backends, etcd; not the \
+             load generator) in the measured window, per committed operation; for the references, \
+             their Postgres servers' (one for pgbench, two for XA). CPU x ref, CPU x XA: that over \
+             the references' CPU per transfer. \
              other CPU %: CPU taken by processes outside this benchmark during the run \
              (100 = one of the {cpus} CPUs), noise in these numbers."
         );
+        let shares: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let per: Vec<String> = r
+                    .cluster_cpu
+                    .pct_by_process
+                    .iter()
+                    .map(|(p, pct)| format!("{p} {pct:.0}"))
+                    .collect();
+                format!("- {} ({}): {}", r.scenario, r.result.load, per.join(", "))
+            })
+            .collect();
+        if !shares.is_empty() {
+            out.push_str("\nCPU by process tree in the measured window (100 = one CPU):\n");
+            for line in shares {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
         let errors: Vec<String> = self
             .rows
             .iter()
@@ -217,6 +321,14 @@ impl Report {
         if let Some(r) = &self.reference {
             bars.push(Bar {
                 label: format!("pgbench reference ({} clients)", r.best.clients),
+                tps: r.best.tps,
+                lat: r.best.latency,
+                reference: true,
+            });
+        }
+        if let Some(r) = &self.xa {
+            bars.push(Bar {
+                label: format!("XA reference ({} clients)", r.best.clients),
                 tps: r.best.tps,
                 lat: r.best.latency,
                 reference: true,
@@ -363,8 +475,13 @@ impl Report {
     }
 }
 
-/// The targets of `product.md` that this run can check.
-pub fn targets(reference: Option<f64>, rows: &[Row]) -> Vec<TargetCheck> {
+/// The targets of `product.md` that this run can check. `reference_cpu`
+/// is pgbench's CPU per transfer.
+pub fn targets(
+    reference: Option<f64>,
+    reference_cpu: Option<f64>,
+    rows: &[Row],
+) -> Vec<TargetCheck> {
     let best = |name: &str| {
         rows.iter().filter(|r| r.scenario == name).max_by(|a, b| {
             a.result
@@ -372,15 +489,53 @@ pub fn targets(reference: Option<f64>, rows: &[Row]) -> Vec<TargetCheck> {
                 .total_cmp(&b.result.committed_per_s)
         })
     };
+    let closed = |name: &str, clients: usize| {
+        rows.iter().find(|r| {
+            r.scenario == name && r.result.load == super::generator::Load::Closed { clients }
+        })
+    };
     let mut out = Vec::new();
     let uniform = best(UNIFORM).map(|r| r.result.committed_per_s);
     if let (Some(u), Some(r)) = (uniform, reference) {
+        for (factor, when) in [(1.0, "now"), (3.0, "the goal beyond it")] {
+            out.push(TargetCheck {
+                target: format!("uniform cross-partition vs pgbench reference ({when})"),
+                wanted: format!(">= {factor:.2}x ({:.0}/s)", factor * r),
+                measured: format!("{:.2}x ({u:.0}/s vs {r:.0}/s)", u / r),
+                met: u >= factor * r,
+            });
+        }
+    }
+    if let Some(one) = closed(UNIFORM, 1) {
+        let p50 = one.result.latency.p50_ms;
         out.push(TargetCheck {
-            target: "uniform cross-partition vs pgbench reference".into(),
-            wanted: format!(">= 3.00x ({:.0}/s)", 3.0 * r),
-            measured: format!("{:.2}x ({u:.0}/s vs {r:.0}/s)", u / r),
-            met: u >= 3.0 * r,
+            target: "p50 of one client alone (uniform)".into(),
+            wanted: "<= 3 ms".into(),
+            measured: format!("{p50:.2} ms"),
+            met: p50 <= 3.0 && one.result.outcomes.errors() == 0,
         });
+    }
+    if let Some(ref_cpu) = reference_cpu {
+        let cpu_target = |row: Option<&Row>, what: &str, limit: f64| {
+            let row = row?;
+            let cpu = row.cpu_us_per_tx?;
+            Some(TargetCheck {
+                target: format!("CPU per committed cross-node transfer, {what}"),
+                wanted: format!("<= {limit:.1}x pgbench ({:.0} µs)", limit * ref_cpu),
+                measured: format!(
+                    "{:.2}x ({cpu:.0} µs vs {ref_cpu:.0} µs, {})",
+                    cpu / ref_cpu,
+                    row.result.load
+                ),
+                met: cpu <= limit * ref_cpu,
+            })
+        };
+        out.extend(cpu_target(
+            best(UNIFORM),
+            "at saturation (best uniform)",
+            1.5,
+        ));
+        out.extend(cpu_target(closed(UNIFORM, 16), "at 16 clients", 3.0));
     }
     if let Some(h) = best(UNIFORM_HALF) {
         let p99 = h.result.latency.p99_ms;
@@ -421,6 +576,14 @@ pub fn targets(reference: Option<f64>, rows: &[Row]) -> Vec<TargetCheck> {
         }
     }
     out
+}
+
+fn x(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{r:.2}"))
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or("-".into(), |u| format!("{u:.0}"))
 }
 
 fn ms(v: f64) -> String {

@@ -4,9 +4,11 @@
 //! one of the cluster's Postgres servers, then every scenario, and writes
 //! the report (table, JSON, SVG chart) into `target/bench/<timestamp>/`.
 //!
-//! Order: reference at each client count; uniform transfers, closed loop, at
-//! each of `BENCH_CLIENTS`; the best count is used for the other closed-loop
-//! scenarios; uniform in open loop at half the best closed-loop rate (the
+//! Order: pgbench reference at each client count; the XA reference (a plain
+//! XA transfer across two of the cluster's Postgres servers) at each of
+//! `BENCH_XA_CLIENTS`; uniform transfers, closed loop, at each of
+//! `BENCH_CLIENTS`; a profiled uniform run at the best count (`profile.txt`,
+//! not a row); the best count is used for the other closed-loop scenarios; uniform in open loop at half the best closed-loop rate (the
 //! p99 target); then open loop at a high rate capped at `BENCH_IN_FLIGHT`
 //! unanswered requests (resident memory at 10,000 in flight). Every setting
 //! has an environment variable (see `--help`).
@@ -49,9 +51,21 @@ struct Args {
         long,
         env = "BENCH_CLIENTS",
         value_delimiter = ',',
-        default_value = "16,64,256,1024"
+        default_value = "1,16,64,256,1024"
     )]
     clients: Vec<usize>,
+    /// XA reference client counts; the best is the reference.
+    #[arg(
+        long,
+        env = "BENCH_XA_CLIENTS",
+        value_delimiter = ',',
+        default_value = "4,16,32,64"
+    )]
+    xa_clients: Vec<usize>,
+    /// Seconds of the profiled uniform run (at the best client count; not a
+    /// row of the table); 0: no profile.
+    #[arg(long, env = "BENCH_PROFILE_SECONDS", default_value_t = 10)]
+    profile_seconds: u64,
     /// In-flight cap of the memory scenario (and of the half-load run).
     #[arg(long, env = "BENCH_IN_FLIGHT", default_value_t = 10_000)]
     in_flight: usize,
@@ -107,6 +121,7 @@ async fn run(
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         settings: Default::default(),
         reference: None,
+        xa: None,
         rows: Vec::new(),
         targets: Vec::new(),
     };
@@ -193,9 +208,22 @@ async fn run(
     let script = bench::reference::script(&workspace, out_dir)?;
     bench::reference::prepare(pg.port(), args.accounts).await?;
     let pgbench = devcluster::postgres::bin_dir()?.join("pgbench");
+    let server = |i: usize| {
+        let pg = cluster.postgres(i);
+        let pid = pg
+            .pid()
+            .with_context(|| format!("postgres-{} is not running", i + 1))?;
+        Ok::<_, anyhow::Error>(bench::xa::Server {
+            name: format!("postgres-{}", i + 1),
+            pid,
+            port: pg.port(),
+        })
+    };
+    let first = server(0)?;
     report.reference = Some(
         bench::reference::run(
             &pgbench,
+            &(first.name.clone(), first.pid),
             pg.port(),
             &script,
             args.accounts,
@@ -206,7 +234,16 @@ async fn run(
         .await?,
     );
 
-    let processes = bench::services(cluster);
+    eprintln!(
+        "bench: XA reference across postgres-1 and postgres-2, {} s per client count...",
+        args.ref_seconds
+    );
+    let servers = [server(0)?, server(1)?];
+    bench::xa::prepare(&servers, args.accounts).await?;
+    report.xa =
+        Some(bench::xa::run(&servers, args.accounts, &args.xa_clients, args.ref_seconds).await?);
+
+    let processes = bench::Watched::cluster(cluster);
     let plan = |load| Plan {
         load,
         warmup: Duration::from_secs(args.warmup),
@@ -225,14 +262,15 @@ async fn run(
         let seed = seed;
         async move {
             eprintln!("bench: {name} ({load}), {} s...", plan.measure.as_secs());
-            let row = bench::measure(&name, &target, &scenario, &plan, seed, processes).await;
+            let row = bench::measure(&name, &target, &scenario, &plan, seed, &processes).await;
             let r = &row.result;
             eprintln!(
-                "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}  dropped {}  late {}  in flight max {}  other CPU {:.0}%  RSS {:?}",
+                "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  CPU {:.0} µs/tx  errors {}  dropped {}  late {}  in flight max {}  other CPU {:.0}%  RSS {:?}",
                 r.committed_per_s,
                 r.latency.p50_ms,
                 r.latency.p99_ms,
                 r.latency.p999_ms,
+                row.cpu_us_per_tx.unwrap_or(f64::NAN),
                 r.outcomes.errors(),
                 r.dropped,
                 r.late,
@@ -267,6 +305,12 @@ async fn run(
         "best closed-loop client count (uniform)".into(),
         best_clients.to_string(),
     );
+    if args.profile_seconds > 0 {
+        let path = profile(args, cluster, &target, &accounts, best_clients, out_dir).await?;
+        report
+            .settings
+            .insert("profile".into(), path.display().to_string());
+    }
 
     let half = Load::Open {
         rate: (best_rate / 2.0).max(1.0),
@@ -311,6 +355,66 @@ async fn run(
     report.finish();
     report.write(out_dir)?;
     Ok(report)
+}
+
+/// A uniform run at `clients` while `perf` samples the cluster (not a row:
+/// the sampling costs CPU); writes `profile.txt` into `out_dir`.
+async fn profile(
+    args: &Args,
+    cluster: &Cluster,
+    target: &Target,
+    accounts: &Arc<Accounts>,
+    clients: usize,
+    out_dir: &std::path::Path,
+) -> Result<PathBuf> {
+    eprintln!(
+        "bench: profiling uniform ({clients} clients), {} s...",
+        args.profile_seconds
+    );
+    let watched = bench::Watched::cluster(cluster);
+    let roots: Vec<u32> = watched.cpu.iter().map(|(_, pid)| *pid).collect();
+    let plan = Plan {
+        load: Load::Closed { clients },
+        warmup: Duration::from_secs(args.warmup),
+        measure: Duration::from_secs(args.profile_seconds),
+    };
+    let scenario = Scenario::new(Kind::Uniform, accounts.clone());
+    // Warm up unprofiled, then sample the measured window only.
+    let warm = Plan {
+        measure: Duration::from_secs(args.warmup.max(1)),
+        warmup: Duration::ZERO,
+        ..plan.clone()
+    };
+    bench::generator::run(target, &scenario, &warm, 101).await;
+    let profiler = bench::profile::Profiler::start(&roots, out_dir).await;
+    let row = bench::measure(
+        "uniform (profiled)",
+        target,
+        &scenario,
+        &Plan {
+            warmup: Duration::ZERO,
+            ..plan
+        },
+        102,
+        &watched,
+    )
+    .await;
+    let title = format!(
+        "Profile of uniform transfers, closed loop, {clients} clients, {} s: {:.0} committed/s, CPU {:.0} µs per transfer (whole cluster), p50 {:.2} ms, p99 {:.2} ms",
+        args.profile_seconds,
+        row.result.committed_per_s,
+        row.cpu_us_per_tx.unwrap_or(f64::NAN),
+        row.result.latency.p50_ms,
+        row.result.latency.p99_ms
+    );
+    let path = profiler.finish(&title, &row.cluster_cpu, out_dir).await?;
+    eprintln!(
+        "  {title}
+  written to {}",
+        path.display()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(path)
 }
 
 /// Waits up to `within` for nothing to be held any more, then compares the

@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
         &scenario,
         &plan,
         1,
-        Vec::new(),
+        &bench::Watched::default(),
     )
     .await;
     let r = &row.result;

@@ -32,8 +32,11 @@ async fn load_generator_smoke() {
     // The loaded rows are consistent with their events.
     t.wait_settled().await;
 
-    let processes = bench::services(&t.cluster);
+    let watched = bench::Watched::cluster(&t.cluster);
+    let processes = watched.rss.clone();
     assert_eq!(processes.len(), 4, "{processes:?}");
+    // The whole cluster's CPU: services, three Postgres servers, etcd.
+    assert_eq!(watched.cpu.len(), 8, "{:?}", watched.cpu);
     let mut rows = Vec::new();
     for (seed, kind) in Kind::ALL.into_iter().enumerate() {
         let plan = Plan {
@@ -48,7 +51,7 @@ async fn load_generator_smoke() {
             &scenario,
             &plan,
             seed as u64,
-            processes.clone(),
+            &watched,
         )
         .await;
         let o = &row.result.outcomes;
@@ -73,6 +76,16 @@ async fn load_generator_smoke() {
         if kind == Kind::Mixed {
             assert!(row.result.moved.deposited > 0 && row.result.moved.withdrawn > 0);
         }
+        // Every committed operation cost the cluster some CPU, counted in
+        // the window only, and the coordinator took part in each.
+        let cpu = row.cpu_us_per_tx.expect("CPU per operation");
+        assert!(cpu > 0.0, "{}: {:?}", kind.name(), row.cluster_cpu);
+        assert!(
+            (1.5..3.5).contains(&row.cluster_cpu.seconds),
+            "{:?}",
+            row.cluster_cpu
+        );
+        assert!(row.cluster_cpu.pct_by_process["coordinator-1"] > 0.0);
         rows.push(row);
     }
 
@@ -86,7 +99,15 @@ async fn load_generator_smoke() {
         measure: Duration::from_secs(1),
     };
     let uniform = Scenario::new(Kind::Uniform, accounts.clone());
-    let row = bench::measure("open", &target, &uniform, &open(100.0, 1000), 9, Vec::new()).await;
+    let row = bench::measure(
+        "open",
+        &target,
+        &uniform,
+        &open(100.0, 1000),
+        9,
+        &Default::default(),
+    )
+    .await;
     let r = &row.result;
     assert_eq!(r.dropped, 0, "{r:?}");
     assert!((90..=101).contains(&r.sent), "sent {}", r.sent);
@@ -100,7 +121,7 @@ async fn load_generator_smoke() {
         &uniform,
         &open(2000.0, 1),
         10,
-        Vec::new(),
+        &Default::default(),
     )
     .await;
     let r = &row.result;
@@ -112,6 +133,7 @@ async fn load_generator_smoke() {
         started_at: "smoke".into(),
         settings: Default::default(),
         reference: None,
+        xa: None,
         rows,
         targets: Vec::new(),
     };
@@ -140,4 +162,56 @@ async fn load_generator_smoke() {
         .await
         .unwrap();
     assert_eq!((posted, prepared), (audit.total("USD"), 0));
+}
+
+/// The XA reference moves money between its two servers' tables and
+/// nothing else: every committed transfer took one unit from the first and
+/// gave it to the second, a rolled-back one changed nothing, and no
+/// prepared transaction is left behind.
+#[tokio::test]
+async fn xa_reference_smoke() {
+    let t = TestCluster::start_with(ClusterOptions::default()).await;
+    let server = |i: usize| bench::xa::Server {
+        name: format!("postgres-{}", i + 1),
+        pid: t.cluster.postgres(i).pid().unwrap(),
+        port: t.cluster.postgres(i).port(),
+    };
+    let servers = [server(0), server(1)];
+    let accounts = 50;
+    bench::xa::prepare(&servers, accounts).await.unwrap();
+    let xa = bench::xa::run(&servers, accounts, &[1, 8], 2)
+        .await
+        .unwrap();
+    assert_eq!(xa.runs.len(), 2);
+    let committed: u64 = xa.runs.iter().map(|r| r.transactions).sum();
+    assert!(committed > 0, "{xa:?}");
+    assert!(xa.best.cpu_us_per_tx.is_some_and(|c| c > 0.0), "{xa:?}");
+    assert!(xa.best.latency.p50_ms > 0.0);
+    let total = |i: usize| {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/{}",
+            servers[i].port,
+            bench::xa::DATABASE
+        );
+        async move {
+            let mut conn = setup::connect(&url, Duration::from_secs(10)).await.unwrap();
+            let sum: i64 = sqlx::query_scalar("SELECT sum(balance)::bigint FROM accounts")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let prepared: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE database = $1")
+                    .bind(bench::xa::DATABASE)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            (sum, prepared)
+        }
+    };
+    let full = accounts as i64 * bench::reference::BALANCE;
+    let (debited, left1) = total(0).await;
+    let (credited, left2) = total(1).await;
+    assert_eq!((left1, left2), (0, 0));
+    assert_eq!(debited, full - committed as i64);
+    assert_eq!(credited, full + committed as i64);
 }
