@@ -58,8 +58,9 @@ async fn main() -> anyhow::Result<()> {
     let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
         cfg.shutdown_grace_ms,
     ));
+    // into_make_service: the routes are built once, not per connection.
     tokio::select! {
-        served = axum::serve(listener, router).with_graceful_shutdown(stop) => served?,
+        served = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop) => served?,
         () = deadline => {}
     }
     tracing::info!("stopped");

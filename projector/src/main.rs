@@ -44,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let router = status::router(projections, map).layer(axum::middleware::from_fn(
         wallet_shared::telemetry::request_span,
     ));
-    axum::serve(listener, router)
+    // into_make_service: the routes are built once, not per connection.
+    axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
         .await?;
     following.await?;
