@@ -31,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
         limits,
         cfg.crash_at.clone(),
     );
+    // A burst of connections leaves its freed memory in the allocator's
+    // arenas; give it back when they close.
+    wallet_shared::memory::spawn_trimmer(wallet_shared::memory::TRIM_EVERY);
     tokio::spawn(resolver::run(
         coordinator.clone(),
         Duration::from_millis(cfg.resolver_interval_ms),

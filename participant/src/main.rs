@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let fences = moves::load_fences(&store)
         .await
         .context("reading partition fences")?;
+    // Give back what a burst of requests freed (see wallet_shared::memory).
+    wallet_shared::memory::spawn_trimmer(wallet_shared::memory::TRIM_EVERY);
     tokio::spawn(publish_feed(
         store.clone(),
         Duration::from_millis(cfg.publish_interval_ms),

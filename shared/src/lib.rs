@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod map;
+pub mod memory;
 pub mod metrics;
 pub mod money;
 pub mod partition;
