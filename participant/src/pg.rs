@@ -20,7 +20,7 @@ use wallet_shared::{
 use crate::config::ParticipantConfig;
 use crate::error::StoreError;
 use crate::model::{AccountRow, Broken, Changes, Keys, LegRow, RowRole, TransferRow, Working};
-use crate::store::Store;
+use crate::store::{Durability, Store};
 
 /// Key of the advisory lock that serialises the feed publisher's rounds.
 const PUBLISHER_LOCK: i64 = 0x7761_6c6c_6574_0001;
@@ -115,7 +115,12 @@ const ACCOUNT_COLUMNS: &str =
     "account_id, partition, currency, posted, held, pending_credit, last_seq, created_at";
 
 impl Store for PgStore {
-    async fn attempt<T, F>(&self, keys: &Keys, rules: &F) -> Result<T, StoreError>
+    async fn attempt<T, F>(
+        &self,
+        keys: &Keys,
+        durability: Durability,
+        rules: &F,
+    ) -> Result<T, StoreError>
     where
         T: Send,
         F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
@@ -127,6 +132,11 @@ impl Store for PgStore {
         let changes = w.into_changes();
         if !changes.is_empty() {
             save(&mut tx, &changes).await?;
+            if durability == Durability::Redo {
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
         }
         Ok(out)

@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::error::ApiResult;
 use crate::fence::Work;
 use crate::legs::Finish;
-use crate::store::Store;
+use crate::store::{Durability, Store};
 use crate::{decisions, legs, movements};
 
 /// This module's routes; `app::router` mounts them.
@@ -52,6 +52,7 @@ async fn begin<S: Store>(
         .batch(
             "begin",
             &items,
+            Durability::Flushed,
             |b| decisions::keys([b.spec.transaction_id]),
             decisions::begin,
         )
@@ -76,6 +77,7 @@ async fn decide<S: Store>(
         .batch(
             "decide",
             &items,
+            Durability::Flushed,
             |d| decisions::keys([d.transaction_id]),
             |w, d| decisions::decide(w, d.transaction_id, &d.decision),
         )
@@ -99,6 +101,7 @@ async fn complete<S: Store>(
         .batch(
             "complete",
             &items,
+            Durability::Redo,
             |t| decisions::keys([t.transaction_id]),
             |w, t| {
                 decisions::complete(w, t.transaction_id);
@@ -133,6 +136,7 @@ async fn execute<S: Store>(
         .batch(
             "execute",
             &items,
+            Durability::Flushed,
             |e| decisions::execute_keys(&e.begin, &e.legs),
             |w, e| decisions::execute(w, &e.begin, &e.legs),
         )
@@ -172,6 +176,7 @@ async fn prepare<S: Store>(
         .batch(
             "prepare",
             &items,
+            Durability::Flushed,
             |l| legs::keys(std::slice::from_ref(l)),
             legs::prepare,
         )
@@ -190,12 +195,17 @@ async fn finish<S: Store>(
         .await?;
     let keys = |l: &Leg| legs::keys(std::slice::from_ref(l));
     let states = match how {
-        Finish::Commit => app.store.batch("commit", &items, keys, |w, l| {
-            legs::finish(w, l, Finish::Commit)
-        }),
-        Finish::Abort => app.store.batch("abort", &items, keys, |w, l| {
-            legs::finish(w, l, Finish::Abort)
-        }),
+        // Phase two: the decision is on disk already.
+        Finish::Commit => app
+            .store
+            .batch("commit", &items, Durability::Redo, keys, |w, l| {
+                legs::finish(w, l, Finish::Commit)
+            }),
+        Finish::Abort => app
+            .store
+            .batch("abort", &items, Durability::Redo, keys, |w, l| {
+                legs::finish(w, l, Finish::Abort)
+            }),
     }
     .await?;
     Ok(Json(LegsReply { states }))

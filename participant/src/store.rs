@@ -41,14 +41,32 @@ pub struct PoolStats {
     pub max: u32,
 }
 
+/// Whether a local transaction's commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// On disk before the answer: votes (prepares), decisions and their
+    /// dedup records, one-transaction transfers, deposits and withdrawals.
+    #[default]
+    Flushed,
+    /// Phase two (a leg's commit or abort, `complete`): its effect follows
+    /// from a decision already on disk, and recovery redoes it if a crash
+    /// loses it (a leg still prepared, a record not complete), so its
+    /// commit does not wait for the disk (Postgres's
+    /// `synchronous_commit = off`). The log is one sequence: the next
+    /// flushed commit flushes it too, so nothing that read its writes and
+    /// was flushed can outlive it. Visible to every reader at once.
+    Redo,
+}
+
 pub trait Store: Clone + Send + Sync + 'static {
     /// One attempt at a local transaction: load and lock the rows `keys`
     /// names (and the accounts of the loaded legs) into a [`Working`] set,
-    /// run `rules` on it, write back what changed and commit; or change
-    /// nothing at all.
+    /// run `rules` on it, write back what changed and commit with
+    /// `durability`; or change nothing at all.
     fn attempt<T, F>(
         &self,
         keys: &Keys,
+        durability: Durability,
         rules: &F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
@@ -161,10 +179,26 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The one way to run a local transaction: retried (bounded, with
     /// backoff) on deadlocks, conflicting inserts and lost connections. The
     /// rules run again on fresh rows, so a retry is always consistent.
+    /// Flushed to disk before it answers.
     fn transaction<T, F>(
         &self,
         what: &'static str,
         keys: Keys,
+        rules: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send,
+        F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
+    {
+        self.transaction_with(what, keys, Durability::Flushed, rules)
+    }
+
+    /// [`Store::transaction`] with the given durability.
+    fn transaction_with<T, F>(
+        &self,
+        what: &'static str,
+        keys: Keys,
+        durability: Durability,
         rules: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
@@ -176,19 +210,20 @@ pub trait Store: Clone + Send + Sync + 'static {
             retry::when(
                 what,
                 retry::Policy::request(),
-                || self.attempt(keys, rules),
+                || self.attempt(keys, durability, rules),
                 StoreError::is_transient,
             )
             .await
         }
     }
 
-    /// Applies `step` to every item in one transaction and answers in
-    /// request order.
+    /// Applies `step` to every item in one transaction, committed with
+    /// `durability`, and answers in request order.
     fn batch<I, T>(
         &self,
         what: &'static str,
         items: &[I],
+        durability: Durability,
         keys: impl Fn(&I) -> Keys,
         step: fn(&mut Working, &I) -> Result<T, Broken>,
     ) -> impl Future<Output = Result<Vec<T>, StoreError>> + Send
@@ -203,7 +238,7 @@ pub trait Store: Clone + Send + Sync + 'static {
             all.legs.extend(k.legs);
             all.accounts.extend(k.accounts);
         }
-        self.transaction(what, all, move |w| {
+        self.transaction_with(what, all, durability, move |w| {
             items.iter().map(|item| step(w, item)).collect()
         })
     }

@@ -129,7 +129,7 @@ mod tests {
     use chrono::{DateTime, TimeZone, Utc};
     use participant::model::Broken;
     use participant::model::{Keys, TransferRow, Working};
-    use participant::store::Store;
+    use participant::store::{Durability, Store};
     use participant::{decisions, legs, movements};
     use serde_json::{json, Value};
     use wallet_history::{Op, Outcome, Phase, Request};
@@ -174,7 +174,8 @@ mod tests {
         keys: Keys,
         rules: impl Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     ) -> T {
-        futures::executor::block_on(store.attempt(&keys, &rules)).expect("the rules accept it")
+        futures::executor::block_on(store.attempt(&keys, Durability::Flushed, &rules))
+            .expect("the rules accept it")
     }
 
     fn open(store: &MemStore, account: &str, currency: Currency) {

@@ -2,7 +2,10 @@
 //! transaction at a time. Each transaction runs to the end without yielding
 //! (the simulation is single-threaded), so it is atomic and serializable,
 //! like the Postgres one; and what it wrote survives a crash of the node,
-//! like a committed Postgres transaction.
+//! like a committed Postgres transaction, except a [`Durability::Redo`]
+//! commit not yet flushed: as with Postgres's `synchronous_commit = off`,
+//! a crash of the database ([`MemStore::crash`]) loses it, and the next
+//! flushed commit flushes it (the log is one sequence).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use participant::error::StoreError;
 use participant::model::{self, AccountRow, Broken, Keys, LegRow, TransferRow, Working};
-use participant::store::Store;
+use participant::store::{Durability, Store};
 use wallet_shared::admin::PartitionStats;
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord};
 use wallet_shared::{AccountId, PartitionId, TransactionId};
@@ -32,6 +35,9 @@ pub struct MemStore {
     /// Snapshot every account at every this many events (small, so the
     /// simulation writes and checks many).
     pub snapshot_every: i64,
+    /// The tables as they are on disk when commits are not yet flushed:
+    /// as they were before the first of them (`None`: all flushed).
+    pub on_disk: Arc<Mutex<Option<Tables>>>,
 }
 
 impl MemStore {
@@ -42,6 +48,22 @@ impl MemStore {
             clock,
             down: Arc::default(),
             snapshot_every: 4,
+            on_disk: Arc::default(),
+        }
+    }
+
+    /// The database crashes (`kill -9`): it is down, and every commit not
+    /// yet flushed is lost. Returns how many tables' worth was rolled back
+    /// (0 or 1), for the record.
+    pub fn crash(&self) -> bool {
+        *self.down.lock().unwrap() = true;
+        let mut tables = self.tables.lock().unwrap();
+        match self.on_disk.lock().unwrap().take() {
+            Some(on_disk) => {
+                *tables = on_disk;
+                true
+            }
+            None => false,
         }
     }
 
@@ -58,15 +80,30 @@ impl MemStore {
 }
 
 impl Store for MemStore {
-    async fn attempt<T, F>(&self, keys: &Keys, rules: &F) -> Result<T, StoreError>
+    async fn attempt<T, F>(
+        &self,
+        keys: &Keys,
+        durability: Durability,
+        rules: &F,
+    ) -> Result<T, StoreError>
     where
         T: Send,
         F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     {
         self.check_up()?;
         let mut t = self.tables.lock().unwrap();
+        let mut on_disk = self.on_disk.lock().unwrap();
+        // The first commit that is not flushed: keep what the disk holds.
+        let before = (durability == Durability::Redo && on_disk.is_none()).then(|| t.clone());
         match t.transaction(self.now(), self.snapshot_every, keys, rules) {
-            Ok((out, _)) => Ok(out),
+            Ok((out, wrote)) => {
+                match durability {
+                    Durability::Flushed if wrote => *on_disk = None,
+                    Durability::Redo if wrote && before.is_some() => *on_disk = before,
+                    _ => {}
+                }
+                Ok(out)
+            }
             Err(broken) => {
                 self.corrupt.lock().unwrap().push(broken.0.clone());
                 Err(broken.into())

@@ -643,8 +643,9 @@ async fn nemesis(world: Arc<World>, done: Arc<tokio::sync::Notify>, opts: Option
             }
             2 => {
                 let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
-                world.fault("database_down");
-                *world.stores[&n].down.lock().unwrap() = true;
+                // Killed, not stopped: commits not yet flushed are lost.
+                world.fault("database_crash");
+                world.stores[&n].crash();
                 let w = world.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(heal_after).await;
