@@ -50,6 +50,31 @@ pub struct Net {
     /// Endpoints frozen (SIGSTOP) until the given instant: they send nothing
     /// and hear nothing before then.
     pub paused: BTreeMap<String, tokio::time::Instant>,
+    /// Messages on their way (a request not yet handled, or its reply not
+    /// yet back): a late one can still open a transfer after the faults
+    /// stop, so the run is not settled while any is.
+    pub in_transit: u64,
+    /// Each coordinator endpoint's current incarnation, bumped when it
+    /// crashes and when it starts: a task of a crashed incarnation that
+    /// lives on in the simulation (a retry loop it spawned) sends nothing,
+    /// as a killed process does.
+    pub incarnations: BTreeMap<String, u64>,
+}
+
+/// One message on its way, counted in [`Net::in_transit`] while it lives.
+struct InTransit(SharedNet);
+
+impl InTransit {
+    fn new(net: &SharedNet) -> InTransit {
+        net.lock().unwrap().in_transit += 1;
+        InTransit(net.clone())
+    }
+}
+
+impl Drop for InTransit {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_transit -= 1;
+    }
 }
 
 pub type SharedNet = Arc<Mutex<Net>>;
@@ -74,13 +99,18 @@ pub struct SimTransport {
     pub net: SharedNet,
     /// This endpoint's name, as used in cuts ("coordinator-0").
     pub from: String,
+    /// The incarnation it belongs to (see [`Net::incarnations`]).
+    pub incarnation: u64,
 }
 
 impl Transport for SimTransport {
     fn send(&self, req: Outgoing) -> BoxFuture<'static, Result<Incoming, String>> {
-        let (net, from) = (self.net.clone(), self.from.clone());
+        let (net, from, incarnation) = (self.net.clone(), self.from.clone(), self.incarnation);
         Box::pin(async move {
             wait_unpaused(&net, &from).await;
+            if net.lock().unwrap().incarnations.get(&from) != Some(&incarnation) {
+                return Err(format!("{from} crashed: it sends nothing"));
+            }
             let (tx, rx) = tokio::sync::oneshot::channel();
             let dup = {
                 let mut n = net.lock().unwrap();
@@ -147,6 +177,7 @@ async fn deliver(net: SharedNet, from: String, req: Outgoing, reply: Option<Repl
         count_dropped(&net, cut);
         return silence(reply).await;
     }
+    let transit = InTransit::new(&net);
     let incarnation = {
         let n = net.lock().unwrap();
         n.nodes.get(&node).filter(|x| x.up).map(|x| x.incarnation)
@@ -213,6 +244,7 @@ async fn deliver(net: SharedNet, from: String, req: Outgoing, reply: Option<Repl
     }
     if lost || cut {
         count_dropped(&net, cut);
+        drop(transit);
         return silence(reply).await;
     }
     tokio::time::sleep(delay).await;

@@ -122,10 +122,28 @@ impl World {
         format!("coordinator-{i}")
     }
 
+    /// A new incarnation of coordinator `i`'s network endpoint: what the
+    /// previous one still sends is dropped.
+    fn next_incarnation(&self, i: usize) -> u64 {
+        let mut net = self.net.lock().unwrap();
+        let n = net
+            .incarnations
+            .entry(Self::coordinator_name(i))
+            .or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Starts coordinator `i` unless it is up (a restart scheduled by an
+    /// earlier crash may come after healing restarted it already).
     fn start_coordinator(&self, i: usize) {
+        if self.coordinators.lock().unwrap()[i].api.is_some() {
+            return;
+        }
         let transport = Arc::new(SimTransport {
             net: self.net.clone(),
             from: Self::coordinator_name(i),
+            incarnation: self.next_incarnation(i),
         });
         let participants = Participants::new(
             MapHandle::fixed((*self.map).clone()),
@@ -147,6 +165,7 @@ impl World {
 
     /// `kill -9`: every request it was serving stops where it stands.
     fn crash_coordinator(&self, i: usize) {
+        self.next_incarnation(i);
         let mut slots = self.coordinators.lock().unwrap();
         for t in slots[i].tasks.drain(..) {
             t.abort();
@@ -188,6 +207,8 @@ async fn simulate(opts: Options) -> Report {
         weather: Weather::default(),
         stats: NetStats::default(),
         paused: BTreeMap::new(),
+        in_transit: 0,
+        incarnations: BTreeMap::new(),
     };
     let mut stores = BTreeMap::new();
     for n in &nodes {
@@ -519,14 +540,16 @@ async fn through_the_api(
 }
 
 /// Resolves every unknown outcome as a client would (a transfer's status,
-/// a movement's retry) until the history settles all of them and no node
-/// has anything in flight, or [`RESOLVE_WITHIN`] after `from_ms` passes;
-/// says how long after `from_ms` it was settled.
+/// a movement's retry) until the history settles all of them, no message is
+/// still on its way (a late one could open a transfer) and no node has
+/// anything in flight, or [`RESOLVE_WITHIN`] after `from_ms` passes; says
+/// how long after `from_ms` it was settled.
 async fn settle(world: &Arc<World>, harness: usize, from_ms: u64) -> Option<u64> {
     let n = world.coordinators.lock().unwrap().len();
     while world.ms() - from_ms <= RESOLVE_WITHIN.as_millis() as u64 {
         let pending = world.history.lock().unwrap().undetermined();
-        if pending.is_empty() && !check::state(&world.stores).in_flight() {
+        let quiet = world.net.lock().unwrap().in_transit == 0;
+        if pending.is_empty() && quiet && !check::state(&world.stores).in_flight() {
             return Some(world.ms() - from_ms);
         }
         for (i, request) in pending.into_iter().enumerate() {
