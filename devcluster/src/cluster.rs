@@ -130,6 +130,9 @@ pub struct Cluster {
     etcd_proxies: Vec<Proxy>,
     /// The root directory.
     root: PathBuf,
+    /// The cluster secret's file (`cluster-secret` in the root), passed to
+    /// every service as `WALLET_CLUSTER_SECRET_FILE`.
+    secret_file: PathBuf,
     /// What the cluster was started with.
     options: ClusterOptions,
     /// Number of coordinators ever started (names and fixed ports).
@@ -159,6 +162,7 @@ impl Cluster {
         };
         // The postgres user must be able to reach its data directories.
         set_mode(&root, 0o755)?;
+        let secret_file = cluster_secret_file(&root)?;
 
         let n = options.participants;
         let ports = match options.ports {
@@ -241,7 +245,11 @@ impl Cluster {
             )
             .env("WALLET_ETCD_ENDPOINTS", etcd.url())
             .env("WALLET_ETCD_PREFIX", &options.etcd_prefix)
-            .env("WALLET_POLL_INTERVAL_MS", "100");
+            .env("WALLET_POLL_INTERVAL_MS", "100")
+            .env(
+                "WALLET_CLUSTER_SECRET_FILE",
+                secret_file.display().to_string(),
+            );
             config.env.extend(options.projector_env.iter().cloned());
             Some(Service::start(config).await?)
         } else {
@@ -257,6 +265,7 @@ impl Cluster {
             participant_proxies,
             etcd_proxies: Vec::new(),
             root,
+            secret_file,
             options,
             coordinators_started: 0,
             temp,
@@ -340,7 +349,11 @@ impl Cluster {
         )
         .env("WALLET_LISTEN_ADDR", local(port).to_string())
         .env("WALLET_ETCD_ENDPOINTS", etcd_url)
-        .env("WALLET_ETCD_PREFIX", &self.options.etcd_prefix);
+        .env("WALLET_ETCD_PREFIX", &self.options.etcd_prefix)
+        .env(
+            "WALLET_CLUSTER_SECRET_FILE",
+            self.secret_file.display().to_string(),
+        );
         config
             .env
             .extend(self.options.coordinator_env.iter().cloned());
@@ -538,8 +551,15 @@ impl Cluster {
             coordinator_urls: self.coordinators.iter().map(Service::url).collect(),
             projector_url: self.projector.as_ref().map(Service::url),
             projector_database_url: self.projector.as_ref().and(self.projector_database_url()),
+            cluster_secret_file: self.secret_file.clone(),
             components,
         }
+    }
+
+    /// The file holding the cluster secret, for clients that sign their
+    /// calls to participants (walletctl, tests).
+    pub fn cluster_secret_file(&self) -> &Path {
+        &self.secret_file
     }
 
     /// Writes [`Cluster::manifest`] as pretty JSON to `path` (atomically).
@@ -632,6 +652,9 @@ pub struct Manifest {
     pub projector_url: Option<String>,
     /// The projector's database, when it runs.
     pub projector_database_url: Option<String>,
+    /// The file holding the cluster secret (walletctl reads it to sign its
+    /// calls to participants).
+    pub cluster_secret_file: PathBuf,
     /// Every process.
     pub components: Vec<Component>,
 }
@@ -678,9 +701,29 @@ fn participant_config(
     .env("WALLET_LISTEN_ADDR", local(port).to_string())
     .env("WALLET_DATABASE_URL", postgres.url())
     .env("WALLET_ETCD_ENDPOINTS", etcd.url())
-    .env("WALLET_ETCD_PREFIX", &options.etcd_prefix);
+    .env("WALLET_ETCD_PREFIX", &options.etcd_prefix)
+    .env(
+        "WALLET_CLUSTER_SECRET_FILE",
+        root.join(CLUSTER_SECRET_FILE).display().to_string(),
+    );
     config.env.extend(options.participant_env.iter().cloned());
     config
+}
+
+/// Name of the cluster secret's file in the root directory.
+const CLUSTER_SECRET_FILE: &str = "cluster-secret";
+
+/// The cluster secret's file in `root`: the one already there (a cluster
+/// started again over its data keeps its secret, and with it its API keys),
+/// or a new random one.
+fn cluster_secret_file(root: &Path) -> Result<PathBuf> {
+    let path = root.join(CLUSTER_SECRET_FILE);
+    if path.exists() {
+        wallet_shared::secret::Secret::from_file(&path)?;
+    } else {
+        wallet_shared::secret::Secret::generate().write_file(&path)?;
+    }
+    Ok(path)
 }
 
 /// Node id of participant `i`.

@@ -24,6 +24,24 @@ pub struct ProjectorConfig {
     pub poll_interval_ms: u64,
     /// Entries read (and projected in one transaction) per page.
     pub page: i64,
+    /// The cluster secret: it signs every internal request and keys the
+    /// hash of API keys. Given inline (`WALLET_CLUSTER_SECRET`) or, better,
+    /// as a file (`WALLET_CLUSTER_SECRET_FILE`); never on the command line.
+    #[serde(default)]
+    pub cluster_secret: Option<wallet_shared::secret::Secret>,
+    #[serde(default)]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
+}
+
+impl ProjectorConfig {
+    /// The cluster secret, from whichever of its two settings is set.
+    pub fn cluster_secret(&self) -> anyhow::Result<Option<wallet_shared::secret::Secret>> {
+        wallet_shared::secret::resolve(
+            "cluster_secret",
+            self.cluster_secret.as_ref(),
+            self.cluster_secret_file.as_deref(),
+        )
+    }
 }
 
 #[cfg(test)]
