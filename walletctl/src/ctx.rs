@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use wallet_shared::secret::Secret;
 use wallet_shared::{ErrorCode, MapStore, PartitionMap, Rejection};
 
 use crate::error::{CtlError, CtlResult, Exit};
@@ -42,6 +43,11 @@ pub struct Endpoints {
     /// The projector's database (the read models) [default: from the manifest]
     #[arg(long, env = "WALLET_PROJECTOR_DATABASE_URL", global = true)]
     pub projector_database_url: Option<String>,
+    /// File holding the cluster secret, which signs calls to participants
+    /// and keys the hash of API keys (the secret itself is never an
+    /// argument; WALLET_CLUSTER_SECRET holds it inline) [default: from the manifest]
+    #[arg(long, env = "WALLET_CLUSTER_SECRET_FILE", global = true)]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Seconds to wait for any one answer from etcd or a node
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
@@ -55,6 +61,7 @@ struct Manifest {
     etcd_prefix: Option<String>,
     coordinator_url: Option<String>,
     projector_database_url: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
 }
 
 pub struct Ctx {
@@ -65,6 +72,9 @@ pub struct Ctx {
     pub output: Output,
     /// The projector's database, if known.
     pub projector_database_url: Option<String>,
+    /// The cluster secret, if one is configured.
+    #[allow(dead_code)] // read by the signing of internal calls and by `keys`
+    pub cluster_secret: Option<Secret>,
     http: reqwest::Client,
 }
 
@@ -78,6 +88,22 @@ impl Ctx {
         } else {
             vec!["http://127.0.0.1:2379".to_string()]
         };
+        let inline = match std::env::var("WALLET_CLUSTER_SECRET") {
+            Ok(text) => Some(Secret::from_text(&text).map_err(|e| {
+                CtlError::new(Exit::Usage, format!("WALLET_CLUSTER_SECRET: {e:#}"))
+            })?),
+            Err(_) => None,
+        };
+        let file = match (&inline, endpoints.cluster_secret_file) {
+            (None, None) => manifest.cluster_secret_file,
+            (_, file) => file,
+        };
+        let cluster_secret = wallet_shared::secret::resolve(
+            "WALLET_CLUSTER_SECRET",
+            inline.as_ref(),
+            file.as_deref(),
+        )
+        .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
         let timeout = Duration::from_secs(endpoints.timeout.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -103,6 +129,7 @@ impl Ctx {
             projector_database_url: endpoints
                 .projector_database_url
                 .or(manifest.projector_database_url),
+            cluster_secret,
             http,
         })
     }
