@@ -12,6 +12,10 @@
 # make compose-down stops it and deletes its volumes
 # make k8s-check    validates deploy/k8s/ against the Kubernetes schemas and checks it agrees with
 #                   docker-compose.yml and config/*.toml (part of make test)
+# make fuzz        cargo fuzz on the parsers (amount, currency, ids, feed cursor, internal
+#                  messages), FUZZ_SECONDS each (default 60), from the committed corpus in
+#                  fuzz/corpus/; then schemathesis against /openapi.json with
+#                  SCHEMATHESIS_EXAMPLES cases per operation (default 300)
 # make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
 #                  history, report and logs in target/chaos/<date>/
 
@@ -25,8 +29,11 @@ SIM_FIRST ?= 1
 # (e.g. CHAOS_ARGS='--seed 7 --clients 32'; `chaos --help` lists them)
 CHAOS_SECONDS ?= 600
 CHAOS_ARGS ?=
+FUZZ_SECONDS ?= 60
+SCHEMATHESIS_EXAMPLES ?= 300
+FUZZ_TARGETS = amount ids cursor internal_messages
 
-.PHONY: deps compose-deps k8s-check build run test sim chaos bench move-under-load clean-data compose-up compose-down
+.PHONY: fuzz deps compose-deps k8s-check build run test sim chaos bench move-under-load clean-data compose-up compose-down
 
 deps:
 	scripts/ensure-deps.sh
@@ -56,6 +63,12 @@ bench: deps
 sim: deps
 	$(CARGO) build --release -p wallet-sim
 	$(TARGET_DIR)/release/wallet-sim --seeds $(SIM_SEEDS) --first $(SIM_FIRST)
+
+fuzz: deps
+	scripts/ensure-deps.sh --fuzz
+	$(CARGO) build --workspace
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" scripts/fuzz.sh
+	SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) $(CARGO) test -p e2e --test wallet openapi -- --nocapture
 
 chaos: deps
 	$(CARGO) build --release --workspace

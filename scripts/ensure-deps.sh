@@ -18,20 +18,23 @@
 # binaries; and it checks that the engine answers.
 # With --bench (make bench), also perf (linux-perf), for the profile the
 # benchmark writes beside its table.
+# With --fuzz (make fuzz), also cargo-fuzz, from crates.io (cargo install).
 # A no-op when everything is present. Uses apt-get; through sudo unless root.
-# `ensure-deps.sh --check [--compose]` only reports what is missing (exit 1 if anything).
+# `ensure-deps.sh --check [--compose] [--bench] [--fuzz]` only reports what is missing (exit 1 if anything).
 set -euo pipefail
 
 check=0
 compose=0
 bench=0
+fuzz=0
 for arg in "$@"; do
     case "$arg" in
     --check) check=1 ;;
     --compose) compose=1 ;;
     --bench) bench=1 ;;
+    --fuzz) fuzz=1 ;;
     *)
-        echo "ensure-deps: unknown argument $arg (--check, --compose, --bench)" >&2
+        echo "ensure-deps: unknown argument $arg (--check, --compose, --bench, --fuzz)" >&2
         exit 2
         ;;
     esac
@@ -97,6 +100,16 @@ fi
 
 if [ "$bench" -eq 1 ] && ! command -v perf >/dev/null; then
     missing+=(linux-perf)
+fi
+
+# cargo fuzz is a cargo subcommand from crates.io, not a Debian package.
+if [ "$fuzz" -eq 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+    if [ "$check" -eq 1 ]; then
+        echo "ensure-deps: missing cargo-fuzz (cargo install cargo-fuzz)" >&2
+        exit 1
+    fi
+    echo "ensure-deps: installing cargo-fuzz (cargo install)" >&2
+    cargo install --locked cargo-fuzz
 fi
 
 # The engine must answer (installing docker.io starts it; a machine that

@@ -3,27 +3,20 @@
 # `make test` run; no cluster needed, and no network once installed:
 # 1. every manifest validates against the Kubernetes schemas (strict: no
 #    unknown fields) with kubernetes-validate, which bundles the schemas; it
-#    is installed once from PyPI into a venv under target/ (python3-venv,
-#    from scripts/ensure-deps.sh);
+#    is installed once from PyPI into a venv under target/
+#    (scripts/py-tool.sh);
 # 2. scripts/k8s_check.py: images, ports, probes, commands and config keys
 #    agree with docker-compose.yml and config/*.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KV_VERSION=1.37.0
-target="${CARGO_TARGET_DIR:-target}"
-venv="$target/k8s-venv"
-
-if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qF "$KV_VERSION"; then
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
-fi
+kv=(scripts/py-tool.sh "kubernetes-validate==$KV_VERSION")
 
 manifests=()
 for f in deploy/k8s/*.yaml; do
     [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
 done
-"$venv/bin/kubernetes-validate" --strict --quiet "${manifests[@]}"
+"${kv[@]}" kubernetes-validate --strict --quiet "${manifests[@]}"
 echo "k8s-check: ${#manifests[@]} manifests valid against the Kubernetes $KV_VERSION schemas"
-"$venv/bin/python" scripts/k8s_check.py
+"${kv[@]}" python scripts/k8s_check.py

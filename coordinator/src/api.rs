@@ -35,6 +35,7 @@ pub fn routes() -> Router<Coordinator> {
         .route("/v1/wallet/accounts/{id}/balance", get(balance))
         .route("/v1/wallet/accounts/{id}/events", get(events))
         .route("/v1/wallet/events", get(feed))
+        .route("/openapi.json", get(crate::openapi::document))
 }
 
 /// Amounts must be JSON strings: a JSON number may already have lost
@@ -59,13 +60,25 @@ async fn health(State(c): State<Coordinator>) -> Json<Value> {
 
 // ---- transfers ------------------------------------------------------------------
 
-#[derive(Deserialize)]
+/// `POST /v1/wallet/balance_transfer`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TransferBody {
+pub(crate) struct TransferBody {
+    /// A UUID: it names the transfer and deduplicates its retries.
+    #[schema(format = Uuid, example = "6f1c1a52-5f3e-4a0e-9d0a-2f7f4f0b7a11")]
     transaction_id: String,
+    /// The account debited (1 to 64 of `[A-Za-z0-9_-]`).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "alice")]
     from_account: String,
+    /// The account credited.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "bob")]
     to_account: String,
+    /// A decimal string in the currency's major unit (`"12.34"`), never a
+    /// JSON number.
+    #[schema(value_type = String, pattern = "^[0-9]{1,18}(\\.[0-9]{1,3})?$", example = "12.34")]
     amount: Value,
+    /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
 }
 
@@ -90,6 +103,16 @@ fn parse_transfer(body: TransferBody) -> Result<TransferSpec, Rejection> {
     })
 }
 
+/// Moves money between two accounts, atomically and exactly once per
+/// `transaction_id`.
+#[utoipa::path(post, path = "/v1/wallet/balance_transfer", tag = "transfers",
+    request_body = TransferBody,
+    responses(
+        (status = 200, description = "committed: both legs are durable", body = crate::openapi::TransferView),
+        (status = 202, description = "pending: the outcome is not known yet", body = crate::openapi::PendingView),
+        (status = "4XX", description = "refused, nothing applied", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "not done now, retry with the same transaction_id", body = crate::openapi::ErrorView),
+    ))]
 async fn balance_transfer(
     State(c): State<Coordinator>,
     ApiJson(body): ApiJson<TransferBody>,
@@ -160,6 +183,14 @@ fn record_response(record: &TransferRecord) -> Response {
     reply(status, body)
 }
 
+/// A transfer's (or deposit's, or withdrawal's) status and outcome.
+#[utoipa::path(get, path = "/v1/wallet/transfers/{id}", tag = "transfers",
+    params(("id" = String, Path, description = "the transaction_id")),
+    responses(
+        (status = 200, description = "its status, whatever it is", body = crate::openapi::TransferView),
+        (status = "4XX", description = "no such transfer, or a malformed id", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "cannot tell now", body = crate::openapi::ErrorView),
+    ))]
 async fn transfer_status(State(c): State<Coordinator>, Path(id): Path<String>) -> ApiResult {
     let id = TransactionId::parse(&id)?;
     let record = c.status(id).await?;
@@ -171,13 +202,24 @@ async fn transfer_status(State(c): State<Coordinator>, Path(id): Path<String>) -
 
 // ---- accounts -------------------------------------------------------------------
 
-#[derive(Deserialize)]
+/// `POST /v1/wallet/accounts`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OpenBody {
+pub(crate) struct OpenBody {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "alice")]
     account_id: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
 }
 
+/// Opens an account; the same body again is a success.
+#[utoipa::path(post, path = "/v1/wallet/accounts", tag = "accounts",
+    request_body = OpenBody,
+    responses(
+        (status = 200, description = "open (now or before)", body = crate::openapi::BalanceView),
+        (status = "4XX", description = "refused (409 account_exists: another currency)", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "not done now", body = crate::openapi::ErrorView),
+    ))]
 async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenBody>) -> ApiResult {
     let account_id = AccountId::parse(body.account_id)?;
     let currency = Currency::parse(&body.currency)?;
@@ -185,14 +227,27 @@ async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenB
     Ok(reply(200, balance_json(&balance)))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/wallet/accounts/{id}/deposit` and `.../withdraw`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MovementBody {
+pub(crate) struct MovementBody {
+    #[schema(format = Uuid, example = "0b9d3d0e-2f43-4c1e-9a57-7b0f7c0d8a21")]
     transaction_id: String,
+    #[schema(value_type = String, pattern = "^[0-9]{1,18}(\\.[0-9]{1,3})?$", example = "100.00")]
     amount: Value,
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
 }
 
+/// Adds money from outside (idempotent by `transaction_id`).
+#[utoipa::path(post, path = "/v1/wallet/accounts/{id}/deposit", tag = "accounts",
+    params(("id" = String, Path, description = "the account id")),
+    request_body = MovementBody,
+    responses(
+        (status = 200, description = "committed", body = crate::openapi::MovementView),
+        (status = "4XX", description = "refused, nothing applied", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "not done now, retry with the same transaction_id", body = crate::openapi::ErrorView),
+    ))]
 async fn deposit(
     state: State<Coordinator>,
     path: Path<String>,
@@ -201,6 +256,15 @@ async fn deposit(
     movement(state, path, body, MovementKind::Deposit).await
 }
 
+/// Takes money out, never below zero (idempotent by `transaction_id`).
+#[utoipa::path(post, path = "/v1/wallet/accounts/{id}/withdraw", tag = "accounts",
+    params(("id" = String, Path, description = "the account id")),
+    request_body = MovementBody,
+    responses(
+        (status = 200, description = "committed", body = crate::openapi::MovementView),
+        (status = "4XX", description = "refused, nothing applied", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "not done now, retry with the same transaction_id", body = crate::openapi::ErrorView),
+    ))]
 async fn withdraw(
     state: State<Coordinator>,
     path: Path<String>,
@@ -251,14 +315,25 @@ fn balance_json(b: &AccountBalance) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct BalanceQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct BalanceQuery {
+    /// An RFC 3339 instant: the balance then, rebuilt from the event log.
+    #[param(format = DateTime)]
     as_of: Option<String>,
     /// `false`: rebuild from the very first event, ignoring snapshots.
     snapshots: Option<bool>,
 }
 
+/// The posted and available balance, now or at `as_of`.
+#[utoipa::path(get, path = "/v1/wallet/accounts/{id}/balance", tag = "accounts",
+    params(("id" = String, Path, description = "the account id"), BalanceQuery),
+    responses(
+        (status = 200, description = "the balance", body = crate::openapi::BalanceView),
+        (status = "4XX", description = "no such account, or a malformed query", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "cannot tell now", body = crate::openapi::ErrorView),
+    ))]
 async fn balance(
     State(c): State<Coordinator>,
     Path(id): Path<String>,
@@ -291,10 +366,13 @@ async fn balance(
     Ok(reply(200, body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// Events after this sequence number (`next_after` of the last page).
     after: Option<i64>,
+    /// At most this many (1 to 1000).
     limit: Option<i64>,
     /// Comma-separated event types (`deposited,withdrawn`).
     types: Option<String>,
@@ -317,6 +395,14 @@ fn check_page(after: i64, limit: Option<i64>) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The account's event log, oldest first, paged.
+#[utoipa::path(get, path = "/v1/wallet/accounts/{id}/events", tag = "accounts",
+    params(("id" = String, Path, description = "the account id"), EventsQuery),
+    responses(
+        (status = 200, description = "a page of events", body = crate::openapi::EventsView),
+        (status = "4XX", description = "no such account, or a malformed query", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "cannot tell now", body = crate::openapi::ErrorView),
+    ))]
 async fn events(
     State(c): State<Coordinator>,
     Path(id): Path<String>,
@@ -369,15 +455,25 @@ async fn events(
 
 // ---- the change feed ------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct FeedQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct FeedQuery {
+    /// The cursor of the last page (`node-1:120,node-2:98`); none: from the start.
     after: Option<String>,
+    /// At most this many entries per node (1 to 1000).
     limit: Option<i64>,
 }
 
 /// `GET /v1/wallet/events?after=CURSOR`: every node's feed, each in its
 /// commit order (see `feed`).
+#[utoipa::path(get, path = "/v1/wallet/events", tag = "feed",
+    params(FeedQuery),
+    responses(
+        (status = 200, description = "entries of every node's feed", body = crate::openapi::FeedView),
+        (status = "4XX", description = "a malformed cursor", body = crate::openapi::ErrorView),
+        (status = "5XX", description = "no node answered", body = crate::openapi::ErrorView),
+    ))]
 async fn feed(State(c): State<Coordinator>, ApiQuery(q): ApiQuery<FeedQuery>) -> ApiResult {
     let cursor = FeedCursor::parse(q.after.as_deref().unwrap_or(""))?;
     check_page(0, q.limit)?;

@@ -21,6 +21,7 @@ pub mod feed;
 pub mod http;
 pub mod machine;
 pub mod movement;
+pub mod openapi;
 pub mod ops;
 pub mod resolver;
 pub mod transfer;

@@ -10,6 +10,7 @@ mod crashes;
 mod events;
 mod logs;
 mod moves;
+mod openapi;
 mod ops;
 mod support;
 mod walletctl;
