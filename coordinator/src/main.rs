@@ -13,13 +13,17 @@ async fn main() -> anyhow::Result<()> {
         wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
             .context("loading coordinator config")?;
     wallet_shared::telemetry::init_as("coordinator", cfg.log_format);
+    let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "coordinator")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
         .await
         .context("following the partition map in etcd")?;
-    let mut participants =
-        client::Participants::http(map, Duration::from_millis(cfg.participant_timeout_ms))?;
+    let mut participants = client::Participants::http(
+        map,
+        Duration::from_millis(cfg.participant_timeout_ms),
+        secret,
+    )?;
     participants.move_wait = Duration::from_millis(cfg.move_wait_ms);
     let limits = batch::Limits {
         max_batch: cfg.max_batch.max(1),

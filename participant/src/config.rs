@@ -40,6 +40,9 @@ pub struct ParticipantConfig {
     pub cluster_secret: Option<wallet_shared::secret::Secret>,
     #[serde(default)]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// A signed internal request is accepted this far from this node's
+    /// clock, either way (see `wallet_shared::signing`).
+    pub signature_window_ms: u64,
 }
 
 impl ParticipantConfig {

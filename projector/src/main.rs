@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ProjectorConfig = wallet_shared::config::load_from_args(projector::config::DEFAULTS)
         .context("loading projector config")?;
     wallet_shared::telemetry::init_as("projector", cfg.log_format);
+    let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "projector")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let projections = Projections::connect(
         &cfg.database_url,
@@ -30,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         map.clone(),
         Duration::from_millis(cfg.participant_timeout_ms),
         cfg.page,
+        secret,
     )?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod retry;
 pub mod routes;
 pub mod secret;
+pub mod signing;
 pub mod telemetry;
 
 pub use error::{ErrorCode, Rejection};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wallet_shared::secret::Secret;
-use wallet_shared::{ErrorCode, MapStore, PartitionMap, Rejection};
+use wallet_shared::{signing, ErrorCode, MapStore, PartitionMap, Rejection};
 
 use crate::error::{CtlError, CtlResult, Exit};
 use crate::output::Output;
@@ -72,8 +72,8 @@ pub struct Ctx {
     pub output: Output,
     /// The projector's database, if known.
     pub projector_database_url: Option<String>,
-    /// The cluster secret, if one is configured.
-    #[allow(dead_code)] // read by the signing of internal calls and by `keys`
+    /// The cluster secret, if one is configured: it signs every call
+    /// (`wallet_shared::signing`).
     pub cluster_secret: Option<Secret>,
     http: reqwest::Client,
 }
@@ -131,6 +131,17 @@ impl Ctx {
                 .or(manifest.projector_database_url),
             cluster_secret,
             http,
+        })
+    }
+
+    /// The cluster secret, or a clear error saying where to set it.
+    pub fn secret(&self) -> CtlResult<&Secret> {
+        self.cluster_secret.as_ref().ok_or_else(|| {
+            CtlError::new(
+                Exit::Usage,
+                "no cluster secret: set --cluster-secret-file (WALLET_CLUSTER_SECRET_FILE) \
+                 or WALLET_CLUSTER_SECRET; participants take only signed calls",
+            )
         })
     }
 
@@ -223,14 +234,16 @@ impl Ctx {
         who: &str,
         req: reqwest::RequestBuilder,
     ) -> CtlResult<T> {
-        let resp = req.send().await.map_err(|e| {
-            let why = if e.is_timeout() {
-                format!("no answer within {:?}", self.timeout)
-            } else {
-                e.to_string()
-            };
-            CtlError::new(Exit::Unreachable, format!("{who} is unreachable: {why}"))
-        })?;
+        let resp = signing::send(self.cluster_secret.as_ref(), req)
+            .await
+            .map_err(|e| {
+                let why = if e.is_timeout() {
+                    format!("no answer within {:?}", self.timeout)
+                } else {
+                    e.to_string()
+                };
+                CtlError::new(Exit::Unreachable, format!("{who} is unreachable: {why}"))
+            })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
             CtlError::new(
@@ -249,6 +262,11 @@ impl Ctx {
             });
         }
         Err(match serde_json::from_slice::<Rejection>(&body) {
+            Ok(r) if r.code == ErrorCode::Unauthorized && self.cluster_secret.is_none() => {
+                let mut e = rejection(who, r);
+                e.message += "; no cluster secret is configured (--cluster-secret-file)";
+                e
+            }
             Ok(r) => rejection(who, r),
             Err(_) => CtlError::new(
                 if status.is_server_error() {
@@ -270,7 +288,7 @@ fn rejection(who: &str, r: Rejection) -> CtlError {
     let exit = match r.code {
         AccountNotFound | TransferNotFound | NotFound => Exit::NotFound,
         InvalidRequest | InvalidAmount | InvalidCurrency | InvalidAccountId
-        | InvalidTransactionId => Exit::Usage,
+        | InvalidTransactionId | Unauthorized => Exit::Usage,
         Unavailable | Overloaded | Internal => Exit::Unreachable,
         InProgress | AccountExists | WrongPartitionOwner => Exit::Conflict,
         _ => Exit::Failed,
