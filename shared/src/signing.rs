@@ -70,7 +70,18 @@ fn now_ms() -> i64 {
 
 /// The headers that sign `method path_and_query` with `body`, sent now.
 pub fn headers(secret: &Secret, method: &str, path_and_query: &str, body: &[u8]) -> HeaderMap {
-    let timestamp = now_ms().to_string();
+    headers_at(secret, method, path_and_query, body, now_ms())
+}
+
+/// The same, as if sent at `unix_ms` (tests of the replay window).
+pub fn headers_at(
+    secret: &Secret,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    unix_ms: i64,
+) -> HeaderMap {
+    let timestamp = unix_ms.to_string();
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).expect("the OS random source");
     let nonce = hex::encode(nonce);
@@ -295,21 +306,11 @@ mod tests {
             status(&r, request("PUT", path, "{}", Some(good()))).await,
             401
         );
-        // Stale: signed 31 s ago.
-        let mut stale = good();
-        let then = (now_ms() - 31_000).to_string();
-        let nonce = stale[NONCE].to_str().unwrap().to_string();
-        let mut m = mac(&key, "POST", path, &then, &nonce);
-        m.update(b"{}");
-        stale.insert(TIMESTAMP, then.parse().unwrap());
-        stale.insert(
-            SIGNATURE,
-            hex::encode(m.finalize().into_bytes()).parse().unwrap(),
-        );
-        assert_eq!(
-            status(&r, request("POST", path, "{}", Some(stale))).await,
-            401
-        );
+        // Signed 31 s ago, or 31 s ahead; 25 s ago is inside the window.
+        for (skew, want) in [(-31_000, 401), (31_000, 401), (-25_000, 200)] {
+            let h = headers_at(&key, "POST", path, b"{}", now_ms() + skew);
+            assert_eq!(status(&r, request("POST", path, "{}", Some(h))).await, want);
+        }
         // Unknown internal paths are refused before they are looked up.
         assert_eq!(
             status(&r, request("GET", "/internal/v1/nothing", "", None)).await,

@@ -8,6 +8,7 @@ mod chaos;
 mod concurrency;
 mod crashes;
 mod events;
+mod internal;
 mod logs;
 mod moves;
 mod ops;
