@@ -50,6 +50,12 @@ pub struct CoordinatorConfig {
     pub cluster_secret: Option<wallet_shared::secret::Secret>,
     #[serde(default)]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// HTTPS on the public listener: its certificate chain (PEM)...
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// ... and its private key (PEM). Both, or neither.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl CoordinatorConfig {

@@ -14,6 +14,9 @@ async fn main() -> anyhow::Result<()> {
             .context("loading coordinator config")?;
     wallet_shared::telemetry::init_as("coordinator", cfg.log_format);
     let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "coordinator")?;
+    let tls =
+        wallet_shared::tls::settings(cfg.tls_cert_file.as_deref(), cfg.tls_key_file.as_deref())
+            .context("the public listener's TLS settings")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
     let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
@@ -54,10 +57,30 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
-    tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
-    let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
-        cfg.shutdown_grace_ms,
-    ));
+    match tls {
+        Some(config) => {
+            tracing::info!(addr = %cfg.listen_addr, "coordinator ready (HTTPS)");
+            let listener = wallet_shared::tls::TlsListener::new(listener, config)?;
+            serve(listener, router, cfg.shutdown_grace_ms).await?;
+        }
+        None => {
+            tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
+            serve(listener, router, cfg.shutdown_grace_ms).await?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `router` on `listener` (plain or TLS) until SIGTERM, then lets
+/// requests in flight finish for at most `grace_ms`.
+async fn serve<L>(listener: L, router: axum::Router, grace_ms: u64) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (stop, deadline) =
+        wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(grace_ms));
     // into_make_service: the routes are built once. Serving the Router
     // itself rebuilds every route for each connection (13 allocations of
     // ~3.7 KB), which was most of the memory at 10,000 connections.
@@ -65,6 +88,5 @@ async fn main() -> anyhow::Result<()> {
         served = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop) => served?,
         () = deadline => {}
     }
-    tracing::info!("stopped");
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod secret;
 pub mod signing;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{ErrorCode, Rejection};
 pub use ids::{AccountId, TransactionId};

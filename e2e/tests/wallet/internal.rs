@@ -99,7 +99,12 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
                 ("unsigned", None),
                 (
                     "another secret",
-                    Some(signing::headers(&other_secret, method.as_str(), &path, &body)),
+                    Some(signing::headers(
+                        &other_secret,
+                        method.as_str(),
+                        &path,
+                        &body,
+                    )),
                 ),
                 (
                     "stale",
@@ -155,12 +160,20 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
     // A signed operator call that must not run twice is accepted once.
     let discard = routes::DISCARD.with(partition);
     let h = signing::headers(&t.secret, "POST", &discard, b"");
-    let send = || t.http.post(format!("{node}{discard}")).headers(h.clone()).send();
+    let send = || {
+        t.http
+            .post(format!("{node}{discard}"))
+            .headers(h.clone())
+            .send()
+    };
     // The first is judged (this node owns the partition: nothing to discard).
     let first = send().await.unwrap();
     let status = first.status().as_u16();
     let body = first.text().await.unwrap();
-    assert!((400..500).contains(&status) && status != 401, "{status} {body}");
+    assert!(
+        (400..500).contains(&status) && status != 401,
+        "{status} {body}"
+    );
     // The same request again is refused unread.
     let again = send().await.unwrap();
     let status = again.status().as_u16();
@@ -181,7 +194,10 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
         }
         refusals += log.matches("refused an internal request").count();
     }
-    assert!(refusals >= refused, "{refusals} refusals logged of {refused}");
+    assert!(
+        refusals >= refused,
+        "{refusals} refusals logged of {refused}"
+    );
 }
 
 #[tokio::test]

@@ -13,4 +13,5 @@ mod logs;
 mod moves;
 mod ops;
 mod support;
+mod tls;
 mod walletctl;
