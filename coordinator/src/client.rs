@@ -135,6 +135,10 @@ impl Participants {
             Ok(r) if r.code == ErrorCode::PartitionMoving => Err(CallError::Rejected(r)),
             // 5xx: the participant could not do it now; what happened is unclear.
             Ok(r) if resp.status >= 500 => Err(CallError::Unknown(r.to_string())),
+            // The signature was refused (another secret, a clock apart):
+            // nothing was done, but that judges this coordinator, not the
+            // request, so it is no verdict to record for the transfer.
+            Ok(r) if r.code == ErrorCode::Unauthorized => Err(CallError::Unknown(r.to_string())),
             Ok(r) => Err(CallError::Rejected(r)),
             Err(_) => Err(CallError::Unknown(format!("HTTP {}", resp.status))),
         }
