@@ -19,9 +19,14 @@ async fn main() -> anyhow::Result<()> {
             .context("the public listener's TLS settings")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
-    let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
-        .await
-        .context("following the partition map in etcd")?;
+    let map = wallet_shared::map::follow_map(
+        &cfg.etcd_endpoints,
+        &cfg.etcd_access()?,
+        &cfg.etcd_prefix,
+        etcd_timeout,
+    )
+    .await
+    .context("following the partition map in etcd")?;
     let mut participants = client::Participants::http(
         map,
         Duration::from_millis(cfg.participant_timeout_ms),

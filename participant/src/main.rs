@@ -25,9 +25,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to Postgres")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
-    let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
-        .await
-        .context("following the partition map in etcd")?;
+    let map = wallet_shared::map::follow_map(
+        &cfg.etcd_endpoints,
+        &cfg.etcd_access()?,
+        &cfg.etcd_prefix,
+        etcd_timeout,
+    )
+    .await
+    .context("following the partition map in etcd")?;
     let fences = moves::load_fences(&store)
         .await
         .context("reading partition fences")?;

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
     .context("connecting to the projector's Postgres")?;
     let map = wallet_shared::map::follow_map(
         &cfg.etcd_endpoints,
+        &cfg.etcd_access()?,
         &cfg.etcd_prefix,
         Duration::from_millis(cfg.etcd_timeout_ms),
     )

@@ -64,10 +64,14 @@ pub async fn run(ctx: &Ctx, cmd: ProjectionsCmd) -> CtlResult<()> {
             Ok(())
         }
         ProjectionsCmd::Rebuild { within } => {
-            let map =
-                wallet_shared::map::follow_map(&ctx.etcd_endpoints, &ctx.etcd_prefix, ctx.timeout)
-                    .await
-                    .map_err(CtlError::from)?;
+            let map = wallet_shared::map::follow_map(
+                &ctx.etcd_endpoints,
+                &ctx.etcd_access,
+                &ctx.etcd_prefix,
+                ctx.timeout,
+            )
+            .await
+            .map_err(CtlError::from)?;
             let follower = Follower::new(
                 projections.clone(),
                 map,

@@ -229,3 +229,72 @@ async fn postgres_over_tls_by_the_database_url() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_and_with_a_user() {
+    use wallet_shared::map::{EtcdAccess, MapError, MapStore};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let timeout = Duration::from_secs(5);
+    let port = || devcluster::free_port().unwrap();
+    // An answer from etcd: no map under this prefix (nothing else failed).
+    let answers = |r: &Result<_, MapError>| matches!(r, Err(MapError::Missing(_)));
+
+    // TLS: trusting its CA, the map store reads; without it, nothing.
+    let tls = devcluster::Etcd::start_tls(
+        dir.path().join("etcd-tls"),
+        port(),
+        port(),
+        port(),
+        &certs.cert,
+        &certs.key,
+    )
+    .await
+    .expect("etcd with TLS");
+    let endpoints = tls.endpoints();
+    assert!(endpoints[0].starts_with("https://"), "{endpoints:?}");
+    let access = EtcdAccess::from_settings(Some(&certs.ca), None, None, None, None).unwrap();
+    let store = MapStore::connect_with(&endpoints, &access, "/tls/", timeout)
+        .await
+        .expect("connects over TLS");
+    let read = store.load().await;
+    assert!(answers(&read), "{read:?}");
+    let plain = match MapStore::connect(&endpoints, "/tls/", timeout).await {
+        Ok(store) => store.load().await,
+        Err(e) => Err(e),
+    };
+    assert!(plain.is_err() && !answers(&plain), "{plain:?}");
+
+    // A user: with its password the store reads; without, or with another, not.
+    let auth = devcluster::Etcd::start(dir.path().join("etcd-auth"), port(), port())
+        .await
+        .unwrap();
+    let mut admin = etcd_client::Client::connect(auth.endpoints(), None)
+        .await
+        .unwrap();
+    admin
+        .user_add("root", "root-password-1", None)
+        .await
+        .unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let password = dir.path().join("etcd-password");
+    std::fs::write(&password, "root-password-1\n").unwrap();
+    let access =
+        EtcdAccess::from_settings(None, None, None, Some("root"), Some(&password)).unwrap();
+    assert!(!format!("{access:?}").contains("root-password-1"));
+    let store = MapStore::connect_with(&auth.endpoints(), &access, "/auth/", timeout)
+        .await
+        .expect("connects with the password");
+    let read = store.load().await;
+    assert!(answers(&read), "{read:?}");
+    let anonymous = match MapStore::connect(&auth.endpoints(), "/auth/", timeout).await {
+        Ok(store) => store.load().await,
+        Err(e) => Err(e),
+    };
+    assert!(anonymous.is_err() && !answers(&anonymous), "{anonymous:?}");
+    std::fs::write(&password, "not-the-password").unwrap();
+    let wrong = EtcdAccess::from_settings(None, None, None, Some("root"), Some(&password)).unwrap();
+    let refused = MapStore::connect_with(&auth.endpoints(), &wrong, "/auth/", timeout).await;
+    assert!(refused.is_err(), "a wrong password was taken");
+}
