@@ -30,6 +30,18 @@ fi
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-wallet}"
 export WALLET_IMAGE="${WALLET_IMAGE:-wallet:latest}"
 
+# The cluster secret every service shares (docker-compose.yml's secret
+# cluster-secret): made once, random, readable by its owner only, never
+# committed (.data/ is ignored).
+ensure_secret() {
+    local file=.data/compose/cluster-secret
+    [ -s "$file" ] && return
+    mkdir -p "$(dirname "$file")"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" >"$file.tmp" && mv "$file.tmp" "$file")
+    echo "compose: wrote a new cluster secret to $file" >&2
+}
+ensure_secret
+
 build() {
     local profile=release
     [ "${1:-}" = "--debug" ] && profile=debug

@@ -13,7 +13,10 @@ Python, which has PyYAML. Exits 1 listing every disagreement:
   and its value has the type of the default there;
 - Services select pods of some workload and target a port they declare;
   envFrom names a ConfigMap of the base;
-- the termination grace period outlasts shutdown_grace_ms.
+- the termination grace period outlasts shutdown_grace_ms;
+- every container of a service or of the init job reads the cluster secret
+  (WALLET_CLUSTER_SECRET_FILE) from a volume of the kustomization's
+  generated Secret, as every compose service reads the compose secret.
 """
 
 import re
@@ -30,6 +33,13 @@ SERVICES = ("coordinator", "participant", "projector")
 REQUIRED_KEYS = {"participant": {"node_id"}}
 # Environment variables of the image's entrypoint roles (docker/entrypoint.sh),
 # not config keys.
+# Config keys documented but commented out in config/<service>.toml (no
+# default), valid for every service and walletctl (the init job).
+OPTIONAL_KEYS = {"cluster_secret_file"}
+# Roles that need the cluster secret, and where compose mounts it.
+SECRET_ROLES = ("init", *SERVICES)
+COMPOSE_SECRET = "cluster-secret"
+COMPOSE_SECRET_PATH = "/run/secrets/cluster-secret"
 ENTRYPOINT_ENV = {"WALLET_ETCD_NAME", "WALLET_PG_DATABASES", "WALLET_INIT_NODES", "WALLET_PARTITIONS"}
 
 errors = []
@@ -60,6 +70,27 @@ def load_manifests():
             continue
         docs[path.name] = [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
+
+
+def check_secret(cname, container, pod_spec, settings, secret_files):
+    """The container's WALLET_CLUSTER_SECRET_FILE is a key of a generated
+    Secret, mounted from a volume of the pod."""
+    path = settings.get("WALLET_CLUSTER_SECRET_FILE")
+    if not path:
+        fail(f"{cname}: no WALLET_CLUSTER_SECRET_FILE (the cluster secret)")
+        return
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/") + "/"
+        if not path.startswith(mount):
+            continue
+        secret = volumes.get(m["name"], {}).get("secret", {}).get("secretName")
+        if secret not in secret_files:
+            fail(f"{cname}: {path} is not from a generated Secret ({sorted(secret_files)})")
+        elif path[len(mount):] not in secret_files[secret]:
+            fail(f"{cname}: {path}: no key {path[len(mount):]} in Secret {secret}")
+        return
+    fail(f"{cname}: WALLET_CLUSTER_SECRET_FILE {path} is on no mounted volume")
 
 
 def main():
@@ -108,6 +139,21 @@ def main():
                     found.add((m.group(2), int(m.group(1))))
         return found
 
+    # The generated cluster secret: {Secret name: its keys}.
+    secret_files = {}
+    for g in kust.get("secretGenerator", []):
+        keys = {f.split("=", 1)[0].rsplit("/", 1)[-1] for f in g.get("files", [])}
+        secret_files[g["name"]] = keys
+    if not secret_files:
+        fail("kustomization.yaml generates no Secret for the cluster secret")
+    for role in SECRET_ROLES:
+        for name, svc in compose_by_role.get(role, []):
+            env = svc.get("environment") or {}
+            if COMPOSE_SECRET not in (svc.get("secrets") or []):
+                fail(f"docker-compose.yml {name}: does not mount the secret {COMPOSE_SECRET}")
+            if env.get("WALLET_CLUSTER_SECRET_FILE") != COMPOSE_SECRET_PATH:
+                fail(f"docker-compose.yml {name}: WALLET_CLUSTER_SECRET_FILE is not {COMPOSE_SECRET_PATH}")
+
     shutdown_grace_s = {s: configs[s].get("shutdown_grace_ms", 0) / 1000 for s in SERVICES}
     checked_roles = set()
 
@@ -148,6 +194,8 @@ def main():
                 settings[e["name"]] = e.get("value", "<from " + ",".join(e.get("valueFrom", {})) + ">")
             for key, value in settings.items():
                 if not key.startswith("WALLET_") or key in ENTRYPOINT_ENV:
+                    continue
+                if key[len("WALLET_"):].lower() in OPTIONAL_KEYS:
                     continue
                 if role not in configs:
                     if key != "WALLET_ETCD_ENDPOINTS":
@@ -194,6 +242,8 @@ def main():
                     fail(f"{cname}: {kind} port {port} is not the port compose's healthcheck probes {health}")
                 if kind == "readinessProbe" and health and probe["httpGet"]["path"] not in {p for p, _ in health}:
                     fail(f"{cname}: readiness path {probe['httpGet']['path']} is not compose's healthcheck {health}")
+            if role in SECRET_ROLES:
+                check_secret(cname, c, spec, settings, secret_files)
             if role in shutdown_grace_s:
                 grace = spec.get("terminationGracePeriodSeconds", 30)
                 if grace <= shutdown_grace_s[role]:

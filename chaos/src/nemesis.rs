@@ -233,6 +233,8 @@ fn walletctl(cluster: &Cluster, args: &[&str]) -> Result<tokio::process::Command
         .arg("--etcd-prefix")
         .arg(cluster.etcd_prefix())
         .args(args)
+        .env("WALLET_CLUSTER_SECRET_FILE", cluster.cluster_secret_file())
+        .env_remove("WALLET_CLUSTER_SECRET")
         .env_remove("WALLETCTL_CRASH_AT")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

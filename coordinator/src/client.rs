@@ -14,6 +14,8 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wallet_shared::protocol::Routed;
+use wallet_shared::secret::Secret;
+use wallet_shared::signing;
 use wallet_shared::{retry, ErrorCode, MapHandle, PartitionId, Rejection};
 
 /// One request to a participant: `GET` when there is no body, else a JSON `POST`.
@@ -36,19 +38,21 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, req: Outgoing) -> BoxFuture<'static, Result<Incoming, String>>;
 }
 
-/// The production transport: HTTP/1.1 with pooled connections.
+/// The production transport: HTTP/1.1 with pooled connections, every
+/// request signed with the cluster secret (`wallet_shared::signing`).
 pub struct HttpTransport {
     http: reqwest::Client,
+    secret: Secret,
 }
 
 impl HttpTransport {
-    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(timeout: Duration, secret: Secret) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(HttpTransport { http })
+        Ok(HttpTransport { http, secret })
     }
 }
 
@@ -62,8 +66,11 @@ impl Transport for HttpTransport {
                 .body(body),
             None => self.http.get(req.url),
         };
+        let secret = self.secret.clone();
         Box::pin(async move {
-            let resp = builder.send().await.map_err(|e| e.to_string())?;
+            let resp = signing::send(Some(&secret), builder)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let body = resp.bytes().await.map_err(|e| e.to_string())?;
             Ok(Incoming {
@@ -128,6 +135,10 @@ impl Participants {
             Ok(r) if r.code == ErrorCode::PartitionMoving => Err(CallError::Rejected(r)),
             // 5xx: the participant could not do it now; what happened is unclear.
             Ok(r) if resp.status >= 500 => Err(CallError::Unknown(r.to_string())),
+            // The signature was refused (another secret, a clock apart):
+            // nothing was done, but that judges this coordinator, not the
+            // request, so it is no verdict to record for the transfer.
+            Ok(r) if r.code == ErrorCode::Unauthorized => Err(CallError::Unknown(r.to_string())),
             Ok(r) => Err(CallError::Rejected(r)),
             Err(_) => Err(CallError::Unknown(format!("HTTP {}", resp.status))),
         }
@@ -166,11 +177,11 @@ impl Participants {
         }
     }
 
-    /// Over HTTP (production).
-    pub fn http(map: MapHandle, timeout: Duration) -> anyhow::Result<Self> {
+    /// Over HTTP (production), signed with the cluster secret.
+    pub fn http(map: MapHandle, timeout: Duration, secret: Secret) -> anyhow::Result<Self> {
         Ok(Self::new(
             map,
-            Arc::new(HttpTransport::new(timeout)?),
+            Arc::new(HttpTransport::new(timeout, secret)?),
             timeout,
         ))
     }

@@ -16,6 +16,19 @@ pub struct CoordinatorConfig {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
     pub etcd_timeout_ms: u64,
+    /// etcd over TLS: the CA of its certificate (PEM; `https://` endpoints).
+    #[serde(default)]
+    pub etcd_ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for `--client-cert-auth`.
+    #[serde(default)]
+    pub etcd_cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub etcd_key_file: Option<std::path::PathBuf>,
+    /// etcd's user (`auth enable`), its password in `etcd_password_file`.
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    #[serde(default)]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Longest wait for one participant call; past it the answer is "unknown".
     pub participant_timeout_ms: u64,
     /// How long a coordinator claims a transfer it began. A retry after the
@@ -50,9 +63,26 @@ pub struct CoordinatorConfig {
     pub cluster_secret: Option<wallet_shared::secret::Secret>,
     #[serde(default)]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// HTTPS on the public listener: its certificate chain (PEM)...
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// ... and its private key (PEM). Both, or neither.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl CoordinatorConfig {
+    /// How to reach etcd: TLS and user, from the `etcd_*` settings.
+    pub fn etcd_access(&self) -> anyhow::Result<wallet_shared::map::EtcdAccess> {
+        wallet_shared::map::EtcdAccess::from_settings(
+            self.etcd_ca_file.as_deref(),
+            self.etcd_cert_file.as_deref(),
+            self.etcd_key_file.as_deref(),
+            self.etcd_user.as_deref(),
+            self.etcd_password_file.as_deref(),
+        )
+    }
+
     /// The cluster secret, from whichever of its two settings is set.
     pub fn cluster_secret(&self) -> anyhow::Result<Option<wallet_shared::secret::Secret>> {
         wallet_shared::secret::resolve(

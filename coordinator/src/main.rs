@@ -13,13 +13,25 @@ async fn main() -> anyhow::Result<()> {
         wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
             .context("loading coordinator config")?;
     wallet_shared::telemetry::init_as("coordinator", cfg.log_format);
+    let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "coordinator")?;
+    let tls =
+        wallet_shared::tls::settings(cfg.tls_cert_file.as_deref(), cfg.tls_key_file.as_deref())
+            .context("the public listener's TLS settings")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
-    let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
-        .await
-        .context("following the partition map in etcd")?;
-    let mut participants =
-        client::Participants::http(map, Duration::from_millis(cfg.participant_timeout_ms))?;
+    let map = wallet_shared::map::follow_map(
+        &cfg.etcd_endpoints,
+        &cfg.etcd_access()?,
+        &cfg.etcd_prefix,
+        etcd_timeout,
+    )
+    .await
+    .context("following the partition map in etcd")?;
+    let mut participants = client::Participants::http(
+        map,
+        Duration::from_millis(cfg.participant_timeout_ms),
+        secret,
+    )?;
     participants.move_wait = Duration::from_millis(cfg.move_wait_ms);
     let limits = batch::Limits {
         max_batch: cfg.max_batch.max(1),
@@ -50,10 +62,30 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
-    tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
-    let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
-        cfg.shutdown_grace_ms,
-    ));
+    match tls {
+        Some(config) => {
+            tracing::info!(addr = %cfg.listen_addr, "coordinator ready (HTTPS)");
+            let listener = wallet_shared::tls::TlsListener::new(listener, config)?;
+            serve(listener, router, cfg.shutdown_grace_ms).await?;
+        }
+        None => {
+            tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
+            serve(listener, router, cfg.shutdown_grace_ms).await?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `router` on `listener` (plain or TLS) until SIGTERM, then lets
+/// requests in flight finish for at most `grace_ms`.
+async fn serve<L>(listener: L, router: axum::Router, grace_ms: u64) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (stop, deadline) =
+        wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(grace_ms));
     // into_make_service: the routes are built once. Serving the Router
     // itself rebuilds every route for each connection (13 allocations of
     // ~3.7 KB), which was most of the memory at 10,000 connections.
@@ -61,6 +93,5 @@ async fn main() -> anyhow::Result<()> {
         served = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop) => served?,
         () = deadline => {}
     }
-    tracing::info!("stopped");
     Ok(())
 }

@@ -22,6 +22,8 @@ use crate::process::{Launch, Ready, Supervised};
 /// An etcd server we started.
 #[derive(Debug)]
 pub struct Etcd {
+    /// `http`, or `https` when it serves clients over TLS.
+    scheme: &'static str,
     /// The directory that holds `data/` and `etcd.log`.
     dir: PathBuf,
     /// Port for clients (gRPC and HTTP).
@@ -37,11 +39,35 @@ impl Etcd {
     /// Starts etcd with its data in `dir/data` (kept if already there) and
     /// returns once `/health` says it is healthy.
     pub async fn start(dir: impl AsRef<Path>, client_port: u16, peer_port: u16) -> Result<Etcd> {
+        Etcd::start_with(dir, client_port, peer_port, None).await
+    }
+
+    /// The same, serving clients over TLS (`https://`) with the PEM
+    /// certificate `cert` and its key `key`; `/health` is then read over
+    /// plain HTTP on `metrics_port`.
+    pub async fn start_tls(
+        dir: impl AsRef<Path>,
+        client_port: u16,
+        peer_port: u16,
+        metrics_port: u16,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Etcd> {
+        Etcd::start_with(dir, client_port, peer_port, Some((metrics_port, cert, key))).await
+    }
+
+    async fn start_with(
+        dir: impl AsRef<Path>,
+        client_port: u16,
+        peer_port: u16,
+        tls: Option<(u16, &Path, &Path)>,
+    ) -> Result<Etcd> {
         let dir = absolute(dir.as_ref())?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let client = client_url(client_port);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let launch = Launch::new(program(), &dir)
+        let mut launch = Launch::new(program(), &dir)
             .arg("--name")
             .arg("default")
             .arg("--data-dir")
@@ -58,7 +84,20 @@ impl Etcd {
             .arg(format!("default={peer}"))
             .args(["--heartbeat-interval", "25", "--election-timeout", "250"])
             .args(["--logger", "zap", "--log-outputs", "stderr"]);
-        let health = format!("{client}/health");
+        let mut health = format!("{client}/health");
+        let mut ports = vec![client_port, peer_port];
+        if let Some((metrics_port, cert, key)) = tls {
+            let metrics = format!("http://127.0.0.1:{metrics_port}");
+            launch = launch
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--listen-metrics-urls")
+                .arg(&metrics);
+            health = format!("{metrics}/health");
+            ports.push(metrics_port);
+        }
         let http = crate::service::http_client()?;
         let ready = Ready::new(format!("{health} says healthy"), move || {
             healthy(http.clone(), health.clone())
@@ -69,9 +108,10 @@ impl Etcd {
             dir.join("etcd.log"),
             ready,
         )
-        .ports([client_port, peer_port]);
+        .ports(ports);
         process.start().await?;
         Ok(Etcd {
+            scheme,
             dir,
             client_port,
             peer_port,
@@ -79,9 +119,9 @@ impl Etcd {
         })
     }
 
-    /// `http://127.0.0.1:CLIENT_PORT`, the endpoint for clients.
+    /// `http://127.0.0.1:CLIENT_PORT` (`https` with TLS), the endpoint for clients.
     pub fn url(&self) -> String {
-        client_url(self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     /// The endpoints list clients take (one member).
@@ -126,10 +166,6 @@ impl DerefMut for Etcd {
     fn deref_mut(&mut self) -> &mut Supervised {
         &mut self.process
     }
-}
-
-fn client_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
 }
 
 /// Whether etcd's `/health` at `url` says `"health": "true"`.

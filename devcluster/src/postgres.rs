@@ -64,6 +64,25 @@ impl Postgres {
     /// creating (copying) the data directory unless it already holds one.
     /// Returns once it accepts connections.
     pub async fn start(dir: impl AsRef<Path>, port: u16) -> Result<Postgres> {
+        Postgres::start_with(dir, port, None).await
+    }
+
+    /// The same, serving TLS (`ssl=on`) with the PEM certificate `cert` and
+    /// its key `key`, copied into `dir/tls` for the server's user.
+    pub async fn start_tls(
+        dir: impl AsRef<Path>,
+        port: u16,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Postgres> {
+        Postgres::start_with(dir, port, Some((cert, key))).await
+    }
+
+    async fn start_with(
+        dir: impl AsRef<Path>,
+        port: u16,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Postgres> {
         let dir = absolute(dir.as_ref())?;
         let bin = bin_dir()?;
         let run_as = RunAs::postgres()?;
@@ -91,9 +110,33 @@ impl Postgres {
             .await?;
             tracing::debug!(dir = %data_dir.display(), elapsed = ?copying.elapsed(), "data directory copied");
         }
+        let mut launch = launch(&bin, &dir, &data_dir, port, run_as);
+        if let Some((cert, key)) = tls {
+            let tls_dir = dir.join("tls");
+            std::fs::create_dir_all(&tls_dir)?;
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = tls_dir.join(name);
+                std::fs::copy(from, &to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+                // Postgres refuses a key others can read.
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+                if let Some(run_as) = &run_as {
+                    run_as.chown(&to)?;
+                }
+                launch = launch.arg("-c").arg(format!(
+                    "ssl_{}_file={}",
+                    if name == "server.crt" { "cert" } else { "key" },
+                    to.display()
+                ));
+            }
+            if let Some(run_as) = &run_as {
+                run_as.chown(&tls_dir)?;
+            }
+            launch = launch.arg("-c").arg("ssl=on");
+        }
         let mut process = Supervised::new(
             format!("postgres on port {port}"),
-            launch(&bin, &dir, &data_dir, port, run_as),
+            launch,
             dir.join("postgres.log"),
             ready(&bin, port),
         )

@@ -23,6 +23,19 @@ pub struct ParticipantConfig {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
     pub etcd_timeout_ms: u64,
+    /// etcd over TLS: the CA of its certificate (PEM; `https://` endpoints).
+    #[serde(default)]
+    pub etcd_ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for `--client-cert-auth`.
+    #[serde(default)]
+    pub etcd_cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub etcd_key_file: Option<std::path::PathBuf>,
+    /// etcd's user (`auth enable`), its password in `etcd_password_file`.
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    #[serde(default)]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Snapshot an account's balance at every this many of its events, in
     /// the same transaction as the event (0: never).
     pub snapshot_every: i64,
@@ -40,9 +53,23 @@ pub struct ParticipantConfig {
     pub cluster_secret: Option<wallet_shared::secret::Secret>,
     #[serde(default)]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// A signed internal request is accepted this far from this node's
+    /// clock, either way (see `wallet_shared::signing`).
+    pub signature_window_ms: u64,
 }
 
 impl ParticipantConfig {
+    /// How to reach etcd: TLS and user, from the `etcd_*` settings.
+    pub fn etcd_access(&self) -> anyhow::Result<wallet_shared::map::EtcdAccess> {
+        wallet_shared::map::EtcdAccess::from_settings(
+            self.etcd_ca_file.as_deref(),
+            self.etcd_cert_file.as_deref(),
+            self.etcd_key_file.as_deref(),
+            self.etcd_user.as_deref(),
+            self.etcd_password_file.as_deref(),
+        )
+    }
+
     /// The cluster secret, from whichever of its two settings is set.
     pub fn cluster_secret(&self) -> anyhow::Result<Option<wallet_shared::secret::Secret>> {
         wallet_shared::secret::resolve(

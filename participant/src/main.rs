@@ -14,14 +14,25 @@ async fn main() -> anyhow::Result<()> {
         wallet_shared::config::load_from_args(participant::config::DEFAULTS)
             .context("loading participant config")?;
     wallet_shared::telemetry::init_as("participant", cfg.log_format);
+    // No open participant by accident: without the secret, nothing starts.
+    let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "participant")?;
+    let verifier = wallet_shared::signing::Verifier::new(
+        secret,
+        Duration::from_millis(cfg.signature_window_ms),
+    );
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let store = PgStore::connect(&cfg)
         .await
         .context("connecting to Postgres")?;
     let etcd_timeout = Duration::from_millis(cfg.etcd_timeout_ms);
-    let map = wallet_shared::map::follow_map(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
-        .await
-        .context("following the partition map in etcd")?;
+    let map = wallet_shared::map::follow_map(
+        &cfg.etcd_endpoints,
+        &cfg.etcd_access()?,
+        &cfg.etcd_prefix,
+        etcd_timeout,
+    )
+    .await
+    .context("following the partition map in etcd")?;
     let fences = moves::load_fences(&store)
         .await
         .context("reading partition fences")?;
@@ -46,6 +57,10 @@ async fn main() -> anyhow::Result<()> {
     let router = app::router(app)
         .merge(moves::router(mover))
         .layer(body_limit)
+        .layer(axum::middleware::from_fn_with_state(
+            verifier,
+            wallet_shared::signing::Verifier::layer,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use wallet_shared::protocol::FeedPage;
-use wallet_shared::{retry, routes, MapHandle};
+use wallet_shared::secret::Secret;
+use wallet_shared::{retry, routes, signing, MapHandle};
 
 use crate::models::{Applied, Projections};
 
@@ -19,6 +20,8 @@ pub struct Follower {
     pub map: MapHandle,
     /// One client for every node; each request bounded by its timeout.
     http: reqwest::Client,
+    /// Signs every call (`wallet_shared::signing`).
+    secret: Secret,
     /// Entries per page (and per projecting transaction).
     page: i64,
 }
@@ -40,6 +43,7 @@ impl Follower {
         map: MapHandle,
         timeout: Duration,
         page: i64,
+        secret: Secret,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -49,6 +53,7 @@ impl Follower {
             projections,
             map,
             http,
+            secret,
             page: page.clamp(1, 10_000),
         })
     }
@@ -61,10 +66,7 @@ impl Follower {
         };
         let from = self.projections.position(node).await?;
         let url = format!("{base}{}?after={from}&limit={}", routes::FEED, self.page);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
+        let resp = signing::send(Some(&self.secret), self.http.get(&url))
             .await
             .with_context(|| format!("reading {url}"))?;
         let status = resp.status();

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ProjectorConfig = wallet_shared::config::load_from_args(projector::config::DEFAULTS)
         .context("loading projector config")?;
     wallet_shared::telemetry::init_as("projector", cfg.log_format);
+    let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "projector")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let projections = Projections::connect(
         &cfg.database_url,
@@ -20,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
     .context("connecting to the projector's Postgres")?;
     let map = wallet_shared::map::follow_map(
         &cfg.etcd_endpoints,
+        &cfg.etcd_access()?,
         &cfg.etcd_prefix,
         Duration::from_millis(cfg.etcd_timeout_ms),
     )
@@ -30,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         map.clone(),
         Duration::from_millis(cfg.participant_timeout_ms),
         cfg.page,
+        secret,
     )?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await

@@ -16,7 +16,9 @@ pub mod protocol;
 pub mod retry;
 pub mod routes;
 pub mod secret;
+pub mod signing;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{ErrorCode, Rejection};
 pub use ids::{AccountId, TransactionId};

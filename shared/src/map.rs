@@ -30,6 +30,69 @@ use crate::retry;
 
 pub type NodeId = String;
 
+/// How a service reaches etcd beyond its endpoints, by configuration: TLS
+/// (`etcd_ca_file`: the CA that signed etcd's certificate, with `https://`
+/// endpoints; `etcd_cert_file`/`etcd_key_file`: a client certificate, for
+/// an etcd with `--client-cert-auth`) and a user (`etcd_user`, its password
+/// read from `etcd_password_file`). Nothing set: plain, anonymous.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    tls: Option<etcd_client::TlsOptions>,
+    user: Option<(String, crate::secret::Secret)>,
+}
+
+impl EtcdAccess {
+    /// From the settings of that name (paths), reading the files now.
+    pub fn from_settings(
+        ca_file: Option<&std::path::Path>,
+        cert_file: Option<&std::path::Path>,
+        key_file: Option<&std::path::Path>,
+        user: Option<&str>,
+        password_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<EtcdAccess> {
+        use anyhow::Context;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let tls = match (ca_file, cert_file, key_file) {
+            (None, None, None) => None,
+            (ca, cert, key) => {
+                let mut tls = etcd_client::TlsOptions::new();
+                if let Some(ca) = ca {
+                    tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+                }
+                match (cert, key) {
+                    (Some(cert), Some(key)) => {
+                        tls =
+                            tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+                    }
+                    (None, None) => {}
+                    _ => anyhow::bail!("etcd_cert_file and etcd_key_file go together"),
+                }
+                Some(tls)
+            }
+        };
+        let user = match (user, password_file) {
+            (Some(user), Some(file)) => Some((
+                user.to_string(),
+                crate::secret::Secret::from_password_file(file)?,
+            )),
+            (None, None) => None,
+            _ => anyhow::bail!("etcd_user and etcd_password_file go together"),
+        };
+        Ok(EtcdAccess { tls, user })
+    }
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     #[error("etcd: {0}")]
@@ -213,14 +276,32 @@ pub struct MapStore {
 }
 
 impl MapStore {
+    /// Plain and anonymous: [`MapStore::connect_with`] a default access.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, MapError> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, &EtcdAccess::default(), prefix, timeout).await
+    }
+
+    /// The one way anything connects to etcd.
+    pub async fn connect_with(
+        endpoints: &[String],
+        access: &EtcdAccess,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, MapError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        if let Some(tls) = &access.tls {
+            options = options.with_tls(tls.clone());
+        }
+        if let Some((user, password)) = &access.user {
+            let password = String::from_utf8_lossy(password.expose()).into_owned();
+            options = options.with_user(user.clone(), password);
+        }
         let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(options)))
             .await
             .map_err(|_| MapError::Timeout(timeout))??;
@@ -387,11 +468,12 @@ impl MapStore {
 /// bounded retries), then follow the map.
 pub async fn follow_map(
     endpoints: &[String],
+    access: &EtcdAccess,
     prefix: &str,
     timeout: Duration,
 ) -> Result<MapHandle, MapError> {
     let store = retry::with_backoff("connect to etcd", retry::Policy::startup(), || {
-        MapStore::connect(endpoints, prefix, timeout)
+        MapStore::connect_with(endpoints, access, prefix, timeout)
     })
     .await?;
     store.follow().await

@@ -19,6 +19,24 @@ impl Route {
         self.0
     }
 
+    /// Whether `path` (no query) is this route with its `{param}` filled in.
+    pub fn matches(self, path: &str) -> bool {
+        let mut want = self.0.split('/');
+        let mut got = path.split('/');
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some(w), Some(g)) if w.starts_with('{') => {
+                    if g.is_empty() {
+                        return false;
+                    }
+                }
+                (Some(w), Some(g)) if w == g => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// The path with its `{param}` segment filled in by `value`.
     pub fn with(self, value: impl fmt::Display) -> String {
         match (self.0.find('{'), self.0.find('}')) {
@@ -105,6 +123,13 @@ pub const AUDIT: Route = Route("/internal/v1/admin/audit");
 /// `ResolveRequest` -> `ResolveReply`: drive one transfer to its end now.
 pub const RESOLVE: Route = Route("/internal/v1/transfers/{id}/resolve");
 
+/// The routes whose replay is not harmless: releasing a fence could undo a
+/// newer fence of a later move, a discard could drop a later copy. A
+/// signed request to one of them is accepted once (see
+/// [`crate::signing`]); every other route is idempotent by its transaction
+/// id, move id, copy cursor or fence state, or only reads.
+pub const ONCE_ONLY: [Route; 2] = [FENCE, DISCARD];
+
 /// Every route, for the checks below and for whoever lists them.
 pub const ALL: [Route; 28] = [
     BEGIN,
@@ -147,6 +172,19 @@ mod tests {
         assert_eq!(FENCE.with(7), "/internal/v1/partitions/7/fence");
         assert_eq!(RESOLVE.with("x"), "/internal/v1/transfers/x/resolve");
         assert_eq!(BEGIN.with("ignored"), BEGIN.to_string());
+    }
+
+    #[test]
+    fn a_path_matches_its_route_only() {
+        assert!(FENCE.matches("/internal/v1/partitions/7/fence"));
+        assert!(!FENCE.matches("/internal/v1/partitions/7/fence/x"));
+        assert!(!FENCE.matches("/internal/v1/partitions//fence"));
+        assert!(!FENCE.matches("/internal/v1/partitions/7"));
+        assert!(BEGIN.matches("/internal/v1/transfers/begin"));
+        assert!(!BEGIN.matches("/internal/v1/transfers/end"));
+        for r in ALL {
+            assert!(r.matches(&r.with(3)), "{r}");
+        }
     }
 
     #[test]

@@ -32,6 +32,18 @@ impl Secret {
         Secret::from_text(text.trim()).with_context(|| format!("the secret in {}", path.display()))
     }
 
+    /// A password someone else chose (etcd's, a database's): any length
+    /// but empty, surrounding whitespace trimmed.
+    pub fn from_password_file(path: &Path) -> anyhow::Result<Secret> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the password file {}", path.display()))?;
+        let text = text.trim();
+        if text.is_empty() {
+            bail!("the password file {} is empty", path.display());
+        }
+        Ok(Secret(Arc::from(text.as_bytes())))
+    }
+
     /// A secret given as text, refused if shorter than [`MIN_SECRET_BYTES`].
     pub fn from_text(text: &str) -> anyhow::Result<Secret> {
         if text.len() < MIN_SECRET_BYTES {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use wallet_shared::map::EtcdAccess;
 use wallet_shared::secret::Secret;
-use wallet_shared::{ErrorCode, MapStore, PartitionMap, Rejection};
+use wallet_shared::{signing, ErrorCode, MapStore, PartitionMap, Rejection};
 
 use crate::error::{CtlError, CtlResult, Exit};
 use crate::output::Output;
@@ -48,6 +49,21 @@ pub struct Endpoints {
     /// argument; WALLET_CLUSTER_SECRET holds it inline) [default: from the manifest]
     #[arg(long, env = "WALLET_CLUSTER_SECRET_FILE", global = true)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// CA of etcd's certificate, for etcd over TLS (https:// endpoints)
+    #[arg(long, env = "WALLET_ETCD_CA_FILE", global = true)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate for an etcd that checks them (with --etcd-key-file)
+    #[arg(long, env = "WALLET_ETCD_CERT_FILE", global = true)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Key of the client certificate
+    #[arg(long, env = "WALLET_ETCD_KEY_FILE", global = true)]
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd user (with --etcd-password-file)
+    #[arg(long, env = "WALLET_ETCD_USER", global = true)]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (never the password itself)
+    #[arg(long, env = "WALLET_ETCD_PASSWORD_FILE", global = true)]
+    pub etcd_password_file: Option<PathBuf>,
     /// Seconds to wait for any one answer from etcd or a node
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
@@ -66,14 +82,16 @@ struct Manifest {
 
 pub struct Ctx {
     pub etcd_endpoints: Vec<String>,
+    /// TLS and user for etcd.
+    pub etcd_access: EtcdAccess,
     pub etcd_prefix: String,
     pub coordinator: String,
     pub timeout: Duration,
     pub output: Output,
     /// The projector's database, if known.
     pub projector_database_url: Option<String>,
-    /// The cluster secret, if one is configured.
-    #[allow(dead_code)] // read by the signing of internal calls and by `keys`
+    /// The cluster secret, if one is configured: it signs every call
+    /// (`wallet_shared::signing`).
     pub cluster_secret: Option<Secret>,
     http: reqwest::Client,
 }
@@ -104,6 +122,14 @@ impl Ctx {
             file.as_deref(),
         )
         .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
+        let etcd_access = EtcdAccess::from_settings(
+            endpoints.etcd_ca_file.as_deref(),
+            endpoints.etcd_cert_file.as_deref(),
+            endpoints.etcd_key_file.as_deref(),
+            endpoints.etcd_user.as_deref(),
+            endpoints.etcd_password_file.as_deref(),
+        )
+        .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
         let timeout = Duration::from_secs(endpoints.timeout.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -114,6 +140,7 @@ impl Ctx {
             })?;
         Ok(Ctx {
             etcd_endpoints,
+            etcd_access,
             etcd_prefix: endpoints
                 .etcd_prefix
                 .or(manifest.etcd_prefix)
@@ -134,19 +161,35 @@ impl Ctx {
         })
     }
 
+    /// The cluster secret, or a clear error saying where to set it.
+    pub fn secret(&self) -> CtlResult<&Secret> {
+        self.cluster_secret.as_ref().ok_or_else(|| {
+            CtlError::new(
+                Exit::Usage,
+                "no cluster secret: set --cluster-secret-file (WALLET_CLUSTER_SECRET_FILE) \
+                 or WALLET_CLUSTER_SECRET; participants take only signed calls",
+            )
+        })
+    }
+
     /// Connects to etcd (one try, bounded by the timeout).
     pub async fn map_store(&self) -> CtlResult<MapStore> {
-        MapStore::connect(&self.etcd_endpoints, &self.etcd_prefix, self.timeout)
-            .await
-            .map_err(|e| {
-                CtlError::new(
-                    Exit::Unreachable,
-                    format!(
-                        "cannot reach etcd at {}: {e}",
-                        self.etcd_endpoints.join(",")
-                    ),
-                )
-            })
+        MapStore::connect_with(
+            &self.etcd_endpoints,
+            &self.etcd_access,
+            &self.etcd_prefix,
+            self.timeout,
+        )
+        .await
+        .map_err(|e| {
+            CtlError::new(
+                Exit::Unreachable,
+                format!(
+                    "cannot reach etcd at {}: {e}",
+                    self.etcd_endpoints.join(",")
+                ),
+            )
+        })
     }
 
     /// The partition map as etcd has it now.
@@ -223,14 +266,16 @@ impl Ctx {
         who: &str,
         req: reqwest::RequestBuilder,
     ) -> CtlResult<T> {
-        let resp = req.send().await.map_err(|e| {
-            let why = if e.is_timeout() {
-                format!("no answer within {:?}", self.timeout)
-            } else {
-                e.to_string()
-            };
-            CtlError::new(Exit::Unreachable, format!("{who} is unreachable: {why}"))
-        })?;
+        let resp = signing::send(self.cluster_secret.as_ref(), req)
+            .await
+            .map_err(|e| {
+                let why = if e.is_timeout() {
+                    format!("no answer within {:?}", self.timeout)
+                } else {
+                    e.to_string()
+                };
+                CtlError::new(Exit::Unreachable, format!("{who} is unreachable: {why}"))
+            })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
             CtlError::new(
@@ -249,6 +294,11 @@ impl Ctx {
             });
         }
         Err(match serde_json::from_slice::<Rejection>(&body) {
+            Ok(r) if r.code == ErrorCode::Unauthorized && self.cluster_secret.is_none() => {
+                let mut e = rejection(who, r);
+                e.message += "; no cluster secret is configured (--cluster-secret-file)";
+                e
+            }
             Ok(r) => rejection(who, r),
             Err(_) => CtlError::new(
                 if status.is_server_error() {
@@ -270,7 +320,7 @@ fn rejection(who: &str, r: Rejection) -> CtlError {
     let exit = match r.code {
         AccountNotFound | TransferNotFound | NotFound => Exit::NotFound,
         InvalidRequest | InvalidAmount | InvalidCurrency | InvalidAccountId
-        | InvalidTransactionId => Exit::Usage,
+        | InvalidTransactionId | Unauthorized => Exit::Usage,
         Unavailable | Overloaded | Internal => Exit::Unreachable,
         InProgress | AccountExists | WrongPartitionOwner => Exit::Conflict,
         _ => Exit::Failed,

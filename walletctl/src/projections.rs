@@ -64,12 +64,22 @@ pub async fn run(ctx: &Ctx, cmd: ProjectionsCmd) -> CtlResult<()> {
             Ok(())
         }
         ProjectionsCmd::Rebuild { within } => {
-            let map =
-                wallet_shared::map::follow_map(&ctx.etcd_endpoints, &ctx.etcd_prefix, ctx.timeout)
-                    .await
-                    .map_err(CtlError::from)?;
-            let follower = Follower::new(projections.clone(), map, ctx.timeout, 5_000)
-                .map_err(|e| CtlError::new(Exit::Failed, format!("{e:#}")))?;
+            let map = wallet_shared::map::follow_map(
+                &ctx.etcd_endpoints,
+                &ctx.etcd_access,
+                &ctx.etcd_prefix,
+                ctx.timeout,
+            )
+            .await
+            .map_err(CtlError::from)?;
+            let follower = Follower::new(
+                projections.clone(),
+                map,
+                ctx.timeout,
+                5_000,
+                ctx.secret()?.clone(),
+            )
+            .map_err(|e| CtlError::new(Exit::Failed, format!("{e:#}")))?;
             projections.rebuild().await.map_err(db)?;
             ctx.output
                 .note("read models and cursors emptied; replaying every feed");

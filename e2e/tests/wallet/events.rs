@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
 use wallet_shared::protocol::{EventKind, FeedEntry, FeedKind};
-use wallet_shared::{AccountId, Currency};
+use wallet_shared::{routes, AccountId, Currency};
 
 use crate::support::{quick_recovery, Api, TestCluster};
 
@@ -464,17 +464,12 @@ async fn projected(t: &TestCluster) -> projector::Projections {
     )
     .await
     .unwrap();
-    let http = reqwest::Client::new();
     let mut heads = BTreeMap::new();
     for i in 0..3 {
-        let page: Value = http
-            .get(format!(
-                "{}/internal/v1/feed?after=0&limit=1",
-                t.cluster.participant_url(i)
-            ))
-            .send()
+        let url = t.cluster.participant_url(i);
+        let page: Value = t
+            .internal(t.http.get(format!("{url}{}?after=0&limit=1", routes::FEED)))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();

@@ -10,7 +10,7 @@ use chaos::workload::{place_accounts, Mix, Workload};
 use devcluster::ClusterOptions;
 use serde_json::json;
 use wallet_shared::protocol::{Movement, MovementKind, Routed};
-use wallet_shared::{AccountId, Amount, Currency, TransactionId};
+use wallet_shared::{routes, signing, AccountId, Amount, Currency, TransactionId};
 
 use crate::concurrency::Traffic;
 use crate::support::TestCluster;
@@ -56,16 +56,10 @@ async fn direct_deposit(
             currency: usd,
         },
     };
+    let url = t.cluster.participant_url(node);
     let resp = t
-        .http
-        .post(format!(
-            "{}/internal/v1/movements",
-            t.cluster.participant_url(node)
-        ))
-        .json(&m)
-        .send()
-        .await
-        .expect("participant answers");
+        .internal(t.http.post(format!("{url}{}", routes::MOVEMENTS)).json(&m))
+        .await;
     (resp.status().as_u16(), resp.json().await.expect("json"))
 }
 
@@ -333,16 +327,14 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     let stray = (0..3)
         .find(|&i| t.cluster.node_id(i) != owner_of_1)
         .unwrap();
+    let url = t.cluster.participant_url(stray);
     let resp = t
-        .http
-        .post(format!(
-            "{}/internal/v1/partitions/1/fence",
-            t.cluster.participant_url(stray)
-        ))
-        .json(&json!({"state": "moved", "to": owner_of_1}))
-        .send()
-        .await
-        .unwrap();
+        .internal(
+            t.http
+                .post(format!("{url}{}", routes::FENCE.with(1)))
+                .json(&json!({"state": "moved", "to": owner_of_1})),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 400);
 
     // Nothing lost, nothing doubled, nothing left in flight.
@@ -418,10 +410,10 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
     };
     let fences_on_node_1 = |t: &TestCluster| {
         let (http, url) = (t.http.clone(), t.cluster.participant_url(0));
+        let secret = t.secret.clone();
         async move {
-            let np: serde_json::Value = http
-                .get(format!("{url}/internal/v1/partitions"))
-                .send()
+            let req = http.get(format!("{url}{}", routes::PARTITIONS));
+            let np: serde_json::Value = signing::send(Some(&secret), req)
                 .await
                 .unwrap()
                 .json()

@@ -10,7 +10,8 @@ pub use chaos::quick_recovery;
 use chaos::workload::accounts_on;
 use devcluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
-use wallet_shared::{AccountId, PartitionMap};
+use wallet_shared::secret::Secret;
+use wallet_shared::{signing, AccountId, PartitionMap};
 
 pub struct TestCluster {
     pub cluster: Cluster,
@@ -18,6 +19,8 @@ pub struct TestCluster {
     pub map: PartitionMap,
     /// Which coordinator the helpers talk to.
     pub coordinator: usize,
+    /// The cluster secret, to sign calls made straight to participants.
+    pub secret: Secret,
 }
 
 pub struct Reply {
@@ -68,12 +71,22 @@ impl TestCluster {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
+        let secret = Secret::from_file(cluster.cluster_secret_file()).expect("the cluster secret");
         TestCluster {
             cluster,
             http,
             map,
             coordinator: 0,
+            secret,
         }
+    }
+
+    /// Sends a call straight to a participant, signed as the cluster's own
+    /// services sign theirs.
+    pub async fn internal(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        signing::send(Some(&self.secret), req)
+            .await
+            .expect("participant answers")
     }
 
     pub fn api(&self) -> Api {
@@ -314,9 +327,12 @@ impl TestCluster {
         env: &[(&str, &str)],
     ) -> Ctl {
         let endpoints = self.cluster.etcd_endpoints().join(",");
+        let secret_file = self.cluster.cluster_secret_file().display().to_string();
         let mut all = vec![
             "--etcd-endpoints",
             &endpoints,
+            "--cluster-secret-file",
+            &secret_file,
             "--etcd-prefix",
             prefix,
             "--coordinator",
