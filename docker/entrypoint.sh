@@ -6,7 +6,9 @@
 #   etcd         a single-member etcd on 0.0.0.0:2379, data in /var/lib/wallet/etcd
 #   init         the one-shot job: writes the partition map unless one
 #                exists (walletctl cluster init), from WALLET_INIT_NODES
-#                ("node-1=http://participant-1:7001 ...") and WALLET_PARTITIONS
+#                ("node-1=http://participant-1:7001 ...") and WALLET_PARTITIONS;
+#                the cluster secret (WALLET_CLUSTER_SECRET_FILE) and the
+#                operator's API key (api-key beside it) unless they exist
 #   prometheus   Prometheus with /etc/wallet/prometheus/prometheus.yml and
 #                the wallet console (dashboard) at /consoles/wallet.html
 #   anything else is run as is (coordinator, participant, projector, walletctl, bash).
@@ -62,6 +64,12 @@ init)
     for n in ${WALLET_INIT_NODES:?WALLET_INIT_NODES names the participants}; do
         nodes+=(--node "$n")
     done
+    # The cluster secret (keys the hash of API keys), once.
+    secret="${WALLET_CLUSTER_SECRET_FILE:?WALLET_CLUSTER_SECRET_FILE names the secret's file}"
+    if [ ! -s "$secret" ]; then
+        (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$secret")
+        echo "init: cluster secret written to $secret"
+    fi
     set +e
     walletctl cluster init --partitions "${WALLET_PARTITIONS:-64}" "${nodes[@]}" "$@"
     rc=$?
@@ -71,9 +79,12 @@ init)
     5) echo "init: a partition map exists; left as it is" ;;
     *) exit $rc ;;
     esac
-    # HOOK (issue 13, API keys): once walletctl can create an API key, the
-    # first one is made here (unless one exists) and printed once, e.g.
-    #   walletctl keys create --tenant default --scopes transfer,read,admin
+    # The operator's API key (scope admin), once; written next to the
+    # secret, never printed.
+    key="$(dirname "$secret")/api-key"
+    if [ ! -s "$key" ]; then
+        walletctl keys create --tenant operator --scopes admin --write-to "$key"
+    fi
     walletctl nodes list
     ;;
 prometheus)

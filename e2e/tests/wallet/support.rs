@@ -64,7 +64,10 @@ impl TestCluster {
     pub async fn start_with(options: ClusterOptions) -> Self {
         let cluster = Cluster::start(options).await.expect("cluster starts");
         let map = read_map(&cluster).await;
+        // Every request of the tests carries the operator's key (scope
+        // admin); `auth.rs` tests the others.
         let http = reqwest::Client::builder()
+            .default_headers(devcluster::bearer(cluster.admin_key()))
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
