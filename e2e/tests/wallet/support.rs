@@ -317,6 +317,8 @@ impl TestCluster {
         env: &[(&str, &str)],
     ) -> Ctl {
         let endpoints = self.cluster.etcd_endpoints().join(",");
+        let secret = self.cluster.cluster_secret_file().display().to_string();
+        let key = self.cluster.api_key_file().display().to_string();
         let mut all = vec![
             "--etcd-endpoints",
             &endpoints,
@@ -326,6 +328,10 @@ impl TestCluster {
             coordinator,
             "--manifest",
             "/nonexistent/cluster.json",
+            "--cluster-secret-file",
+            &secret,
+            "--api-key-file",
+            &key,
         ];
         all.extend_from_slice(args);
         run_walletctl(&all, env).await
