@@ -817,11 +817,13 @@ pub async fn await_key(urls: &[String], key: &str, accepted: bool) -> Result<()>
         // Any authenticated route: 401 means "not (or no longer) known".
         let probe = format!("{url}/v1/wallet/transfers/00000000-0000-4000-8000-000000000000");
         loop {
-            let mut req = http.get(&probe).bearer_auth(key).build()?;
-            req.headers_mut()
-                .get_mut(reqwest::header::AUTHORIZATION)
-                .map(|v| v.set_sensitive(true));
-            let status = http.execute(req).await.map(|r| r.status().as_u16());
+            // bearer_auth marks the header sensitive.
+            let status = http
+                .get(&probe)
+                .bearer_auth(key)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
             let known = matches!(status, Ok(s) if s != 401 && s < 500);
             let unknown = matches!(status, Ok(401));
             if (accepted && known) || (!accepted && unknown) {
