@@ -311,7 +311,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// The middleware in front of every `/v1/` and `/internal/v1/` route:
 /// checks the key, hands the [`Caller`] to the handler, and logs every
-/// request made with an admin key (one line: who, what).
+/// request made with an admin key (one line: who, what, the answer).
 pub async fn authenticate(State(keys): State<Keys>, mut req: Request, next: Next) -> Response {
     let caller = match keys.check(req.headers().get(header::AUTHORIZATION)) {
         Ok(caller) => caller,
@@ -324,17 +324,29 @@ pub async fn authenticate(State(keys): State<Keys>, mut req: Request, next: Next
             return refusal.into_response();
         }
     };
-    if caller.is_admin() {
+    let admin = caller.is_admin().then(|| {
+        (
+            caller.key_id.clone(),
+            caller.tenant.clone(),
+            req.method().clone(),
+            req.uri().path().to_string(),
+        )
+    });
+    req.extensions_mut().insert(caller);
+    let response = next.run(req).await;
+    // After the handler, so the line carries what its span learnt (a
+    // transfer's transaction_id) and the answer.
+    if let Some((key_id, tenant, method, path)) = admin {
         tracing::info!(
-            key_id = %caller.key_id,
-            tenant = %caller.tenant,
-            method = %req.method(),
-            path = %req.uri().path(),
+            %key_id,
+            %tenant,
+            %method,
+            %path,
+            status = response.status().as_u16(),
             "admin action"
         );
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    response
 }
 
 #[cfg(test)]
