@@ -6,7 +6,9 @@
 #   etcd         a single-member etcd on 0.0.0.0:2379, data in /var/lib/wallet/etcd
 #   init         the one-shot job: writes the partition map unless one
 #                exists (walletctl cluster init), from WALLET_INIT_NODES
-#                ("node-1=http://participant-1:7001 ...") and WALLET_PARTITIONS
+#                ("node-1=http://participant-1:7001 ...") and WALLET_PARTITIONS;
+#                and the operator's API key (WALLET_INIT_API_KEY_FILE) unless
+#                it exists
 #   prometheus   Prometheus with /etc/wallet/prometheus/prometheus.yml and
 #                the wallet console (dashboard) at /consoles/wallet.html
 #   anything else is run as is (coordinator, participant, projector, walletctl, bash).
@@ -71,9 +73,12 @@ init)
     5) echo "init: a partition map exists; left as it is" ;;
     *) exit $rc ;;
     esac
-    # HOOK (issue 13, API keys): once walletctl can create an API key, the
-    # first one is made here (unless one exists) and printed once, e.g.
-    #   walletctl keys create --tenant default --scopes transfer,read,admin
+    # The operator's API key (scope admin), once; written to its file,
+    # never printed.
+    key="${WALLET_INIT_API_KEY_FILE:?WALLET_INIT_API_KEY_FILE names the key's file}"
+    if [ ! -s "$key" ]; then
+        walletctl keys create --tenant operator --scopes admin --write-to "$key"
+    fi
     walletctl nodes list
     ;;
 prometheus)

@@ -70,9 +70,15 @@ pub struct Target {
 }
 
 impl Target {
-    /// A client whose every request times out after `timeout`.
-    pub fn new(base: impl Into<String>, timeout: Duration) -> anyhow::Result<Target> {
+    /// A client whose every request carries the API key `api_key` and
+    /// times out after `timeout`.
+    pub fn new(
+        base: impl Into<String>,
+        api_key: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Target> {
         let http = reqwest::Client::builder()
+            .default_headers(devcluster::bearer(api_key))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()?;

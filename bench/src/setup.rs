@@ -34,6 +34,11 @@ use super::generator::Target;
 use super::scenario::Accounts;
 
 /// How long loading one node's accounts may take.
+/// The tenant whose accounts the benchmark loads and whose key (`transfer`,
+/// `read`) moves their money: every transfer passes the ownership check
+/// on the debit's node, as a real tenant's does.
+pub const TENANT: &str = "bench";
+
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long connecting to a database may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +105,7 @@ pub async fn load(map: &PartitionMap, nodes: &[Node], accounts: &Accounts) -> Re
             partition,
             amount: Amount::from_minor(minor)?,
             currency: accounts.currency,
+            tenant: Some(TENANT.to_string()),
         };
         r.deposits.push(deposit.clone());
         let home = map.decision_partition(deposit.transaction_id);

@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::stream::{self, StreamExt};
 use tokio::time::Instant;
+use wallet_shared::auth::Scope;
 use wallet_shared::Currency;
 
 use self::audit::Audit;
@@ -215,7 +216,12 @@ async fn run_into(config: &Config, history: &mut History) -> Result<Report> {
     let urls: Vec<String> = (0..cluster.coordinators().len())
         .map(|i| cluster.coordinator_url(i))
         .collect();
-    let client = Client::new(urls, clock, config.request_timeout)?;
+    // The clients act as one tenant (`transfer` and `read`): every transfer
+    // passes the ownership check on the debit's node, under the faults.
+    let key = cluster
+        .create_key("chaos", &[Scope::Transfer, Scope::Read], None)
+        .await?;
+    let client = Client::new(urls, &key, clock, config.request_timeout)?;
     let databases: Vec<String> = (0..cluster.participants().len())
         .map(|i| cluster.postgres_url(i))
         .collect();

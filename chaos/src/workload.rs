@@ -82,10 +82,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of `coordinators`; a request without an answer after
-    /// `timeout` counts as unknown.
-    pub fn new(coordinators: Vec<String>, clock: Clock, timeout: Duration) -> Result<Client> {
+    /// A client of `coordinators`, every request with the API key
+    /// `api_key`; a request without an answer after `timeout` counts as
+    /// unknown.
+    pub fn new(
+        coordinators: Vec<String>,
+        api_key: &str,
+        clock: Clock,
+        timeout: Duration,
+    ) -> Result<Client> {
         let http = reqwest::Client::builder()
+            .default_headers(devcluster::bearer(api_key))
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(1))

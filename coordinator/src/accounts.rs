@@ -23,13 +23,14 @@ pub struct EventsQuery {
 }
 
 impl Coordinator {
-    /// Opens an account on the node that owns its partition; the same
-    /// request again answers with its balance, another currency is
-    /// `account_exists`.
+    /// Opens an account on the node that owns its partition, owned by
+    /// `owner` (`None`: by admins); the same request again answers with its
+    /// balance, another currency or another tenant's id is `account_exists`.
     pub async fn open(
         &self,
         account_id: AccountId,
         currency: Currency,
+        owner: Option<String>,
     ) -> Result<AccountBalance, CallError> {
         let partition = self
             .participants
@@ -44,6 +45,7 @@ impl Coordinator {
             account_id,
             partition,
             currency,
+            owner,
         };
         self.participants
             .post(&[partition], routes::ACCOUNTS.pattern(), &req)

@@ -1,12 +1,16 @@
 //! The coordinator's admin endpoints, for `walletctl` (under
-//! `/internal/v1/`, next to the public API on the same listener).
+//! `/internal/v1/`, next to the public API on the same listener): an API
+//! key with the `admin` scope only, and every call is logged with the key
+//! and tenant that made it (`auth::authenticate`).
 
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use wallet_shared::admin::{ResolveReply, ResolveRequest};
+use wallet_shared::auth::Scope;
 use wallet_shared::{routes, TransactionId};
 
+use crate::auth::Caller;
 use crate::http::{ApiError, ApiJson};
 use crate::resolver;
 use crate::transfer::Coordinator;
@@ -18,9 +22,11 @@ pub fn routes() -> Router<Coordinator> {
 /// `walletctl tx resolve`: one transfer driven to its end now.
 async fn resolve(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Result<Json<ResolveReply>, ApiError> {
+    caller.need(Scope::Admin)?;
     let id = TransactionId::parse(&id)?;
     let span = tracing::info_span!("resolve", transaction_id = %id, force = req.force);
     let reply =

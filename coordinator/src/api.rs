@@ -11,22 +11,31 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use wallet_shared::auth::Scope;
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
+use crate::auth::Caller;
 use crate::feed::FeedCursor;
 use crate::http::{invalid, reply, ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::machine::TransferOutcome;
 use crate::transfer::Coordinator;
 
-/// The public API's routes (`http::router` adds the admin routes and the
-/// edge's limits).
+/// The routes open to anyone: probes and metrics (`http::router` adds the
+/// authenticated ones, the admin routes and the edge's limits).
 pub fn routes() -> Router<Coordinator> {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(crate::ops::livez))
         .route("/readyz", get(crate::ops::readyz))
         .route("/metrics", get(crate::ops::metrics))
+}
+
+/// The public API proper: every route needs an API key (`auth`); each
+/// handler asks its [`Caller`] for the scope it needs, and shows a tenant
+/// only its own accounts and transactions.
+pub fn authenticated_routes() -> Router<Coordinator> {
+    Router::new()
         .route("/v1/wallet/balance_transfer", post(balance_transfer))
         .route("/v1/wallet/transfers/{id}", get(transfer_status))
         .route("/v1/wallet/accounts", post(open_account))
@@ -100,6 +109,7 @@ fn parse_transfer(body: TransferBody) -> Result<TransferSpec, Rejection> {
         to,
         amount,
         currency,
+        tenant: None,
     })
 }
 
@@ -115,13 +125,18 @@ fn parse_transfer(body: TransferBody) -> Result<TransferSpec, Rejection> {
     ))]
 async fn balance_transfer(
     State(c): State<Coordinator>,
+    caller: Caller,
     ApiJson(body): ApiJson<TransferBody>,
 ) -> ApiResult {
-    let spec = parse_transfer(body).inspect_err(|r| {
+    caller.need(Scope::Transfer)?;
+    let mut spec = parse_transfer(body).inspect_err(|r| {
         // Refused before the protocol ran; the rest are counted by `transfer`.
         metrics::counter!("wallet_transfers_total", "outcome" => "refused", "code" => r.code.as_str())
             .increment(1);
     })?;
+    // The participant holding the debit refuses it unless the account is
+    // this tenant's: no extra round trip.
+    spec.tenant = caller.acting_for();
     let id = spec.transaction_id;
     Ok(match c.transfer(spec).await {
         TransferOutcome::Decided(record) => record_response(&record),
@@ -191,9 +206,20 @@ fn record_response(record: &TransferRecord) -> Response {
         (status = "4XX", description = "no such transfer, or a malformed id", body = crate::openapi::ErrorView),
         (status = "5XX", description = "cannot tell now", body = crate::openapi::ErrorView),
     ))]
-async fn transfer_status(State(c): State<Coordinator>, Path(id): Path<String>) -> ApiResult {
+async fn transfer_status(
+    State(c): State<Coordinator>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    caller.need(Scope::Read)?;
     let id = TransactionId::parse(&id)?;
     let record = c.status(id).await?;
+    if !caller.may_see(record.spec.tenant.as_deref()) {
+        // Another tenant's: the same answer as no such transaction.
+        return Err(
+            Rejection::new(ErrorCode::TransferNotFound, format!("no transfer {id}")).into(),
+        );
+    }
     // A status lookup answers 200 with the status in the body, whatever it is.
     let mut response = record_response(&record);
     *response.status_mut() = StatusCode::OK;
@@ -220,10 +246,15 @@ pub(crate) struct OpenBody {
         (status = "4XX", description = "refused (409 account_exists: another currency)", body = crate::openapi::ErrorView),
         (status = "5XX", description = "not done now", body = crate::openapi::ErrorView),
     ))]
-async fn open_account(State(c): State<Coordinator>, ApiJson(body): ApiJson<OpenBody>) -> ApiResult {
+async fn open_account(
+    State(c): State<Coordinator>,
+    caller: Caller,
+    ApiJson(body): ApiJson<OpenBody>,
+) -> ApiResult {
+    caller.need(Scope::Transfer)?;
     let account_id = AccountId::parse(body.account_id)?;
     let currency = Currency::parse(&body.currency)?;
-    let balance = c.open(account_id, currency).await?;
+    let balance = c.open(account_id, currency, caller.acting_for()).await?;
     Ok(reply(200, balance_json(&balance)))
 }
 
@@ -250,10 +281,11 @@ pub(crate) struct MovementBody {
     ))]
 async fn deposit(
     state: State<Coordinator>,
+    caller: Caller,
     path: Path<String>,
     body: ApiJson<MovementBody>,
 ) -> ApiResult {
-    movement(state, path, body, MovementKind::Deposit).await
+    movement(state, caller, path, body, MovementKind::Deposit).await
 }
 
 /// Takes money out, never below zero (idempotent by `transaction_id`).
@@ -267,18 +299,23 @@ async fn deposit(
     ))]
 async fn withdraw(
     state: State<Coordinator>,
+    caller: Caller,
     path: Path<String>,
     body: ApiJson<MovementBody>,
 ) -> ApiResult {
-    movement(state, path, body, MovementKind::Withdrawal).await
+    movement(state, caller, path, body, MovementKind::Withdrawal).await
 }
 
+/// A deposit or withdrawal: on the tenant's own accounts only (the
+/// account's node refuses another's, as part of applying it).
 async fn movement(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MovementBody>,
     kind: MovementKind,
 ) -> ApiResult {
+    caller.need(Scope::Transfer)?;
     let transaction_id = TransactionId::parse(&body.transaction_id)?;
     let account_id = AccountId::parse(id)?;
     let currency = Currency::parse(&body.currency)?;
@@ -291,6 +328,7 @@ async fn movement(
         partition,
         amount,
         currency,
+        tenant: caller.acting_for(),
     };
     c.movement(m.clone()).await?;
     Ok(reply(
@@ -326,6 +364,19 @@ pub(crate) struct BalanceQuery {
     snapshots: Option<bool>,
 }
 
+/// 404 for an account the caller may not see: whether another tenant's
+/// account exists does not leak.
+fn visible(caller: &Caller, account_id: &AccountId, owner: Option<&str>) -> Result<(), Rejection> {
+    if caller.may_see(owner) {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            ErrorCode::AccountNotFound,
+            format!("account {account_id} does not exist"),
+        ))
+    }
+}
+
 /// The posted and available balance, now or at `as_of`.
 #[utoipa::path(get, path = "/v1/wallet/accounts/{id}/balance", tag = "accounts",
     params(("id" = String, Path, description = "the account id"), BalanceQuery),
@@ -334,11 +385,14 @@ pub(crate) struct BalanceQuery {
         (status = "4XX", description = "no such account, or a malformed query", body = crate::openapi::ErrorView),
         (status = "5XX", description = "cannot tell now", body = crate::openapi::ErrorView),
     ))]
+
 async fn balance(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<BalanceQuery>,
 ) -> ApiResult {
+    caller.need(Scope::Read)?;
     let account_id = AccountId::parse(id)?;
     let as_of = match &q.as_of {
         Some(as_of) => Some(
@@ -356,6 +410,7 @@ async fn balance(
         None => None,
     };
     let h = c.balance(&account_id, as_of, q.snapshots).await?;
+    visible(&caller, &account_id, h.balance.owner.as_deref())?;
     let mut body = balance_json(&h.balance);
     if let Some(as_of) = q.as_of {
         body["as_of"] = json!(as_of);
@@ -405,9 +460,11 @@ fn check_page(after: i64, limit: Option<i64>) -> Result<(), Rejection> {
     ))]
 async fn events(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult {
+    caller.need(Scope::Read)?;
     let account_id = AccountId::parse(id)?;
     let after = q.after.unwrap_or(0);
     check_page(after, q.limit)?;
@@ -431,6 +488,7 @@ async fn events(
         types,
     };
     let page = c.events(&account_id, &query).await?;
+    visible(&caller, &account_id, page.owner.as_deref())?;
     let currency = page.currency;
     let events: Vec<Value> = page
         .events
@@ -474,7 +532,12 @@ pub(crate) struct FeedQuery {
         (status = "4XX", description = "a malformed cursor", body = crate::openapi::ErrorView),
         (status = "5XX", description = "no node answered", body = crate::openapi::ErrorView),
     ))]
-async fn feed(State(c): State<Coordinator>, ApiQuery(q): ApiQuery<FeedQuery>) -> ApiResult {
+async fn feed(
+    State(c): State<Coordinator>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<FeedQuery>,
+) -> ApiResult {
+    caller.need(Scope::Admin)?;
     let cursor = FeedCursor::parse(q.after.as_deref().unwrap_or(""))?;
     check_page(0, q.limit)?;
     let feed = c.feed(cursor, q.limit.unwrap_or(100)).await?;

@@ -138,7 +138,7 @@ impl Participants {
             // The signature was refused (another secret, a clock apart):
             // nothing was done, but that judges this coordinator, not the
             // request, so it is no verdict to record for the transfer.
-            Ok(r) if r.code == ErrorCode::Unauthorized => Err(CallError::Unknown(r.to_string())),
+            Ok(r) if r.code == ErrorCode::Unauthenticated => Err(CallError::Unknown(r.to_string())),
             Ok(r) => Err(CallError::Rejected(r)),
             Err(_) => Err(CallError::Unknown(format!("HTTP {}", resp.status))),
         }

@@ -15,10 +15,13 @@ use crate::client::CallError;
 use crate::transfer::Coordinator;
 
 /// Everything the coordinator's listener serves: the public API and the
-/// admin routes, with a `{code, message}` 404 and the body limit.
-pub fn router(coordinator: Coordinator, max_body_bytes: usize) -> Router {
+/// admin routes (both behind the API keys of `keys`), with a
+/// `{code, message}` 404 and the body limit.
+pub fn router(coordinator: Coordinator, keys: crate::auth::Keys, max_body_bytes: usize) -> Router {
+    let authenticated = axum::middleware::from_fn_with_state(keys, crate::auth::authenticate);
     crate::api::routes()
-        .merge(crate::admin::routes())
+        .merge(crate::api::authenticated_routes().route_layer(authenticated.clone()))
+        .merge(crate::admin::routes().route_layer(authenticated))
         .fallback(|| async { ApiError(Rejection::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(coordinator)

@@ -8,12 +8,14 @@
 //! Read in this order: `machine` (the transfer protocol as a state machine),
 //! `transfer` (drives it), `movement` (deposits and withdrawals),
 //! `accounts` and `feed` (the rest of the application), `resolver`
-//! (recovery), `batch` and `client` (how messages travel), `api`, `admin`,
+//! (recovery), `batch` and `client` (how messages travel), `auth` (API
+//! keys), `api`, `admin`,
 //! `ops` (liveness, readiness, metrics) and `http` (the HTTP edge).
 
 pub mod accounts;
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod config;

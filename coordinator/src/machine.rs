@@ -363,6 +363,7 @@ mod tests {
             to: AccountId::parse("bob").unwrap(),
             amount: Amount::from_minor(1_000).unwrap(),
             currency: Currency::parse("USD").unwrap(),
+            tenant: None,
         };
         Plan {
             legs: Leg::both(&spec, 1, 2, 3),

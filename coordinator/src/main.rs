@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use coordinator::config::CoordinatorConfig;
-use coordinator::{batch, client, http, resolver, transfer};
+use coordinator::{auth, batch, client, http, resolver, transfer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -51,7 +51,22 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(cfg.resolver_interval_ms),
         Duration::from_millis(cfg.resolver_grace_ms),
     ));
-    let router = http::router(coordinator, cfg.max_body_bytes)
+    // The API keys: their hashes are keyed with the cluster secret, so
+    // without one no key could be checked.
+    let cluster_secret = cfg.cluster_secret()?.context(
+        "no cluster secret: set cluster_secret_file (WALLET_CLUSTER_SECRET_FILE) or \
+         WALLET_CLUSTER_SECRET; it keys the hash of the API keys",
+    )?;
+    let key_store = wallet_shared::auth::KeyStore::new(
+        wallet_shared::MapStore::connect(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
+            .await
+            .context("connecting to etcd for the API keys")?,
+    );
+    let keys = auth::Keys::follow(&cluster_secret, key_store)
+        .await
+        .context("loading the API keys from etcd")?;
+    tracing::info!(keys = keys.len(), "API keys loaded");
+    let router = http::router(coordinator, keys, cfg.max_body_bytes)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),

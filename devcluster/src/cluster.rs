@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::future::try_join_all;
 use serde::Serialize;
+use wallet_shared::auth::{ApiKey, KeyRecord, KeyStore, Scope};
 use wallet_shared::map::MapError;
+use wallet_shared::secret::Secret;
 use wallet_shared::{MapStore, PartitionMap};
 
 use crate::etcd::Etcd;
@@ -133,6 +135,8 @@ pub struct Cluster {
     /// The cluster secret's file (`cluster-secret` in the root), passed to
     /// every service as `WALLET_CLUSTER_SECRET_FILE`.
     secret_file: PathBuf,
+    /// The operator's API key (scope `admin`), also in `api-key` in the root.
+    admin_key: String,
     /// What the cluster was started with.
     options: ClusterOptions,
     /// Number of coordinators ever started (names and fixed ports).
@@ -207,6 +211,9 @@ impl Cluster {
             )
             .await?;
         }
+        // Before the coordinators start, so they load it.
+        let admin_key =
+            operator_key(&root, &secret_file, &etcd.endpoints(), &options.etcd_prefix).await?;
 
         let participants = if n == 0 {
             Vec::new()
@@ -266,6 +273,7 @@ impl Cluster {
             etcd_proxies: Vec::new(),
             root,
             secret_file,
+            admin_key,
             options,
             coordinators_started: 0,
             temp,
@@ -552,6 +560,7 @@ impl Cluster {
             projector_url: self.projector.as_ref().map(Service::url),
             projector_database_url: self.projector.as_ref().and(self.projector_database_url()),
             cluster_secret_file: self.secret_file.clone(),
+            api_key_file: self.api_key_file(),
             components,
         }
     }
@@ -560,6 +569,54 @@ impl Cluster {
     /// calls to participants (walletctl, tests).
     pub fn cluster_secret_file(&self) -> &Path {
         &self.secret_file
+    }
+
+    /// The operator's API key (tenant `operator`, scope `admin`: every
+    /// account, the feed, resolve), created at the first start and kept in
+    /// `api-key` in the root (mode 0600).
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
+    /// The file holding [`Cluster::admin_key`].
+    pub fn api_key_file(&self) -> PathBuf {
+        self.root.join(API_KEY_FILE)
+    }
+
+    /// A new API key for `tenant` with `scopes` (and `rate` requests a
+    /// second, if given), returned once every running coordinator accepts it.
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        scopes: &[Scope],
+        rate: Option<u32>,
+    ) -> Result<String> {
+        let key = create_key(
+            &self.etcd_endpoints(),
+            &self.options.etcd_prefix,
+            &self.secret_file,
+            tenant,
+            scopes,
+            rate,
+        )
+        .await?;
+        self.await_key(&key, true).await?;
+        Ok(key)
+    }
+
+    /// Revokes the key `key` (the whole key), returning once every running
+    /// coordinator refuses it.
+    pub async fn revoke_key(&self, key: &str) -> Result<()> {
+        let id = ApiKey::parse(key).context("not an API key")?.id;
+        KeyStore::new(self.map_store().await?).revoke(&id).await?;
+        self.await_key(key, false).await
+    }
+
+    /// Waits until every running coordinator accepts (`accepted`) or
+    /// refuses the key.
+    pub async fn await_key(&self, key: &str, accepted: bool) -> Result<()> {
+        let urls: Vec<String> = self.coordinators.iter().map(Service::url).collect();
+        await_key(&urls, key, accepted).await
     }
 
     /// Writes [`Cluster::manifest`] as pretty JSON to `path` (atomically).
@@ -655,6 +712,9 @@ pub struct Manifest {
     /// The file holding the cluster secret (walletctl reads it to sign its
     /// calls to participants).
     pub cluster_secret_file: PathBuf,
+    /// The file holding the operator's API key (scope `admin`), for
+    /// walletctl, the load generator and curl.
+    pub api_key_file: PathBuf,
     /// Every process.
     pub components: Vec<Component>,
 }
@@ -724,6 +784,94 @@ fn cluster_secret_file(root: &Path) -> Result<PathBuf> {
         wallet_shared::secret::Secret::generate().write_file(&path)?;
     }
     Ok(path)
+}
+
+/// A new API key for `tenant` in the etcd at `endpoints` (hashed with the
+/// cluster secret in `secret_file`): the whole key, to use at once or to
+/// hand over.
+pub async fn create_key(
+    endpoints: &[String],
+    prefix: &str,
+    secret_file: &Path,
+    tenant: &str,
+    scopes: &[Scope],
+    rate: Option<u32>,
+) -> Result<String> {
+    let secret = Secret::from_file(secret_file)?;
+    let (key, record) = KeyRecord::create(&secret, tenant, scopes.to_vec(), rate)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let store = MapStore::connect(endpoints, prefix, Duration::from_secs(5)).await?;
+    KeyStore::new(store).insert(&record).await?;
+    Ok(key.reveal())
+}
+
+/// Waits until every coordinator at `urls` accepts (`accepted`) or refuses
+/// the key: a coordinator learns of a new or revoked key through its etcd
+/// watch, a moment after the write.
+pub async fn await_key(urls: &[String], key: &str, accepted: bool) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for url in urls {
+        // Any authenticated route: 401 means "not (or no longer) known".
+        let probe = format!("{url}/v1/wallet/transfers/00000000-0000-4000-8000-000000000000");
+        loop {
+            // bearer_auth marks the header sensitive.
+            let status = http
+                .get(&probe)
+                .bearer_auth(key)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            let known = matches!(status, Ok(s) if s != 401 && s < 500);
+            let unknown = matches!(status, Ok(401));
+            if (accepted && known) || (!accepted && unknown) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("coordinator {url} did not see the key change within 15 s (last answer: {status:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Name of the operator's API key file in the root directory.
+const API_KEY_FILE: &str = "api-key";
+
+/// The operator's API key: the one in `root/api-key` while etcd still
+/// knows it (a cluster started again over its data keeps it), else a new
+/// one (tenant `operator`, scope `admin`), written there with mode 0600.
+async fn operator_key(
+    root: &Path,
+    secret_file: &Path,
+    endpoints: &[String],
+    prefix: &str,
+) -> Result<String> {
+    let path = root.join(API_KEY_FILE);
+    let store = KeyStore::new(MapStore::connect(endpoints, prefix, Duration::from_secs(5)).await?);
+    let (records, _) = store.load().await?;
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let text = text.trim();
+        if let Some(key) = ApiKey::parse(text) {
+            let live = records
+                .iter()
+                .any(|r| r.key_id == key.id && r.revoked_at.is_none());
+            if live {
+                return Ok(text.to_string());
+            }
+        }
+    }
+    let secret = Secret::from_file(secret_file)?;
+    let (key, record) = KeyRecord::create(&secret, "operator", vec![Scope::Admin], None)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    store.insert(&record).await?;
+    let key = key.reveal();
+    Secret::from_text(&key)?.write_file(&path)?;
+    tracing::info!(key_id = %record.key_id, file = %path.display(), "created the operator's API key");
+    Ok(key)
 }
 
 /// Node id of participant `i`.

@@ -36,10 +36,25 @@ mod process;
 pub mod proxy;
 pub mod service;
 
-pub use cluster::{write_partition_map, Cluster, ClusterOptions, Component, FixedPorts, Manifest};
+pub use cluster::{
+    await_key, create_key, write_partition_map, Cluster, ClusterOptions, Component, FixedPorts,
+    Manifest,
+};
 pub use etcd::Etcd;
 pub use ports::free_port;
 pub use postgres::Postgres;
 pub use process::{log_tail, Supervised};
 pub use proxy::Proxy;
 pub use service::{find_binary, Service, ServiceConfig};
+
+/// Headers that make every request of a client carry the API key `key`
+/// (`reqwest::ClientBuilder::default_headers`); marked sensitive, so a
+/// client's debug output does not show it.
+pub fn bearer(key: &str) -> reqwest::header::HeaderMap {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+        .expect("an API key is a valid header value");
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    headers
+}

@@ -185,8 +185,15 @@ fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration
     ));
     let tx = uuid::Uuid::new_v4();
     let dep = uuid::Uuid::new_v4();
-    let json = "-H 'content-type: application/json'";
+    let key_file = cluster.api_key_file();
+    let auth = format!("-H \"authorization: Bearer $(cat {})\"", key_file.display());
+    let json = format!("{auth} -H 'content-type: application/json'");
+    let api = format!("{auth} {api}");
     lines.extend([
+        format!(
+            "  API key (tenant operator, scope admin): {}   more: walletctl keys create --tenant T --scopes transfer,read",
+            key_file.display()
+        ),
         String::new(),
         "try:".to_string(),
         format!("  curl -s {json} -d '{{\"account_id\":\"alice\",\"currency\":\"USD\"}}' {api}/v1/wallet/accounts"),
@@ -196,8 +203,8 @@ fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration
         format!("  curl -s {api}/v1/wallet/accounts/alice/balance"),
         format!("  curl -s {api}/v1/wallet/transfers/{tx}"),
         format!("  curl -s {api}/v1/wallet/accounts/alice/events"),
-        format!("  curl -s \"{api}/v1/wallet/accounts/alice/balance?as_of=$(date -u +%FT%T.%NZ)\""),
-        format!("  curl -s '{api}/v1/wallet/events?limit=10'"),
+        format!("  curl -s {auth} \"{}/v1/wallet/accounts/alice/balance?as_of=$(date -u +%FT%T.%NZ)\"", cluster.coordinator_url(0)),
+        format!("  curl -s {auth} '{}/v1/wallet/events?limit=10'", cluster.coordinator_url(0)),
         String::new(),
         "Ctrl-C stops everything (data is kept; make clean-data wipes it).".to_string(),
     ]);

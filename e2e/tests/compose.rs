@@ -106,6 +106,22 @@ impl Project {
         id
     }
 
+    /// `docker exec` in `service`'s container: its standard output.
+    fn exec(&self, service: &str, command: &[&str]) -> String {
+        let id = self.container(service);
+        let out = Command::new("docker")
+            .arg("exec")
+            .arg(&id)
+            .args(command)
+            .output()
+            .expect("docker runs");
+        assert!(
+            out.status.success(),
+            "docker exec {service} {command:?} failed"
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn docker(&self, args: &[&str]) {
         let status = Command::new("docker")
             .args(args)
@@ -186,9 +202,12 @@ async fn compose_cluster_survives_kills_and_loses_nothing() {
         initial: 100_000,
         mix: workload::Mix::default(),
     };
+    // The operator's key, which the init job wrote into the secrets volume.
+    let key = project.exec("coordinator-1", &["cat", "/var/lib/wallet/secrets/api-key"]);
     let clock = Clock::start();
     let client = Client::new(
         vec![project.url("COORDINATOR_1"), project.url("COORDINATOR_2")],
+        &key,
         clock,
         Duration::from_secs(10),
     )

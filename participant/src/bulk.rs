@@ -66,18 +66,21 @@ pub async fn load_funded_accounts(
     let amounts: Vec<i64> = deposits.iter().map(|m| m.amount.minor()).collect();
     let currencies: Vec<&str> = deposits.iter().map(|m| m.currency.code()).collect();
     let transactions: Vec<uuid::Uuid> = deposits.iter().map(|m| m.transaction_id.0).collect();
+    // The deposit's tenant opened the account (`Movement::tenant`).
+    let owners: Vec<Option<&str>> = deposits.iter().map(|m| m.tenant.as_deref()).collect();
     let fingerprints: Vec<String> = deposits.iter().map(Movement::fingerprint).collect();
 
     let mut tx = conn.begin().await?;
     sqlx::query(
-        "INSERT INTO accounts (account_id, partition, currency, posted, last_seq)
-         SELECT id, p, c, amount, 2
-         FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[]) AS t(id, p, amount, c)",
+        "INSERT INTO accounts (account_id, partition, currency, posted, last_seq, owner)
+         SELECT id, p, c, amount, 2, o
+         FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::text[]) AS t(id, p, amount, c, o)",
     )
     .bind(&ids)
     .bind(&partitions)
     .bind(&amounts)
     .bind(&currencies)
+    .bind(&owners)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -111,10 +114,10 @@ pub async fn load_funded_accounts(
     .await?;
     sqlx::query(
         "INSERT INTO transfers (transaction_id, kind, partition, fingerprint, from_account, to_account,
-                                amount, currency, state, lease_until, lease_owner, decided_at, completed)
-         SELECT tx, $7, p, fp, id, id, amount, c, $8, now(), gen_random_uuid(), now(), true
-         FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::text[])
-              AS t(tx, p, fp, id, amount, c)",
+                                amount, currency, state, lease_until, lease_owner, decided_at, completed, tenant)
+         SELECT tx, $7, p, fp, id, id, amount, c, $8, now(), gen_random_uuid(), now(), true, ten
+         FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::text[], $9::text[])
+              AS t(tx, p, fp, id, amount, c, ten)",
     )
     .bind(claims.iter().map(|c| c.deposit.transaction_id.0).collect::<Vec<_>>())
     .bind(claims.iter().map(|c| c.partition as i32).collect::<Vec<_>>())
@@ -124,6 +127,7 @@ pub async fn load_funded_accounts(
     .bind(claims.iter().map(|c| c.deposit.currency.code()).collect::<Vec<_>>())
     .bind(RecordKind::Deposit.as_str())
     .bind(transfer_state(TransferState::Committed))
+    .bind(claims.iter().map(|c| c.deposit.tenant.as_deref()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

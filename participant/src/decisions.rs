@@ -164,7 +164,8 @@ pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResu
         (None, _) => Err(ledger::not_found(&spec.from)),
         (_, None) => Err(ledger::not_found(&spec.to)),
         (Some(from), Some(to)) => from
-            .can_debit(amount, spec.currency)
+            .can_be_debited_by(spec.tenant.as_deref())
+            .and_then(|()| from.can_debit(amount, spec.currency))
             .and_then(|()| to.can_credit(amount, spec.currency)),
     };
     let decision = match verdict {

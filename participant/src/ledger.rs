@@ -60,6 +60,21 @@ impl AccountRow {
         Ok(())
     }
 
+    /// May the caller acting for `tenant` take money out of this account?
+    /// `None`: an admin or the cluster itself, which may.
+    pub fn can_be_debited_by(&self, tenant: Option<&str>) -> Result<(), Rejection> {
+        match tenant {
+            Some(t) if self.owner.as_deref() != Some(t) => Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "account {} does not belong to this key's tenant",
+                    self.account_id
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn balance(&self) -> AccountBalance {
         AccountBalance {
             account_id: self.account_id.clone(),
@@ -68,6 +83,7 @@ impl AccountRow {
             held: self.held,
             pending_credit: self.pending_credit,
             last_seq: self.last_seq,
+            owner: self.owner.clone(),
         }
     }
 }

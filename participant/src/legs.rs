@@ -99,7 +99,9 @@ pub fn prepare(w: &mut Working, leg: &Leg) -> Result<Vote, Broken> {
     let verdict = match w.account(&leg.account) {
         None => Err(ledger::not_found(&leg.account)),
         Some(a) => match leg.role {
-            LegRole::Debit => a.can_debit(amount, leg.currency),
+            LegRole::Debit => a
+                .can_be_debited_by(leg.tenant.as_deref())
+                .and_then(|()| a.can_debit(amount, leg.currency)),
             LegRole::Credit => a.can_credit(amount, leg.currency),
         },
     };
@@ -218,6 +220,8 @@ pub fn as_leg(row: &LegRow) -> Result<Leg, Broken> {
             .clone()
             .ok_or_else(|| Broken::new("transfer leg without counterparty"))?,
         decision_partition: row.decision_partition.unwrap_or_default(),
+        // Only a prepare checks it, and a stored leg is past its prepare.
+        tenant: None,
     })
 }
 

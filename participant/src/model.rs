@@ -30,6 +30,8 @@ pub struct AccountRow {
     pub pending_credit: i64,
     pub last_seq: i64,
     pub created_at: DateTime<Utc>,
+    /// The tenant that opened it (`None`: an admin, admin keys only).
+    pub owner: Option<String>,
 }
 
 /// What the rules fail with: the loaded rows break an invariant (a bug or

@@ -32,6 +32,14 @@ pub fn open(
     req: &OpenAccount,
 ) -> Result<Result<(bool, AccountBalance), Rejection>, Broken> {
     if let Some(existing) = w.account(&req.account_id) {
+        let another_tenants = req.owner.is_some() && existing.owner != req.owner;
+        if another_tenants {
+            // Says no more than that the id is taken.
+            return Ok(Err(Rejection::new(
+                ErrorCode::AccountExists,
+                format!("account {} already exists", req.account_id),
+            )));
+        }
         if existing.currency != req.currency {
             return Ok(Err(Rejection::new(
                 ErrorCode::AccountExists,
@@ -52,6 +60,7 @@ pub fn open(
         pending_credit: 0,
         last_seq: 0,
         created_at: w.now,
+        owner: req.owner.clone(),
     })?;
     w.record(&req.account_id, EventKind::Opened, 0, None, None)?;
     Ok(Ok((true, balance(w, &req.account_id)?)))
@@ -120,10 +129,12 @@ pub fn apply(w: &mut Working, m: &Movement) -> Result<Result<AccountBalance, Rej
     let amount = m.amount.minor();
     let verdict = match w.account(&m.account_id) {
         None => Err(ledger::not_found(&m.account_id)),
-        Some(a) => match m.kind {
-            MovementKind::Deposit => a.can_credit(amount, m.currency),
-            MovementKind::Withdrawal => a.can_debit(amount, m.currency),
-        },
+        Some(a) => a
+            .can_be_debited_by(m.tenant.as_deref())
+            .and_then(|()| match m.kind {
+                MovementKind::Deposit => a.can_credit(amount, m.currency),
+                MovementKind::Withdrawal => a.can_debit(amount, m.currency),
+            }),
     };
     let (transaction_id, role) = key(m);
     let row = LegRow {

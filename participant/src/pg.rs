@@ -106,13 +106,13 @@ impl PgStore {
 const TRANSFER_COLUMNS: &str =
     "transaction_id, kind, partition, fingerprint, from_account, to_account,
      amount, currency, state, reason_code, reason_message, lease_until, lease_owner, created_at,
-     decided_at, completed";
+     decided_at, completed, tenant";
 pub(crate) const LEG_COLUMNS: &str =
     "transaction_id, role, account_id, partition, amount, currency,
      counterparty, decision_partition, fingerprint, state, reason_code, reason_message,
      created_at, updated_at";
 const ACCOUNT_COLUMNS: &str =
-    "account_id, partition, currency, posted, held, pending_credit, last_seq, created_at";
+    "account_id, partition, currency, posted, held, pending_credit, last_seq, created_at, owner";
 
 impl Store for PgStore {
     async fn attempt<T, F>(
@@ -542,8 +542,8 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
     if !c.new_accounts.is_empty() {
         let a = &c.new_accounts;
         sqlx::query(
-            "INSERT INTO accounts (account_id, partition, currency, posted, held, pending_credit, last_seq, created_at)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::timestamptz[])",
+            "INSERT INTO accounts (account_id, partition, currency, posted, held, pending_credit, last_seq, created_at, owner)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::timestamptz[], $9::text[])",
         )
         .bind(a.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
@@ -553,6 +553,7 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         .bind(a.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.last_seq).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.owner.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -621,10 +622,10 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO transfers (transaction_id, partition, fingerprint, from_account, to_account, amount,
                                     currency, state, reason_code, reason_message, lease_until, lease_owner,
-                                    created_at, decided_at, completed, kind)
+                                    created_at, decided_at, completed, kind, tenant)
              SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::int8[],
                                   $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::uuid[],
-                                  $13::timestamptz[], $14::timestamptz[], $15::bool[], $16::text[])",
+                                  $13::timestamptz[], $14::timestamptz[], $15::bool[], $16::text[], $17::text[])",
         )
         .bind(t.iter().map(|r| r.id().0).collect::<Vec<_>>())
         .bind(t.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
@@ -642,6 +643,7 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
         .bind(t.iter().map(|r| r.record.decided_at).collect::<Vec<_>>())
         .bind(t.iter().map(|r| r.record.completed).collect::<Vec<_>>())
         .bind(t.iter().map(|r| r.record.kind.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.record.spec.tenant.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -785,6 +787,7 @@ fn transfer_from_row(row: &PgRow) -> Result<TransferRow, StoreError> {
                 to: account_id(row.try_get("to_account")?)?,
                 amount: Amount::from_minor(row.try_get("amount")?).map_err(StoreError::corrupt)?,
                 currency: currency(row)?,
+                tenant: row.try_get("tenant")?,
             },
             state,
             reason: read_reason(row)?,
@@ -835,5 +838,6 @@ fn account_from_row(row: &PgRow) -> Result<AccountRow, StoreError> {
         pending_credit: row.try_get("pending_credit")?,
         last_seq: row.try_get("last_seq")?,
         created_at: row.try_get("created_at")?,
+        owner: row.try_get("owner")?,
     })
 }

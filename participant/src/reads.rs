@@ -105,6 +105,7 @@ pub async fn historical_balance<S: Store>(
             held,
             pending_credit,
             last_seq,
+            owner: current.owner,
         },
         events_replayed: events.len() as u64,
         snapshot: snapshot.map(|s| SnapshotRef {
@@ -150,12 +151,11 @@ async fn events<S: Store>(
     app.check_partition(&id, q.partition)?;
     let _pass = app.admit(q.map_revision, Work::Read, [q.partition]).await?;
     let kinds = parse_event_types(q.types.as_deref().unwrap_or(""))?;
-    let currency = app
+    let account = app
         .store
         .account(&id)
         .await?
-        .ok_or_else(|| ledger::not_found(&id))?
-        .currency;
+        .ok_or_else(|| ledger::not_found(&id))?;
     let limit = q.limit.clamp(1, 1000);
     let mut events = app
         .store
@@ -168,7 +168,8 @@ async fn events<S: Store>(
         None
     };
     Ok(Json(EventsPage {
-        currency,
+        currency: account.currency,
+        owner: account.owner,
         events,
         next_after,
     }))

@@ -168,6 +168,7 @@ impl Universe {
             to: account(p.to),
             amount: amount(p.amount),
             currency: currency(p.currency),
+            tenant: None,
         }
     }
 
@@ -214,6 +215,7 @@ impl Universe {
             partition: 0,
             amount: amount(p.amount),
             currency: currency(p.currency),
+            tenant: None,
         }
     }
 
@@ -230,6 +232,7 @@ impl Universe {
             account_id: account(account_),
             partition: 0,
             currency: currency(self.accounts[account_] ^ usize::from(wrong_currency)),
+            owner: None,
         }
     }
 }
@@ -1618,6 +1621,7 @@ fn a_begin() -> impl Strategy<Value = Begin> {
                         to: account(to),
                         amount: amount(minor),
                         currency: currency(cur),
+                        tenant: None,
                     },
                     partition: 0,
                     lease_ms,
@@ -1631,6 +1635,7 @@ fn a_begin() -> impl Strategy<Value = Begin> {
                     partition: 0,
                     amount: amount(minor),
                     currency: currency(cur),
+                    tenant: None,
                 }
                 .claim(0, lease_ms, attempt(attempt_)),
             }
@@ -2015,6 +2020,7 @@ fn row(posted: i64, held: i64, pending_credit: i64) -> AccountRow {
         pending_credit,
         last_seq: 0,
         created_at: epoch(),
+        owner: None,
     }
 }
 

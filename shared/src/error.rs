@@ -18,8 +18,12 @@ pub enum ErrorCode {
     InvalidCurrency,
     InvalidAccountId,
     InvalidTransactionId,
-    // 401/404/409/413/422: the request is well formed but cannot be done.
-    Unauthorized,
+    // 401/403/404/409/413/422: the request is well formed but cannot be done.
+    /// No API key, or one the cluster does not know (or has revoked).
+    Unauthenticated,
+    /// The key is known but may not do this (its scope, or another
+    /// tenant's account).
+    Forbidden,
     AccountNotFound,
     TransferNotFound,
     NotFound,
@@ -41,6 +45,8 @@ pub enum ErrorCode {
     /// The partition is being moved to another node; nothing was done.
     PartitionMoving,
     Overloaded,
+    /// Over the API key's rate; `Retry-After` says when to try again.
+    RateLimited,
     Unavailable,
     Internal,
 }
@@ -51,14 +57,15 @@ impl ErrorCode {
         match self {
             InvalidRequest | InvalidAmount | InvalidCurrency | InvalidAccountId
             | InvalidTransactionId => 400,
-            Unauthorized => 401,
+            Unauthenticated => 401,
+            Forbidden => 403,
             AccountNotFound | TransferNotFound | NotFound => 404,
             AccountExists | InProgress | TransferAborted => 409,
             PayloadTooLarge => 413,
             SameAccount | CurrencyMismatch | InsufficientFunds | BalanceOverflow
             | IdempotencyKeyReused | LegAborted => 422,
             WrongPartitionOwner => 421,
-            Overloaded => 429,
+            Overloaded | RateLimited => 429,
             Internal => 500,
             Unavailable | PartitionMoving => 503,
         }
@@ -83,7 +90,8 @@ impl ErrorCode {
             InvalidCurrency => "invalid_currency",
             InvalidAccountId => "invalid_account_id",
             InvalidTransactionId => "invalid_transaction_id",
-            Unauthorized => "unauthorized",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
             AccountNotFound => "account_not_found",
             TransferNotFound => "transfer_not_found",
             NotFound => "not_found",
@@ -100,6 +108,7 @@ impl ErrorCode {
             WrongPartitionOwner => "wrong_partition_owner",
             PartitionMoving => "partition_moving",
             Overloaded => "overloaded",
+            RateLimited => "rate_limited",
             Unavailable => "unavailable",
             Internal => "internal",
         }
@@ -112,7 +121,8 @@ impl ErrorCode {
         ErrorCode::InvalidCurrency,
         ErrorCode::InvalidAccountId,
         ErrorCode::InvalidTransactionId,
-        ErrorCode::Unauthorized,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
         ErrorCode::AccountNotFound,
         ErrorCode::TransferNotFound,
         ErrorCode::NotFound,
@@ -129,6 +139,7 @@ impl ErrorCode {
         ErrorCode::WrongPartitionOwner,
         ErrorCode::PartitionMoving,
         ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];

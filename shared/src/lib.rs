@@ -4,6 +4,7 @@
 //! coordinators and participants and the routes that carry them, the error codes, retries, config, logs and metrics.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ids;

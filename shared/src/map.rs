@@ -316,6 +316,17 @@ impl MapStore {
         &self.prefix
     }
 
+    /// The etcd client, for the cluster's other records beside the map
+    /// (the API keys, see `auth`).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The bound on each etcd call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Reads the whole map in one etcd read (one revision).
     pub async fn load(&self) -> Result<PartitionMap, MapError> {
         let mut client = self.client.clone();

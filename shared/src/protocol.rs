@@ -50,18 +50,27 @@ pub struct TransferSpec {
     pub to: AccountId,
     pub amount: Amount,
     pub currency: Currency,
+    /// The tenant the caller acts for: it may debit only that tenant's
+    /// accounts, and the record is that tenant's (part of "the same body",
+    /// so an id used by another tenant is `idempotency_key_reused`). `None`:
+    /// an admin (or the cluster itself) acting on every account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl TransferSpec {
     /// What "the same body" means for deduplication.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&[
+        let amount = self.amount.minor().to_string();
+        let mut parts = vec![
             "transfer",
             self.from.as_str(),
             self.to.as_str(),
-            &self.amount.minor().to_string(),
+            &amount,
             self.currency.code(),
-        ])
+        ];
+        parts.extend(self.tenant.as_deref());
+        fingerprint(&parts)
     }
 }
 
@@ -152,6 +161,10 @@ pub struct Leg {
     pub counterparty: AccountId,
     /// Where the transfer's decision lives; recovery asks there.
     pub decision_partition: PartitionId,
+    /// A debit's prepare is refused (`forbidden`) unless its account
+    /// belongs to this tenant (the transfer's [`TransferSpec::tenant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Leg {
@@ -170,6 +183,10 @@ impl Leg {
             currency: spec.currency,
             counterparty: counterparty.clone(),
             decision_partition,
+            tenant: match role {
+                LegRole::Debit => spec.tenant.clone(),
+                LegRole::Credit => None,
+            },
         };
         [
             leg(LegRole::Debit, &spec.from, from_partition, &spec.to),
@@ -213,9 +230,13 @@ impl Begin {
     pub fn fingerprint(&self) -> String {
         match self.kind.movement() {
             None => self.spec.fingerprint(),
-            Some(kind) => {
-                Movement::fingerprint_of(kind, &self.spec.to, self.spec.amount, self.spec.currency)
-            }
+            Some(kind) => Movement::fingerprint_of(
+                kind,
+                &self.spec.to,
+                self.spec.amount,
+                self.spec.currency,
+                self.spec.tenant.as_deref(),
+            ),
         }
     }
 }
@@ -385,6 +406,11 @@ pub struct OpenAccount {
     pub account_id: AccountId,
     pub partition: PartitionId,
     pub currency: Currency,
+    /// The tenant that opens it and owns it from then on (`None`: opened by
+    /// an admin, for admins only). Opening an id another tenant owns is
+    /// `account_exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,11 +429,21 @@ pub struct Movement {
     pub partition: PartitionId,
     pub amount: Amount,
     pub currency: Currency,
+    /// Refused (`forbidden`) unless the account belongs to this tenant;
+    /// part of "the same body" (see [`TransferSpec::tenant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Movement {
     pub fn fingerprint(&self) -> String {
-        Self::fingerprint_of(self.kind, &self.account_id, self.amount, self.currency)
+        Self::fingerprint_of(
+            self.kind,
+            &self.account_id,
+            self.amount,
+            self.currency,
+            self.tenant.as_deref(),
+        )
     }
 
     fn fingerprint_of(
@@ -415,13 +451,17 @@ impl Movement {
         account: &AccountId,
         amount: Amount,
         currency: Currency,
+        tenant: Option<&str>,
     ) -> String {
-        fingerprint(&[
+        let amount = amount.minor().to_string();
+        let mut parts = vec![
             RecordKind::from(kind).as_str(),
             account.as_str(),
-            &amount.minor().to_string(),
+            &amount,
             currency.code(),
-        ])
+        ];
+        parts.extend(tenant);
+        fingerprint(&parts)
     }
 
     /// The claim of this movement's id at its decision partition.
@@ -433,6 +473,7 @@ impl Movement {
                 to: self.account_id.clone(),
                 amount: self.amount,
                 currency: self.currency,
+                tenant: self.tenant.clone(),
             },
             partition,
             lease_ms,
@@ -451,6 +492,7 @@ impl Movement {
             partition,
             amount: record.spec.amount,
             currency: record.spec.currency,
+            tenant: record.spec.tenant.clone(),
         })
     }
 }
@@ -478,6 +520,10 @@ pub struct AccountBalance {
     pub pending_credit: i64,
     /// Sequence number of the account's newest event.
     pub last_seq: i64,
+    /// The tenant that owns the account (`None`: admins only). The
+    /// coordinator shows the account to its owner's keys and admin keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl AccountBalance {
@@ -576,6 +622,9 @@ pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> (i64, i64, i64
 pub struct EventsPage {
     /// The account's currency, the unit of every amount below.
     pub currency: Currency,
+    /// The account's owner (see [`AccountBalance::owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub events: Vec<Event>,
     /// Pass as `after` to read the next page; absent at the end.
     pub next_after: Option<i64>,

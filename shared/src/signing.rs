@@ -172,7 +172,7 @@ impl Verifier {
                 // Never the signature itself: only why it was refused.
                 tracing::warn!(%method, %path, why, "refused an internal request");
                 let body = Rejection::new(
-                    ErrorCode::Unauthorized,
+                    ErrorCode::Unauthenticated,
                     format!(
                         "internal routes take only requests signed with the cluster secret: {why}"
                     ),

@@ -183,6 +183,7 @@ mod tests {
             account_id: acct(account),
             partition: 0,
             currency,
+            owner: None,
         };
         tx(store, movements::open_keys(&req), |w| {
             movements::open(w, &req)
@@ -197,6 +198,7 @@ mod tests {
             to: acct(to),
             amount: Amount::from_minor(minor).unwrap(),
             currency: usd(),
+            tenant: None,
         }
     }
 
@@ -208,6 +210,7 @@ mod tests {
             partition: 0,
             amount: Amount::from_minor(minor).unwrap(),
             currency: usd(),
+            tenant: None,
         }
     }
 

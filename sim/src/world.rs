@@ -90,6 +90,33 @@ const BATCH_LIMITS: Limits = Limits {
 /// The coordinator's request body limit (its config's default).
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// The simulation's clients act as one tenant, with one fixed key of the
+/// `transfer` and `read` scopes: every account is that tenant's, so every
+/// transfer, deposit and withdrawal passes the participants' ownership
+/// check under the faults.
+const SIM_KEY: &str =
+    "wk_5151515151515151_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The coordinators' keys: the simulation's one.
+fn sim_keys() -> coordinator::auth::Keys {
+    use wallet_shared::auth::{hex, ApiKey, KeyHasher, KeyRecord, Scope};
+    let cluster = wallet_shared::secret::Secret::from_text(
+        "the-simulation-s-cluster-secret-0123456789abcdef",
+    )
+    .expect("a long enough secret");
+    let key = ApiKey::parse(SIM_KEY).expect("a well-formed key");
+    let record = KeyRecord {
+        key_id: key.id.clone(),
+        tenant: "sim".into(),
+        scopes: vec![Scope::Transfer, Scope::Read],
+        rate: None,
+        hash: hex(&KeyHasher::new(&cluster).hash(&key)),
+        created_at: chrono::DateTime::UNIX_EPOCH,
+        revoked_at: None,
+    };
+    coordinator::auth::Keys::fixed(&cluster, vec![record])
+}
+
 /// Promise 7: after the faults stop, everything resolves within this.
 pub const RESOLVE_WITHIN: Duration = Duration::from_secs(30);
 
@@ -158,7 +185,7 @@ impl World {
         ));
         let mut slots = self.coordinators.lock().unwrap();
         slots[i] = CoordinatorSlot {
-            api: Some(coordinator::http::router(c, MAX_BODY_BYTES)),
+            api: Some(coordinator::http::router(c, sim_keys(), MAX_BODY_BYTES)),
             tasks: vec![resolver.abort_handle()],
         };
     }
@@ -510,7 +537,8 @@ async fn through_the_api(
     let call = request.http();
     let builder = axum::http::Request::builder()
         .method(call.method)
-        .uri(&call.path);
+        .uri(&call.path)
+        .header("authorization", format!("Bearer {SIM_KEY}"));
     let req = match &call.body {
         Some(body) => builder
             .header("content-type", "application/json")

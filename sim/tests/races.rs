@@ -148,6 +148,7 @@ fn setup() -> (Node, Plan) {
             account_id: AccountId::parse(name).unwrap(),
             partition: 1,
             currency: usd,
+            owner: None,
         };
         node.tx(movements::open_keys(&open), |w| movements::open(w, &open))
             .expect("opened");
@@ -159,6 +160,7 @@ fn setup() -> (Node, Plan) {
                 partition: 1,
                 amount: Amount::from_minor(10_000).unwrap(),
                 currency: usd,
+                tenant: None,
             },
             claim: None,
         };
@@ -173,6 +175,7 @@ fn setup() -> (Node, Plan) {
         to: AccountId::parse("bob").unwrap(),
         amount: Amount::from_minor(2_500).unwrap(),
         currency: usd,
+        tenant: None,
     };
     let plan = Plan {
         legs: Leg::both(&spec, 1, 1, 1),

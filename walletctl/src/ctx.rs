@@ -64,6 +64,10 @@ pub struct Endpoints {
     /// File holding the etcd user's password (never the password itself)
     #[arg(long, env = "WALLET_ETCD_PASSWORD_FILE", global = true)]
     pub etcd_password_file: Option<PathBuf>,
+    /// File holding an API key with the admin scope, for calls to the
+    /// coordinator (WALLET_API_KEY holds it inline) [default: from the manifest]
+    #[arg(long, env = "WALLET_API_KEY_FILE", global = true)]
+    pub api_key_file: Option<PathBuf>,
     /// Seconds to wait for any one answer from etcd or a node
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
@@ -78,6 +82,7 @@ struct Manifest {
     coordinator_url: Option<String>,
     projector_database_url: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    api_key_file: Option<PathBuf>,
 }
 
 pub struct Ctx {
@@ -93,6 +98,8 @@ pub struct Ctx {
     /// The cluster secret, if one is configured: it signs every call
     /// (`wallet_shared::signing`).
     pub cluster_secret: Option<Secret>,
+    /// The API key calls to the coordinator carry, if one is configured.
+    api_key: Option<Secret>,
     http: reqwest::Client,
 }
 
@@ -130,6 +137,23 @@ impl Ctx {
             endpoints.etcd_password_file.as_deref(),
         )
         .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
+        let inline_key = match std::env::var("WALLET_API_KEY") {
+            Ok(text) => Some(
+                Secret::from_text(text.trim())
+                    .map_err(|e| CtlError::new(Exit::Usage, format!("WALLET_API_KEY: {e:#}")))?,
+            ),
+            Err(_) => None,
+        };
+        let key_file = match (&inline_key, endpoints.api_key_file) {
+            (None, None) => manifest.api_key_file,
+            (_, file) => file,
+        };
+        let api_key = wallet_shared::secret::resolve(
+            "WALLET_API_KEY",
+            inline_key.as_ref(),
+            key_file.as_deref(),
+        )
+        .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
         let timeout = Duration::from_secs(endpoints.timeout.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -157,6 +181,7 @@ impl Ctx {
                 .projector_database_url
                 .or(manifest.projector_database_url),
             cluster_secret,
+            api_key,
             http,
         })
     }
@@ -242,6 +267,37 @@ impl Ctx {
         })
     }
 
+    /// `POST path` on the coordinator with the API key, as `post_within`.
+    pub async fn post_coordinator<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> CtlResult<T> {
+        let key = self.api_key.as_ref().ok_or_else(|| {
+            CtlError::new(
+                Exit::Usage,
+                "calling the coordinator needs an API key with the admin scope: \
+                 WALLET_API_KEY, --api-key-file (WALLET_API_KEY_FILE) or the manifest's api_key_file \
+                 (`walletctl keys create --tenant ops --scopes admin`)",
+            )
+        })?;
+        let who = format!("the coordinator at {}", self.coordinator);
+        let timeout = timeout.max(self.timeout);
+        let req = self
+            .http
+            .post(format!("{}{path}", self.coordinator))
+            .bearer_auth(String::from_utf8_lossy(key.expose()))
+            .json(body)
+            .timeout(timeout);
+        self.send(&who, req).await.map_err(|mut e| {
+            if e.message.contains("no answer within") {
+                e.message = format!("{who} is unreachable: no answer within {timeout:?}");
+            }
+            e
+        })
+    }
+
     /// `DELETE url`, the answer decoded.
     pub async fn delete<T: DeserializeOwned>(&self, who: &str, url: &str) -> CtlResult<T> {
         self.send(who, self.http.delete(url)).await
@@ -294,7 +350,7 @@ impl Ctx {
             });
         }
         Err(match serde_json::from_slice::<Rejection>(&body) {
-            Ok(r) if r.code == ErrorCode::Unauthorized && self.cluster_secret.is_none() => {
+            Ok(r) if r.code == ErrorCode::Unauthenticated && self.cluster_secret.is_none() => {
                 let mut e = rejection(who, r);
                 e.message += "; no cluster secret is configured (--cluster-secret-file)";
                 e
@@ -320,9 +376,10 @@ fn rejection(who: &str, r: Rejection) -> CtlError {
     let exit = match r.code {
         AccountNotFound | TransferNotFound | NotFound => Exit::NotFound,
         InvalidRequest | InvalidAmount | InvalidCurrency | InvalidAccountId
-        | InvalidTransactionId | Unauthorized => Exit::Usage,
+        | InvalidTransactionId => Exit::Usage,
         Unavailable | Overloaded | Internal => Exit::Unreachable,
         InProgress | AccountExists | WrongPartitionOwner => Exit::Conflict,
+        Unauthenticated | Forbidden => Exit::Usage,
         _ => Exit::Failed,
     };
     CtlError::new(exit, format!("{who}: {} ({})", r.message, r.code.as_str()))

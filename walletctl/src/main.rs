@@ -3,13 +3,16 @@
 //! Endpoints come from flags, then the environment (`WALLET_ETCD_ENDPOINTS`,
 //! `WALLET_ETCD_PREFIX`, `WALLET_COORDINATOR_URL`), then the manifest that
 //! `make run` writes (`.data/cluster.json`), then the defaults of a local
-//! cluster. Output is a table for people, or JSON with `--output json`.
+//! cluster. Calls to the coordinator carry an API key with the `admin`
+//! scope: `WALLET_API_KEY`, `--api-key-file` (`WALLET_API_KEY_FILE`), or the
+//! manifest's `api_key_file`. Output is a table for people, or JSON with `--output json`.
 
 mod accounts;
 mod audit;
 mod cluster;
 mod ctx;
 mod error;
+mod keys;
 mod moves;
 mod nodes;
 mod output;
@@ -58,6 +61,9 @@ enum Command {
     /// Accounts: balances and last events
     #[command(subcommand)]
     Accounts(accounts::AccountsCmd),
+    /// API keys of the public API: create, list, revoke
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Checks every promise that can be checked at rest, on every node;
     /// exits 1 if one does not hold
     Audit(audit::AuditArgs),
@@ -85,6 +91,7 @@ fn main() -> std::process::ExitCode {
             Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
             Command::Tx(cmd) => tx::run(&ctx, cmd).await,
             Command::Accounts(cmd) => accounts::run(&ctx, cmd).await,
+            Command::Keys(cmd) => keys::run(&ctx, cmd).await,
             Command::Audit(args) => audit::run(&ctx, args).await,
             Command::Projections(cmd) => projections::run(&ctx, cmd).await,
             Command::Replay(args) => replay::run(&ctx, args).await,

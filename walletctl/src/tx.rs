@@ -462,11 +462,9 @@ struct Resolved {
 }
 
 async fn resolve(ctx: &Ctx, id: TransactionId, force: bool) -> CtlResult<()> {
-    let url = format!("{}{}", ctx.coordinator, routes::RESOLVE.with(id));
     let reply: ResolveReply = ctx
-        .post_within(
-            &format!("the coordinator at {}", ctx.coordinator),
-            &url,
+        .post_coordinator(
+            &routes::RESOLVE.with(id),
             &ResolveRequest { force },
             RESOLVE_TIMEOUT,
         )

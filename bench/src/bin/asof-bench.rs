@@ -61,6 +61,7 @@ async fn main() -> Result<()> {
 async fn run(args: &Args, cluster: &Cluster) -> Result<()> {
     let api = cluster.coordinator_url(0);
     let http = reqwest::Client::builder()
+        .default_headers(devcluster::bearer(cluster.admin_key()))
         .timeout(Duration::from_secs(60))
         .build()?;
     let account = "long-history";

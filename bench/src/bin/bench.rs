@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use bench::{report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target};
 use clap::Parser;
 use devcluster::{Cluster, ClusterOptions};
+use wallet_shared::auth::Scope;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks a local wallet cluster against the pgbench reference")]
@@ -169,8 +170,12 @@ async fn run(
         s.insert(format!("postgres-{}", i + 1), shown.join(" "));
     }
 
+    let key = cluster
+        .create_key(setup::TENANT, &[Scope::Transfer, Scope::Read], None)
+        .await?;
     let target = Target::new(
         cluster.coordinator_url(0),
+        &key,
         Duration::from_secs(args.timeout),
     )?;
     let map = cluster.map_store().await?.load().await?;

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use bench::{setup, Accounts, Kind, Load, Plan, Scenario, Target};
 use clap::Parser;
 use serde_json::Value;
+use wallet_shared::auth::Scope;
 use wallet_shared::MapStore;
 
 #[derive(Parser)]
@@ -90,7 +91,22 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("reading the partition map")?;
     let accounts = Arc::new(Accounts::new(&args.prefix, args.accounts, &map)?);
-    let target = Target::new(url, Duration::from_secs(args.timeout))?;
+    // A key of the benchmark's tenant, whose accounts it loads.
+    let secret_file = manifest["cluster_secret_file"]
+        .as_str()
+        .context("the manifest names no cluster_secret_file")?;
+    let key = devcluster::create_key(
+        &endpoints,
+        prefix,
+        std::path::Path::new(secret_file),
+        setup::TENANT,
+        &[Scope::Transfer, Scope::Read],
+        None,
+    )
+    .await
+    .context("creating an API key for the load")?;
+    devcluster::await_key(std::slice::from_ref(&url), &key, true).await?;
+    let target = Target::new(url, &key, Duration::from_secs(args.timeout))?;
 
     if !args.no_setup {
         let nodes = nodes(&manifest)?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bench::{self, report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target};
 use devcluster::ClusterOptions;
+use wallet_shared::auth::Scope;
 
 use crate::support::TestCluster;
 
@@ -23,7 +24,12 @@ async fn load_generator_smoke() {
         .expect("accounts load");
     assert_eq!(loaded.per_node.values().sum::<usize>(), 1002);
     assert!(loaded.per_node.values().all(|&n| n > 200), "{loaded:?}");
-    let target = Target::new(t.cluster.coordinator_url(0), Duration::from_secs(10)).unwrap();
+    let key = t
+        .cluster
+        .create_key(setup::TENANT, &[Scope::Transfer, Scope::Read], None)
+        .await
+        .unwrap();
+    let target = Target::new(t.cluster.coordinator_url(0), &key, Duration::from_secs(10)).unwrap();
     setup::verify(&target, &accounts, &loaded, 20)
         .await
         .expect("loaded accounts read back through the API");

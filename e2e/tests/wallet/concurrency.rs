@@ -47,8 +47,13 @@ impl Traffic {
 
     /// Opens and funds `workload`'s accounts for `clients` clients.
     pub async fn setup_with(t: &TestCluster, clients: usize, workload: Workload) -> Traffic {
-        let client = Client::new(vec![t.api().base], Clock::start(), Duration::from_secs(30))
-            .expect("HTTP client");
+        let client = Client::new(
+            vec![t.api().base],
+            t.cluster.admin_key(),
+            Clock::start(),
+            Duration::from_secs(30),
+        )
+        .expect("HTTP client");
         let mut history = History::default();
         chaos::fund(&client, clients, &workload, 1, &mut history)
             .await

@@ -53,6 +53,7 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
                     account_id: id.clone(),
                     amount: Amount::parse("1000000.00", usd).unwrap(),
                     currency: usd,
+                    tenant: None,
                 },
             })
         } else if r == routes::ACCOUNTS {
@@ -131,7 +132,10 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
                 let status = resp.status().as_u16();
                 let answer: Value = resp.json().await.unwrap_or(Value::Null);
                 assert_eq!(status, 401, "{method} {path} ({what}): {answer}");
-                assert_eq!(answer["code"], "unauthorized", "{method} {path}: {answer}");
+                assert_eq!(
+                    answer["code"], "unauthenticated",
+                    "{method} {path}: {answer}"
+                );
                 refused += 1;
             }
         }

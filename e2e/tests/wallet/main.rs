@@ -3,6 +3,7 @@
 //! public HTTP API and audited in Postgres.
 
 mod api;
+mod auth;
 mod bench;
 mod chaos;
 mod concurrency;

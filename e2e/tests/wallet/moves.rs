@@ -54,6 +54,7 @@ async fn direct_deposit(
             account_id: id,
             amount: Amount::parse("1.00", usd).unwrap(),
             currency: usd,
+            tenant: None,
         },
     };
     let url = t.cluster.participant_url(node);

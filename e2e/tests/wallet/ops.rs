@@ -282,6 +282,7 @@ async fn sigterm_under_load_answers_every_client_and_leaves_nothing_pending() {
     // A new connection per request: a refused connect is then the only way
     // to meet a stopping server without an answer.
     let http = reqwest::Client::builder()
+        .default_headers(devcluster::bearer(t.cluster.admin_key()))
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))
         .build()

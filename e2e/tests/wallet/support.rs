@@ -67,7 +67,10 @@ impl TestCluster {
     pub async fn start_with(options: ClusterOptions) -> Self {
         let cluster = Cluster::start(options).await.expect("cluster starts");
         let map = read_map(&cluster).await;
+        // Every request of the tests carries the operator's key (scope
+        // admin); `auth.rs` tests the others.
         let http = reqwest::Client::builder()
+            .default_headers(devcluster::bearer(cluster.admin_key()))
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
@@ -327,18 +330,21 @@ impl TestCluster {
         env: &[(&str, &str)],
     ) -> Ctl {
         let endpoints = self.cluster.etcd_endpoints().join(",");
-        let secret_file = self.cluster.cluster_secret_file().display().to_string();
+        let secret = self.cluster.cluster_secret_file().display().to_string();
+        let key = self.cluster.api_key_file().display().to_string();
         let mut all = vec![
             "--etcd-endpoints",
             &endpoints,
-            "--cluster-secret-file",
-            &secret_file,
             "--etcd-prefix",
             prefix,
             "--coordinator",
             coordinator,
             "--manifest",
             "/nonexistent/cluster.json",
+            "--cluster-secret-file",
+            &secret,
+            "--api-key-file",
+            &key,
         ];
         all.extend_from_slice(args);
         run_walletctl(&all, env).await
