@@ -65,7 +65,7 @@ init)
         nodes+=(--node "$n")
     done
     # The cluster secret (keys the hash of API keys), once.
-    secret="${WALLET_CLUSTER_SECRET_FILE:?WALLET_CLUSTER_SECRET_FILE names the secret's file}"
+    secret="${WALLET_CLUSTER_SECRET_FILE:?WALLET_CLUSTER_SECRET_FILE names the cluster secret file}"
     if [ ! -s "$secret" ]; then
         (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$secret")
         echo "init: cluster secret written to $secret"
