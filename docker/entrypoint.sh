@@ -75,7 +75,7 @@ init)
     esac
     # The operator's API key (scope admin), once; written to its file,
     # never printed.
-    key="${WALLET_INIT_API_KEY_FILE:?WALLET_INIT_API_KEY_FILE names the key's file}"
+    key="${WALLET_INIT_API_KEY_FILE:?WALLET_INIT_API_KEY_FILE names the file of the operator key}"
     if [ ! -s "$key" ]; then
         walletctl keys create --tenant operator --scopes admin --write-to "$key"
     fi

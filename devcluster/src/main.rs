@@ -187,7 +187,8 @@ fn print_banner(cluster: &Cluster, manifest: &std::path::Path, elapsed: Duration
     let dep = uuid::Uuid::new_v4();
     let key_file = cluster.api_key_file();
     let auth = format!("-H \"authorization: Bearer $(cat {})\"", key_file.display());
-    let json = format!("{auth} -H 'content-type: application/json'");
+    let json = "-H 'content-type: application/json'";
+    // Every line carries the key once: in front of the URL.
     let api = format!("{auth} {api}");
     lines.extend([
         format!(
