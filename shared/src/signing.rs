@@ -139,8 +139,11 @@ pub fn required(secret: Option<Secret>, service: &str) -> anyhow::Result<Secret>
     })
 }
 
-/// Checks the signature of every request to `/internal/...`; other paths
-/// (`/livez`, `/readyz`, `/metrics`, `/health`) pass as they are.
+/// Paths a participant serves to anyone: probes and metrics.
+pub const OPEN_PATHS: [&str; 4] = ["/livez", "/readyz", "/metrics", "/health"];
+
+/// Checks the signature of every request but those to [`OPEN_PATHS`]
+/// (so no spelling of an internal path slips through unsigned).
 #[derive(Clone)]
 pub struct Verifier {
     secret: Secret,
@@ -161,7 +164,7 @@ impl Verifier {
 
     /// The axum middleware: `router.layer(axum::middleware::from_fn_with_state(verifier, Verifier::layer))`.
     pub async fn layer(State(v): State<Verifier>, req: Request, next: Next) -> Response {
-        if !req.uri().path().starts_with("/internal/") {
+        if OPEN_PATHS.contains(&req.uri().path()) {
             return next.run(req).await;
         }
         let method = req.method().clone();
@@ -311,7 +314,18 @@ mod tests {
             let h = headers_at(&key, "POST", path, b"{}", now_ms() + skew);
             assert_eq!(status(&r, request("POST", path, "{}", Some(h))).await, want);
         }
-        // Unknown internal paths are refused before they are looked up.
+        // Unknown paths are refused before they are looked up, however spelled.
+        for path in [
+            "//internal/v1/movements",
+            "/%69nternal/v1/movements",
+            "/livez/",
+        ] {
+            assert_eq!(
+                status(&r, request("POST", path, "{}", None)).await,
+                401,
+                "{path}"
+            );
+        }
         assert_eq!(
             status(&r, request("GET", "/internal/v1/nothing", "", None)).await,
             401
