@@ -15,6 +15,7 @@ pub mod partition;
 pub mod protocol;
 pub mod retry;
 pub mod routes;
+pub mod server;
 pub mod telemetry;
 
 pub use error::{ErrorCode, Rejection};
