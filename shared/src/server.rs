@@ -50,7 +50,11 @@ pub async fn serve(
     let mut stop = std::pin::pin!(stop);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // A client that sends its request and closes its side at once is
+        // still served: the request runs (and a transfer with it) rather
+        // than being dropped unstarted when the end of its stream is read.
+        .half_close(true);
     loop {
         let permit = tokio::select! {
             permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),

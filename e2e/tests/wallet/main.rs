@@ -8,6 +8,7 @@ mod chaos;
 mod concurrency;
 mod crashes;
 mod events;
+mod hostile;
 mod logs;
 mod moves;
 mod ops;
