@@ -557,3 +557,73 @@ async fn a_flood_at_ten_times_capacity_is_shed_and_nothing_acknowledged_is_lost(
     // 10,000 before memory was given back; see wallet_shared::memory).
     assert!(peak_rss < 400.0, "coordinator RSS reached {peak_rss:.1} MB");
 }
+
+/// Reads from `socket` until the peer closes it; what it sent.
+async fn read_to_close(socket: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let _ = socket.read_to_end(&mut got).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn slow_headers_idle_connections_and_too_many_connections_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    let mut t = TestCluster::start().await;
+    // A coordinator with a short header timeout, and one with room for
+    // four connections.
+    let quick = t
+        .cluster
+        .start_coordinator(vec![("WALLET_HEADER_READ_TIMEOUT_MS".into(), "300".into())])
+        .await
+        .expect("starts");
+    let small = t
+        .cluster
+        .start_coordinator(vec![("WALLET_MAX_CONNECTIONS".into(), "4".into())])
+        .await
+        .expect("starts");
+    let quick = t.cluster.coordinator(quick).addr();
+    let small = t.cluster.coordinator(small).addr();
+
+    // Headers that never end: the connection is closed, unanswered.
+    let mut slow = tokio::net::TcpStream::connect(quick).await.unwrap();
+    slow.write_all(b"POST /v1/wallet/balance_transfer HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut slow))
+        .await
+        .expect("the server closes a connection whose headers never end");
+    assert!(!got.contains("200"), "{got}");
+    // A kept-alive connection left idle after its answer is closed too.
+    let mut idle = tokio::net::TcpStream::connect(quick).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut idle))
+        .await
+        .expect("the server closes an idle keep-alive connection");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+
+    // Four connections open: a fifth waits in the accept queue, unanswered,
+    // until they close.
+    let mut four = Vec::new();
+    for _ in 0..4 {
+        four.push(tokio::net::TcpStream::connect(small).await.unwrap());
+    }
+    let mut fifth = tokio::net::TcpStream::connect(small).await.unwrap();
+    fifth
+        .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), fifth.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "answered past the connection cap: {early:?}"
+    );
+    drop(four);
+    let got = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut fifth))
+        .await
+        .expect("answered once the others closed");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
