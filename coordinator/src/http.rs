@@ -60,7 +60,7 @@ pub fn router(coordinator: Coordinator, limits: EdgeLimits) -> Router {
         .with_state(coordinator)
 }
 
-pub struct Edge {
+struct Edge {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
 }
@@ -74,7 +74,7 @@ fn is_probe(path: &str) -> bool {
 /// Middleware: load shedding, the request in its own task, the request
 /// timeout, and the request id in error bodies (see the module's
 /// documentation).
-pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
+async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
     let request_id = req.extensions().get::<RequestId>().cloned();
     let response = if is_probe(req.uri().path()) {
         next.run(req).await
