@@ -148,12 +148,14 @@ async fn balance_transfer(
 }
 
 fn pending(id: TransactionId, why: &str) -> Response {
+    // `why` may name a participant's address: the log's, not the client's.
+    tracing::info!(reason = why, "transfer pending");
     reply(
         202,
         json!({
             "status": "pending",
             "transaction_id": id,
-            "message": format!("the outcome is not known yet ({why}); it will be resolved: GET /v1/wallet/transfers/{id}"),
+            "message": format!("the outcome is not known yet; it will be resolved: GET /v1/wallet/transfers/{id}"),
         }),
     )
 }

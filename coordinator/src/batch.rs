@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use wallet_shared::protocol::*;
-use wallet_shared::{routes, PartitionId};
+use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 
 use crate::client::{CallError, Participants};
 
@@ -33,6 +33,12 @@ pub trait Kind: Send + Sync + 'static {
     type Reply: DeserializeOwned + Send;
     type Answer: Send + 'static;
     const PATH: &'static str;
+    /// The first message of a transfer or movement (begin, execute): past
+    /// `max_queued` waiting items it is refused (`overloaded`) before
+    /// anything is done. Later messages always queue: refusing them would
+    /// leave a transfer halfway, and there are no more of them than
+    /// transfers that got in.
+    const SHEDS: bool;
     fn partitions(item: &Self::Item) -> Vec<PartitionId>;
     fn request(items: Vec<Self::Item>) -> Self::Request;
     fn answers(reply: Self::Reply, n: usize) -> Vec<Self::Answer>;
@@ -62,6 +68,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Requests of one lane out at once at most.
     pub max_in_flight: usize,
+    /// Items waiting in one lane at most, for the kinds that shed.
+    pub max_queued: usize,
 }
 
 impl<K: Kind> Batcher<K> {
@@ -102,12 +110,21 @@ impl<K: Kind> Batcher<K> {
                     ))));
                     continue;
                 };
-                let (tx, rx) = oneshot::channel();
-                waits.push(Ok(rx));
                 let lane = lanes.entry(node.clone()).or_insert_with(|| Lane {
                     queue: Vec::new(),
                     in_flight: 0,
                 });
+                if K::SHEDS && lane.queue.len() >= self.limits.max_queued {
+                    metrics::counter!("wallet_batch_shed_total", "node" => node.clone())
+                        .increment(1);
+                    waits.push(Err(CallError::Rejected(Rejection::new(
+                        ErrorCode::Overloaded,
+                        "too much work is waiting for a node; nothing was done, retry after a pause",
+                    ))));
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                waits.push(Ok(rx));
                 lane.queue.push((item, tx));
                 if !start.contains(&node) {
                     start.push(node);
@@ -210,7 +227,7 @@ fn take<T>(queue: &mut Vec<T>, max: usize) -> Vec<T> {
 /// A kind whose request wraps the items in one field and whose reply
 /// answers them in one field, in order.
 macro_rules! kind {
-    ($kind:ident: $item:ty => $request:ident { $items:ident } @ $path:expr,
+    ($kind:ident: $item:ty => $request:ident { $items:ident } @ $path:expr, sheds: $sheds:expr,
      $reply:ident { $answers:ident: $answer:ty }, |$i:ident| $partitions:expr) => {
         pub struct $kind;
         impl Kind for $kind {
@@ -219,6 +236,7 @@ macro_rules! kind {
             type Reply = $reply;
             type Answer = $answer;
             const PATH: &'static str = $path;
+            const SHEDS: bool = $sheds;
             fn partitions($i: &$item) -> Vec<PartitionId> {
                 $partitions
             }
@@ -232,18 +250,18 @@ macro_rules! kind {
     };
 }
 
-kind!(BeginKind: Begin => BeginRequest { transfers } @ routes::BEGIN.pattern(),
+kind!(BeginKind: Begin => BeginRequest { transfers } @ routes::BEGIN.pattern(), sheds: true,
       BeginReply { results: BeginResult }, |b| vec![b.partition]);
-kind!(ExecuteKind: ExecuteRequest => ExecuteBatch { transfers } @ routes::EXECUTE.pattern(),
+kind!(ExecuteKind: ExecuteRequest => ExecuteBatch { transfers } @ routes::EXECUTE.pattern(), sheds: true,
       ExecuteReply { results: BeginResult },
       |e| vec![e.begin.partition, e.legs[0].partition, e.legs[1].partition]);
-kind!(PrepareKind: Leg => LegsRequest { legs } @ routes::PREPARE.pattern(),
+kind!(PrepareKind: Leg => LegsRequest { legs } @ routes::PREPARE.pattern(), sheds: false,
       PrepareReply { votes: Vote }, |l| vec![l.partition]);
-kind!(CommitKind: Leg => LegsRequest { legs } @ routes::COMMIT.pattern(),
+kind!(CommitKind: Leg => LegsRequest { legs } @ routes::COMMIT.pattern(), sheds: false,
       LegsReply { states: LegState }, |l| vec![l.partition]);
-kind!(AbortKind: Leg => LegsRequest { legs } @ routes::ABORT.pattern(),
+kind!(AbortKind: Leg => LegsRequest { legs } @ routes::ABORT.pattern(), sheds: false,
       LegsReply { states: LegState }, |l| vec![l.partition]);
-kind!(DecideKind: Decide => DecideRequest { decisions } @ routes::DECIDE.pattern(),
+kind!(DecideKind: Decide => DecideRequest { decisions } @ routes::DECIDE.pattern(), sheds: false,
       DecideReply { records: Option<TransferRecord> }, |d| vec![d.partition]);
 
 /// Completing answers nothing but "done" (204).
@@ -254,6 +272,7 @@ impl Kind for CompleteKind {
     type Reply = ();
     type Answer = ();
     const PATH: &'static str = routes::COMPLETE.pattern();
+    const SHEDS: bool = false;
     fn partitions(t: &TransferRef) -> Vec<PartitionId> {
         vec![t.partition]
     }

@@ -51,6 +51,10 @@ impl HttpTransport {
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(64)
+            // Well before a participant closes an idle connection
+            // (its header_read_timeout_ms, 60 s by default), so a request
+            // never races that close.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()?;
         Ok(HttpTransport { http, secret })
     }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 pub const DEFAULTS: &str = include_str!("../../config/coordinator.toml");
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// Where the public API listens.
     pub listen_addr: String,
@@ -50,6 +51,18 @@ pub struct CoordinatorConfig {
     pub move_wait_ms: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Open connections at most; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Longest wait for a request's complete headers, from the connection's
+    /// start or its previous response (also the keep-alive idle limit).
+    pub header_read_timeout_ms: u64,
+    /// Requests served at once at most; past it `503 overloaded`.
+    pub max_requests_in_flight: usize,
+    /// Longest a request is waited for before `503 unavailable` (its work
+    /// goes on).
+    pub request_timeout_ms: u64,
+    /// Items waiting for one node's lane at most before new work is refused.
+    pub max_queued_per_node: usize,
     /// Test hook: kill this process (SIGKILL, as `kill -9`) when a transfer
     /// reaches this point: `after_prepare` or `after_decision`; a deposit or
     /// withdrawal whose id lives on another node: `movement_after_claim` or

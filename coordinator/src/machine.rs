@@ -313,12 +313,17 @@ fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
         None => Decision::Abort {
             reason: Rejection::new(ErrorCode::TransferAborted, "a vote is missing"),
         },
-        Some(why) => Decision::Abort {
-            reason: Rejection::new(
-                ErrorCode::TransferAborted,
-                format!("a node did not answer the prepare ({why}); nothing was applied, use a new transaction_id to try again"),
-            ),
-        },
+        Some(why) => {
+            // The reason is recorded and shown to the client: what went
+            // wrong inside (an address, a driver's text) goes to the log.
+            tracing::warn!(error = %why, "a prepare got no clear answer; aborting");
+            Decision::Abort {
+                reason: Rejection::new(
+                    ErrorCode::TransferAborted,
+                    "a node did not answer the prepare; nothing was applied, use a new transaction_id to try again",
+                ),
+            }
+        }
     }
 }
 

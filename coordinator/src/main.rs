@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
         wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
             .context("loading coordinator config")?;
     wallet_shared::telemetry::init_as("coordinator", cfg.log_format);
+    transfer::check_crash_hook(&cfg.crash_at)?;
     let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "coordinator")?;
     let tls =
         wallet_shared::tls::settings(cfg.tls_cert_file.as_deref(), cfg.tls_key_file.as_deref())
@@ -36,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let limits = batch::Limits {
         max_batch: cfg.max_batch.max(1),
         max_in_flight: cfg.max_in_flight.max(1),
+        max_queued: cfg.max_queued_per_node.max(1),
     };
     let coordinator = transfer::Coordinator::new(
         participants,
@@ -58,55 +60,40 @@ async fn main() -> anyhow::Result<()> {
          WALLET_CLUSTER_SECRET; it keys the hash of the API keys",
     )?;
     let key_store = wallet_shared::auth::KeyStore::new(
-        wallet_shared::MapStore::connect(&cfg.etcd_endpoints, &cfg.etcd_prefix, etcd_timeout)
-            .await
-            .context("connecting to etcd for the API keys")?,
+        wallet_shared::MapStore::connect_with(
+            &cfg.etcd_endpoints,
+            &cfg.etcd_access()?,
+            &cfg.etcd_prefix,
+            etcd_timeout,
+        )
+        .await
+        .context("connecting to etcd for the API keys")?,
     );
     let keys = auth::Keys::follow(&cluster_secret, key_store)
         .await
         .context("loading the API keys from etcd")?;
     tracing::info!(keys = keys.len(), "API keys loaded");
-    let router = http::router(coordinator, keys, cfg.max_body_bytes)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
-        ))
-        .layer(axum::middleware::from_fn(
-            wallet_shared::telemetry::request_span,
-        ));
+    let edge = http::EdgeLimits {
+        max_body_bytes: cfg.max_body_bytes,
+        max_requests_in_flight: cfg.max_requests_in_flight,
+        request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+    };
+    let router = http::router(coordinator, keys, edge).layer(axum::middleware::from_fn(
+        wallet_shared::telemetry::request_span,
+    ));
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
-    match tls {
-        Some(config) => {
-            tracing::info!(addr = %cfg.listen_addr, "coordinator ready (HTTPS)");
-            let listener = wallet_shared::tls::TlsListener::new(listener, config)?;
-            serve(listener, router, cfg.shutdown_grace_ms).await?;
-        }
-        None => {
-            tracing::info!(addr = %cfg.listen_addr, "coordinator ready");
-            serve(listener, router, cfg.shutdown_grace_ms).await?;
-        }
-    }
+    let https = if tls.is_some() { " (HTTPS)" } else { "" };
+    tracing::info!(addr = %cfg.listen_addr, "coordinator ready{https}");
+    let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
+        cfg.shutdown_grace_ms,
+    ));
+    let limits = wallet_shared::server::ConnectionLimits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+    };
+    wallet_shared::server::serve(listener, router, limits, tls, stop, deadline).await;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Serves `router` on `listener` (plain or TLS) until SIGTERM, then lets
-/// requests in flight finish for at most `grace_ms`.
-async fn serve<L>(listener: L, router: axum::Router, grace_ms: u64) -> anyhow::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let (stop, deadline) =
-        wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(grace_ms));
-    // into_make_service: the routes are built once. Serving the Router
-    // itself rebuilds every route for each connection (13 allocations of
-    // ~3.7 KB), which was most of the memory at 10,000 connections.
-    tokio::select! {
-        served = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop) => served?,
-        () = deadline => {}
-    }
     Ok(())
 }

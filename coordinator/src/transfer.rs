@@ -206,10 +206,49 @@ fn outcome_labels(outcome: &TransferOutcome) -> (&'static str, &'static str) {
     }
 }
 
-/// Test hook: dies exactly like `kill -9` at the named point.
+/// Whether this build has the test hooks that kill the process
+/// (`crash_at`): debug builds, which the tests run, and a release build
+/// only with the `crash-hooks` feature.
+pub const CRASH_HOOKS: bool = cfg!(any(debug_assertions, feature = "crash-hooks"));
+
+/// Refuses a `crash_at` this build would ignore: a test that sets it must
+/// not pass against a binary that never crashes.
+pub fn check_crash_hook(crash_at: &Option<String>) -> anyhow::Result<()> {
+    refuse_missing_hook(crash_at, CRASH_HOOKS)
+}
+
+fn refuse_missing_hook(crash_at: &Option<String>, built: bool) -> anyhow::Result<()> {
+    match crash_at {
+        Some(point) if !built => anyhow::bail!(
+            "crash_at = {point:?} is a test hook, and this is a release build without it \
+             (build with --features coordinator/crash-hooks, or unset crash_at / WALLET_CRASH_AT)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Test hook: dies exactly like `kill -9` at the named point (only in a
+/// build with [`CRASH_HOOKS`]).
 pub fn crash_point(configured: &Option<String>, point: &str) {
-    if configured.as_deref() == Some(point) {
+    if CRASH_HOOKS && configured.as_deref() == Some(point) {
         tracing::warn!(point, "crash point reached: killing this process");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_crash_hooks_refuses_crash_at() {
+        let at = Some("after_prepare".to_string());
+        let err = refuse_missing_hook(&at, false).unwrap_err().to_string();
+        assert!(
+            err.contains("crash_at") && err.contains("after_prepare"),
+            "{err}"
+        );
+        assert!(refuse_missing_hook(&None, false).is_ok());
+        assert!(refuse_missing_hook(&at, true).is_ok());
     }
 }

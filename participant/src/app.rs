@@ -28,6 +28,8 @@ pub struct App<S> {
     pub map: MapHandle,
     /// Partitions moving, or moved, away from this node.
     pub fences: Fences,
+    /// The most events one balance fold may read (`max_fold_events`).
+    pub max_fold_events: i64,
 }
 
 /// A request's pass: while it is held, no fence can be set, so hold it until

@@ -6,6 +6,7 @@ use serde::Deserialize;
 pub const DEFAULTS: &str = include_str!("../../config/participant.toml");
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParticipantConfig {
     /// This node's id in the partition map (`node-1`).
     pub node_id: String,
@@ -39,6 +40,13 @@ pub struct ParticipantConfig {
     /// Snapshot an account's balance at every this many of its events, in
     /// the same transaction as the event (0: never).
     pub snapshot_every: i64,
+    /// The most events one balance fold may read (`history_too_long` past it).
+    pub max_fold_events: i64,
+    /// Open connections at most; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Longest wait for a request's complete headers (also the keep-alive
+    /// idle limit).
+    pub header_read_timeout_ms: u64,
     /// Longest pause of the feed's publisher between rounds (it also runs
     /// right after a write, at most once per this interval).
     pub publish_interval_ms: u64,
@@ -93,5 +101,6 @@ mod tests {
         assert_eq!(c.node_id, "node-7");
         assert_eq!(c.snapshot_every, crate::model::DEFAULT_SNAPSHOT_EVERY);
         assert_eq!(c.db_pool_size, 32);
+        assert_eq!(c.max_fold_events, crate::reads::DEFAULT_MAX_FOLD_EVENTS);
     }
 }

@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         store,
         map,
         fences: fence::Fences::new(fences),
+        max_fold_events: cfg.max_fold_events,
     };
     let body_limit = axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024);
     let mover = moves::Mover {
@@ -75,11 +76,11 @@ async fn main() -> anyhow::Result<()> {
     let (stop, deadline) = wallet_shared::telemetry::shutdown_with_deadline(Duration::from_millis(
         cfg.shutdown_grace_ms,
     ));
-    // into_make_service: the routes are built once, not per connection.
-    tokio::select! {
-        served = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop) => served?,
-        () = deadline => {}
-    }
+    let limits = wallet_shared::server::ConnectionLimits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+    };
+    wallet_shared::server::serve(listener, router, limits, None, stop, deadline).await;
     tracing::info!("stopped");
     Ok(())
 }

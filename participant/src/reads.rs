@@ -61,20 +61,30 @@ async fn balance<S: Store>(
         }));
     };
     Ok(Json(
-        historical_balance(&app.store, current, as_of, q.snapshots).await?,
+        historical_balance(&app.store, current, as_of, q.snapshots, app.max_fold_events).await?,
     ))
 }
+
+/// The most events one fold reads by default (`max_fold_events`).
+pub const DEFAULT_MAX_FOLD_EVENTS: i64 = 1_000_000;
+
+/// Events read per query of a fold: a long fold takes a pooled connection
+/// for one page at a time, and other requests get theirs in between.
+const FOLD_PAGE: i64 = 10_000;
 
 /// The balance at `as_of`, rebuilt from the event log: the newest snapshot
 /// at or before `as_of` (if `use_snapshots`), then the fold of the events
 /// after it that are at or before `as_of`. An account's event times never go
 /// down, so those events are the ones between that snapshot and the next:
-/// at most `snapshot_every` of them.
+/// at most `snapshot_every` of them. A fold that would read more than
+/// `max_events` events is refused (`history_too_long`) once it has read
+/// that many.
 pub async fn historical_balance<S: Store>(
     store: &S,
     current: AccountBalance,
     as_of: chrono::DateTime<chrono::Utc>,
     use_snapshots: bool,
+    max_events: i64,
 ) -> ApiResult<HistoricalBalance> {
     let id = current.account_id.clone();
     let (snapshot, next) = if use_snapshots {
@@ -83,10 +93,30 @@ pub async fn historical_balance<S: Store>(
         (None, None)
     };
     let start_seq = snapshot.as_ref().map_or(0, |s| s.seq);
-    let limit = next.map_or(i64::MAX, |n| n - start_seq);
-    let events = store
-        .events(&id, start_seq, limit, Some(as_of), &[])
-        .await?;
+    let mut wanted = next.map_or(i64::MAX, |n| n - start_seq);
+    let mut events = Vec::new();
+    let mut after = start_seq;
+    while wanted > 0 {
+        let page = FOLD_PAGE.min(wanted);
+        let got = store.events(&id, after, page, Some(as_of), &[]).await?;
+        let n = got.len() as i64;
+        after = got.last().map_or(after, |e| e.seq);
+        events.extend(got);
+        if events.len() as i64 > max_events.max(0) {
+            return Err(Rejection::new(
+                ErrorCode::HistoryTooLong,
+                format!(
+                    "rebuilding this balance would fold more than {max_events} events; \
+                     ask for it with snapshots (the default)"
+                ),
+            )
+            .into());
+        }
+        if n < page {
+            break;
+        }
+        wanted -= n;
+    }
     let last_seq = events.last().map_or(start_seq, |e| e.seq);
     if last_seq == 0 {
         return Err(Rejection::new(

@@ -7,6 +7,7 @@ use serde::Deserialize;
 pub const DEFAULTS: &str = include_str!("../../config/projector.toml");
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProjectorConfig {
     /// Where `/status` and the read-model queries listen.
     pub listen_addr: String,

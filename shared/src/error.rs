@@ -30,11 +30,16 @@ pub enum ErrorCode {
     AccountExists,
     InProgress,
     PayloadTooLarge,
+    /// A body that is not `application/json` (a browser's form post).
+    UnsupportedMediaType,
     SameAccount,
     CurrencyMismatch,
     InsufficientFunds,
     BalanceOverflow,
     IdempotencyKeyReused,
+    /// A fold of an account's events (`as_of` without snapshots) would read
+    /// more events than the node allows (`max_fold_events`).
+    HistoryTooLong,
     /// Aborted for a reason outside the request (a node did not answer, or
     /// its coordinator stopped before deciding). Final for this id.
     TransferAborted,
@@ -44,6 +49,8 @@ pub enum ErrorCode {
     WrongPartitionOwner,
     /// The partition is being moved to another node; nothing was done.
     PartitionMoving,
+    /// Shedding load: more requests in flight than the limit, or a full
+    /// queue; nothing was done (with `Retry-After`).
     Overloaded,
     /// Over the API key's rate; `Retry-After` says when to try again.
     RateLimited,
@@ -62,12 +69,13 @@ impl ErrorCode {
             AccountNotFound | TransferNotFound | NotFound => 404,
             AccountExists | InProgress | TransferAborted => 409,
             PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
             SameAccount | CurrencyMismatch | InsufficientFunds | BalanceOverflow
-            | IdempotencyKeyReused | LegAborted => 422,
+            | IdempotencyKeyReused | LegAborted | HistoryTooLong => 422,
             WrongPartitionOwner => 421,
-            Overloaded | RateLimited => 429,
+            RateLimited => 429,
             Internal => 500,
-            Unavailable | PartitionMoving => 503,
+            Unavailable | PartitionMoving | Overloaded => 503,
         }
     }
 
@@ -98,11 +106,13 @@ impl ErrorCode {
             AccountExists => "account_exists",
             InProgress => "in_progress",
             PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
             SameAccount => "same_account",
             CurrencyMismatch => "currency_mismatch",
             InsufficientFunds => "insufficient_funds",
             BalanceOverflow => "balance_overflow",
             IdempotencyKeyReused => "idempotency_key_reused",
+            HistoryTooLong => "history_too_long",
             TransferAborted => "transfer_aborted",
             LegAborted => "leg_aborted",
             WrongPartitionOwner => "wrong_partition_owner",
@@ -129,11 +139,13 @@ impl ErrorCode {
         ErrorCode::AccountExists,
         ErrorCode::InProgress,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::SameAccount,
         ErrorCode::CurrencyMismatch,
         ErrorCode::InsufficientFunds,
         ErrorCode::BalanceOverflow,
         ErrorCode::IdempotencyKeyReused,
+        ErrorCode::HistoryTooLong,
         ErrorCode::TransferAborted,
         ErrorCode::LegAborted,
         ErrorCode::WrongPartitionOwner,

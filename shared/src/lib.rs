@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod retry;
 pub mod routes;
 pub mod secret;
+pub mod server;
 pub mod signing;
 pub mod telemetry;
 pub mod tls;

@@ -236,6 +236,20 @@ impl PartitionMap {
         let Some(count) = count else {
             return Err(MapError::Missing(prefix.to_string()));
         };
+        if count == 0 {
+            // Every account would be in partition `hash % 0`.
+            return Err(invalid(
+                "partition_count is 0; a map needs at least one partition".into(),
+            ));
+        }
+        if count as usize > owners.len() {
+            // Named before anything is allocated for it: a count of four
+            // billion must not cost memory.
+            let p = (0..count).find(|p| !owners.contains_key(p)).unwrap_or(0);
+            return Err(invalid(format!(
+                "partition_count is {count} but partition {p} has no owner"
+            )));
+        }
         let mut list = Vec::with_capacity(count as usize);
         for p in 0..count {
             let owner = owners
@@ -459,10 +473,16 @@ impl MapStore {
 
     /// Waits for a valid map (bounded retries with backoff), then follows etcd
     /// with a watch, so [`MapHandle::current`] is at most one event behind.
+    /// An invalid map is not waited for: a service refuses to start on one,
+    /// naming what is wrong with it. A running service that reads one keeps
+    /// the last valid map, logs the error and reports itself unready.
     pub async fn follow(self) -> Result<MapHandle, MapError> {
-        let first = retry::with_backoff("load partition map", retry::Policy::startup(), || {
-            self.load()
-        })
+        let first = retry::when(
+            "load partition map",
+            retry::Policy::startup(),
+            || self.load(),
+            |e| !matches!(e, MapError::Invalid { .. }),
+        )
         .await?;
         let (tx, _) = watch::channel(Arc::new(first));
         let handle = MapHandle {
@@ -632,5 +652,27 @@ mod tests {
             PartitionMap::from_kvs("/w/", 1, std::iter::empty()),
             Err(MapError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn a_map_of_no_partitions_or_of_more_than_its_owners_is_invalid() {
+        for (count, why) in [
+            ("0", "partition_count is 0"),
+            ("4294967295", "partition 1 has no owner"),
+            ("-1", "partition_count \"-1\""),
+            ("many", "partition_count \"many\""),
+        ] {
+            let kvs = [
+                ("/w/partition_count", count),
+                ("/w/nodes/a", "http://a"),
+                ("/w/partitions/00000", "a"),
+            ];
+            match PartitionMap::from_kvs("/w/", 3, kvs.iter().copied()) {
+                Err(e @ MapError::Invalid { .. }) => {
+                    assert!(e.to_string().contains(why), "{count}: {e}")
+                }
+                other => panic!("{count}: {other:?}"),
+            }
+        }
     }
 }

@@ -47,6 +47,13 @@ pub fn init_as(component: &str, format: LogFormat) {
             .try_init(),
     };
     tracing::info!(component, version = env!("CARGO_PKG_VERSION"), "starting");
+    let ignored = crate::config::ignored_env();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            variables = %ignored.join(", "),
+            "WALLET_* environment variables that are no setting of this service are ignored"
+        );
+    }
 }
 
 /// The header carrying a request's id, taken from the client when it sends
@@ -54,12 +61,17 @@ pub fn init_as(component: &str, format: LogFormat) {
 /// response carries it back.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The request's id, as a request extension (set by [`request_span`]), for
+/// what puts it in a response body.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// Middleware (`axum::middleware::from_fn`): runs the request in a
 /// `request` span with its `request_id` and `trace_id` (the W3C
 /// `traceparent` header's trace id when the client sends a valid one, else a
 /// new one), so every log line of the request carries both, and answers
 /// with the request id in `x-request-id`.
-pub async fn request_span(req: Request, next: Next) -> Response {
+pub async fn request_span(mut req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -82,6 +94,7 @@ pub async fn request_span(req: Request, next: Next) -> Response {
         // Filled in by a handler that learns it (a transfer's).
         transaction_id = tracing::field::Empty,
     );
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {

@@ -1,11 +1,10 @@
 //! TLS on a service's listener, by configuration (`tls_cert_file`,
-//! `tls_key_file`: PEM files). [`TlsListener`] is an `axum::serve`
-//! listener, so a service serves HTTPS through the same `axum::serve` call
-//! (and graceful shutdown) as plain HTTP. Handshakes run in their own tasks,
-//! each bounded by a timeout, so a client that stalls its handshake holds
-//! up nobody else.
+//! `tls_key_file`: PEM files). `server::serve` serves HTTPS with it through
+//! the same accept loop, limits and graceful shutdown as plain HTTP; each
+//! handshake runs in its connection's task, bounded by
+//! [`HANDSHAKE_TIMEOUT`], so a client that stalls its handshake holds up
+//! nobody else.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 /// Longest a client may take over its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,64 +56,5 @@ pub fn settings(
         (Some(cert), Some(key)) => Ok(Some(server_config(cert, key)?)),
         (None, None) => Ok(None),
         _ => anyhow::bail!("tls_cert_file and tls_key_file go together: set both, or neither"),
-    }
-}
-
-/// Accepts TCP connections and hands on those that completed a TLS
-/// handshake.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause, as axum does.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task stops only once this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

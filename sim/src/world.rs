@@ -86,9 +86,15 @@ const RESOLVER_GRACE: Duration = Duration::from_millis(2000);
 const BATCH_LIMITS: Limits = Limits {
     max_batch: 8,
     max_in_flight: 2,
+    max_queued: 1 << 20,
 };
-/// The coordinator's request body limit (its config's default).
-const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The coordinator's edge: its config's body limit; no shedding and no
+/// request timeout (the simulation's clients wait as long as it takes).
+const EDGE: coordinator::http::EdgeLimits = coordinator::http::EdgeLimits {
+    max_body_bytes: 16 * 1024,
+    max_requests_in_flight: 1 << 20,
+    request_timeout: Duration::from_secs(24 * 3600),
+};
 
 /// The simulation's clients act as one tenant, with one fixed key of the
 /// `transfer` and `read` scopes: every account is that tenant's, so every
@@ -185,7 +191,7 @@ impl World {
         ));
         let mut slots = self.coordinators.lock().unwrap();
         slots[i] = CoordinatorSlot {
-            api: Some(coordinator::http::router(c, sim_keys(), MAX_BODY_BYTES)),
+            api: Some(coordinator::http::router(c, sim_keys(), EDGE)),
             tasks: vec![resolver.abort_handle()],
         };
     }
@@ -245,6 +251,7 @@ async fn simulate(opts: Options) -> Report {
             store: store.clone(),
             map: MapHandle::fixed((*map).clone()),
             fences: Default::default(),
+            max_fold_events: participant::reads::DEFAULT_MAX_FOLD_EVENTS,
         };
         net.nodes.insert(
             n.clone(),

@@ -9,6 +9,7 @@ mod chaos;
 mod concurrency;
 mod crashes;
 mod events;
+mod hostile;
 mod internal;
 mod logs;
 mod moves;
