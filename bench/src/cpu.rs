@@ -212,11 +212,14 @@ impl Snapshot {
             .map(|(_, t)| *t as i64)
             .sum();
         let ours = (grown - ended).max(0) as u64;
+        // The machine was at least as busy as our processes were: its
+        // counter (/proc/stat) may lag theirs by a tick or more.
+        let busy = busy.max(ours);
         Usage {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             busy_pct: pct(busy),
-            ours_pct: pct(ours.min(busy)),
-            other_pct: pct(busy.saturating_sub(ours)),
+            ours_pct: pct(ours),
+            other_pct: pct(busy - ours),
         }
     }
 }
