@@ -7,10 +7,9 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use wallet_shared::admin::{ResolveReply, ResolveRequest};
-use wallet_shared::auth::Scope;
 use wallet_shared::{routes, TransactionId};
 
-use crate::auth::Caller;
+use crate::auth::{scope, Needs};
 use crate::http::{ApiError, ApiJson};
 use crate::resolver;
 use crate::transfer::Coordinator;
@@ -22,11 +21,10 @@ pub fn routes() -> Router<Coordinator> {
 /// `walletctl tx resolve`: one transfer driven to its end now.
 async fn resolve(
     State(c): State<Coordinator>,
-    caller: Caller,
+    _admin: Needs<scope::Admin>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Result<Json<ResolveReply>, ApiError> {
-    caller.need(Scope::Admin)?;
     let id = TransactionId::parse(&id)?;
     let span = tracing::info_span!("resolve", transaction_id = %id, force = req.force);
     let reply =

@@ -11,11 +11,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use wallet_shared::auth::Scope;
 use wallet_shared::protocol::*;
 use wallet_shared::{AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
-use crate::auth::Caller;
+use crate::auth::{scope, Caller, Needs};
 use crate::feed::FeedCursor;
 use crate::http::{invalid, reply, ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::machine::TransferOutcome;
@@ -125,10 +124,9 @@ fn parse_transfer(body: TransferBody) -> Result<TransferSpec, Rejection> {
     ))]
 async fn balance_transfer(
     State(c): State<Coordinator>,
-    caller: Caller,
+    Needs(caller, _): Needs<scope::Transfer>,
     ApiJson(body): ApiJson<TransferBody>,
 ) -> ApiResult {
-    caller.need(Scope::Transfer)?;
     let mut spec = parse_transfer(body).inspect_err(|r| {
         // Refused before the protocol ran; the rest are counted by `transfer`.
         metrics::counter!("wallet_transfers_total", "outcome" => "refused", "code" => r.code.as_str())
@@ -210,10 +208,9 @@ fn record_response(record: &TransferRecord) -> Response {
     ))]
 async fn transfer_status(
     State(c): State<Coordinator>,
-    caller: Caller,
+    Needs(caller, _): Needs<scope::Read>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    caller.need(Scope::Read)?;
     let id = TransactionId::parse(&id)?;
     let record = c.status(id).await?;
     if !caller.may_see(record.spec.tenant.as_deref()) {
@@ -250,10 +247,9 @@ pub(crate) struct OpenBody {
     ))]
 async fn open_account(
     State(c): State<Coordinator>,
-    caller: Caller,
+    Needs(caller, _): Needs<scope::Transfer>,
     ApiJson(body): ApiJson<OpenBody>,
 ) -> ApiResult {
-    caller.need(Scope::Transfer)?;
     let account_id = AccountId::parse(body.account_id)?;
     let currency = Currency::parse(&body.currency)?;
     let balance = c.open(account_id, currency, caller.acting_for()).await?;
@@ -283,7 +279,7 @@ pub(crate) struct MovementBody {
     ))]
 async fn deposit(
     state: State<Coordinator>,
-    caller: Caller,
+    caller: Needs<scope::Transfer>,
     path: Path<String>,
     body: ApiJson<MovementBody>,
 ) -> ApiResult {
@@ -301,7 +297,7 @@ async fn deposit(
     ))]
 async fn withdraw(
     state: State<Coordinator>,
-    caller: Caller,
+    caller: Needs<scope::Transfer>,
     path: Path<String>,
     body: ApiJson<MovementBody>,
 ) -> ApiResult {
@@ -312,12 +308,11 @@ async fn withdraw(
 /// account's node refuses another's, as part of applying it).
 async fn movement(
     State(c): State<Coordinator>,
-    caller: Caller,
+    Needs(caller, _): Needs<scope::Transfer>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MovementBody>,
     kind: MovementKind,
 ) -> ApiResult {
-    caller.need(Scope::Transfer)?;
     let transaction_id = TransactionId::parse(&body.transaction_id)?;
     let account_id = AccountId::parse(id)?;
     let currency = Currency::parse(&body.currency)?;
@@ -390,11 +385,10 @@ fn visible(caller: &Caller, account_id: &AccountId, owner: Option<&str>) -> Resu
 
 async fn balance(
     State(c): State<Coordinator>,
-    caller: Caller,
+    Needs(caller, _): Needs<scope::Read>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<BalanceQuery>,
 ) -> ApiResult {
-    caller.need(Scope::Read)?;
     let account_id = AccountId::parse(id)?;
     let as_of = match &q.as_of {
         Some(as_of) => Some(
@@ -462,11 +456,10 @@ fn check_page(after: i64, limit: Option<i64>) -> Result<(), Rejection> {
     ))]
 async fn events(
     State(c): State<Coordinator>,
-    caller: Caller,
+    Needs(caller, _): Needs<scope::Read>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult {
-    caller.need(Scope::Read)?;
     let account_id = AccountId::parse(id)?;
     let after = q.after.unwrap_or(0);
     check_page(after, q.limit)?;
@@ -536,10 +529,9 @@ pub(crate) struct FeedQuery {
     ))]
 async fn feed(
     State(c): State<Coordinator>,
-    caller: Caller,
+    _admin: Needs<scope::Admin>,
     ApiQuery(q): ApiQuery<FeedQuery>,
 ) -> ApiResult {
-    caller.need(Scope::Admin)?;
     let cursor = FeedCursor::parse(q.after.as_deref().unwrap_or(""))?;
     check_page(0, q.limit)?;
     let feed = c.feed(cursor, q.limit.unwrap_or(100)).await?;

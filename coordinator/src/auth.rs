@@ -309,6 +309,53 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// A [`Caller`] whose key has the scope `S` (see [`scope`]), checked
+/// before the body is read: a key without the scope gets `403` whatever it
+/// sent, even a body that would be `400`.
+pub struct Needs<S>(pub Caller, std::marker::PhantomData<S>);
+
+/// The scopes a handler can ask for with [`Needs`].
+pub mod scope {
+    use wallet_shared::auth::Scope;
+
+    /// A scope as a type.
+    pub trait Marker {
+        const SCOPE: Scope;
+    }
+    /// Open accounts, deposit, withdraw, move money out of the tenant's own.
+    pub struct Transfer;
+    /// Balances, events and transfer status of the tenant's own accounts.
+    pub struct Read;
+    /// Every account, the global feed, resolve.
+    pub struct Admin;
+    impl Marker for Transfer {
+        const SCOPE: Scope = Scope::Transfer;
+    }
+    impl Marker for Read {
+        const SCOPE: Scope = Scope::Read;
+    }
+    impl Marker for Admin {
+        const SCOPE: Scope = Scope::Admin;
+    }
+}
+
+impl<M: scope::Marker, S: Send + Sync> FromRequestParts<S> for Needs<M> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let caller = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        caller
+            .need(M::SCOPE)
+            .map_err(|r| ApiError(r).into_response())?;
+        Ok(Needs(caller, std::marker::PhantomData))
+    }
+}
+
 /// The middleware in front of every `/v1/` and `/internal/v1/` route:
 /// checks the key, hands the [`Caller`] to the handler, and logs every
 /// request made with an admin key (one line: who, what, the answer).

@@ -230,6 +230,18 @@ async fn every_route_refuses_callers_without_the_right_key() {
                 r.body
             );
         }
+        if method == "POST" {
+            // The scope is checked before the body is read: a body that
+            // would be 400 is still 403 for a key without the scope.
+            let junk = json!({"not": "a valid body"});
+            let r = call(&t, Some(&globex_read), method, &path, Some(&junk)).await;
+            assert_eq!(
+                (r.status, r.body["code"].clone()),
+                (403, json!("forbidden")),
+                "{method} {path} with a read-only key and a bad body: {}",
+                r.body
+            );
+        }
         // Another tenant's key with both scopes.
         let r = call(&t, Some(&globex), method, &path, body.as_ref()).await;
         let expected = if path.contains("/resolve") || path.starts_with("/v1/wallet/events") {
