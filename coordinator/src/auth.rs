@@ -312,7 +312,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// A [`Caller`] whose key has the scope `S` (see [`scope`]), checked
 /// before the body is read: a key without the scope gets `403` whatever it
 /// sent, even a body that would be `400`.
-pub struct Needs<S>(pub Caller, std::marker::PhantomData<S>);
+pub struct Needs<S>(pub Caller, pub std::marker::PhantomData<S>);
 
 /// The scopes a handler can ask for with [`Needs`].
 pub mod scope {
