@@ -53,7 +53,7 @@ test: compose-deps
 	scripts/k8s-check.sh
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 bench: deps
 	scripts/ensure-deps.sh --bench
