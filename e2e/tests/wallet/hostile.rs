@@ -130,10 +130,10 @@ async fn a_body_that_is_not_json_is_refused_with_415_and_moves_nothing() {
 
 /// Sends a transfer over a raw socket and closes it at once, before any
 /// answer.
-async fn send_and_hang_up(addr: std::net::SocketAddr, body: &Value) {
+async fn send_and_hang_up(addr: std::net::SocketAddr, key: &str, body: &Value) {
     let body = body.to_string();
     let request = format!(
-        "POST /v1/wallet/balance_transfer HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/wallet/balance_transfer HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -151,6 +151,7 @@ async fn a_client_that_hangs_up_right_after_sending_does_not_cut_its_transfer_sh
     for id in &ids {
         send_and_hang_up(
             addr,
+            t.cluster.admin_key(),
             &TestCluster::transfer_body(*id, &from, &to, "1.00", "USD"),
         )
         .await;
@@ -456,6 +457,7 @@ async fn a_flood_at_ten_times_capacity_is_shed_and_nothing_acknowledged_is_lost(
         })
     };
     let http = reqwest::Client::builder()
+        .default_headers(devcluster::bearer(t.cluster.admin_key()))
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(CONCURRENT)
         .build()

@@ -84,10 +84,11 @@ impl Certs {
         }
     }
 
-    /// A client that trusts this CA (and no other).
-    pub fn client(&self) -> reqwest::Client {
+    /// A client that trusts this CA (and no other), sending API key `key`.
+    pub fn client(&self, key: &str) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
         reqwest::Client::builder()
+            .default_headers(devcluster::bearer(key))
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
             .timeout(Duration::from_secs(10))
@@ -124,7 +125,7 @@ async fn the_public_listener_serves_https_when_configured() {
     .spawn()
     .unwrap();
 
-    let https = certs.client();
+    let https = certs.client(t.cluster.admin_key());
     let base = format!("https://localhost:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
