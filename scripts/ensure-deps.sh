@@ -9,8 +9,10 @@
 #   (`google/protobuf/descriptor.proto`): etcd-client's build script needs
 #   both the compiler (protobuf-compiler) and those .proto files
 #   (libprotobuf-dev), which `--no-install-recommends` does not bring;
-# - Python 3 able to make a venv with pip (python3-venv): scripts/k8s-check.sh
-#   installs kubernetes-validate into one under target/ (make test).
+# - Python 3 able to make a venv with pip (python3-venv): scripts/py-tool.sh
+#   installs kubernetes-validate and schemathesis into venvs under target/
+#   (make test);
+# - openssl, with which the TLS tests make their certificates.
 # With --compose, also what docker-compose.yml and its test need (make
 # compose-up, make test): the Docker engine and Compose (`docker compose` or
 # docker-compose), debootstrap for the local base image
@@ -80,6 +82,9 @@ if ! command -v protoc >/dev/null; then
 elif ! protoc_ok; then
     missing+=(libprotobuf-dev)
 fi
+
+# The TLS tests make their certificates with the openssl command.
+command -v openssl >/dev/null || missing+=(openssl)
 
 # A venv with pip in it: ensurepip is what Debian splits off into python3-venv.
 if ! command -v python3 >/dev/null; then
