@@ -113,22 +113,12 @@ impl Ctx {
         } else {
             vec!["http://127.0.0.1:2379".to_string()]
         };
-        let inline = match std::env::var("WALLET_CLUSTER_SECRET") {
-            Ok(text) => Some(Secret::from_text(&text).map_err(|e| {
-                CtlError::new(Exit::Usage, format!("WALLET_CLUSTER_SECRET: {e:#}"))
-            })?),
-            Err(_) => None,
-        };
-        let file = match (&inline, endpoints.cluster_secret_file) {
-            (None, None) => manifest.cluster_secret_file,
-            (_, file) => file,
-        };
-        let cluster_secret = wallet_shared::secret::resolve(
+        let cluster_secret = secret_setting(
             "WALLET_CLUSTER_SECRET",
-            inline.as_ref(),
-            file.as_deref(),
-        )
-        .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
+            std::env::var("WALLET_CLUSTER_SECRET").ok(),
+            endpoints.cluster_secret_file,
+            manifest.cluster_secret_file,
+        )?;
         let etcd_access = EtcdAccess::from_settings(
             endpoints.etcd_ca_file.as_deref(),
             endpoints.etcd_cert_file.as_deref(),
@@ -137,23 +127,14 @@ impl Ctx {
             endpoints.etcd_password_file.as_deref(),
         )
         .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
-        let inline_key = match std::env::var("WALLET_API_KEY") {
-            Ok(text) => Some(
-                Secret::from_text(text.trim())
-                    .map_err(|e| CtlError::new(Exit::Usage, format!("WALLET_API_KEY: {e:#}")))?,
-            ),
-            Err(_) => None,
-        };
-        let key_file = match (&inline_key, endpoints.api_key_file) {
-            (None, None) => manifest.api_key_file,
-            (_, file) => file,
-        };
-        let api_key = wallet_shared::secret::resolve(
+        let api_key = secret_setting(
             "WALLET_API_KEY",
-            inline_key.as_ref(),
-            key_file.as_deref(),
-        )
-        .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))?;
+            std::env::var("WALLET_API_KEY")
+                .ok()
+                .map(|text| text.trim().to_string()),
+            endpoints.api_key_file,
+            manifest.api_key_file,
+        )?;
         let timeout = Duration::from_secs(endpoints.timeout.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -369,6 +350,27 @@ impl Ctx {
             ),
         })
     }
+}
+
+/// A secret walletctl may be given inline (the environment variable
+/// `name`) or as a file: the flag's, else, when neither is given, the
+/// manifest's.
+fn secret_setting(
+    name: &str,
+    inline: Option<String>,
+    flag_file: Option<PathBuf>,
+    manifest_file: Option<PathBuf>,
+) -> CtlResult<Option<Secret>> {
+    let inline = inline
+        .map(|text| Secret::from_text(&text))
+        .transpose()
+        .map_err(|e| CtlError::new(Exit::Usage, format!("{name}: {e:#}")))?;
+    let file = match (&inline, flag_file) {
+        (None, None) => manifest_file,
+        (_, file) => file,
+    };
+    wallet_shared::secret::resolve(name, inline.as_ref(), file.as_deref())
+        .map_err(|e| CtlError::new(Exit::Usage, format!("{e:#}")))
 }
 
 fn rejection(who: &str, r: Rejection) -> CtlError {
