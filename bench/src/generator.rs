@@ -67,6 +67,10 @@ pub struct Target {
     pub http: reqwest::Client,
     /// Coordinator base URL, e.g. `http://127.0.0.1:8080`.
     pub base: String,
+    /// Every coordinator's base URL (`base` first): the generator's
+    /// requests take turns among them.
+    bases: Arc<[String]>,
+    turn: Arc<AtomicUsize>,
 }
 
 impl Target {
@@ -77,6 +81,16 @@ impl Target {
         api_key: &str,
         timeout: Duration,
     ) -> anyhow::Result<Target> {
+        Target::spread(vec![base.into()], api_key, timeout)
+    }
+
+    /// Like [`Target::new`], the generator's requests taking turns among
+    /// several coordinators (`bases`, at least one).
+    pub fn spread(bases: Vec<String>, api_key: &str, timeout: Duration) -> anyhow::Result<Target> {
+        let base = bases
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no coordinator to send to"))?;
         let http = reqwest::Client::builder()
             .default_headers(devcluster::bearer(api_key))
             .timeout(timeout)
@@ -84,8 +98,16 @@ impl Target {
             .build()?;
         Ok(Target {
             http,
-            base: base.into(),
+            base,
+            bases: bases.into(),
+            turn: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The coordinator the next request goes to.
+    fn next_base(&self) -> &str {
+        let i = self.turn.fetch_add(1, Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
     }
 }
 
@@ -282,7 +304,7 @@ enum Answer {
 async fn send(target: &Target, op: &Op) -> Answer {
     let req = target
         .http
-        .post(format!("{}{}", target.base, op.path))
+        .post(format!("{}{}", target.next_base(), op.path))
         .header("content-type", "application/json")
         .body(op.body.clone());
     let resp = match req.send().await {

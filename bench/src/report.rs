@@ -21,6 +21,8 @@ pub const SAME_PARTITION: &str = "same-partition";
 pub const HOT_CREDIT: &str = "hot-credit";
 pub const HOT_DEBIT: &str = "hot-debit";
 pub const IN_FLIGHT: &str = "10k in flight";
+/// The best uniform load again on a cluster twice as wide.
+pub const SCALE_OUT: &str = "uniform, 6 participants + 2 coordinators";
 
 /// One measured scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -554,6 +556,22 @@ pub fn targets(
                 wanted: format!(">= 0.50x ({:.0}/s)", u / 2.0),
                 measured: format!("{:.2}x ({t:.0}/s)", t / u),
                 met: t >= u / 2.0,
+            });
+        }
+    }
+    if let (Some(wide), Some(base)) = (best(SCALE_OUT), best(UNIFORM)) {
+        if let (Some(w), Some(b)) = (wide.cpu_us_per_tx, base.cpu_us_per_tx) {
+            out.push(TargetCheck {
+                target:
+                    "CPU per transfer, twice the nodes (6 participants, 2 coordinators) vs 3 and 1"
+                        .into(),
+                wanted: format!("within 10% (<= {:.0} µs)", 1.1 * b),
+                measured: format!(
+                    "{:.2}x ({w:.0} µs vs {b:.0} µs, {})",
+                    w / b,
+                    wide.result.load
+                ),
+                met: w <= 1.1 * b,
             });
         }
     }

@@ -76,6 +76,13 @@ struct Args {
     /// Client timeout of every request, seconds.
     #[arg(long, env = "BENCH_TIMEOUT_SECONDS", default_value_t = 30)]
     timeout: u64,
+    /// Participants of the scale-out run (the best uniform load again on a
+    /// second, wider cluster, after the first stopped); 0: no such run.
+    #[arg(long, env = "BENCH_SCALE_OUT_PARTICIPANTS", default_value_t = 6)]
+    scale_out_participants: usize,
+    /// Coordinators of the scale-out run; the load takes turns among them.
+    #[arg(long, env = "BENCH_SCALE_OUT_COORDINATORS", default_value_t = 2)]
+    scale_out_coordinators: usize,
     /// Where the report goes (a folder per run is made in it).
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench")]
     out: PathBuf,
@@ -102,7 +109,13 @@ async fn main() -> Result<()> {
     if let Err(e) = cluster.stop().await {
         eprintln!("bench: stopping the cluster: {e:#}");
     }
-    let report = result?;
+    let mut report = result?;
+    if args.scale_out_participants > 0 {
+        let row = scale_out(&args, &report).await?;
+        report.rows.push(row);
+        report.finish();
+        report.write(&out_dir)?;
+    }
     print!("{}", report.table());
     println!(
         "\nbench: report in {} (report.json, table.md, chart.svg); took {:.0} s",
@@ -360,6 +373,78 @@ async fn run(
     report.finish();
     report.write(out_dir)?;
     Ok(report)
+}
+
+/// The best uniform load again on a second cluster, wider by
+/// `--scale-out-participants` and `--scale-out-coordinators`, the requests
+/// taking turns among its coordinators: a cost that grows with the number
+/// of nodes shows as more CPU per transfer than the first cluster's.
+async fn scale_out(args: &Args, report: &Report) -> Result<bench::Row> {
+    let clients = report
+        .rows
+        .iter()
+        .filter(|r| r.scenario == report::UNIFORM)
+        .max_by(|a, b| {
+            a.result
+                .committed_per_s
+                .total_cmp(&b.result.committed_per_s)
+        })
+        .and_then(|r| match r.result.load {
+            Load::Closed { clients } => Some(clients),
+            Load::Open { .. } => None,
+        })
+        .context("no closed-loop uniform run to repeat")?;
+    eprintln!(
+        "bench: scale-out: starting {} participants and {} coordinators...",
+        args.scale_out_participants, args.scale_out_coordinators
+    );
+    let cluster = Cluster::start(ClusterOptions {
+        participants: args.scale_out_participants,
+        coordinators: args.scale_out_coordinators.max(1),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let row = async {
+        let key = cluster
+            .create_key(setup::TENANT, &[Scope::Transfer, Scope::Read], None)
+            .await?;
+        let bases = (0..cluster.coordinators().len())
+            .map(|i| cluster.coordinator_url(i))
+            .collect();
+        let target = Target::spread(bases, &key, Duration::from_secs(args.timeout))?;
+        let map = cluster.map_store().await?.load().await?;
+        let accounts = Arc::new(Accounts::new("bench", args.accounts, &map)?);
+        let loaded = setup::load(&map, &bench::nodes(&cluster), &accounts).await?;
+        setup::verify(&target, &accounts, &loaded, 10).await?;
+        let plan = Plan {
+            load: Load::Closed { clients },
+            warmup: Duration::from_secs(args.warmup),
+            measure: Duration::from_secs(args.seconds),
+        };
+        eprintln!(
+            "bench: {} ({}), {} s...",
+            report::SCALE_OUT,
+            plan.load,
+            args.seconds
+        );
+        let scenario = Scenario::new(Kind::Uniform, accounts);
+        let watched = bench::Watched::cluster(&cluster);
+        let row = bench::measure(report::SCALE_OUT, &target, &scenario, &plan, 99, &watched).await;
+        eprintln!(
+            "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  CPU {:.0} µs/tx  errors {}",
+            row.result.committed_per_s,
+            row.result.latency.p50_ms,
+            row.result.latency.p99_ms,
+            row.cpu_us_per_tx.unwrap_or(f64::NAN),
+            row.result.outcomes.errors()
+        );
+        Ok::<_, anyhow::Error>(row)
+    }
+    .await;
+    if let Err(e) = cluster.stop().await {
+        eprintln!("bench: stopping the scale-out cluster: {e:#}");
+    }
+    row
 }
 
 /// A uniform run at `clients` while `perf` samples the cluster (not a row:
