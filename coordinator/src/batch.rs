@@ -185,16 +185,17 @@ impl<K: Kind> Batcher<K> {
         metrics::histogram!("wallet_batch_items", "lane" => lane, "node" => node.to_string())
             .record(n as f64);
         let started = std::time::Instant::now();
+        // Empty unless traces are on (then "" marks an item without one).
+        let traced = batch.iter().any(|(_, _, trace)| !trace.is_empty());
+        let mut traces = Vec::with_capacity(if traced { n } else { 0 });
         let mut items = Vec::with_capacity(n);
         let mut senders = Vec::with_capacity(n);
-        let mut traces = Vec::with_capacity(n);
         for (item, tx, trace) in batch {
             items.push(item);
             senders.push(tx);
-            traces.push(trace);
-        }
-        if traces.iter().all(String::is_empty) {
-            traces.clear();
+            if traced {
+                traces.push(trace);
+            }
         }
         // With traces on: this request's own span, in its first item's
         // trace and linking every item's (wallet_shared::traces).
