@@ -154,7 +154,11 @@ pub async fn request_span(mut req: Request, next: Next) -> Response {
         span.record("otel.name", name.as_str());
         span.record("otel.kind", "server");
     }
-    let trace_id = match crate::traces::continue_trace(&span, traceparent) {
+    // Only the public API's requests start a trace; probes, scrapes and
+    // internal calls join the caller's or are not exported.
+    let path = req.uri().path();
+    let may_start = !crate::signing::OPEN_PATHS.contains(&path) && !path.starts_with("/internal/");
+    let trace_id = match crate::traces::continue_trace(&span, traceparent, may_start) {
         Some(id) => id,
         None => traceparent
             .and_then(trace_id_of)

@@ -229,14 +229,37 @@ pub fn current_traceparent() -> Option<String> {
 
 /// Makes `span` (not yet entered) continue the trace of an incoming
 /// `traceparent`, and returns the trace id it is in, when traces are on.
-pub fn continue_trace(span: &Span, traceparent: Option<&str>) -> Option<String> {
+/// Without one it starts a trace only if `may_start`: else it is in a
+/// trace of its own that is not exported (nor is anything under it), so
+/// probes, scrapes and internal calls that come without a trace (a feed's
+/// polls, recovery's scans) do not fill the collector.
+pub fn continue_trace(span: &Span, traceparent: Option<&str>, may_start: bool) -> Option<String> {
     if !is_on() {
         return None;
     }
-    if let Some(parent) = traceparent.and_then(remote) {
+    let parent = match traceparent.and_then(remote) {
+        Some(parent) => Some(parent),
+        None if !may_start => Some(unsampled()),
+        None => None,
+    };
+    if let Some(parent) = parent {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     }
     span_context(span).map(|cx| format!("{:032x}", cx.trace_id()))
+}
+
+/// A remote parent in a new trace, not sampled: what is under it is not
+/// exported (the SDK's default sampler follows the parent).
+fn unsampled() -> SpanContext {
+    let trace = uuid::Uuid::new_v4().as_u128();
+    let span = uuid::Uuid::new_v4().as_u64_pair().0;
+    SpanContext::new(
+        TraceId::from(trace),
+        SpanId::from(span),
+        TraceFlags::default(),
+        true,
+        TraceState::default(),
+    )
 }
 
 /// The span of one request carrying many items to a participant (a

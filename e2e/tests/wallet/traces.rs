@@ -3,6 +3,7 @@
 //! participant's under the client's trace id, each span's parent one of
 //! them (or the client's span). The test is the collector: a small OTLP/HTTP
 //! receiver decoding the protobuf the services post to `/v1/traces`.
+//! Probes, scrapes and internal calls without a trace export nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -322,4 +323,41 @@ async fn one_transfer_is_one_trace_across_the_coordinator_and_every_participant(
         shared >= 2,
         "24 concurrent transfers between two nodes never shared a batch"
     );
+
+    // Probes and scrapes start no trace, nor do internal calls that come
+    // without one (recovery's scans, every 200 ms here): every exported
+    // participant span is in a trace a coordinator began (a public request,
+    // or recovery's work on one transfer).
+    for url in [t.cluster.coordinator_url(0), t.cluster.participant_url(0)] {
+        for path in ["/readyz", "/livez", "/metrics"] {
+            let r = t.http.get(format!("{url}{path}")).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{url}{path}");
+        }
+    }
+    // Past a few export rounds (every 100 ms), what would have come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = got.lock().unwrap().clone();
+    // A coordinator span ends after the participant spans under it: read
+    // them a few export rounds later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = got.lock().unwrap().clone();
+    let coordinated: HashSet<&str> = later
+        .iter()
+        .filter(|s| s.service == "coordinator")
+        .map(|s| s.trace.as_str())
+        .collect();
+    for s in &all {
+        assert!(
+            !["/readyz", "/livez", "/metrics", "/health"]
+                .iter()
+                .any(|p| s.name.ends_with(p)),
+            "a probe was traced: {s:?}"
+        );
+        if s.service == "participant" {
+            assert!(
+                coordinated.contains(s.trace.as_str()),
+                "a participant span in no coordinator's trace: {s:?}"
+            );
+        }
+    }
 }
