@@ -18,6 +18,11 @@
 #                  SCHEMATHESIS_EXAMPLES cases per operation (default 300)
 # make chaos       the chaos suite, release build, CHAOS_SECONDS of faults (default 600);
 #                  history, report and logs in target/chaos/<date>/
+# make chaos-containers  the same suite with each node its own container (docker-compose.yml as
+#                  project wallet-chaos on ports 18080-19100, beside make compose-up): faults are
+#                  docker kill, docker pause and docker network disconnect; CHAOS_SECONDS, CHAOS_ARGS
+#                  as above, CHAOS_PROFILE=debug for the debug build; compose down after.
+#                  Not part of make test.
 
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
@@ -29,11 +34,18 @@ SIM_FIRST ?= 1
 # (e.g. CHAOS_ARGS='--seed 7 --clients 32'; `chaos --help` lists them)
 CHAOS_SECONDS ?= 600
 CHAOS_ARGS ?=
+# make chaos-containers: the build the images get (release or debug), and the
+# compose project it runs as (its own name and ports).
+CHAOS_PROFILE ?= release
+CHAOS_COMPOSE_ENV = COMPOSE_PROJECT_NAME=wallet-chaos WALLET_IMAGE=wallet:chaos \
+	WALLET_COORDINATOR_1_PORT=18080 WALLET_COORDINATOR_2_PORT=18081 WALLET_ETCD_PORT=12379 \
+	WALLET_POSTGRES_1_PORT=15433 WALLET_POSTGRES_2_PORT=15434 WALLET_POSTGRES_3_PORT=15435 \
+	WALLET_PROJECTOR_PORT=19100 WALLET_PROMETHEUS_PORT=19090
 FUZZ_SECONDS ?= 60
 SCHEMATHESIS_EXAMPLES ?= 300
 FUZZ_TARGETS = amount ids cursor internal_messages
 
-.PHONY: fuzz deps compose-deps k8s-check build run test sim chaos bench move-under-load clean-data compose-up compose-down
+.PHONY: fuzz deps compose-deps k8s-check build run test sim chaos chaos-containers bench move-under-load clean-data compose-up compose-down
 
 deps:
 	scripts/ensure-deps.sh
@@ -54,6 +66,19 @@ test: compose-deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
+
+chaos-containers: compose-deps
+	$(CARGO) build $(if $(filter debug,$(CHAOS_PROFILE)),,--release) -p chaos
+	@out=$(TARGET_DIR)/chaos/containers-$$(date +%Y%m%d-%H%M%S); mkdir -p $$out; \
+	export $(CHAOS_COMPOSE_ENV); \
+	scripts/compose.sh up $(if $(filter debug,$(CHAOS_PROFILE)),--debug,) || exit 2; \
+	echo "chaos in containers: $(CHAOS_SECONDS) s of faults; log in $$out/chaos.log"; \
+	$(TARGET_DIR)/$(CHAOS_PROFILE)/chaos --containers --duration $(CHAOS_SECONDS) --out $$out $(CHAOS_ARGS) >$$out/chaos.log 2>&1; \
+	rc=$$?; \
+	scripts/compose.sh logs --no-color >$$out/compose.log 2>&1; \
+	scripts/compose.sh down; \
+	if [ -f $$out/report.txt ]; then cat $$out/report.txt; else tail -n 30 $$out/chaos.log; fi; \
+	exit $$rc
 
 bench: deps
 	scripts/ensure-deps.sh --bench

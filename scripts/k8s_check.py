@@ -34,8 +34,9 @@ REQUIRED_KEYS = {"participant": {"node_id"}}
 # Environment variables of the image's entrypoint roles (docker/entrypoint.sh),
 # not config keys.
 # Config keys documented but commented out in config/<service>.toml (no
-# default), valid for every service and walletctl (the init job).
-OPTIONAL_KEYS = {"cluster_secret_file"}
+# default): the cluster secret's file, valid for every service and walletctl
+# (the init job), and where traces go (every service).
+OPTIONAL_KEYS = {"cluster_secret_file", "otlp_endpoint"}
 # Roles that need the cluster secret, and where compose mounts it.
 SECRET_ROLES = ("init", *SERVICES)
 COMPOSE_SECRET = "cluster-secret"

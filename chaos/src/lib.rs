@@ -14,10 +14,13 @@
 //! History, report and the cluster's logs go to one folder.
 //!
 //! The same code serves the `chaos` binary (`make chaos`) and the short
-//! version in `make test`.
+//! version in `make test`. [`containers`] runs the same clients and checks
+//! against the compose cluster, every node its own container, with docker's
+//! faults (`make chaos-containers`).
 
 pub mod audit;
 pub mod checker;
+pub mod containers;
 pub mod history;
 pub mod nemesis;
 pub mod report;

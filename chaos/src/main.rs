@@ -8,6 +8,7 @@
 //! ```text
 //! make chaos                                   # release build, 10 minutes
 //! target/release/chaos --duration 60 --seed 7  # replays seed 7's choices
+//! make chaos-containers                        # each node its own container (docker faults)
 //! ```
 
 use std::path::PathBuf;
@@ -60,6 +61,12 @@ struct Args {
     /// Keep the databases' data even when nothing was found.
     #[arg(long)]
     keep_data: bool,
+    /// Run against the compose cluster that is up (`scripts/compose.sh up`;
+    /// its project and ports from COMPOSE_PROJECT_NAME and WALLET_*_PORT),
+    /// each node its own container, with docker's faults: kill, pause,
+    /// network disconnect. Run it from the workspace.
+    #[arg(long)]
+    containers: bool,
 }
 
 #[tokio::main]
@@ -95,7 +102,14 @@ async fn main() -> ExitCode {
         args.duration,
         config.out.display()
     );
-    match chaos::run(&config).await {
+    let run = if args.containers {
+        let root = std::env::current_dir().unwrap_or_default();
+        let compose = chaos::containers::Compose::from_env(root);
+        chaos::containers::run(&config, &compose).await
+    } else {
+        chaos::run(&config).await
+    };
+    match run {
         Ok(report) => {
             println!("{}", report.summary());
             if report.anomaly_count() == 0 {

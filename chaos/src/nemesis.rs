@@ -58,7 +58,7 @@ pub async fn run(
         if until.reached() {
             return Ok(faults);
         }
-        let kind = FaultKind::ALL[rng.usize(..FaultKind::ALL.len())];
+        let kind = FaultKind::IN_PROCESS[rng.usize(..FaultKind::IN_PROCESS.len())];
         let span = schedule.hold_max.saturating_sub(schedule.hold_min);
         let hold = schedule.hold_min + span.mul_f64(rng.f64());
         let start_ms = clock.now_ms();
@@ -127,6 +127,7 @@ async fn inject(
             hold_link(proxy, kind == CutEtcd, hold).await
         }
         MovePartition => move_partition(cluster, rng, hold).await,
+        Disconnect => bail!("a disconnect is a fault of the containers mode (containers.rs)"),
     }
 }
 
@@ -172,7 +173,7 @@ async fn move_partition(
     }
     let child = first.spawn().context("starting walletctl")?;
     let during = rng.bool().then(|| loop {
-        let kind = FaultKind::ALL[rng.usize(..FaultKind::ALL.len())];
+        let kind = FaultKind::IN_PROCESS[rng.usize(..FaultKind::IN_PROCESS.len())];
         if kind != FaultKind::MovePartition {
             break kind;
         }

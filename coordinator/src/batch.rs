@@ -44,9 +44,12 @@ pub trait Kind: Send + Sync + 'static {
     fn answers(reply: Self::Reply, n: usize) -> Vec<Self::Answer>;
 }
 
+/// An item, where its answer goes, and the `traceparent` of the span that
+/// submitted it ("" when traces are off).
 type Waiting<K> = (
     <K as Kind>::Item,
     oneshot::Sender<Result<<K as Kind>::Answer, CallError>>,
+    String,
 );
 
 struct Lane<K: Kind> {
@@ -98,6 +101,7 @@ impl<K: Kind> Batcher<K> {
         items: Vec<K::Item>,
     ) -> Vec<Result<K::Answer, CallError>> {
         let map = self.participants.map.current();
+        let trace = wallet_shared::traces::current_traceparent().unwrap_or_default();
         let mut waits = Vec::with_capacity(items.len());
         let mut start = Vec::new();
         {
@@ -125,7 +129,7 @@ impl<K: Kind> Batcher<K> {
                 }
                 let (tx, rx) = oneshot::channel();
                 waits.push(Ok(rx));
-                lane.queue.push((item, tx));
+                lane.queue.push((item, tx, trace.clone()));
                 if !start.contains(&node) {
                     start.push(node);
                 }
@@ -181,13 +185,28 @@ impl<K: Kind> Batcher<K> {
         metrics::histogram!("wallet_batch_items", "lane" => lane, "node" => node.to_string())
             .record(n as f64);
         let started = std::time::Instant::now();
-        let (items, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        // Empty unless traces are on (then "" marks an item without one).
+        let traced = batch.iter().any(|(_, _, trace)| !trace.is_empty());
+        let mut traces = Vec::with_capacity(if traced { n } else { 0 });
+        let mut items = Vec::with_capacity(n);
+        let mut senders = Vec::with_capacity(n);
+        for (item, tx, trace) in batch {
+            items.push(item);
+            senders.push(tx);
+            if traced {
+                traces.push(trace);
+            }
+        }
+        // With traces on: this request's own span, in its first item's
+        // trace and linking every item's (wallet_shared::traces).
+        let span = wallet_shared::traces::batch_span(lane, node, &traces);
         let mut partitions: Vec<PartitionId> = items.iter().flat_map(K::partitions).collect();
         partitions.sort_unstable();
         partitions.dedup();
         let reply = self
             .participants
-            .post::<K::Request, K::Reply>(&partitions, K::PATH, &K::request(items))
+            .post_items::<K::Request, K::Reply>(&partitions, K::PATH, &K::request(items), &traces)
+            .instrument(span)
             .await;
         metrics::histogram!("wallet_batch_request_duration_seconds", "lane" => lane, "node" => node.to_string())
             .record(started.elapsed().as_secs_f64());

@@ -197,9 +197,22 @@ impl Participants {
         path: &str,
         body: &Req,
     ) -> Result<Resp, CallError> {
+        self.post_items(partitions, path, body, &[]).await
+    }
+
+    /// POSTs a batch, its items' `traceparent`s beside it (`Routed::traces`;
+    /// empty when traces are off).
+    pub async fn post_items<Req: Serialize + Clone, Resp: DeserializeOwned>(
+        &self,
+        partitions: &[PartitionId],
+        path: &str,
+        body: &Req,
+        traces: &[String],
+    ) -> Result<Resp, CallError> {
         self.call(partitions, path, |url, rev| {
             let routed = Routed {
                 map_revision: rev,
+                traces: traces.to_vec(),
                 body: body.clone(),
             };
             let body = serde_json::to_vec(&routed)

@@ -12,7 +12,12 @@ async fn main() -> anyhow::Result<()> {
     let cfg: CoordinatorConfig =
         wallet_shared::config::load_from_args(coordinator::config::DEFAULTS)
             .context("loading coordinator config")?;
-    wallet_shared::telemetry::init_as("coordinator", cfg.log_format);
+    let traces = wallet_shared::telemetry::init_service(
+        "coordinator",
+        &cfg.listen_addr,
+        cfg.log_format,
+        cfg.otlp_endpoint.as_deref(),
+    )?;
     transfer::check_crash_hook(&cfg.crash_at)?;
     let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "coordinator")?;
     let tls =
@@ -95,5 +100,8 @@ async fn main() -> anyhow::Result<()> {
     };
     wallet_shared::server::serve(listener, router, limits, tls, stop, deadline).await;
     tracing::info!("stopped");
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
     Ok(())
 }

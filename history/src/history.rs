@@ -355,11 +355,34 @@ pub enum FaultKind {
     /// sometimes with another fault, or a crash of walletctl, in the middle;
     /// then run again until it is done.
     MovePartition,
+    /// A container (coordinator, participant, Postgres or etcd) taken off
+    /// the compose network (`docker network disconnect`), then put back:
+    /// the chaos suite's containers mode.
+    Disconnect,
 }
 
 impl FaultKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::KillCoordinator,
+        FaultKind::KillParticipant,
+        FaultKind::KillPostgres,
+        FaultKind::KillEtcd,
+        FaultKind::PauseCoordinator,
+        FaultKind::PauseParticipant,
+        FaultKind::PausePostgres,
+        FaultKind::PauseEtcd,
+        FaultKind::CutParticipant,
+        FaultKind::BlackholeParticipant,
+        FaultKind::CutEtcd,
+        FaultKind::BlackholeEtcd,
+        FaultKind::MovePartition,
+        FaultKind::Disconnect,
+    ];
+
+    /// The kinds the in-process nemesis injects (the containers mode
+    /// injects kills, pauses and disconnects with docker).
+    pub const IN_PROCESS: [FaultKind; 13] = [
         FaultKind::KillCoordinator,
         FaultKind::KillParticipant,
         FaultKind::KillPostgres,
@@ -391,6 +414,7 @@ impl FaultKind {
             FaultKind::CutEtcd => "cut_etcd",
             FaultKind::BlackholeEtcd => "blackhole_etcd",
             FaultKind::MovePartition => "move_partition",
+            FaultKind::Disconnect => "disconnect",
         }
     }
 }

@@ -122,7 +122,9 @@ pub async fn run_to_completion(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    match tokio::spawn(next.run(req)).await {
+    // In the request's span: its log lines carry the request id and trace.
+    let work = tracing::Instrument::in_current_span(next.run(req));
+    match tokio::spawn(work).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(error = %e, "request task failed");

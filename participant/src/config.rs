@@ -14,6 +14,9 @@ pub struct ParticipantConfig {
     pub listen_addr: String,
     /// Log lines as text or JSON.
     pub log_format: wallet_shared::telemetry::LogFormat,
+    /// Where spans are exported over OTLP/HTTP; unset: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// On SIGTERM, the longest wait for requests in flight.
     pub shutdown_grace_ms: u64,
     /// The node's Postgres database.

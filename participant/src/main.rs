@@ -13,7 +13,12 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ParticipantConfig =
         wallet_shared::config::load_from_args(participant::config::DEFAULTS)
             .context("loading participant config")?;
-    wallet_shared::telemetry::init_as("participant", cfg.log_format);
+    let traces = wallet_shared::telemetry::init_service(
+        "participant",
+        &cfg.node_id,
+        cfg.log_format,
+        cfg.otlp_endpoint.as_deref(),
+    )?;
     // No open participant by accident: without the secret, nothing starts.
     let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "participant")?;
     let verifier = wallet_shared::signing::Verifier::new(
@@ -82,6 +87,9 @@ async fn main() -> anyhow::Result<()> {
     };
     wallet_shared::server::serve(listener, router, limits, None, stop, deadline).await;
     tracing::info!("stopped");
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
     Ok(())
 }
 

@@ -92,7 +92,7 @@ pub fn router(mover: Mover) -> Router {
 /// Fences read at start: a fence outlives the process.
 pub async fn load_fences(store: &PgStore) -> anyhow::Result<FenceMap> {
     let rows = sqlx::query("SELECT partition, state, target, deadline FROM partition_fences")
-        .fetch_all(&store.pool)
+        .fetch_all(&mut *store.acquire().await?)
         .await?;
     let mut fences = FenceMap::new();
     for r in rows {
@@ -197,7 +197,7 @@ async fn fence(
     .bind(next.state.as_str())
     .bind(&next.to)
     .bind(next.deadline)
-    .execute(&app.store.pool)
+    .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
     .await
     .map_err(StoreError::from)?;
     tracing::info!(partition = p, state = next.state.as_str(), to = %next.to, "partition fenced");
@@ -220,7 +220,7 @@ async fn release(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResul
 async fn lift_fence(app: &App<PgStore>, fences: &mut FenceMap, p: PartitionId) -> ApiResult<()> {
     sqlx::query("DELETE FROM partition_fences WHERE partition = $1")
         .bind(p as i32)
-        .execute(&app.store.pool)
+        .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
         .await
         .map_err(StoreError::from)?;
     fences.remove(&p);
@@ -254,7 +254,7 @@ async fn mark(
     let mark: i64 = {
         let _quiet = app.fences.write().await;
         sqlx::query_scalar("SELECT last_value FROM row_changes")
-            .fetch_one(&app.store.pool)
+            .fetch_one(&mut *app.store.acquire().await.map_err(StoreError::from)?)
             .await
             .map_err(StoreError::from)?
     };
@@ -270,7 +270,7 @@ async fn mark(
         .bind(p as i32)
         .bind(after)
         .bind(upto)
-        .fetch_one(&app.store.pool)
+        .fetch_one(&mut *app.store.acquire().await.map_err(StoreError::from)?)
         .await
         .map_err(StoreError::from)?;
         left.insert(table.to_string(), n);
@@ -316,7 +316,7 @@ async fn rows(
     .bind(q.after)
     .bind(q.upto)
     .bind(limit)
-    .fetch_one(&m.app.store.pool)
+    .fetch_one(&mut *m.app.store.acquire().await.map_err(StoreError::from)?)
     .await
     .map_err(StoreError::from)?;
     Ok(Json(RowsChunk {
@@ -333,7 +333,7 @@ async fn summary(
     State(m): State<Mover>,
     Path(p): Path<PartitionId>,
 ) -> ApiResult<Json<PartitionSummary>> {
-    let mut conn = m.app.store.pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = m.app.store.acquire().await.map_err(StoreError::from)?;
     Ok(Json(summarize(&mut conn, p).await?))
 }
 
@@ -407,7 +407,7 @@ async fn copy_begin(
         .map_err(map_unavailable)?;
     let fences = app.fences.read().await;
     not_ours(app, &map, &fences, p)?;
-    let mut conn = app.store.pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = app.store.acquire().await.map_err(StoreError::from)?;
     let older = match copy_state(&mut conn, p).await? {
         Some(s) if (&s.from, &s.move_id) == (&req.from, &req.move_id) => return Ok(Json(s)),
         Some(_) => true,
@@ -487,7 +487,7 @@ async fn copy_rows(
     }
     let fences = app.fences.read().await;
     not_ours(app, &app.map.current(), &fences, p)?;
-    let mut tx = app.store.pool.begin().await.map_err(StoreError::from)?;
+    let mut tx = app.store.begin().await.map_err(StoreError::from)?;
     sqlx::query("SELECT 1 FROM partition_copies WHERE partition = $1 FOR UPDATE")
         .bind(p as i32)
         .execute(&mut *tx)
@@ -572,7 +572,7 @@ async fn copy_finish(
     let app = &m.app;
     let mut fences = app.fences.write().await;
     not_ours(app, &app.map.current(), &fences, p)?;
-    let mut conn = app.store.pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = app.store.acquire().await.map_err(StoreError::from)?;
     match copy_state(&mut conn, p).await? {
         Some(s) if s.move_id == req.move_id => {}
         _ => {
@@ -627,7 +627,7 @@ async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResul
             ))
             .bind(p as i32)
             .bind(DROP_BATCH)
-            .execute(&app.store.pool)
+            .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
             .await
             .map_err(StoreError::from)?
             .rows_affected() as i64;
@@ -645,7 +645,7 @@ async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResul
     }
     sqlx::query("DELETE FROM partition_copies WHERE partition = $1")
         .bind(p as i32)
-        .execute(&app.store.pool)
+        .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
         .await
         .map_err(StoreError::from)?;
     if dropped > 0 {

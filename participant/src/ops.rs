@@ -87,5 +87,6 @@ fn record(v: &Vitals) {
         ::metrics::gauge!("wallet_db_pool_connections", "state" => "in_use").set(pool.in_use);
         ::metrics::gauge!("wallet_db_pool_connections", "state" => "idle").set(pool.idle);
         ::metrics::gauge!("wallet_db_pool_max_connections").set(pool.max);
+        ::metrics::gauge!("wallet_db_pool_waiting").set(pool.waiting);
     }
 }

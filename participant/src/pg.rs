@@ -3,11 +3,14 @@
 //! on them) and writes back its changes set-based (`UNNEST`), one statement
 //! per table, whatever the number of items in the batch.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
 use wallet_shared::protocol::{
     Event, EventKind, FeedEntry, LegState, RecordKind, Snapshot, TransferRecord, TransferSpec,
@@ -30,9 +33,47 @@ pub struct PgStore {
     pub pool: PgPool,
     /// Snapshot every account's balance at every this many events (0: never).
     pub snapshot_every: i64,
+    /// Acquires of a connection in progress ([`PgStore::acquire`]): the
+    /// pool's waiting count in `/metrics` (sqlx does not expose its own).
+    waiting: Arc<AtomicU32>,
+}
+
+/// Counts one acquire in progress while it lives (a cancelled acquire too).
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PgStore {
+    /// A connection of the pool, counted as waiting until it is handed
+    /// over. Everything here but the operators' audit takes its
+    /// connections this way, so the count is what waits for the pool.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let _waiting = Waiting::enter(&self.waiting);
+        self.pool.acquire().await
+    }
+
+    /// A transaction on a connection taken as [`PgStore::acquire`] does.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let _waiting = Waiting::enter(&self.waiting);
+        self.pool.begin().await
+    }
+
+    /// Acquires of a connection in progress now.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Connects (retrying while Postgres starts) and applies the migrations.
     pub async fn connect(cfg: &ParticipantConfig) -> anyhow::Result<Self> {
         let timeout = format!("{}ms", cfg.statement_timeout_ms);
@@ -55,6 +96,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             snapshot_every: cfg.snapshot_every,
+            waiting: Arc::default(),
         })
     }
 
@@ -67,7 +109,7 @@ impl PgStore {
     /// in the order they committed: the later one inserted after the earlier
     /// one committed). Returns how many rows (transactions) it numbered.
     pub async fn publish(&self, limit: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // An advisory lock rather than a row lock: an idle round writes nothing.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(PUBLISHER_LOCK)
@@ -125,7 +167,7 @@ impl Store for PgStore {
         T: Send,
         F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut w = load(&mut tx, keys).await?;
         w.snapshot_every = self.snapshot_every;
         let out = rules(&mut w)?;
@@ -146,7 +188,7 @@ impl Store for PgStore {
         let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transaction_id = $1");
         let row = sqlx::query(&sql)
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?;
         row.as_ref()
             .map(|r| transfer_from_row(r).map(|t| t.record))
@@ -173,7 +215,7 @@ impl Store for PgStore {
             .bind(now)
             .bind(settled_before)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(transfer_from_row)
@@ -186,7 +228,7 @@ impl Store for PgStore {
         let legs = sqlx::query(&sql)
             .bind(settled_before)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(leg_from_row)
@@ -208,7 +250,7 @@ impl Store for PgStore {
         let transfers = sqlx::query(&sql)
             .bind(&partitions)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(transfer_from_row)
@@ -221,7 +263,7 @@ impl Store for PgStore {
         let legs = sqlx::query(&sql)
             .bind(&partitions)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(leg_from_row)
@@ -233,7 +275,7 @@ impl Store for PgStore {
         let sql = format!("SELECT {LEG_COLUMNS} FROM legs WHERE transaction_id = $1 ORDER BY role");
         sqlx::query(&sql)
             .bind(id.0)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(leg_from_row)
@@ -268,6 +310,7 @@ impl Store for PgStore {
             pool: Some(crate::store::PoolStats {
                 in_use: size.saturating_sub(idle),
                 idle,
+                waiting: self.waiting(),
                 max: self.pool.options().get_max_connections(),
             }),
         })
@@ -285,7 +328,7 @@ impl Store for PgStore {
              FROM a FULL JOIN l USING (partition) FULL JOIN t USING (partition)
              ORDER BY partition",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -303,7 +346,7 @@ impl Store for PgStore {
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
         let row = sqlx::query(&sql)
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?;
         row.as_ref().map(account_from_row).transpose()
     }
@@ -329,7 +372,7 @@ impl Store for PgStore {
         .bind(limit)
         .bind(until)
         .bind(kinds)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -363,14 +406,14 @@ impl Store for PgStore {
         )
         .bind(id.as_str())
         .bind(as_of)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM snapshots WHERE account_id = $1 AND at > $2 ORDER BY seq LIMIT 1",
         )
         .bind(id.as_str())
         .bind(as_of)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok((before.as_ref().map(snapshot_from_row).transpose()?, next))
     }
@@ -381,7 +424,7 @@ impl Store for PgStore {
              WHERE account_id = $1 ORDER BY seq",
         )
         .bind(id.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?
         .iter()
         .map(snapshot_from_row)
@@ -400,7 +443,7 @@ impl Store for PgStore {
         sqlx::query(&sql)
             .bind(after.map(|a| a.as_str()))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(account_from_row)
@@ -411,7 +454,7 @@ impl Store for PgStore {
         // The head first: every position up to it is published, so the page
         // below is never behind the head it is returned with.
         let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.acquire().await?)
             .await?;
         // From the row that holds position `after + 1` (rows' ranges are
         // contiguous), at most `limit` rows: each holds at least one entry.
@@ -425,7 +468,7 @@ impl Store for PgStore {
         .bind(after)
         .bind(limit)
         .bind(head)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         let mut entries = Vec::new();
         'rows: for (first, body) in rows {

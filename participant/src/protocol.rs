@@ -39,6 +39,8 @@ async fn begin<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<BeginRequest>>,
 ) -> ApiResult<Json<BeginReply>> {
+    // Each item's span, in its own trace (wallet_shared::traces).
+    let _traced = wallet_shared::traces::item_spans("begin", &req.traces);
     let items = req.body.transfers;
     let _pass = app
         .admit(
@@ -64,6 +66,8 @@ async fn decide<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<DecideRequest>>,
 ) -> ApiResult<Json<DecideReply>> {
+    // Each item's span, in its own trace (wallet_shared::traces).
+    let _traced = wallet_shared::traces::item_spans("decide", &req.traces);
     let items = req.body.decisions;
     let _pass = app
         .admit(
@@ -89,6 +93,8 @@ async fn complete<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<CompleteRequest>>,
 ) -> ApiResult<StatusCode> {
+    // Each item's span, in its own trace (wallet_shared::traces).
+    let _traced = wallet_shared::traces::item_spans("complete", &req.traces);
     let items = req.body.transfers;
     let _pass = app
         .admit(
@@ -116,6 +122,8 @@ async fn execute<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<ExecuteBatch>>,
 ) -> ApiResult<Json<ExecuteReply>> {
+    // Each item's span, in its own trace (wallet_shared::traces).
+    let _traced = wallet_shared::traces::item_spans("execute", &req.traces);
     let items = req.body.transfers;
     for e in &items {
         for leg in &e.legs {
@@ -169,6 +177,8 @@ async fn prepare<S: Store>(
     State(app): State<App<S>>,
     Json(req): Json<Routed<LegsRequest>>,
 ) -> ApiResult<Json<PrepareReply>> {
+    // Each item's span, in its own trace (wallet_shared::traces).
+    let _traced = wallet_shared::traces::item_spans("prepare", &req.traces);
     let items = req.body.legs;
     let _pass = app.admit_legs(req.map_revision, Work::New, &items).await?;
     let votes = app
@@ -189,6 +199,11 @@ async fn finish<S: Store>(
     req: Routed<LegsRequest>,
     how: Finish,
 ) -> ApiResult<Json<LegsReply>> {
+    let lane = match how {
+        Finish::Commit => "commit",
+        Finish::Abort => "abort",
+    };
+    let _traced = wallet_shared::traces::item_spans(lane, &req.traces);
     let items = req.body.legs;
     let _pass = app
         .admit_legs(req.map_revision, Work::Finish, &items)

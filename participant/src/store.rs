@@ -29,7 +29,8 @@ pub struct Vitals {
     pub oldest_leg: Option<DateTime<Utc>>,
     /// The last position the change feed handed out.
     pub feed_head: i64,
-    /// Connections: in use, idle, and the most the pool opens (Postgres only).
+    /// Connections: in use, idle, the most the pool opens, and the acquires
+    /// waiting for one (Postgres only).
     pub pool: Option<PoolStats>,
 }
 
@@ -39,6 +40,8 @@ pub struct PoolStats {
     pub in_use: u32,
     pub idle: u32,
     pub max: u32,
+    /// Acquires of a connection in progress: work waiting for the pool.
+    pub waiting: u32,
 }
 
 /// Whether a local transaction's commit waits for the disk.

@@ -13,6 +13,9 @@ pub struct ProjectorConfig {
     pub listen_addr: String,
     /// Log lines as text or JSON.
     pub log_format: wallet_shared::telemetry::LogFormat,
+    /// Where spans are exported over OTLP/HTTP; unset: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// The projector's own database (the query side).
     pub database_url: String,
     pub statement_timeout_ms: u64,

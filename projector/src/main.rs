@@ -10,7 +10,12 @@ use projector::{status, Follower, Projections};
 async fn main() -> anyhow::Result<()> {
     let cfg: ProjectorConfig = wallet_shared::config::load_from_args(projector::config::DEFAULTS)
         .context("loading projector config")?;
-    wallet_shared::telemetry::init_as("projector", cfg.log_format);
+    let traces = wallet_shared::telemetry::init_service(
+        "projector",
+        &cfg.listen_addr,
+        cfg.log_format,
+        cfg.otlp_endpoint.as_deref(),
+    )?;
     let secret = wallet_shared::signing::required(cfg.cluster_secret()?, "projector")?;
     wallet_shared::metrics::install().context("installing the metrics recorder")?;
     let projections = Projections::connect(
@@ -52,5 +57,8 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(wallet_shared::telemetry::shutdown_signal())
         .await?;
     following.await?;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod server;
 pub mod signing;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 
 pub use error::{ErrorCode, Rejection};
 pub use ids::{AccountId, TransactionId};

@@ -38,6 +38,12 @@ use crate::partition::PartitionId;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Routed<T> {
     pub map_revision: i64,
+    /// With traces on, the W3C `traceparent` of each item of a batch, in
+    /// order ("" for an item without one): the span that submitted it, so
+    /// the participant's work on the item joins the item's own trace (see
+    /// `wallet_shared::traces`). Absent when traces are off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<String>,
     #[serde(flatten)]
     pub body: T,
 }

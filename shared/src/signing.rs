@@ -113,8 +113,9 @@ pub fn sign(secret: &Secret, request: &mut reqwest::Request) {
 }
 
 /// Sends `builder` signed with `secret` (unsigned if there is none: the
-/// receiver then refuses any internal route). The one way every service,
-/// walletctl and the tests call a participant.
+/// receiver then refuses any internal route), carrying the current span's
+/// `traceparent` when traces are on. The one way every service, walletctl
+/// and the tests call a participant.
 pub async fn send(
     secret: Option<&Secret>,
     builder: reqwest::RequestBuilder,
@@ -123,6 +124,12 @@ pub async fn send(
     let mut request = request?;
     if let Some(secret) = secret {
         sign(secret, &mut request);
+    }
+    // The trace goes on with the call (unsigned: it changes no meaning).
+    if let Some(traceparent) = crate::traces::current_traceparent() {
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            request.headers_mut().insert(crate::traces::TRACEPARENT, v);
+        }
     }
     client.execute(request).await
 }

@@ -1,5 +1,6 @@
 //! Logs: `tracing`, one line per event, level from `RUST_LOG` (default
-//! info), as text or as JSON (`log_format`); the span every request runs in
+//! info), as text or as JSON (`log_format`); traces by configuration
+//! (`otlp_endpoint`, see [`crate::traces`]); the span every request runs in
 //! (its request id and trace id); and the shutdown signal both services stop
 //! on.
 
@@ -31,22 +32,71 @@ pub fn init(component: &str) {
 
 /// Logs in the format of the service's `log_format`.
 pub fn init_as(component: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn,hyper=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.compact().try_init(),
-        LogFormat::Json => builder
+    let _ = init_service(component, component, format, None);
+}
+
+/// The default log filter when `RUST_LOG` is not set; the spans exported as
+/// traces always follow it, whatever `RUST_LOG` says of the log lines.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,tower=warn,hyper=warn";
+
+/// A service's logs in its `log_format`, and its spans exported as traces
+/// to `otlp_endpoint` when it is set (see [`crate::traces`]; `instance`
+/// names this process among the service's, e.g. a participant's node id).
+/// The exporter returned flushes the last spans on
+/// [`crate::traces::Exporter::shutdown`]. Must run inside the service's
+/// Tokio runtime when `otlp_endpoint` is set.
+pub fn init_service(
+    component: &str,
+    instance: &str,
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Option<crate::traces::Exporter>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    let logs: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .compact()
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_target(false)
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    let (exporter, tracer) = match otlp_endpoint.filter(|e| !e.trim().is_empty()) {
+        Some(endpoint) => {
+            let (exporter, tracer) = crate::traces::exporter(component, instance, endpoint)?;
+            (Some(exporter), Some(tracer))
+        }
+        None => (None, None),
+    };
+    let spans = tracer.map(|tracer| {
+        let targets: tracing_subscriber::filter::Targets =
+            DEFAULT_FILTER.parse().expect("a valid filter");
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(targets)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
     tracing::info!(component, version = env!("CARGO_PKG_VERSION"), "starting");
+    if let Some(endpoint) = otlp_endpoint.filter(|_| exporter.is_some()) {
+        tracing::info!(
+            endpoint = %crate::traces::traces_url(endpoint),
+            "exporting traces over OTLP/HTTP"
+        );
+    }
     let ignored = crate::config::ignored_env();
     if !ignored.is_empty() {
         tracing::warn!(
@@ -54,6 +104,7 @@ pub fn init_as(component: &str, format: LogFormat) {
             "WALLET_* environment variables that are no setting of this service are ignored"
         );
     }
+    Ok(exporter)
 }
 
 /// The header carrying a request's id, taken from the client when it sends
@@ -79,21 +130,41 @@ pub async fn request_span(mut req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let trace_id = req
+    let traceparent = req
         .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(trace_id_of)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .get(crate::traces::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
     let span = tracing::info_span!(
         "request",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         request_id = %request_id,
-        trace_id = %trace_id,
+        trace_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.uri().path(),
         // Filled in by a handler that learns it (a transfer's).
         transaction_id = tracing::field::Empty,
     );
+    // With traces on, the span continues the client's trace (or starts
+    // one) and its trace id is the one exported; else the client's trace
+    // id, or a new one, only marks the log lines.
+    if crate::traces::is_on() {
+        // Before the span is started: its name and kind are fixed then.
+        let name = format!("{} {}", req.method(), req.uri().path());
+        span.record("otel.name", name.as_str());
+        span.record("otel.kind", "server");
+    }
+    // Only the public API's requests start a trace; probes, scrapes and
+    // internal calls join the caller's or are not exported.
+    let path = req.uri().path();
+    let may_start = !crate::signing::OPEN_PATHS.contains(&path) && !path.starts_with("/internal/");
+    let trace_id = match crate::traces::continue_trace(&span, traceparent, may_start) {
+        Some(id) => id,
+        None => traceparent
+            .and_then(trace_id_of)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+    };
+    span.record("trace_id", tracing::field::display(&trace_id));
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -113,22 +184,7 @@ pub async fn request_span(mut req: Request, next: Next) -> Response {
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if
 /// it is well formed and not all zeros.
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.trim().split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if parts.len() < 4 || !hex(parts[0], 2) || parts[0] == "ff" {
-        return None;
-    }
-    if parts[0] == "00" && parts.len() != 4 {
-        return None;
-    }
-    let (trace, parent) = (parts[1], parts[2]);
-    if !hex(trace, 32) || !hex(parent, 16) || !hex(parts[3], 2) {
-        return None;
-    }
-    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    Some(trace.to_ascii_lowercase())
+    crate::traces::parse_traceparent(traceparent).map(|(trace, _, _)| trace.to_ascii_lowercase())
 }
 
 /// For command-line tools: warnings and errors only on stderr (level from

@@ -46,6 +46,7 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
         if r == routes::MOVEMENTS {
             json!(Routed {
                 map_revision: t.map.revision,
+                traces: Vec::new(),
                 body: Movement {
                     transaction_id: TransactionId(uuid::Uuid::new_v4()),
                     kind: MovementKind::Deposit,

@@ -17,4 +17,5 @@ mod openapi;
 mod ops;
 mod support;
 mod tls;
+mod traces;
 mod walletctl;

@@ -47,6 +47,7 @@ async fn direct_deposit(
     let usd = Currency::parse("USD").unwrap();
     let m = Routed {
         map_revision,
+        traces: Vec::new(),
         body: Movement {
             transaction_id: TransactionId(uuid::Uuid::new_v4()),
             kind: MovementKind::Deposit,

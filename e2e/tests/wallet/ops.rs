@@ -102,6 +102,8 @@ async fn metrics_agree_with_the_traffic_sent() {
         let m = eventually(&t, &url, |m| {
             metric(m, "wallet_in_doubt_transfers", &[]) == Some(0.0)
                 && metric(m, "wallet_prepared_legs", &[]) == Some(0.0)
+                // At rest nothing waits for a connection.
+                && metric(m, "wallet_db_pool_waiting", &[]) == Some(0.0)
         })
         .await;
         assert_eq!(metric(&m, "wallet_db_up", &[]), Some(1.0), "{url}");
@@ -117,6 +119,11 @@ async fn metrics_agree_with_the_traffic_sent() {
         let idle = metric(&m, "wallet_db_pool_connections", &[("state", "idle")]);
         assert!(in_use.is_some() && idle.is_some(), "{url}: pool gauges");
         assert!(in_use.unwrap() + idle.unwrap() <= 32.0);
+        assert_eq!(
+            metric(&m, "wallet_db_pool_waiting", &[]),
+            Some(0.0),
+            "{url}"
+        );
         assert_eq!(
             metric(&m, "wallet_map_revision", &[]),
             Some(t.map.revision as f64)
