@@ -30,6 +30,9 @@ pub struct PgStore {
     pub pool: PgPool,
     /// Snapshot every account's balance at every this many events (0: never).
     pub snapshot_every: i64,
+    /// How long finished records are kept (`record_retention_secs`): the
+    /// audit does not judge what may have been pruned.
+    pub retention: Duration,
 }
 
 impl PgStore {
@@ -55,6 +58,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             snapshot_every: cfg.snapshot_every,
+            retention: cfg.retention().keep,
         })
     }
 
@@ -241,7 +245,8 @@ impl Store for PgStore {
     }
 
     async fn audit(&self, req: &AuditRequest) -> Result<NodeAudit, StoreError> {
-        crate::audit::run(&self.pool, req).await
+        let horizon = crate::retention::audit_horizon(Utc::now(), self.retention);
+        crate::audit::run(&self.pool, req, horizon).await
     }
 
     async fn vitals(&self) -> Result<crate::store::Vitals, StoreError> {
@@ -410,9 +415,20 @@ impl Store for PgStore {
     async fn feed(&self, after: i64, limit: i64) -> Result<(Vec<FeedEntry>, i64), StoreError> {
         // The head first: every position up to it is published, so the page
         // below is never behind the head it is returned with.
-        let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
-            .fetch_one(&self.pool)
-            .await?;
+        let (head, pruned): (i64, i64) =
+            sqlx::query_as("SELECT last_position, pruned_through FROM outbox_head")
+                .fetch_one(&self.pool)
+                .await?;
+        if after < pruned {
+            return Err(StoreError::Refused(Rejection::new(
+                ErrorCode::NotFound,
+                format!(
+                    "the feed is pruned through position {pruned} (behind its slowest \
+                     registered consumer): read from {pruned} on, after rebuilding from \
+                     the history (walletctl projections rebuild)"
+                ),
+            )));
+        }
         // From the row that holds position `after + 1` (rows' ranges are
         // contiguous), at most `limit` rows: each holds at least one entry.
         let rows: Vec<(i64, String)> = sqlx::query_as(
@@ -653,7 +669,7 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
             "UPDATE transfers t SET state = u.state, reason_code = u.reason_code,
                     reason_message = u.reason_message, lease_until = u.lease_until,
                     lease_owner = u.lease_owner, decided_at = u.decided_at, completed = u.completed,
-                    change_no = nextval('row_changes')
+                    updated_at = now(), change_no = nextval('row_changes')
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
                          $7::timestamptz[], $8::bool[])
                   AS u(transaction_id, state, reason_code, reason_message, lease_until, lease_owner,
