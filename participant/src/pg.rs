@@ -258,7 +258,9 @@ impl Store for PgStore {
                        AND role IN ('debit', 'credit')) AS prepared_legs,
                     (SELECT min(created_at) FROM legs WHERE state = 'prepared'
                        AND role IN ('debit', 'credit')) AS oldest_leg,
-                    (SELECT last_position FROM outbox_head) AS feed_head",
+                    (SELECT last_position FROM outbox_head) AS feed_head,
+                    (SELECT pruned_through FROM outbox_head) AS feed_pruned_through,
+                    (SELECT min(position) FROM feed_consumers) AS feed_slowest_consumer",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -270,6 +272,10 @@ impl Store for PgStore {
             prepared_legs: row.try_get("prepared_legs")?,
             oldest_leg: row.try_get("oldest_leg")?,
             feed_head: row.try_get::<Option<i64>, _>("feed_head")?.unwrap_or(0),
+            feed_pruned_through: row
+                .try_get::<Option<i64>, _>("feed_pruned_through")?
+                .unwrap_or(0),
+            feed_slowest_consumer: row.try_get("feed_slowest_consumer")?,
             pool: Some(crate::store::PoolStats {
                 in_use: size.saturating_sub(idle),
                 idle,

@@ -293,13 +293,29 @@ async fn the_outbox_is_pruned_behind_the_slowest_consumer_and_a_rebuild_after_it
     // A position below what is pruned cannot be registered.
     assert_eq!(acknowledge(&t, 1, "late", 0).await, 400);
 
-    // The slow reader leaves: node 1 prunes behind the projector too.
-    let url = format!(
-        "{}{}",
-        t.cluster.participant_url(0),
-        routes::FEED_CONSUMER.with("slow")
-    );
-    assert!(t.internal(t.http.delete(url)).await.status().is_success());
+    // What an operator sees: the slow reader and how far behind it is.
+    let samples = scrape(
+        &t.http,
+        &format!("{}/metrics", t.cluster.participant_url(0)),
+    )
+    .await;
+    let lag = metric(&samples, "wallet_feed_slowest_consumer_lag", &[]).unwrap();
+    assert!(lag > 0.0, "{lag}");
+    let listed = t.walletctl(&["feed", "consumers", "-o", "json"], &[]).await;
+    let rows = listed.expect(0).json();
+    let slow: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["consumer"] == "slow")
+        .collect();
+    assert_eq!(slow.len(), 1, "{rows}");
+    assert_eq!(slow[0]["node_id"], t.cluster.node_id(0));
+    assert!(slow[0]["behind"].as_i64().unwrap() > 0, "{rows}");
+
+    // The slow reader is dropped: node 1 prunes behind the projector too.
+    t.walletctl(&["feed", "drop", "slow"], &[]).await.expect(0);
+    t.walletctl(&["feed", "drop", "slow"], &[]).await.expect(4);
     wait_for("node 1 prunes once the slow reader left", async || {
         consumers(&t, 0).await.pruned_through > 0
     })
