@@ -349,3 +349,99 @@ async fn the_outbox_is_pruned_behind_the_slowest_consumer_and_a_rebuild_after_it
         .collect();
     assert_eq!(view, stored);
 }
+
+#[tokio::test]
+async fn a_move_under_load_while_the_pruner_runs_copies_a_whole_partition() {
+    let mut t = TestCluster::start_with(devcluster::ClusterOptions {
+        partitions: 8,
+        ..options(true, false)
+    })
+    .await;
+    let (a, b) = t.same_partition_pair("moving");
+    let others: Vec<String> = (1..3)
+        .map(|n| t.accounts_on(n, "still", 1).remove(0))
+        .collect();
+    let accounts: Vec<String> = [a.clone(), b.clone()].into_iter().chain(others).collect();
+    for x in &accounts {
+        t.open(x, "USD").await;
+        t.deposit(x, "500.00", "USD").await;
+    }
+    // Load on the moving partition (within it, and to and from the others)
+    // until the move is over, so that while it is copied some of its
+    // records leave the retention window.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api = t.api();
+    let load = {
+        let (stop, accounts) = (stop.clone(), accounts.clone());
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let from = &accounts[rng.usize(..2)];
+                let to = &accounts[rng.usize(..accounts.len())];
+                if from == to {
+                    continue;
+                }
+                let body =
+                    TestCluster::transfer_body(uuid::Uuid::new_v4(), from, to, "0.01", "USD");
+                api.post("/v1/wallet/balance_transfer", body).await;
+                sent += 1;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(RETENTION_SECS + 1)).await;
+    let p = t.partition_of(&a).to_string();
+    let from = t.cluster.node_id(t.node_of(&a));
+    let to = if from == "node-2" { "node-3" } else { "node-2" };
+    // Slowly, so that records leave the window while it is copied.
+    let args = [
+        "partitions",
+        "move",
+        &p,
+        "--to",
+        to,
+        "--rate",
+        "300",
+        "--chunk",
+        "20",
+        "--cutover-rows",
+        "50",
+    ];
+    let ctl = t.walletctl(&args, &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.await.unwrap() > 0);
+    ctl.expect(0);
+    t.reload_map().await;
+    assert_eq!(t.map.owners[t.partition_of(&a) as usize], to);
+
+    // Once settled, nothing is lost or doubled, and what was pruned is no
+    // anomaly.
+    let (mut audit, _) = chaos::audit::Audit::wait_settled(&t.databases(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    audit.pruned_before = Some(participant::retention::audit_horizon(
+        chrono::Utc::now(),
+        Duration::from_secs(RETENTION_SECS),
+    ));
+    audit.assert_settled();
+    t.walletctl(&["audit", "--older-than", "1"], &[])
+        .await
+        .expect(0);
+    let mut pruned = 0.0;
+    for i in 0..3 {
+        let samples = scrape(
+            &t.http,
+            &format!("{}/metrics", t.cluster.participant_url(i)),
+        )
+        .await;
+        pruned += metric(
+            &samples,
+            "wallet_pruned_rows_total",
+            &[("table", "transfers")],
+        )
+        .unwrap_or(0.0);
+    }
+    assert!(pruned > 0.0, "the pruner ran meanwhile");
+}
