@@ -568,4 +568,27 @@ mod tests {
         let (x, y) = (Deltas::of(&page[..3]), Deltas::of(&page[3..]));
         assert_eq!(x.ledger["USD"].posted + y.ledger["USD"].posted, usd.posted);
     }
+
+    /// What a rebuild read from the history is skipped in any node's feed:
+    /// an account's events up to its floor, aborted transfers read.
+    #[test]
+    fn the_feed_skips_exactly_what_the_history_gave() {
+        let floors: BTreeMap<String, i64> = [("a".to_string(), 5)].into();
+        let id = uuid::Uuid::from_u128(9);
+        let read: std::collections::BTreeSet<uuid::Uuid> = [id].into();
+        let event =
+            |account: &str, seq| entry(seq, FeedKind::Event(EventKind::Deposited), account, 1);
+        assert!(covered(&event("a", 5), &floors, &read));
+        assert!(!covered(&event("a", 6), &floors, &read));
+        assert!(
+            !covered(&event("b", 1), &floors, &read),
+            "no floor: not read"
+        );
+        let mut aborted = entry(1, FeedKind::TransferAborted, "a", 1);
+        assert!(!covered(&aborted, &floors, &read), "no id: never read");
+        aborted.transaction_id = Some(wallet_shared::TransactionId(id));
+        assert!(covered(&aborted, &floors, &read));
+        aborted.transaction_id = Some(wallet_shared::TransactionId(uuid::Uuid::from_u128(10)));
+        assert!(!covered(&aborted, &floors, &read));
+    }
 }
