@@ -744,6 +744,28 @@ mod tests {
         );
     }
 
+    /// Records pruned after the retention: at rest, a transaction whose
+    /// events are all older than the horizon may lack its record; a newer
+    /// one may not.
+    #[test]
+    fn a_record_pruned_before_the_horizon_is_no_anomaly_at_rest_but_a_newer_one_is() {
+        let mut a = audit(applied_transfer(2));
+        assert!(a.anomalies().is_empty());
+        a.transfers.clear();
+        let kinds = |a: &State| {
+            a.anomalies()
+                .into_iter()
+                .map(|x| x.kind)
+                .collect::<Vec<_>>()
+        };
+        assert!(kinds(&a).contains(&AnomalyKind::RecordMismatch));
+        // Every event is stamped at most 3 s after the epoch.
+        a.pruned_before = Some(chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(3));
+        assert!(kinds(&a).contains(&AnomalyKind::RecordMismatch));
+        a.pruned_before = Some(chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(4));
+        assert_eq!(kinds(&a), vec![]);
+    }
+
     #[test]
     fn a_consistent_history_has_no_anomaly() {
         let h = history(vec![committed(transfer(2, 30))]);

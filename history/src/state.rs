@@ -99,6 +99,11 @@ pub struct State {
     /// Balance rows and decision records found on more than one node (an
     /// old owner's copy after a move, say): each one, once.
     pub duplicates: Vec<String>,
+    /// Decision records finished before this instant may have been pruned
+    /// (the participants' record retention, `participant::retention`): a
+    /// transaction whose every event is older is not faulted for a missing
+    /// record (a record completes after its legs posted their money).
+    pub pruned_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How many times one transaction id moved money, by event kind.
@@ -322,6 +327,10 @@ impl State {
                 ));
             }
             let record = self.transfers.get(&id);
+            let maybe_pruned = record.is_none()
+                && self
+                    .pruned_before
+                    .is_some_and(|h| events.iter().all(|e| e.at < h));
             // A deposit's or withdrawal's id is claimed at its decision
             // partition: the record says it, once, for this account.
             let movement_events: Vec<&&AuditEvent> = events
@@ -341,7 +350,7 @@ impl State {
                         && r.amount == m.amount
                         && Some(r.currency.as_str()) == currency(&m.account)
                 });
-                if !recorded {
+                if !recorded && !maybe_pruned {
                     found.push(Anomaly::new(
                         AnomalyKind::RecordMismatch,
                         format!(
@@ -373,6 +382,7 @@ impl State {
                         ));
                     }
                     match record {
+                        None if maybe_pruned => {}
                         None => found.push(Anomaly::new(
                             AnomalyKind::RecordMismatch,
                             format!("transfer {id} moved money but has no decision record"),

@@ -57,6 +57,14 @@ pub struct ParticipantConfig {
     /// here to the owner switch) lasts at most this long; past it, this
     /// node rolls it back and serves the partition again.
     pub move_cutover_deadline_ms: u64,
+    /// How long finished decision and leg (dedup) records are kept: the
+    /// window in which a retry of a transaction id is recognized. See
+    /// [`crate::retention`].
+    pub record_retention_secs: u64,
+    /// Pause between the pruner's rounds.
+    pub prune_interval_ms: u64,
+    /// Rows the pruner deletes per local transaction.
+    pub prune_batch: i64,
     /// The cluster secret: it signs every internal request and keys the
     /// hash of API keys. Given inline (`WALLET_CLUSTER_SECRET`) or, better,
     /// as a file (`WALLET_CLUSTER_SECRET_FILE`); never on the command line.
@@ -79,6 +87,15 @@ impl ParticipantConfig {
             self.etcd_user.as_deref(),
             self.etcd_password_file.as_deref(),
         )
+    }
+
+    /// The pruner's settings.
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            keep: std::time::Duration::from_secs(self.record_retention_secs),
+            interval: std::time::Duration::from_millis(self.prune_interval_ms),
+            batch: self.prune_batch.clamp(1, 100_000),
+        }
     }
 
     /// The cluster secret, from whichever of its two settings is set.
@@ -105,5 +122,6 @@ mod tests {
         assert_eq!(c.snapshot_every, crate::model::DEFAULT_SNAPSHOT_EVERY);
         assert_eq!(c.db_pool_size, 32);
         assert_eq!(c.max_fold_events, crate::reads::DEFAULT_MAX_FOLD_EVENTS);
+        assert_eq!(c.record_retention_secs, 30 * 24 * 3600);
     }
 }

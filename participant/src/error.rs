@@ -18,6 +18,9 @@ pub enum StoreError {
     /// Something this store does not do (the simulation's runs no audit).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// An answer, not a failure (a read of a pruned part of the feed).
+    #[error("{0}")]
+    Refused(Rejection),
 }
 
 impl From<crate::model::Broken> for StoreError {
@@ -69,7 +72,7 @@ impl From<crate::model::Broken> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = match self {
-            ApiError::Rejected(r) => r,
+            ApiError::Rejected(r) | ApiError::Store(StoreError::Refused(r)) => r,
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 let code = if e.is_transient() {

@@ -11,8 +11,8 @@
 //! Read in this order: `model` (the `Working` set the rules run over),
 //! `decisions`, `legs` and `movements` (the pure rules), `store` and `pg`
 //! (loading and saving), `app` (admission and the router), `protocol`,
-//! `reads` and `admin` (the routes), `fence` and `moves` (partition moves), `ops` (liveness,
-//! readiness, metrics).
+//! `reads` and `admin` (the routes), `fence` and `moves` (partition moves), `retention` (pruning), `ops`
+//! (liveness, readiness, metrics).
 
 pub mod admin;
 pub mod app;
@@ -22,6 +22,7 @@ pub mod config;
 pub mod decisions;
 pub mod error;
 pub mod fence;
+pub mod history;
 pub mod ledger;
 pub mod legs;
 pub mod memory;
@@ -32,5 +33,6 @@ pub mod ops;
 pub mod pg;
 pub mod protocol;
 pub mod reads;
+pub mod retention;
 pub mod rows;
 pub mod store;

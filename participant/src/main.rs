@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use participant::config::ParticipantConfig;
-use participant::{app, fence, moves, pg::PgStore};
+use participant::{app, fence, history, moves, pg::PgStore, retention};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -60,8 +60,10 @@ async fn main() -> anyhow::Result<()> {
         cutover_deadline: Duration::from_millis(cfg.move_cutover_deadline_ms),
     };
     tokio::spawn(moves::expire_cutovers(mover.clone()));
-    let router = app::router(app)
+    tokio::spawn(retention::run(mover.app.clone(), cfg.retention()));
+    let router = app::router(app.clone())
         .merge(moves::router(mover))
+        .merge(history::router(app))
         .layer(body_limit)
         .layer(axum::middleware::from_fn_with_state(
             verifier,

@@ -83,6 +83,12 @@ fn record(v: &Vitals) {
     ::metrics::gauge!("wallet_prepared_legs").set(v.prepared_legs as f64);
     ::metrics::gauge!("wallet_prepared_leg_oldest_age_seconds").set(age(v.oldest_leg));
     ::metrics::gauge!("wallet_feed_head_position").set(v.feed_head as f64);
+    ::metrics::gauge!("wallet_feed_pruned_through_position").set(v.feed_pruned_through as f64);
+    // Entries the slowest registered consumer holds in the outbox.
+    ::metrics::gauge!("wallet_feed_slowest_consumer_lag").set(
+        v.feed_slowest_consumer
+            .map_or(0.0, |p| (v.feed_head - p) as f64),
+    );
     if let Some(pool) = v.pool {
         ::metrics::gauge!("wallet_db_pool_connections", "state" => "in_use").set(pool.in_use);
         ::metrics::gauge!("wallet_db_pool_connections", "state" => "idle").set(pool.idle);

@@ -33,6 +33,9 @@ pub struct PgStore {
     pub pool: PgPool,
     /// Snapshot every account's balance at every this many events (0: never).
     pub snapshot_every: i64,
+    /// How long finished records are kept (`record_retention_secs`): the
+    /// audit does not judge what may have been pruned.
+    pub retention: Duration,
     /// Acquires of a connection in progress ([`PgStore::acquire`]): the
     /// pool's waiting count in `/metrics` (sqlx does not expose its own).
     waiting: Arc<AtomicU32>,
@@ -96,6 +99,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             snapshot_every: cfg.snapshot_every,
+            retention: cfg.retention().keep,
             waiting: Arc::default(),
         })
     }
@@ -283,7 +287,8 @@ impl Store for PgStore {
     }
 
     async fn audit(&self, req: &AuditRequest) -> Result<NodeAudit, StoreError> {
-        crate::audit::run(&self.pool, req).await
+        let horizon = crate::retention::audit_horizon(Utc::now(), self.retention);
+        crate::audit::run(&self.pool, req, horizon).await
     }
 
     async fn vitals(&self) -> Result<crate::store::Vitals, StoreError> {
@@ -295,7 +300,9 @@ impl Store for PgStore {
                        AND role IN ('debit', 'credit')) AS prepared_legs,
                     (SELECT min(created_at) FROM legs WHERE state = 'prepared'
                        AND role IN ('debit', 'credit')) AS oldest_leg,
-                    (SELECT last_position FROM outbox_head) AS feed_head",
+                    (SELECT last_position FROM outbox_head) AS feed_head,
+                    (SELECT pruned_through FROM outbox_head) AS feed_pruned_through,
+                    (SELECT min(position) FROM feed_consumers) AS feed_slowest_consumer",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -307,6 +314,10 @@ impl Store for PgStore {
             prepared_legs: row.try_get("prepared_legs")?,
             oldest_leg: row.try_get("oldest_leg")?,
             feed_head: row.try_get::<Option<i64>, _>("feed_head")?.unwrap_or(0),
+            feed_pruned_through: row
+                .try_get::<Option<i64>, _>("feed_pruned_through")?
+                .unwrap_or(0),
+            feed_slowest_consumer: row.try_get("feed_slowest_consumer")?,
             pool: Some(crate::store::PoolStats {
                 in_use: size.saturating_sub(idle),
                 idle,
@@ -453,9 +464,20 @@ impl Store for PgStore {
     async fn feed(&self, after: i64, limit: i64) -> Result<(Vec<FeedEntry>, i64), StoreError> {
         // The head first: every position up to it is published, so the page
         // below is never behind the head it is returned with.
-        let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
-            .fetch_one(&mut *self.acquire().await?)
-            .await?;
+        let (head, pruned): (i64, i64) =
+            sqlx::query_as("SELECT last_position, pruned_through FROM outbox_head")
+                .fetch_one(&mut *self.acquire().await?)
+                .await?;
+        if after < pruned {
+            return Err(StoreError::Refused(Rejection::new(
+                ErrorCode::NotFound,
+                format!(
+                    "the feed is pruned through position {pruned} (behind its slowest \
+                     registered consumer): read from {pruned} on, after rebuilding from \
+                     the history (walletctl projections rebuild)"
+                ),
+            )));
+        }
         // From the row that holds position `after + 1` (rows' ranges are
         // contiguous), at most `limit` rows: each holds at least one entry.
         let rows: Vec<(i64, String)> = sqlx::query_as(
@@ -696,7 +718,7 @@ async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
             "UPDATE transfers t SET state = u.state, reason_code = u.reason_code,
                     reason_message = u.reason_message, lease_until = u.lease_until,
                     lease_owner = u.lease_owner, decided_at = u.decided_at, completed = u.completed,
-                    change_no = nextval('row_changes')
+                    updated_at = now(), change_no = nextval('row_changes')
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
                          $7::timestamptz[], $8::bool[])
                   AS u(transaction_id, state, reason_code, reason_message, lease_until, lease_owner,

@@ -29,6 +29,11 @@ pub struct Vitals {
     pub oldest_leg: Option<DateTime<Utc>>,
     /// The last position the change feed handed out.
     pub feed_head: i64,
+    /// The last position pruned from the outbox.
+    pub feed_pruned_through: i64,
+    /// The smallest position a registered feed consumer acknowledged
+    /// (none registered: the outbox is not pruned).
+    pub feed_slowest_consumer: Option<i64>,
     /// Connections: in use, idle, the most the pool opens, and the acquires
     /// waiting for one (Postgres only).
     pub pool: Option<PoolStats>,

@@ -41,6 +41,8 @@ pub struct ProjectorConfig {
     pub poll_interval_ms: u64,
     /// Entries read (and projected in one transaction) per page.
     pub page: i64,
+    /// The name it registers its feed positions under (empty: none).
+    pub consumer_name: String,
     /// The cluster secret: it signs every internal request and keys the
     /// hash of API keys. Given inline (`WALLET_CLUSTER_SECRET`) or, better,
     /// as a file (`WALLET_CLUSTER_SECRET_FILE`); never on the command line.

@@ -12,8 +12,12 @@
 //! the node's cursor, moved by compare-and-set: an entry counts exactly once,
 //! even with two projectors (or a rebuild) running at once. Every model is a
 //! sum of per-entry deltas, so the interleaving of nodes does not matter.
-//! `walletctl projections rebuild` empties the models and cursors and
-//! replays every feed from its start ([`Projections::rebuild`]).
+//! The projector registers its position on every node (`consumer_name`),
+//! so a node prunes its outbox only behind it. `walletctl projections
+//! rebuild` empties the models and cursors, reads every node's history
+//! (event log and kept aborted transfers) and then follows each feed from
+//! where it is still kept, skipping what the history gave
+//! ([`Follower::rebuild`]): it never needs a feed from position 0.
 
 pub mod config;
 pub mod follow;

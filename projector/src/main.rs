@@ -38,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(cfg.participant_timeout_ms),
         cfg.page,
         secret,
-    )?;
+    )?
+    .registered_as(&cfg.consumer_name);
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;

@@ -179,6 +179,10 @@ impl Projections {
         entries: &[FeedEntry],
     ) -> sqlx::Result<Applied> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO feed_cursors (node_id, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
         )
@@ -203,87 +207,82 @@ impl Projections {
         if moved == 0 {
             return Ok(Applied::Stale);
         }
-        let d = Deltas::of(entries);
-        if !d.accounts.is_empty() {
-            let a: Vec<(&String, &AccountDelta)> = d.accounts.iter().collect();
-            sqlx::query(
-                "INSERT INTO account_view AS v (account_id, currency, posted, held, pending_credit, events,
-                                                last_seq, last_activity_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
-                                      $7::int8[], $8::timestamptz[])
-                 ON CONFLICT (account_id) DO UPDATE SET
-                     posted = v.posted + excluded.posted,
-                     held = v.held + excluded.held,
-                     pending_credit = v.pending_credit + excluded.pending_credit,
-                     events = v.events + excluded.events,
-                     last_seq = GREATEST(v.last_seq, excluded.last_seq),
-                     last_activity_at = GREATEST(v.last_activity_at, excluded.last_activity_at)",
-            )
-            .bind(a.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.currency.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.posted).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.pending_credit).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.events).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.last_seq).collect::<Vec<_>>())
-            .bind(a.iter().map(|(_, x)| x.last_activity_at).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !d.ledger.is_empty() {
-            let l: Vec<(&String, &LedgerDelta)> = d.ledger.iter().collect();
-            sqlx::query(
-                "INSERT INTO ledger AS g (currency, posted, held, pending_credit, deposited, withdrawn,
-                                          accounts, events)
-                 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
-                                      $7::int8[], $8::int8[])
-                 ON CONFLICT (currency) DO UPDATE SET
-                     posted = g.posted + excluded.posted,
-                     held = g.held + excluded.held,
-                     pending_credit = g.pending_credit + excluded.pending_credit,
-                     deposited = g.deposited + excluded.deposited,
-                     withdrawn = g.withdrawn + excluded.withdrawn,
-                     accounts = g.accounts + excluded.accounts,
-                     events = g.events + excluded.events",
-            )
-            .bind(l.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.posted).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.pending_credit).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.deposited).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.withdrawn).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.accounts).collect::<Vec<_>>())
-            .bind(l.iter().map(|(_, x)| x.events).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !d.rejected.is_empty() {
-            let r: Vec<(&RejectedKey, &(i64, i64))> = d.rejected.iter().collect();
-            sqlx::query(
-                "INSERT INTO rejected_transfers AS r (day, reason, currency, transfers, amount)
-                 SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[])
-                 ON CONFLICT (day, reason, currency) DO UPDATE SET
-                     transfers = r.transfers + excluded.transfers,
-                     amount = r.amount + excluded.amount",
-            )
-            .bind(r.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
-            .bind(r.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|(k, _)| k.2.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
-            .bind(r.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
+        let kept = uncovered(&mut tx, entries).await?;
+        write_deltas(&mut tx, &Deltas::of(&kept)).await?;
         tx.commit().await?;
         Ok(Applied::Moved(to))
     }
 
-    /// Empties every model and cursor in one transaction: the next rounds
-    /// replay every feed from its start.
-    pub async fn rebuild(&self) -> sqlx::Result<()> {
-        sqlx::query(&format!("TRUNCATE {}", TABLES.join(", ")))
-            .execute(&self.pool)
+    /// Empties every model, cursor and rebuild note in one transaction.
+    pub async fn empty(&self) -> sqlx::Result<()> {
+        sqlx::query(&format!(
+            "TRUNCATE {}, rebuild_floors, rebuild_aborted",
+            TABLES.join(", ")
+        ))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the rebuild lock: pages of feed wait until it is released.
+    pub async fn rebuild_lock(&self) -> sqlx::Result<RebuildLock> {
+        let mut conn = self.pool.acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut conn)
             .await?;
+        Ok(RebuildLock(conn))
+    }
+
+    /// Puts `node`'s cursor at `position` (a rebuild's start).
+    pub async fn start_at(&self, node: &str, position: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO feed_cursors (node_id, position, head) VALUES ($1, $2, $2)
+             ON CONFLICT (node_id) DO UPDATE SET position = $2, updated_at = now()",
+        )
+        .bind(node)
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Projects entries read from a node's history (in account and
+    /// sequence order, or aborted transfers) and notes them as read, in one
+    /// transaction; what an earlier page (of any node) read is skipped.
+    pub async fn apply_history(&self, entries: &[FeedEntry]) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let kept = uncovered(&mut tx, entries).await?;
+        write_deltas(&mut tx, &Deltas::of(&kept)).await?;
+        let mut floors: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut aborted = Vec::new();
+        for e in &kept {
+            match (e.kind, e.seq, e.transaction_id) {
+                (FeedKind::Event(_), Some(seq), _) => {
+                    let f = floors.entry(e.account_id.as_str()).or_default();
+                    *f = (*f).max(seq);
+                }
+                (FeedKind::TransferAborted, _, Some(id)) => aborted.push(id.0),
+                _ => {}
+            }
+        }
+        sqlx::query(
+            "INSERT INTO rebuild_floors AS f (account_id, seq)
+             SELECT * FROM UNNEST($1::text[], $2::int8[])
+             ON CONFLICT (account_id) DO UPDATE SET seq = GREATEST(f.seq, excluded.seq)",
+        )
+        .bind(floors.keys().copied().collect::<Vec<_>>())
+        .bind(floors.values().copied().collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO rebuild_aborted (transaction_id) SELECT * FROM UNNEST($1::uuid[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&aborted)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -359,6 +358,157 @@ impl Projections {
     }
 }
 
+/// The rebuild lock (`pg_advisory_lock`): held by a rebuild while it reads
+/// the nodes' history; every page of feed projected takes it shared.
+const REBUILD_LOCK: i64 = 0x7761_6c6c_6574_0002;
+
+/// The rebuild lock, held on a connection of its own until released (or
+/// the connection closes: it is detached from the pool).
+pub struct RebuildLock(sqlx::PgConnection);
+
+impl RebuildLock {
+    pub async fn release(mut self) -> sqlx::Result<()> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut self.0)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Whether a rebuild already read this entry from a node's history:
+/// an event at or below its account's floor, an aborted transfer noted.
+pub fn covered(
+    entry: &FeedEntry,
+    floors: &BTreeMap<String, i64>,
+    aborted: &std::collections::BTreeSet<uuid::Uuid>,
+) -> bool {
+    match entry.kind {
+        FeedKind::Event(_) => match (entry.seq, floors.get(entry.account_id.as_str())) {
+            (Some(seq), Some(&floor)) => seq <= floor,
+            _ => false,
+        },
+        FeedKind::TransferAborted => entry
+            .transaction_id
+            .is_some_and(|id| aborted.contains(&id.0)),
+    }
+}
+
+/// The entries a rebuild has not read already (see [`covered`]).
+async fn uncovered(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    entries: &[FeedEntry],
+) -> sqlx::Result<Vec<FeedEntry>> {
+    let accounts: Vec<&str> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, FeedKind::Event(_)))
+        .map(|e| e.account_id.as_str())
+        .collect();
+    let ids: Vec<uuid::Uuid> = entries
+        .iter()
+        .filter(|e| e.kind == FeedKind::TransferAborted)
+        .filter_map(|e| e.transaction_id.map(|t| t.0))
+        .collect();
+    let floors: BTreeMap<String, i64> =
+        sqlx::query_as("SELECT account_id, seq FROM rebuild_floors WHERE account_id = ANY($1)")
+            .bind(&accounts)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
+    let aborted: std::collections::BTreeSet<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT transaction_id FROM rebuild_aborted WHERE transaction_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(entries
+        .iter()
+        .filter(|e| !covered(e, &floors, &aborted))
+        .cloned()
+        .collect())
+}
+
+/// Adds one page's sums to the models.
+async fn write_deltas(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    d: &Deltas,
+) -> sqlx::Result<()> {
+    if !d.accounts.is_empty() {
+        let a: Vec<(&String, &AccountDelta)> = d.accounts.iter().collect();
+        sqlx::query(
+            "INSERT INTO account_view AS v (account_id, currency, posted, held, pending_credit, events,
+                                            last_seq, last_activity_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                                  $7::int8[], $8::timestamptz[])
+             ON CONFLICT (account_id) DO UPDATE SET
+                 posted = v.posted + excluded.posted,
+                 held = v.held + excluded.held,
+                 pending_credit = v.pending_credit + excluded.pending_credit,
+                 events = v.events + excluded.events,
+                 last_seq = GREATEST(v.last_seq, excluded.last_seq),
+                 last_activity_at = GREATEST(v.last_activity_at, excluded.last_activity_at)",
+        )
+        .bind(a.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.currency.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.posted).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.pending_credit).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.events).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.last_seq).collect::<Vec<_>>())
+        .bind(a.iter().map(|(_, x)| x.last_activity_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !d.ledger.is_empty() {
+        let l: Vec<(&String, &LedgerDelta)> = d.ledger.iter().collect();
+        sqlx::query(
+            "INSERT INTO ledger AS g (currency, posted, held, pending_credit, deposited, withdrawn,
+                                      accounts, events)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                                  $7::int8[], $8::int8[])
+             ON CONFLICT (currency) DO UPDATE SET
+                 posted = g.posted + excluded.posted,
+                 held = g.held + excluded.held,
+                 pending_credit = g.pending_credit + excluded.pending_credit,
+                 deposited = g.deposited + excluded.deposited,
+                 withdrawn = g.withdrawn + excluded.withdrawn,
+                 accounts = g.accounts + excluded.accounts,
+                 events = g.events + excluded.events",
+        )
+        .bind(l.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.posted).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.pending_credit).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.deposited).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.withdrawn).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.accounts).collect::<Vec<_>>())
+        .bind(l.iter().map(|(_, x)| x.events).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !d.rejected.is_empty() {
+        let r: Vec<(&RejectedKey, &(i64, i64))> = d.rejected.iter().collect();
+        sqlx::query(
+            "INSERT INTO rejected_transfers AS r (day, reason, currency, transfers, amount)
+             SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[])
+             ON CONFLICT (day, reason, currency) DO UPDATE SET
+                 transfers = r.transfers + excluded.transfers,
+                 amount = r.amount + excluded.amount",
+        )
+        .bind(r.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+        .bind(r.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|(k, _)| k.2.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// One currency of the ledger, in minor units (sums over every account may
 /// exceed i64, hence i128).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -417,5 +567,28 @@ mod tests {
         // Two pages sum to the same as one.
         let (x, y) = (Deltas::of(&page[..3]), Deltas::of(&page[3..]));
         assert_eq!(x.ledger["USD"].posted + y.ledger["USD"].posted, usd.posted);
+    }
+
+    /// What a rebuild read from the history is skipped in any node's feed:
+    /// an account's events up to its floor, aborted transfers read.
+    #[test]
+    fn the_feed_skips_exactly_what_the_history_gave() {
+        let floors: BTreeMap<String, i64> = [("a".to_string(), 5)].into();
+        let id = uuid::Uuid::from_u128(9);
+        let read: std::collections::BTreeSet<uuid::Uuid> = [id].into();
+        let event =
+            |account: &str, seq| entry(seq, FeedKind::Event(EventKind::Deposited), account, 1);
+        assert!(covered(&event("a", 5), &floors, &read));
+        assert!(!covered(&event("a", 6), &floors, &read));
+        assert!(
+            !covered(&event("b", 1), &floors, &read),
+            "no floor: not read"
+        );
+        let mut aborted = entry(1, FeedKind::TransferAborted, "a", 1);
+        assert!(!covered(&aborted, &floors, &read), "no id: never read");
+        aborted.transaction_id = Some(wallet_shared::TransactionId(id));
+        assert!(covered(&aborted, &floors, &read));
+        aborted.transaction_id = Some(wallet_shared::TransactionId(uuid::Uuid::from_u128(10)));
+        assert!(!covered(&aborted, &floors, &read));
     }
 }

@@ -339,4 +339,9 @@ pub struct NodeAudit {
     /// For `detail_buckets`: their decision records and transfer legs.
     pub records: Vec<AuditRecord>,
     pub legs: Vec<StoredLeg>,
+    /// Rows finished before this instant may have been pruned (the node's
+    /// record retention): nothing older was judged, and walletctl does not
+    /// judge a transfer whose decision or legs are older.
+    #[serde(default)]
+    pub horizon: Option<DateTime<Utc>>,
 }

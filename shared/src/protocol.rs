@@ -755,6 +755,55 @@ pub struct FeedPage {
     pub head: i64,
 }
 
+/// `PUT /internal/v1/feed/consumers/{name}`: a feed reader's position on
+/// this node, every entry up to it consumed for good. The node prunes its
+/// outbox behind the smallest position of its registered consumers; a
+/// reader that registers holds the outbox from its position on. The
+/// position is the reader's own: it may go back (a rebuild), but never
+/// below the node's `pruned_through`, nor above its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedAck {
+    pub position: i64,
+}
+
+/// A registered feed consumer, as the node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedConsumer {
+    pub name: String,
+    pub position: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /internal/v1/feed/consumers`, and the answer to an ack or a
+/// removal (`DELETE .../consumers/{name}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedConsumers {
+    pub node_id: String,
+    /// The last position handed out.
+    pub head: i64,
+    /// Every entry up to this position is gone from the outbox: the feed
+    /// refuses a read from below it (read the history instead).
+    pub pruned_through: i64,
+    pub consumers: Vec<FeedConsumer>,
+}
+
+/// `GET /internal/v1/history/events?after_account&after_seq&limit` and
+/// `GET /internal/v1/history/aborted?after&limit`: what the feed carried,
+/// read from the tables it was written with, for the partitions this node
+/// owns: every event (in account and sequence order), or every transfer
+/// decision record aborted and still kept (in transaction id order). The
+/// entries' positions are 0. A projection rebuilt from these, then from
+/// the feed after `pruned_through` skipping what it already read, is the
+/// one the whole feed gives (but for aborted transfers older than the
+/// record retention, which are gone).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub node_id: String,
+    pub entries: Vec<FeedEntry>,
+    /// Nothing after the last entry.
+    pub done: bool,
+}
+
 // ---- replay check ------------------------------------------------------------
 
 /// One account rebuilt from its events and compared with its stored row.

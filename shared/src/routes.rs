@@ -88,6 +88,14 @@ pub const BALANCE: Route = Route("/internal/v1/accounts/{id}/balance");
 pub const EVENTS: Route = Route("/internal/v1/accounts/{id}/events");
 /// GET, `?after&limit` -> `FeedPage`: this node's change feed.
 pub const FEED: Route = Route("/internal/v1/feed");
+/// GET -> `FeedConsumers`: the feed's registered consumers.
+pub const FEED_CONSUMERS: Route = Route("/internal/v1/feed/consumers");
+/// PUT `FeedAck` / DELETE -> `FeedConsumers`: a consumer's position.
+pub const FEED_CONSUMER: Route = Route("/internal/v1/feed/consumers/{name}");
+/// GET, `?after_account&after_seq&limit` -> `HistoryPage`: every event.
+pub const HISTORY_EVENTS: Route = Route("/internal/v1/history/events");
+/// GET, `?after&limit` -> `HistoryPage`: aborted transfers still kept.
+pub const HISTORY_ABORTED: Route = Route("/internal/v1/history/aborted");
 /// GET, `?account` or `?after&limit` -> `ReplayPage`: balances against their events.
 pub const REPLAY: Route = Route("/internal/v1/replay");
 
@@ -131,7 +139,7 @@ pub const RESOLVE: Route = Route("/internal/v1/transfers/{id}/resolve");
 pub const ONCE_ONLY: [Route; 2] = [FENCE, DISCARD];
 
 /// Every route, for the checks below and for whoever lists them.
-pub const ALL: [Route; 28] = [
+pub const ALL: [Route; 32] = [
     BEGIN,
     DECIDE,
     COMPLETE,
@@ -146,6 +154,10 @@ pub const ALL: [Route; 28] = [
     BALANCE,
     EVENTS,
     FEED,
+    FEED_CONSUMERS,
+    FEED_CONSUMER,
+    HISTORY_EVENTS,
+    HISTORY_ABORTED,
     REPLAY,
     PARTITIONS,
     FENCE,

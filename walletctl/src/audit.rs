@@ -189,10 +189,13 @@ pub async fn run(ctx: &Ctx, args: AuditArgs) -> CtlResult<()> {
             records.extend(a.records);
             legs.extend(a.legs.into_iter().map(|l| (a.node_id.clone(), l)));
         }
-        let named = compare_legs(&records, &legs, cutoff);
+        // The latest node's horizon: what any node may have pruned.
+        let horizon = audits.iter().filter_map(|a| a.horizon).max();
+        let named = compare_legs(&records, &legs, cutoff, horizon);
         if named.is_empty() {
             ctx.output.note(
-                "the differing transfers all changed after the cutoff (in flight); not judged",
+                "the differing transfers all changed after the cutoff (in flight) or finished \
+                 before the record retention's horizon (maybe pruned); not judged",
             );
         }
         for f in named {
@@ -254,11 +257,13 @@ async fn ask(
 /// Transfer by transfer: a committed decision has one committed debit of
 /// `from` and one committed credit of `to`, of its amount; any other has no
 /// committed leg. Transfers that changed after `cutoff` are in flight and
-/// left out.
+/// left out, and so are those that may have been pruned (`horizon`, see
+/// [`pruned_maybe`]).
 fn compare_legs(
     records: &[AuditRecord],
     legs: &[(String, StoredLeg)],
     cutoff: DateTime<Utc>,
+    horizon: Option<DateTime<Utc>>,
 ) -> Vec<Finding> {
     let records: BTreeMap<TransactionId, &AuditRecord> =
         records.iter().map(|r| (r.transaction_id, r)).collect();
@@ -273,7 +278,7 @@ fn compare_legs(
         let legs = by_id.get(&id).map(Vec::as_slice).unwrap_or_default();
         let recent = record.is_some_and(|r| r.decided_at.is_some_and(|d| d >= cutoff))
             || legs.iter().any(|(_, l)| l.updated_at >= cutoff);
-        if recent {
+        if recent || pruned_maybe(record, legs, horizon) {
             continue;
         }
         let committed = |role: &str| -> Vec<&(String, StoredLeg)> {
@@ -338,6 +343,24 @@ fn compare_legs(
     found
 }
 
+/// Whether part of a transfer may have been pruned (its node's record
+/// retention): its decision came before `horizon`, or it has no decision
+/// record and every leg found finished before it. A record completes only
+/// after every leg applied its decision, and a leg finishes only after the
+/// decision: a pruned record's legs finished before its horizon, and a
+/// pruned leg's decision came before it.
+fn pruned_maybe(
+    record: Option<&AuditRecord>,
+    legs: &[&(String, StoredLeg)],
+    horizon: Option<DateTime<Utc>>,
+) -> bool {
+    let Some(h) = horizon else { return false };
+    match record {
+        Some(r) => r.decided_at.is_some_and(|d| d < h),
+        None => legs.iter().all(|(_, l)| l.updated_at < h),
+    }
+}
+
 fn render(r: &Report) -> String {
     let mut out = String::new();
     let mut t = Table::new(&["NODE", "PARTITIONS", "ACCOUNTS", "TIME"]);
@@ -394,4 +417,62 @@ fn render(r: &Report) -> String {
         out.push_str(&format!("\n({total} in all; {listed} listed)"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wallet_shared::AccountId;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::UNIX_EPOCH + chrono::Duration::seconds(s)
+    }
+
+    fn leg(role: &str, account: &str, updated: i64) -> (String, StoredLeg) {
+        (
+            "node-1".into(),
+            StoredLeg {
+                transaction_id: TransactionId(uuid::Uuid::from_u128(7)),
+                role: role.into(),
+                account_id: AccountId::parse(account).unwrap(),
+                partition: 0,
+                amount: 5,
+                currency: Currency::parse("USD").unwrap(),
+                state: LegState::Committed,
+                reason: None,
+                created_at: at(updated - 1),
+                updated_at: at(updated),
+            },
+        )
+    }
+
+    fn record(decided: i64) -> AuditRecord {
+        AuditRecord {
+            transaction_id: TransactionId(uuid::Uuid::from_u128(7)),
+            state: TransferState::Committed,
+            from: AccountId::parse("a").unwrap(),
+            to: AccountId::parse("b").unwrap(),
+            amount: 5,
+            currency: Currency::parse("USD").unwrap(),
+            decided_at: Some(at(decided)),
+        }
+    }
+
+    #[test]
+    fn a_transfer_missing_a_part_is_judged_only_after_the_horizon() {
+        let cutoff = at(1_000);
+        let legs = [leg("debit", "a", 10), leg("credit", "b", 11)];
+        // The record is gone: before the horizon it may have been pruned.
+        assert!(compare_legs(&[], &legs, cutoff, Some(at(20))).is_empty());
+        assert_eq!(compare_legs(&[], &legs, cutoff, Some(at(11))).len(), 1);
+        assert_eq!(compare_legs(&[], &legs, cutoff, None).len(), 1);
+        // The legs are gone: so may they, if it was decided before it.
+        assert!(compare_legs(&[record(9)], &[], cutoff, Some(at(20))).is_empty());
+        assert_eq!(
+            compare_legs(&[record(9)], &[], cutoff, Some(at(5))).len(),
+            1
+        );
+        // Whole, it is fine either way.
+        assert!(compare_legs(&[record(9)], &legs, cutoff, None).is_empty());
+    }
 }

@@ -12,6 +12,7 @@ mod audit;
 mod cluster;
 mod ctx;
 mod error;
+mod feed;
 mod keys;
 mod moves;
 mod nodes;
@@ -70,6 +71,9 @@ enum Command {
     /// The read models the projector builds from the change feeds
     #[command(subcommand)]
     Projections(projections::ProjectionsCmd),
+    /// Each node's change feed: its registered consumers, what is pruned
+    #[command(subcommand)]
+    Feed(feed::FeedCmd),
     /// Rebuilds balances from the event log on every node and compares
     /// them with the stored balances (exit 1 on any mismatch)
     Replay(replay::ReplayArgs),
@@ -94,6 +98,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(cmd) => keys::run(&ctx, cmd).await,
             Command::Audit(args) => audit::run(&ctx, args).await,
             Command::Projections(cmd) => projections::run(&ctx, cmd).await,
+            Command::Feed(cmd) => feed::run(&ctx, cmd).await,
             Command::Replay(args) => replay::run(&ctx, args).await,
         }
     });

@@ -1,9 +1,12 @@
 //! `walletctl projections ...`: the projector's read models. `rebuild`
-//! empties them and their cursors, then replays every node's feed from its
-//! first entry (with the projector's own code, so the result is the same
-//! as the running projector's); `status` shows each feed's cursor and lag.
-//! A projector running meanwhile is harmless: cursors move by
-//! compare-and-set, so each entry still counts once.
+//! empties them and their cursors, reads every node's history (its event
+//! log, never pruned, and the aborted transfers it still keeps), then
+//! follows each node's feed from where its outbox is still kept, skipping
+//! what the history gave (with the projector's own code,
+//! [`Follower::rebuild`], so the result is the same as the running
+//! projector's); `status` shows each feed's cursor and lag. A projector
+//! running meanwhile is harmless: its pages wait while the history is read,
+//! and cursors move by compare-and-set, so each entry still counts once.
 
 use std::time::Duration;
 
@@ -16,11 +19,15 @@ use crate::output::Table;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProjectionsCmd {
-    /// Empties the read models and cursors and replays every feed from the start
+    /// Empties the read models and rebuilds them from every node's history, then its feed
     Rebuild {
         /// Give up if the feeds are not replayed within this many seconds
         #[arg(long, default_value_t = 600)]
         within: u64,
+        /// The projector's feed consumer name (its `consumer_name`): the
+        /// rebuild moves its registered positions back to where it starts
+        #[arg(long, default_value = "projector")]
+        consumer: String,
     },
     /// Each feed's cursor, head and lag
     Status,
@@ -63,7 +70,7 @@ pub async fn run(ctx: &Ctx, cmd: ProjectionsCmd) -> CtlResult<()> {
             });
             Ok(())
         }
-        ProjectionsCmd::Rebuild { within } => {
+        ProjectionsCmd::Rebuild { within, consumer } => {
             let map = wallet_shared::map::follow_map(
                 &ctx.etcd_endpoints,
                 &ctx.etcd_access,
@@ -79,12 +86,28 @@ pub async fn run(ctx: &Ctx, cmd: ProjectionsCmd) -> CtlResult<()> {
                 5_000,
                 ctx.secret()?.clone(),
             )
-            .map_err(|e| CtlError::new(Exit::Failed, format!("{e:#}")))?;
-            projections.rebuild().await.map_err(db)?;
+            .map_err(|e| CtlError::new(Exit::Failed, format!("{e:#}")))?
+            .registered_as(&consumer);
             ctx.output
-                .note("read models and cursors emptied; replaying every feed");
+                .note("emptying the read models; reading every node's history");
+            let starts = follower
+                .rebuild()
+                .await
+                .map_err(|e| CtlError::new(Exit::Unreachable, format!("{e:#}")))?;
+            ctx.output.note(format!(
+                "history read; following every feed from {}",
+                starts
+                    .iter()
+                    .map(|(n, p)| format!("{n}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
             let done = follower
                 .catch_up(Duration::from_secs(within))
+                .await
+                .map_err(|e| CtlError::new(Exit::Unreachable, format!("{e:#}")))?;
+            follower
+                .finish_rebuild()
                 .await
                 .map_err(|e| CtlError::new(Exit::Unreachable, format!("{e:#}")))?;
             let rows: Vec<Rebuilt> = done

@@ -15,13 +15,27 @@ use crate::support::TestCluster;
 /// The methods a route is served with.
 fn methods(r: routes::Route) -> &'static [Method] {
     use routes::*;
-    const GETS: [Route; 10] = [
-        TRANSFER, UNRESOLVED, BALANCE, EVENTS, FEED, REPLAY, PARTITIONS, ROWS, SUMMARY, LEGS_OF,
+    const GETS: [Route; 13] = [
+        TRANSFER,
+        UNRESOLVED,
+        BALANCE,
+        EVENTS,
+        FEED,
+        FEED_CONSUMERS,
+        HISTORY_EVENTS,
+        HISTORY_ABORTED,
+        REPLAY,
+        PARTITIONS,
+        ROWS,
+        SUMMARY,
+        LEGS_OF,
     ];
     if GETS.contains(&r) {
         &[Method::GET]
     } else if r == FENCE {
         &[Method::POST, Method::DELETE]
+    } else if r == FEED_CONSUMER {
+        &[Method::PUT, Method::DELETE]
     } else {
         &[Method::POST]
     }
@@ -91,7 +105,7 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
     for r in routes::ALL {
         for method in methods(r) {
             let path = path_of(r);
-            let body = if *method == Method::POST {
+            let body = if *method == Method::POST || *method == Method::PUT {
                 serde_json::to_vec(&forged_body(r)).unwrap()
             } else {
                 Vec::new()
@@ -141,7 +155,8 @@ async fn every_internal_route_refuses_unsigned_forged_and_stale_calls() {
             }
         }
     }
-    assert_eq!(refused, 3 * (routes::ALL.len() + 1));
+    // FENCE and FEED_CONSUMER are served with two methods each.
+    assert_eq!(refused, 3 * (routes::ALL.len() + 2));
 
     // Nothing changed: the balance, no new account, no fence, the partition
     // still served (by the cluster's own signed calls).

@@ -15,6 +15,7 @@ mod logs;
 mod moves;
 mod openapi;
 mod ops;
+mod retention;
 mod support;
 mod tls;
 mod traces;

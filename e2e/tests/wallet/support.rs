@@ -224,6 +224,21 @@ impl TestCluster {
         }
     }
 
+    /// Registers a feed consumer `name` at position 0 on every node: their
+    /// outboxes are kept whole while it stays there.
+    pub async fn hold_feeds(&self, name: &str) {
+        for i in 0..self.cluster.participants().len() {
+            let url = format!(
+                "{}{}",
+                self.cluster.participant_url(i),
+                wallet_shared::routes::FEED_CONSUMER.with(name)
+            );
+            let ack = wallet_shared::protocol::FeedAck { position: 0 };
+            let resp = self.internal(self.http.put(url).json(&ack)).await;
+            assert!(resp.status().is_success(), "{}", resp.status());
+        }
+    }
+
     /// URLs of every participant's database.
     pub fn databases(&self) -> Vec<String> {
         (0..self.cluster.participants().len())
