@@ -134,8 +134,8 @@ mod tests {
     use serde_json::{json, Value};
     use wallet_history::{Op, Outcome, Phase, Request};
     use wallet_shared::protocol::{
-        Begin, BeginResult, Decision, Event, FeedEntry, Leg, LegState, Movement, MovementKind,
-        MovementRequest, OpenAccount, Snapshot, TransferSpec, Vote,
+        Begin, Begun, Decision, Event, FeedEntry, Leg, LegState, Movement, MovementKind,
+        MovementRequest, OpenAccount, Snapshot, TransferSpec,
     };
     use wallet_shared::protocol::{EventKind, TransferRecord};
     use wallet_shared::{AccountId, TransactionId};
@@ -226,7 +226,7 @@ mod tests {
             kind: RecordKind::Transfer,
         };
         let began = tx(home, decisions::keys([id]), |w| decisions::begin(w, &begin));
-        assert_eq!(began, BeginResult::Proceed);
+        assert_eq!(began, Ok(Begun::Proceed));
         let [d, c] = Leg::both(spec, 0, 0, 0);
         let prepare = |store, leg: &Leg| {
             tx(store, legs::keys(std::slice::from_ref(leg)), |w| {
@@ -234,10 +234,7 @@ mod tests {
             })
         };
         let votes = [prepare(debit, &d), prepare(credit, &c)];
-        let decision = match votes.iter().find_map(|v| match v {
-            Vote::No { reason } => Some(reason.clone()),
-            Vote::Yes => None,
-        }) {
+        let decision = match votes.iter().find_map(|v| v.clone().err()) {
             None => Decision::Commit,
             Some(reason) => Decision::Abort { reason },
         };
@@ -377,18 +374,23 @@ mod tests {
                 kind: RecordKind::Transfer,
             };
             let both = Leg::both(&t2, 0, 0, 0);
-            tx(n1, decisions::execute_keys(&begin, &both), |w| {
+            let executed = tx(n1, decisions::execute_keys(&begin, &both), |w| {
                 decisions::execute(w, &begin, &both)
             });
+            assert!(
+                matches!(executed, Ok(Begun::Decided { .. })),
+                "{executed:?}"
+            );
             // T3: 1000 from a to b, refused: not enough funds.
             let t3 = spec(T3, "a", "b", 1000);
             two_phase(n1, n1, n2, &t3);
             // W1: 5 out of b; claimed at node-1, applied at node-2.
             let w1 = movement(W1, MovementKind::Withdrawal, "b", 5);
             let claim = w1.claim(0, 5000, uuid::Uuid::nil());
-            tx(n1, decisions::keys([id(W1)]), |w| {
+            let claimed = tx(n1, decisions::keys([id(W1)]), |w| {
                 decisions::begin(w, &claim)
             });
+            assert_eq!(claimed, Ok(Begun::Proceed));
             let req = MovementRequest {
                 movement: w1.clone(),
                 claim: None,
@@ -1192,11 +1194,12 @@ mod tests {
             .record
             .completed = false;
         let leg = Leg::both(&spec(91, "a", "b", 1), 0, 0, 0);
-        tx(
+        let vote = tx(
             &f.stores[N2],
             legs::keys(std::slice::from_ref(&leg[1])),
             |w| legs::prepare(w, &leg[1]),
         );
+        assert_eq!(vote, Ok(()));
         f.append(N1, "a", EventKind::DebitHeld, 1, Some(id(92)));
         assert!(state(&f.stores).in_flight());
         let found = f.check();
