@@ -788,6 +788,7 @@ pub async fn abort(ctx: &Ctx, p: PartitionId) -> CtlResult<()> {
         Ok((vec![(move_key(p), value.clone())], vec![]))
     })
     .await?;
+    crash_point("abort_after_mark");
     let from_url = ctx.node_url(&map, &record.from)?.to_string();
     let to_url = ctx.node_url(&map, &record.to)?.to_string();
     drop_rows(

@@ -485,12 +485,12 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
 
-/// An abort racing a running move, step by step: walletctl stands still
-/// (`WALLETCTL_PAUSE_AT`) with the partition frozen and copied, just
-/// before the owner switch; `--abort` runs to its end meanwhile; then the
-/// move goes on, and its switch, a compare-and-set on phase `moving`, is
-/// refused. The partition stays with its old owner, serving, and the copy
-/// is gone.
+/// An abort racing a running move, step by step (`WALLETCTL_PAUSE_AT`):
+/// the move stands still with the partition frozen and copied, just before
+/// the owner switch; `--abort` marks the move `aborting` and stands still
+/// too; the move goes on, and its switch, a compare-and-set on phase
+/// `moving`, is refused; then the abort finishes. The partition stays with
+/// its old owner, serving, and the copy is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_racing_a_running_move_wins_and_the_move_does_not_switch() {
     let mut t = TestCluster::start_with(ClusterOptions {
@@ -510,39 +510,66 @@ async fn an_abort_racing_a_running_move_wins_and_the_move_does_not_switch() {
         t.deposit(a, "100.00", "USD").await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let go = dir.path().join("go");
-    let paused = dir.path().join("go.paused");
-    let pause = format!("after_import:{}", go.display());
-    let pause_env = [("WALLETCTL_PAUSE_AT", pause.as_str())];
-    let running = t.walletctl(&["partitions", "move", "0", "--to", "node-2"], &pause_env);
-    let racer = async {
-        let since = std::time::Instant::now();
-        while !paused.exists() {
-            assert!(
-                since.elapsed() < Duration::from_secs(60),
-                "walletctl never reached the switch"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let (go, abort_go) = (dir.path().join("go"), dir.path().join("abort-go"));
+    let move_at = format!("after_import:{}", go.display());
+    let abort_at = format!("abort_after_mark:{}", abort_go.display());
+    let move_env = [("WALLETCTL_PAUSE_AT", move_at.as_str())];
+    let abort_env = [("WALLETCTL_PAUSE_AT", abort_at.as_str())];
+    // Waits until walletctl stands still at the pause released by `file`.
+    let paused_at = |file: &std::path::Path| {
+        let flag = std::path::PathBuf::from(format!("{}.paused", file.display()));
+        async move {
+            let since = std::time::Instant::now();
+            while !flag.exists() {
+                assert!(
+                    since.elapsed() < Duration::from_secs(60),
+                    "walletctl never reached {}",
+                    flag.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
+    };
+    let (ended, moved_ended) = tokio::sync::oneshot::channel();
+    // 1. The move runs up to the switch and stands still.
+    let running = async {
+        let out = t
+            .walletctl(&["partitions", "move", "0", "--to", "node-2"], &move_env)
+            .await;
+        let _ = ended.send(());
+        out
+    };
+    let racer = async {
+        paused_at(&go).await;
         assert_eq!(
             row(&t, 1, &mine[0]).await,
             Some(10_000),
             "the copy is on node-2"
         );
-        let abort = t
-            .walletctl(&["partitions", "move", "0", "--abort"], &[])
-            .await;
-        std::fs::write(&go, "").unwrap();
-        abort
+        // 2. The abort marks the move `aborting` and stands still; 3. the
+        //    move goes on to its end; 4. the abort finishes.
+        let aborting = t.walletctl(&["partitions", "move", "0", "--abort"], &abort_env);
+        let (aborted, ()) = tokio::join!(aborting, async {
+            paused_at(&abort_go).await;
+            std::fs::write(&go, "").unwrap();
+            let _ = moved_ended.await;
+            std::fs::write(&abort_go, "").unwrap();
+        });
+        aborted
     };
     let (moved, aborted) = tokio::join!(running, racer);
-    assert_eq!(aborted.code, Some(0), "{}", aborted.stderr);
     assert_ne!(
         moved.code,
         Some(0),
-        "the move switched after the abort: {}",
+        "the move switched under the abort: {}",
         moved.stdout
     );
+    assert!(
+        moved.stderr.contains("no longer stands"),
+        "{}",
+        moved.stderr
+    );
+    assert_eq!(aborted.code, Some(0), "{}", aborted.stderr);
     t.reload_map().await;
     assert_eq!(t.map.owners[p as usize], "node-1");
     assert!(t.map.moves.is_empty(), "{:?}", t.map.moves);
