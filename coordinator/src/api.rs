@@ -139,8 +139,6 @@ async fn balance_transfer(
     Ok(match c.transfer(spec).await {
         TransferOutcome::Decided(record) => record_response(&record),
         TransferOutcome::Pending(why) => pending(id, &why),
-        TransferOutcome::InProgress => ApiError(Rejection::in_progress(id)).into_response(),
-        TransferOutcome::Reused => ApiError(Rejection::idempotency_key_reused(id)).into_response(),
         TransferOutcome::Refused(r) => ApiError(r).into_response(),
     })
 }

@@ -270,9 +270,9 @@ macro_rules! kind {
 }
 
 kind!(BeginKind: Begin => BeginRequest { transfers } @ routes::BEGIN.pattern(), sheds: true,
-      BeginReply { results: BeginResult }, |b| vec![b.partition]);
+      BeginReply { results: Verdict<Begun> }, |b| vec![b.partition]);
 kind!(ExecuteKind: ExecuteRequest => ExecuteBatch { transfers } @ routes::EXECUTE.pattern(), sheds: true,
-      ExecuteReply { results: BeginResult },
+      ExecuteReply { results: Verdict<Begun> },
       |e| vec![e.begin.partition, e.legs[0].partition, e.legs[1].partition]);
 kind!(PrepareKind: Leg => LegsRequest { legs } @ routes::PREPARE.pattern(), sheds: false,
       PrepareReply { votes: Vote }, |l| vec![l.partition]);

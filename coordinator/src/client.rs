@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use wallet_shared::protocol::Routed;
+use wallet_shared::protocol::{Routed, Verdict};
 use wallet_shared::secret::Secret;
 use wallet_shared::signing;
 use wallet_shared::{retry, ErrorCode, MapHandle, PartitionId, Rejection};
@@ -105,6 +105,13 @@ impl CallError {
             ),
         }
     }
+}
+
+/// A participant's verdict as the protocol takes it: a refusal of the
+/// item is `CallError::Rejected`, as a refusal of the whole request is, so
+/// every refusal reaches the coordinator's code one way.
+pub fn judged<T>(answer: Result<Verdict<T>, CallError>) -> Result<T, CallError> {
+    answer.and_then(|verdict| verdict.map_err(CallError::Rejected))
 }
 
 #[derive(Clone)]

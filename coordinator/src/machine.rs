@@ -20,8 +20,8 @@
 //! never read as a success.
 
 use wallet_shared::protocol::{
-    Begin, BeginResult, Decide, Decision, ExecuteRequest, Leg, LegState, TransferRecord,
-    TransferRef, TransferState, Vote,
+    Begin, Begun, Decide, Decision, ExecuteRequest, Leg, LegState, TransferRecord, TransferRef,
+    TransferState,
 };
 use wallet_shared::{ErrorCode, PartitionId, Rejection, TransactionId};
 
@@ -34,11 +34,8 @@ pub enum TransferOutcome {
     Decided(TransferRecord),
     /// The outcome is not known yet; recovery will settle it.
     Pending(String),
-    /// Another coordinator is running this transaction id right now.
-    InProgress,
-    /// This transaction id was used with another body.
-    Reused,
-    /// Refused before anything was recorded.
+    /// Refused before anything was recorded: the request itself, or its
+    /// id (used with another body, or run by another coordinator now).
     Refused(Rejection),
 }
 
@@ -73,11 +70,14 @@ impl Message {
 }
 
 /// What came back for a [`Message`] (nothing comes back for `Complete`).
+/// A refusal, of the request or of one item in it, is
+/// `CallError::Rejected` ([`crate::client::judged`]).
 #[derive(Debug)]
 pub enum Reply {
-    Begun(Result<BeginResult, CallError>),
-    Executed(Result<BeginResult, CallError>),
-    Voted(Vec<Result<Vote, CallError>>),
+    Begun(Result<Begun, CallError>),
+    Executed(Result<Begun, CallError>),
+    /// One per leg: `Ok(())` is a yes vote.
+    Voted(Vec<Result<(), CallError>>),
     Decided(Result<TransferRecord, CallError>),
     Applied(Vec<Result<LegState, CallError>>),
 }
@@ -199,24 +199,26 @@ impl Machine {
         match (state, reply) {
             (State::Executing, Reply::Executed(result)) => {
                 let outcome = match result {
-                    Ok(r) => started(r).unwrap_or_else(|| {
+                    Ok(Begun::Decided { record }) => TransferOutcome::Decided(record),
+                    Ok(Begun::Proceed) => {
                         TransferOutcome::Pending("unexpected answer to execute".into())
-                    }),
+                    }
                     Err(e) => not_begun(e),
                 };
                 vec![Effect::Done(Ending::Early(outcome))]
             }
-            (State::Beginning, Reply::Begun(Ok(BeginResult::Proceed))) => {
-                self.state = State::Preparing;
-                vec![Effect::Send(Message::Prepare(self.legs.clone()))]
-            }
-            (State::Beginning, Reply::Begun(result)) => {
-                let outcome = match result {
-                    Ok(r) => started(r).unwrap_or(TransferOutcome::InProgress),
-                    Err(e) => not_begun(e),
-                };
-                vec![Effect::Done(Ending::Early(outcome))]
-            }
+            (State::Beginning, Reply::Begun(result)) => match result {
+                Ok(Begun::Proceed) => {
+                    self.state = State::Preparing;
+                    vec![Effect::Send(Message::Prepare(self.legs.clone()))]
+                }
+                Ok(Begun::Decided { record }) => {
+                    vec![Effect::Done(Ending::Early(TransferOutcome::Decided(
+                        record,
+                    )))]
+                }
+                Err(e) => vec![Effect::Done(Ending::Early(not_begun(e)))],
+            },
             (State::Preparing, Reply::Voted(votes)) => {
                 let decision = decide_from(&votes);
                 tracing::info!(?decision, "votes counted");
@@ -292,15 +294,15 @@ impl Machine {
 
 /// Commit only on two known yes votes; a refusal aborts with its reason; a
 /// vote we never heard aborts too (nothing is committed without a yes).
-fn decide_from(votes: &[Result<Vote, CallError>]) -> Decision {
+fn decide_from(votes: &[Result<(), CallError>]) -> Decision {
     let mut unknown = None;
     for v in votes {
         match v {
-            Ok(Vote::Yes) => {}
+            Ok(()) => {}
             // Refused for where it was sent, not for what it asked: the
             // transfer itself was never judged, as if no answer had come.
             Err(CallError::Rejected(r)) if routing(r.code) => unknown = Some(r.to_string()),
-            Ok(Vote::No { reason }) | Err(CallError::Rejected(reason)) => {
+            Err(CallError::Rejected(reason)) => {
                 return Decision::Abort {
                     reason: reason.clone(),
                 }
@@ -334,15 +336,6 @@ pub fn routing(code: ErrorCode) -> bool {
         code,
         ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving
     )
-}
-
-fn started(result: BeginResult) -> Option<TransferOutcome> {
-    match result {
-        BeginResult::Proceed => None,
-        BeginResult::InProgress => Some(TransferOutcome::InProgress),
-        BeginResult::Reused => Some(TransferOutcome::Reused),
-        BeginResult::Decided { record } => Some(TransferOutcome::Decided(record)),
-    }
 }
 
 /// A failure of the first call: a refusal means nothing was recorded; no
@@ -395,14 +388,14 @@ mod tests {
         }
     }
 
-    fn refused(code: ErrorCode) -> Result<Vote, CallError> {
+    fn refused(code: ErrorCode) -> Result<(), CallError> {
         Err(CallError::Rejected(Rejection::new(code, "x")))
     }
 
     /// The decision the machine asks for after these votes.
-    fn decision_after(votes: Vec<Result<Vote, CallError>>) -> Decision {
+    fn decision_after(votes: Vec<Result<(), CallError>>) -> Decision {
         let (mut m, _) = Machine::new(plan(false));
-        m.on(Reply::Begun(Ok(BeginResult::Proceed)));
+        m.on(Reply::Begun(Ok(Begun::Proceed)));
         match m.on(Reply::Voted(votes)).as_slice() {
             [Effect::CrashPoint("after_prepare"), Effect::Send(Message::Decide(d))] => {
                 d.decision.clone()
@@ -423,9 +416,9 @@ mod tests {
         let p = plan(false);
         let (mut m, first) = Machine::new(p.clone());
         assert!(matches!(first, Effect::Send(Message::Begin(ref b)) if b.spec == p.begin.spec));
-        let e = m.on(Reply::Begun(Ok(BeginResult::Proceed)));
+        let e = m.on(Reply::Begun(Ok(Begun::Proceed)));
         assert!(matches!(e.as_slice(), [Effect::Send(Message::Prepare(legs))] if *legs == p.legs));
-        let e = m.on(Reply::Voted(vec![Ok(Vote::Yes), Ok(Vote::Yes)]));
+        let e = m.on(Reply::Voted(vec![Ok(()), Ok(())]));
         assert!(matches!(
             e.as_slice(),
             [
@@ -465,14 +458,12 @@ mod tests {
         let (mut m, first) = Machine::new(p.clone());
         assert!(matches!(first, Effect::Send(Message::Execute(_))));
         let r = record(&p, TransferState::Committed);
-        let e = m.on(Reply::Executed(Ok(BeginResult::Decided {
-            record: r.clone(),
-        })));
+        let e = m.on(Reply::Executed(Ok(Begun::Decided { record: r.clone() })));
         assert!(
             matches!(e.as_slice(), [Effect::Done(Ending::Early(TransferOutcome::Decided(x)))] if *x == r)
         );
         let (mut m, _) = Machine::new(p);
-        let e = m.on(Reply::Executed(Ok(BeginResult::Proceed)));
+        let e = m.on(Reply::Executed(Ok(Begun::Proceed)));
         assert!(matches!(
             e.as_slice(),
             [Effect::Done(Ending::Early(TransferOutcome::Pending(_)))]
@@ -482,13 +473,16 @@ mod tests {
     #[test]
     fn every_answer_to_begin_but_proceed_ends_it_before_anything_is_held() {
         type Expected = fn(&TransferOutcome) -> bool;
-        let cases: Vec<(Result<BeginResult, CallError>, Expected)> = vec![
-            (Ok(BeginResult::Reused), |o| {
-                matches!(o, TransferOutcome::Reused)
-            }),
-            (Ok(BeginResult::InProgress), |o| {
-                matches!(o, TransferOutcome::InProgress)
-            }),
+        let id = || plan(false).begin.spec.transaction_id;
+        let cases: Vec<(Result<Begun, CallError>, Expected)> = vec![
+            (
+                Err(CallError::Rejected(Rejection::idempotency_key_reused(id()))),
+                |o| matches!(o, TransferOutcome::Refused(r) if r.code == ErrorCode::IdempotencyKeyReused),
+            ),
+            (
+                Err(CallError::Rejected(Rejection::in_progress(id()))),
+                |o| matches!(o, TransferOutcome::Refused(r) if r.code == ErrorCode::InProgress),
+            ),
             (Err(CallError::Unknown("lost".into())), |o| {
                 matches!(o, TransferOutcome::Pending(_))
             }),
@@ -511,39 +505,36 @@ mod tests {
 
     #[test]
     fn only_two_yes_votes_commit_and_a_routing_refusal_is_no_verdict() {
-        assert_eq!(
-            code(decision_after(vec![Ok(Vote::Yes), Ok(Vote::Yes)])),
-            None
-        );
+        assert_eq!(code(decision_after(vec![Ok(()), Ok(())])), None);
         assert_eq!(
             code(decision_after(vec![
-                Ok(Vote::Yes),
+                Ok(()),
                 refused(ErrorCode::InsufficientFunds)
             ])),
             Some(ErrorCode::InsufficientFunds)
         );
-        let no = Ok(Vote::No {
-            reason: Rejection::new(ErrorCode::CurrencyMismatch, "x"),
-        });
         assert_eq!(
-            code(decision_after(vec![no, Ok(Vote::Yes)])),
+            code(decision_after(vec![
+                refused(ErrorCode::CurrencyMismatch),
+                Ok(())
+            ])),
             Some(ErrorCode::CurrencyMismatch)
         );
         for routing in [ErrorCode::WrongPartitionOwner, ErrorCode::PartitionMoving] {
             assert_eq!(
-                code(decision_after(vec![Ok(Vote::Yes), refused(routing)])),
+                code(decision_after(vec![Ok(()), refused(routing)])),
                 Some(ErrorCode::TransferAborted)
             );
         }
         assert_eq!(
             code(decision_after(vec![
                 Err(CallError::Unknown("lost".into())),
-                Ok(Vote::Yes)
+                Ok(())
             ])),
             Some(ErrorCode::TransferAborted)
         );
         assert_eq!(
-            code(decision_after(vec![Ok(Vote::Yes)])),
+            code(decision_after(vec![Ok(())])),
             Some(ErrorCode::TransferAborted)
         );
     }
@@ -552,8 +543,8 @@ mod tests {
     fn an_unconfirmed_decision_is_undecided_and_an_unfinished_leg_leaves_the_record_open() {
         let p = plan(false);
         let (mut m, _) = Machine::new(p.clone());
-        m.on(Reply::Begun(Ok(BeginResult::Proceed)));
-        m.on(Reply::Voted(vec![Ok(Vote::Yes), Ok(Vote::Yes)]));
+        m.on(Reply::Begun(Ok(Begun::Proceed)));
+        m.on(Reply::Voted(vec![Ok(()), Ok(())]));
         let e = m.on(Reply::Decided(Err(CallError::Unknown("timeout".into()))));
         assert!(matches!(e.as_slice(), [Effect::Done(Ending::Undecided(_))]));
         assert!(matches!(
@@ -600,7 +591,7 @@ mod tests {
     #[test]
     fn a_reply_out_of_turn_is_never_read_as_success() {
         let (mut m, _) = Machine::new(plan(false));
-        let e = m.on(Reply::Voted(vec![Ok(Vote::Yes), Ok(Vote::Yes)]));
+        let e = m.on(Reply::Voted(vec![Ok(()), Ok(())]));
         assert!(matches!(e.as_slice(), [Effect::Done(Ending::Undecided(_))]));
     }
 }

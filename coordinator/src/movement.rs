@@ -16,11 +16,11 @@
 
 use tracing::Instrument;
 use wallet_shared::protocol::{
-    AccountBalance, BeginResult, Decision, Movement, MovementRequest, TransferRecord, TransferState,
+    AccountBalance, Begun, Decision, Movement, MovementRequest, TransferRecord, TransferState,
 };
 use wallet_shared::{routes, ErrorCode, Rejection};
 
-use crate::client::CallError;
+use crate::client::{judged, CallError};
 use crate::transfer::{crash_point, Coordinator};
 
 impl Coordinator {
@@ -73,13 +73,9 @@ impl Coordinator {
             return Ok(());
         }
 
-        match self.batches.begin.submit(claim).await? {
-            BeginResult::Proceed => {}
-            BeginResult::Decided { record } => return outcome_of(&record),
-            BeginResult::InProgress => return Err(CallError::Rejected(Rejection::in_progress(id))),
-            BeginResult::Reused => {
-                return Err(CallError::Rejected(Rejection::idempotency_key_reused(id)))
-            }
+        match judged(self.batches.begin.submit(claim).await)? {
+            Begun::Proceed => {}
+            Begun::Decided { record } => return outcome_of(&record),
         }
         crash_point(&self.crash_at, "movement_after_claim");
         let outcome = self.apply_movement(m).await?;

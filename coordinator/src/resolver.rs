@@ -17,12 +17,12 @@ use std::time::Duration;
 use tracing::Instrument;
 use wallet_shared::admin::ResolveReply;
 use wallet_shared::protocol::{
-    Begin, BeginResult, Decision, Leg, LegRole, Movement, RecordKind, TransferRecord,
-    TransferState, Unresolved,
+    Begin, Begun, Decision, Leg, LegRole, Movement, RecordKind, TransferRecord, TransferState,
+    Unresolved,
 };
 use wallet_shared::{routes, ErrorCode, PartitionMap, Rejection, TransactionId};
 
-use crate::client::CallError;
+use crate::client::{judged, CallError};
 use crate::machine::{Ending, Machine};
 use crate::transfer::Coordinator;
 
@@ -158,10 +158,10 @@ pub async fn resolve_one(
             attempt: uuid::Uuid::new_v4(),
             kind: record.kind,
         };
-        match coordinator.batches.begin.submit(begin).await? {
-            BeginResult::Proceed => record,
-            BeginResult::Decided { record } => record,
-            BeginResult::InProgress => {
+        match judged(coordinator.batches.begin.submit(begin).await) {
+            Ok(Begun::Proceed) => record,
+            Ok(Begun::Decided { record }) => record,
+            Err(CallError::Rejected(r)) if r.code == ErrorCode::InProgress => {
                 return Err(CallError::Rejected(Rejection::new(
                     ErrorCode::InProgress,
                     format!(
@@ -171,11 +171,12 @@ pub async fn resolve_one(
                     ),
                 )))
             }
-            BeginResult::Reused => {
+            Err(CallError::Rejected(r)) if r.code == ErrorCode::IdempotencyKeyReused => {
                 return Err(CallError::Unknown(format!(
                     "transfer {id}: its own body was refused as another one"
                 )))
             }
+            Err(e) => return Err(e),
         }
     } else {
         record

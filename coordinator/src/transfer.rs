@@ -9,7 +9,7 @@ use tracing::Instrument;
 use wallet_shared::protocol::*;
 
 use crate::batch::{Batches, Limits};
-use crate::client::{CallError, Participants};
+use crate::client::{judged, CallError, Participants};
 use crate::machine::{Effect, Ending, Machine, Message, Plan, Reply, TransferOutcome};
 
 #[derive(Clone)]
@@ -136,9 +136,16 @@ impl Coordinator {
     async fn send_now(&self, message: Message) -> Option<Reply> {
         let b = &self.batches;
         Some(match message {
-            Message::Begin(begin) => Reply::Begun(b.begin.submit(begin).await),
-            Message::Execute(req) => Reply::Executed(b.execute.submit(req).await),
-            Message::Prepare(legs) => Reply::Voted(b.prepare.submit_all(legs.to_vec()).await),
+            Message::Begin(begin) => Reply::Begun(judged(b.begin.submit(begin).await)),
+            Message::Execute(req) => Reply::Executed(judged(b.execute.submit(req).await)),
+            Message::Prepare(legs) => Reply::Voted(
+                b.prepare
+                    .submit_all(legs.to_vec())
+                    .await
+                    .into_iter()
+                    .map(judged)
+                    .collect(),
+            ),
             Message::Decide(decide) => Reply::Decided(self.submit_decide(decide).await),
             Message::Commit(legs) => Reply::Applied(b.commit.submit_all(legs.to_vec()).await),
             Message::Abort(legs) => Reply::Applied(b.abort.submit_all(legs.to_vec()).await),
@@ -200,8 +207,9 @@ fn outcome_labels(outcome: &TransferOutcome) -> (&'static str, &'static str) {
             TransferState::Preparing => ("pending", ""),
         },
         TransferOutcome::Pending(_) => ("pending", ""),
-        TransferOutcome::InProgress => ("in_progress", "in_progress"),
-        TransferOutcome::Reused => ("refused", "idempotency_key_reused"),
+        TransferOutcome::Refused(r) if r.code == wallet_shared::ErrorCode::InProgress => {
+            ("in_progress", "in_progress")
+        }
         TransferOutcome::Refused(r) => ("refused", r.code.as_str()),
     }
 }

@@ -7,9 +7,9 @@
 //! Presumed abort: a transfer without a `committed` record never happened.
 
 use wallet_shared::protocol::{
-    Begin, BeginResult, Decision, EventKind, Leg, RecordKind, TransferRecord, TransferState, Vote,
+    Begin, Begun, Decision, EventKind, Leg, RecordKind, TransferRecord, TransferState, Verdict,
 };
-use wallet_shared::TransactionId;
+use wallet_shared::{Rejection, TransactionId};
 
 use crate::model::{Broken, Keys, TransferRow, Working};
 use crate::{ledger, legs};
@@ -31,8 +31,10 @@ fn lease_until(w: &Working, b: &Begin) -> chrono::DateTime<chrono::Utc> {
     w.now + lease
 }
 
-/// Claims a transfer for the calling coordinator, or says why not.
-pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, Broken> {
+/// Claims a transfer for the calling coordinator, or says why not: the id
+/// was used with another body (`idempotency_key_reused`), or another
+/// coordinator holds a live lease on it (`in_progress`).
+pub fn begin(w: &mut Working, b: &Begin) -> Result<Verdict<Begun>, Broken> {
     let spec = &b.spec;
     let id = spec.transaction_id;
     let fingerprint = b.fingerprint();
@@ -54,15 +56,15 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, Broken> {
             lease_until: until,
             lease_owner: b.attempt,
         })?;
-        return Ok(BeginResult::Proceed);
+        return Ok(Ok(Begun::Proceed));
     };
     if stored.fingerprint != fingerprint {
-        return Ok(BeginResult::Reused);
+        return Ok(Err(Rejection::idempotency_key_reused(id)));
     }
     if stored.record.state != TransferState::Preparing {
-        return Ok(BeginResult::Decided {
+        return Ok(Ok(Begun::Decided {
             record: stored.record.clone(),
-        });
+        }));
     }
     // A live lease keeps a second coordinator off a transfer. A deposit or
     // withdrawal needs no such care: its one step is idempotent on the
@@ -72,7 +74,7 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, Broken> {
         && stored.lease_owner != b.attempt
         && stored.record.kind == RecordKind::Transfer
     {
-        return Ok(BeginResult::InProgress);
+        return Ok(Err(Rejection::in_progress(id)));
     }
     // The coordinator that began it has gone quiet past its lease: this one
     // takes over. Both running the protocol is safe (idempotent legs, CAS
@@ -86,7 +88,7 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<BeginResult, Broken> {
         stored.lease_until = until;
         stored.lease_owner = b.attempt;
     }
-    Ok(BeginResult::Proceed)
+    Ok(Ok(Begun::Proceed))
 }
 
 /// Compare-and-set out of `preparing`. Returns the record as it now stands:
@@ -147,9 +149,9 @@ fn decisions_and_legs(id: TransactionId, legs_: &[Leg; 2]) -> Keys {
 /// The whole transfer in one local transaction, when its decision partition
 /// and both accounts live here: dedup record, both legs and both events
 /// commit together or not at all.
-pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult, Broken> {
+pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<Verdict<Begun>, Broken> {
     let started = begin(w, b)?;
-    if started != BeginResult::Proceed {
+    if started != Ok(Begun::Proceed) {
         return Ok(started);
     }
     if legs_.iter().any(|leg| w.leg(legs::key(leg)).is_some()) {
@@ -199,11 +201,11 @@ pub fn execute(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResu
 /// The rest of a two-phase transfer whose record and legs are all here, in
 /// one local transaction: prepare what is not prepared yet, decide from the
 /// votes, apply the decision to both legs, complete.
-fn take_over(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult, Broken> {
+fn take_over(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<Verdict<Begun>, Broken> {
     let id = b.spec.transaction_id;
     let mut decision = Decision::Commit;
     for leg in legs_ {
-        if let Vote::No { reason } = legs::prepare(w, leg)? {
+        if let Err(reason) = legs::prepare(w, leg)? {
             decision = Decision::Abort { reason };
         }
     }
@@ -220,11 +222,13 @@ fn take_over(w: &mut Working, b: &Begin, legs_: &[Leg; 2]) -> Result<BeginResult
 
 /// Completes a transfer decided in this transaction and answers with its
 /// record, as `execute` does for every one-node transfer.
-fn completed(w: &mut Working, id: TransactionId) -> Result<BeginResult, Broken> {
+fn completed(w: &mut Working, id: TransactionId) -> Result<Verdict<Begun>, Broken> {
     complete(w, id);
     w.transfer(id)
-        .map(|stored| BeginResult::Decided {
-            record: stored.record.clone(),
+        .map(|stored| {
+            Ok(Begun::Decided {
+                record: stored.record.clone(),
+            })
         })
         .ok_or_else(|| Broken::new("transfer record vanished inside its transaction"))
 }

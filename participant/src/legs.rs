@@ -67,32 +67,29 @@ pub fn insert_finished(w: &mut Working, leg: &Leg, decision: &Decision) -> Resul
 
 /// Prepares one leg: a debit moves the amount from available to held, a
 /// credit records a pending credit. A refusal is recorded too (as an aborted
-/// leg), so every later prepare of the same leg gets the same vote.
+/// leg), so every later prepare of the same leg gets the same vote: yes, or
+/// the refusal.
 pub fn prepare(w: &mut Working, leg: &Leg) -> Result<Vote, Broken> {
     if let Some(stored) = w.leg(key(leg)) {
         if stored.account_id != leg.account
             || stored.amount != leg.amount.minor()
             || stored.currency != leg.currency
         {
-            return Ok(Vote::No {
-                reason: Rejection::new(
-                    ErrorCode::IdempotencyKeyReused,
-                    format!(
-                        "transaction {} already has another {} leg",
-                        leg.transaction_id,
-                        leg.role.as_str()
-                    ),
+            return Ok(Err(Rejection::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "transaction {} already has another {} leg",
+                    leg.transaction_id,
+                    leg.role.as_str()
                 ),
-            });
+            )));
         }
         return Ok(match stored.state {
-            LegState::Prepared | LegState::Committed => Vote::Yes,
-            LegState::Aborted | LegState::Missing => Vote::No {
-                reason: stored
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| already_aborted(leg)),
-            },
+            LegState::Prepared | LegState::Committed => Ok(()),
+            LegState::Aborted | LegState::Missing => Err(stored
+                .reason
+                .clone()
+                .unwrap_or_else(|| already_aborted(leg))),
         });
     }
     let amount = leg.amount.minor();
@@ -120,12 +117,12 @@ pub fn prepare(w: &mut Working, leg: &Leg) -> Result<Vote, Broken> {
             )?;
             let row = new_row(w, leg, LegState::Prepared, None);
             w.insert_leg(row)?;
-            Ok(Vote::Yes)
+            Ok(Ok(()))
         }
         Err(reason) => {
             let row = new_row(w, leg, LegState::Aborted, Some(reason.clone()));
             w.insert_leg(row)?;
-            Ok(Vote::No { reason })
+            Ok(Err(reason))
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use wallet_shared::protocol::{Event, FeedEntry, Snapshot};
-use wallet_shared::{AccountId, TransactionId};
+use wallet_shared::{AccountId, PartitionId, TransactionId};
 
 use crate::model::{AccountRow, Broken, Keys, LegKey, LegRow, TransferRow, Working};
 
@@ -99,6 +99,88 @@ impl Tables {
             self.outbox.push(entry);
         }
         Ok((out, wrote))
+    }
+}
+
+impl Tables {
+    /// A partition's rows, as a move copies them ([`crate::moves`] on
+    /// Postgres): its accounts with their events and snapshots, the legs on
+    /// its accounts and the decision records it holds. Not the change feed:
+    /// what a node has published stays in its feed.
+    pub fn partition(&self, p: PartitionId) -> Tables {
+        let accounts: BTreeMap<AccountId, AccountRow> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.partition == p)
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect();
+        let of = |id: &AccountId| accounts.contains_key(id);
+        Tables {
+            transfers: self
+                .transfers
+                .iter()
+                .filter(|(_, r)| r.partition == p)
+                .map(|(k, r)| (*k, r.clone()))
+                .collect(),
+            legs: self
+                .legs
+                .iter()
+                .filter(|(_, r)| r.partition == p)
+                .map(|(k, r)| (*k, r.clone()))
+                .collect(),
+            events: self
+                .events
+                .iter()
+                .filter(|(id, _)| of(id))
+                .map(|(id, log)| (id.clone(), log.clone()))
+                .collect(),
+            snapshots: self
+                .snapshots
+                .iter()
+                .filter(|(id, _)| of(id))
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect(),
+            accounts,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Drops partition `p`'s rows (a copy discarded, or the old owner's
+    /// after the switch). Returns how many rows went.
+    pub fn drop_partition(&mut self, p: PartitionId) -> usize {
+        let gone: Vec<AccountId> = self
+            .accounts
+            .values()
+            .filter(|a| a.partition == p)
+            .map(|a| a.account_id.clone())
+            .collect();
+        let before = self.row_count();
+        self.transfers.retain(|_, r| r.partition != p);
+        self.legs.retain(|_, r| r.partition != p);
+        for id in &gone {
+            self.accounts.remove(id);
+            self.events.remove(id);
+            self.snapshots.remove(id);
+        }
+        before - self.row_count()
+    }
+
+    /// Replaces partition `p`'s rows with `copy`'s (a copy imported whole).
+    pub fn import_partition(&mut self, p: PartitionId, copy: Tables) {
+        self.drop_partition(p);
+        self.transfers.extend(copy.transfers);
+        self.legs.extend(copy.legs);
+        self.accounts.extend(copy.accounts);
+        self.events.extend(copy.events);
+        self.snapshots.extend(copy.snapshots);
+    }
+
+    fn row_count(&self) -> usize {
+        self.transfers.len()
+            + self.legs.len()
+            + self.accounts.len()
+            + self.events.values().map(Vec::len).sum::<usize>()
+            + self.snapshots.values().map(Vec::len).sum::<usize>()
     }
 }
 

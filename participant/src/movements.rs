@@ -10,8 +10,8 @@
 //! That row is the movement's truth: the claim's record copies it.
 
 use wallet_shared::protocol::{
-    AccountBalance, BeginResult, Decision, EventKind, LegState, Movement, MovementKind,
-    MovementRequest, OpenAccount, TransferState,
+    AccountBalance, Decision, EventKind, LegState, Movement, MovementKind, MovementRequest,
+    OpenAccount, TransferState, Verdict,
 };
 use wallet_shared::{ErrorCode, Rejection};
 
@@ -27,10 +27,7 @@ pub fn open_keys(req: &OpenAccount) -> Keys {
 
 /// Opens the account; `Ok(true)` when it was created now, `Ok(false)` when
 /// it already existed with the same currency. Answers with its balance.
-pub fn open(
-    w: &mut Working,
-    req: &OpenAccount,
-) -> Result<Result<(bool, AccountBalance), Rejection>, Broken> {
+pub fn open(w: &mut Working, req: &OpenAccount) -> Result<Verdict<(bool, AccountBalance)>, Broken> {
     if let Some(existing) = w.account(&req.account_id) {
         let another_tenants = req.owner.is_some() && existing.owner != req.owner;
         if another_tenants {
@@ -96,15 +93,13 @@ pub fn request_keys(req: &MovementRequest) -> Keys {
 pub fn apply_request(
     w: &mut Working,
     req: &MovementRequest,
-) -> Result<Result<AccountBalance, Rejection>, Broken> {
+) -> Result<Verdict<AccountBalance>, Broken> {
     let Some(claim) = &req.claim else {
         return apply(w, &req.movement);
     };
     let id = claim.spec.transaction_id;
-    match decisions::begin(w, claim)? {
-        BeginResult::Reused => return Ok(Err(Rejection::idempotency_key_reused(id))),
-        BeginResult::InProgress => return Ok(Err(Rejection::in_progress(id))),
-        BeginResult::Proceed | BeginResult::Decided { .. } => {}
+    if let Err(refused) = decisions::begin(w, claim)? {
+        return Ok(Err(refused));
     }
     let outcome = apply(w, &req.movement)?;
     if w.transfer(id).map(|t| t.record.state) == Some(TransferState::Preparing) {
@@ -115,7 +110,7 @@ pub fn apply_request(
 
 /// Applies a deposit or withdrawal once. Returns the balance after it, or
 /// the refusal (the first one, on every retry).
-pub fn apply(w: &mut Working, m: &Movement) -> Result<Result<AccountBalance, Rejection>, Broken> {
+pub fn apply(w: &mut Working, m: &Movement) -> Result<Verdict<AccountBalance>, Broken> {
     let fingerprint = m.fingerprint();
     if let Some(stored) = w.leg(key(m)) {
         if stored.fingerprint.as_deref() != Some(fingerprint.as_str()) {
@@ -168,7 +163,7 @@ pub fn apply(w: &mut Working, m: &Movement) -> Result<Result<AccountBalance, Rej
     current(w, m)
 }
 
-fn current(w: &Working, m: &Movement) -> Result<Result<AccountBalance, Rejection>, Broken> {
+fn current(w: &Working, m: &Movement) -> Result<Verdict<AccountBalance>, Broken> {
     Ok(w.account(&m.account_id)
         .map(AccountRow::balance)
         .ok_or_else(|| ledger::not_found(&m.account_id)))

@@ -30,9 +30,9 @@ use participant::{decisions, legs, movements};
 use proptest::prelude::*;
 use uuid::Uuid;
 use wallet_shared::protocol::{
-    replay, AccountBalance, Begin, BeginResult, Decision, FeedKind, Leg, LegRole, LegState,
-    Movement, MovementKind, MovementRequest, OpenAccount, RecordKind, TransferRecord, TransferSpec,
-    TransferState, Vote,
+    replay, AccountBalance, Begin, Begun, Decision, FeedKind, Leg, LegRole, LegState, Movement,
+    MovementKind, MovementRequest, OpenAccount, RecordKind, TransferRecord, TransferSpec,
+    TransferState, Verdict, Vote,
 };
 use wallet_shared::{AccountId, Amount, Currency, ErrorCode, Rejection, TransactionId};
 
@@ -380,7 +380,7 @@ enum Raw {
 enum Answer {
     Opened(Result<(bool, AccountBalance), Rejection>),
     Moved(Result<AccountBalance, Rejection>),
-    Began(BeginResult),
+    Began(Verdict<Begun>),
     Decided(Option<TransferRecord>),
     Completed,
     Voted(Vote),
@@ -808,10 +808,13 @@ fn code<T>(r: &Result<T, Rejection>) -> Result<(), ErrorCode> {
 }
 
 fn vote_code(v: &Vote) -> Result<(), ErrorCode> {
-    match v {
-        Vote::Yes => Ok(()),
-        Vote::No { reason } => Err(reason.code),
-    }
+    code(v)
+}
+
+/// A begin's answer as the tests compare it: what it began, or the code of
+/// its refusal.
+fn began(v: &Verdict<Begun>) -> Result<&Begun, ErrorCode> {
+    v.as_ref().map_err(|r| r.code)
 }
 
 /// The client, the coordinator and recovery, over one `Db`, checked
@@ -928,8 +931,10 @@ impl<'a> Run<'a> {
                 attempt: variant,
             })?;
             match began {
-                Answer::Began(BeginResult::Reused) => Err(ErrorCode::IdempotencyKeyReused),
-                Answer::Began(BeginResult::Decided { record }) => match record.state {
+                Answer::Began(Err(r)) if r.code == ErrorCode::IdempotencyKeyReused => {
+                    Err(ErrorCode::IdempotencyKeyReused)
+                }
+                Answer::Began(Ok(Begun::Decided { record })) => match record.state {
                     TransferState::Committed => Ok(()),
                     TransferState::Aborted => {
                         Err(record.reason.map_or(ErrorCode::TransferAborted, |r| r.code))
@@ -938,7 +943,7 @@ impl<'a> Run<'a> {
                         return Err(TestCaseError::fail("a decided answer still preparing"))
                     }
                 },
-                Answer::Began(BeginResult::Proceed) => {
+                Answer::Began(Ok(Begun::Proceed)) => {
                     let (moved, _) = self.raw(Raw::Apply { id, variant })?;
                     let Answer::Moved(moved) = moved else {
                         unreachable!()
@@ -1023,9 +1028,9 @@ impl<'a> Run<'a> {
             }
         };
         let got = match answer {
-            Answer::Began(BeginResult::Proceed) => "proceed",
-            Answer::Began(BeginResult::Decided { .. }) => "decided",
-            Answer::Began(BeginResult::InProgress) => "in_progress",
+            Answer::Began(Ok(Begun::Proceed)) => "proceed",
+            Answer::Began(Ok(Begun::Decided { .. })) => "decided",
+            Answer::Began(Err(r)) if r.code == ErrorCode::InProgress => "in_progress",
             _ => "other",
         };
         prop_assert_eq!(got, expected);
@@ -1261,7 +1266,7 @@ impl<'a> Run<'a> {
             );
         }
         let r = self.model.records[&tx];
-        let Answer::Began(BeginResult::Decided { record }) = answer else {
+        let Answer::Began(Ok(Begun::Decided { record })) = answer else {
             return Err(TestCaseError::fail(format!("execute answered {answer:?}")));
         };
         prop_assert_eq!(record.state, r.state);
@@ -1656,7 +1661,7 @@ fn a_decision() -> impl Strategy<Value = Decision> {
     ]
 }
 
-fn begin_at(db: &mut Db, b: &Begin) -> Result<(BeginResult, bool), TestCaseError> {
+fn begin_at(db: &mut Db, b: &Begin) -> Result<(Verdict<Begun>, bool), TestCaseError> {
     db.run(decisions::keys([b.spec.transaction_id]), |w| {
         decisions::begin(w, b)
     })
@@ -1686,7 +1691,7 @@ proptest! {
         let mut db = Db::new();
         let id = b.spec.transaction_id;
         prop_assert_eq!(decide_at(&mut db, id, &Decision::Commit)?, (None, false), "nothing begun");
-        prop_assert_eq!(begin_at(&mut db, &b)?.0, BeginResult::Proceed);
+        prop_assert_eq!(begin_at(&mut db, &b)?.0, Ok(Begun::Proceed));
         let mut first: Option<TransferRecord> = None;
         for (d, later) in &decisions_ {
             db.now += Duration::milliseconds(*later);
@@ -1719,7 +1724,7 @@ proptest! {
         again.attempt = attempt(9);
         prop_assert_eq!(
             begin_at(&mut db, &again)?.0,
-            BeginResult::Decided { record: first.clone().unwrap() }
+            Ok(Begun::Decided { record: first.clone().unwrap() })
         );
         // And `complete` marks it complete, once.
         let complete = |db: &mut Db| {
@@ -1748,7 +1753,7 @@ proptest! {
     ) {
         let mut db = Db::new();
         let id = first.spec.transaction_id;
-        prop_assert_eq!(begin_at(&mut db, &first)?, (BeginResult::Proceed, true));
+        prop_assert_eq!(begin_at(&mut db, &first)?, (Ok(Begun::Proceed), true));
         let lease_until = db.transfers[&id].lease_until;
         prop_assert_eq!(db.transfers[&id].lease_owner, first.attempt);
         if let Some(d) = &decision {
@@ -1762,20 +1767,21 @@ proptest! {
         let (answer, _) = begin_at(&mut db, &second)?;
         let same_body = first.kind == second.kind && first.spec == second.spec;
         let stored = &before.transfers[&id];
+        let decided = Begun::Decided { record: stored.record.clone() };
         let expected = if !same_body {
-            BeginResult::Reused
+            Err(ErrorCode::IdempotencyKeyReused)
         } else if stored.record.state != TransferState::Preparing {
-            BeginResult::Decided { record: stored.record.clone() }
+            Ok(&decided)
         } else if lease_until > now
             && first.attempt != second.attempt
             && first.kind == RecordKind::Transfer
         {
-            BeginResult::InProgress
+            Err(ErrorCode::InProgress)
         } else {
-            BeginResult::Proceed
+            Ok(&Begun::Proceed)
         };
-        prop_assert_eq!(&answer, &expected);
-        if answer == BeginResult::Proceed {
+        prop_assert_eq!(began(&answer), expected);
+        if answer == Ok(Begun::Proceed) {
             let row = &db.transfers[&id];
             prop_assert_eq!(row.lease_owner, second.attempt);
             prop_assert_eq!(row.lease_until, now + Duration::milliseconds(second.lease_ms as i64));
@@ -1898,7 +1904,10 @@ fn a_transfers_id_is_refused_as_a_deposit_or_withdrawal_and_nothing_moves() {
         assert_eq!(run.db, before, "nothing of the reused id is written");
         // At the decision partition alone, too.
         let (answer, wrote) = begin_at(&mut run.db, req.claim.as_ref().unwrap()).unwrap();
-        assert_eq!((answer, wrote), (BeginResult::Reused, false));
+        assert_eq!(
+            (began(&answer), wrote),
+            (Err(ErrorCode::IdempotencyKeyReused), false)
+        );
     }
     run.check().unwrap();
 }
@@ -1915,7 +1924,10 @@ fn a_deposits_id_is_refused_as_a_transfer_and_nothing_moves() {
     let (answer, _) = Raw::Execute { tx: 0, attempt: 1 }
         .run(&mut run.db, &u)
         .unwrap();
-    assert_eq!(answer, Answer::Began(BeginResult::Reused));
+    assert!(
+        matches!(&answer, Answer::Began(Err(r)) if r.code == ErrorCode::IdempotencyKeyReused),
+        "{answer:?}"
+    );
     // Two phases: `begin` at the decision partition refuses it.
     let (answer, _) = Raw::Begin {
         tx: 0,
@@ -1924,7 +1936,10 @@ fn a_deposits_id_is_refused_as_a_transfer_and_nothing_moves() {
     }
     .run(&mut run.db, &u)
     .unwrap();
-    assert_eq!(answer, Answer::Began(BeginResult::Reused));
+    assert!(
+        matches!(&answer, Answer::Began(Err(r)) if r.code == ErrorCode::IdempotencyKeyReused),
+        "{answer:?}"
+    );
     assert_eq!(run.db, before, "nothing of the reused id is written");
 }
 
@@ -1950,7 +1965,7 @@ fn recovery_looks_at_expired_leases_and_unfinished_decisions_only() {
     let u = same_id_universe();
     let mut db = Db::new();
     let b = u.begin(0, 0, 5000);
-    begin_at(&mut db, &b).unwrap();
+    assert_eq!(begin_at(&mut db, &b).unwrap().0, Ok(Begun::Proceed));
     let row = || db.transfers[&b.spec.transaction_id].clone();
     let grace = Duration::seconds(2);
     let at = |ms| epoch() + Duration::milliseconds(ms);
@@ -2089,7 +2104,7 @@ fn execute_takes_over_a_two_phase_attempt() {
     run.db.now += Duration::milliseconds(6000);
     let answer = Raw::Execute { tx: 0, attempt: 1 }.run(&mut run.db, &u);
     assert!(
-        matches!(answer, Ok((Answer::Began(BeginResult::Decided { .. }), _))),
+        matches!(answer, Ok((Answer::Began(Ok(Begun::Decided { .. })), _))),
         "{answer:?}"
     );
 }

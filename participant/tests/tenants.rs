@@ -7,8 +7,7 @@ use chrono::{TimeZone, Utc};
 use participant::model::{Keys, RowRole, Working};
 use participant::{decisions, legs, movements};
 use wallet_shared::protocol::{
-    Begin, BeginResult, Leg, Movement, MovementKind, OpenAccount, RecordKind, TransferSpec,
-    TransferState, Vote,
+    Begin, Begun, Leg, Movement, MovementKind, OpenAccount, RecordKind, TransferSpec, TransferState,
 };
 use wallet_shared::{AccountId, Amount, Currency, ErrorCode, TransactionId};
 
@@ -81,14 +80,14 @@ fn a_prepare_of_another_tenants_debit_is_refused_and_holds_nothing() {
     let [debit, _] = Leg::both(&spec(7, Some("globex")), 0, 0, 0);
     let vote = legs::prepare(&mut w, &debit).unwrap();
     assert!(
-        matches!(&vote, Vote::No { reason } if reason.code == ErrorCode::Forbidden),
+        matches!(&vote, Err(reason) if reason.code == ErrorCode::Forbidden),
         "{vote:?}"
     );
     assert_eq!(balance(&w, "acme-1"), (10_000, 0, 0));
     // The owner's, and an admin's (no tenant), are prepared.
     for (n, tenant) in [(8, Some("acme")), (9, None)] {
         let [debit, _] = Leg::both(&spec(n, tenant), 0, 0, 0);
-        assert_eq!(legs::prepare(&mut w, &debit).unwrap(), Vote::Yes);
+        assert_eq!(legs::prepare(&mut w, &debit).unwrap(), Ok(()));
     }
     assert_eq!(balance(&w, "acme-1"), (10_000, 5_000, 0));
 }
@@ -106,7 +105,7 @@ fn a_one_node_transfer_and_movements_on_another_tenants_account_are_refused() {
     };
     let legs_ = Leg::both(&s, 0, 0, 0);
     match decisions::execute(&mut w, &begin, &legs_).unwrap() {
-        BeginResult::Decided { record } => {
+        Ok(Begun::Decided { record }) => {
             assert_eq!(record.state, TransferState::Aborted);
             assert_eq!(record.reason.unwrap().code, ErrorCode::Forbidden);
             assert_eq!(record.spec.tenant.as_deref(), Some("globex"));

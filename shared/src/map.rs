@@ -538,6 +538,20 @@ impl MapHandle {
         self.tx.borrow().clone()
     }
 
+    /// Holds `map` from now on if it is newer than the one held: the
+    /// deterministic simulation's etcd, for a map it changes (a partition
+    /// move). Every clone of this handle sees it at once.
+    pub fn replace(&self, map: PartitionMap) {
+        self.tx.send_if_modified(|cur| {
+            if map.revision > cur.revision {
+                *cur = Arc::new(map);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// The etcd side, to change the map (`None` for a fixed map).
     pub fn store(&self) -> Option<&MapStore> {
         self.store.as_ref()

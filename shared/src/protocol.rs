@@ -252,32 +252,35 @@ pub struct BeginRequest {
     pub transfers: Vec<Begin>,
 }
 
+/// What a participant's rules answer for one thing asked of them: done
+/// (and what came of it), or refused, with the refusal's stable code and
+/// why. The one way a refusal is said, from the rules through the wire to
+/// the coordinator: a prepare's "no" vote, a claim on an id used with
+/// another body (`idempotency_key_reused`) or held by a live lease
+/// (`in_progress`), an overdrawn withdrawal.
+pub type Verdict<T> = Result<T, Rejection>;
+
+/// A leg's vote: `Ok(())` is yes, a refusal is no, with its reason.
+pub type Vote = Verdict<()>;
+
+/// A transfer (or a movement's claim) begun: the caller may go on, or it
+/// was decided already. Refusals (`idempotency_key_reused`, `in_progress`)
+/// are the [`Verdict`]'s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum BeginResult {
+pub enum Begun {
     /// The caller holds the lease: prepare, decide, commit.
     Proceed,
-    /// Another coordinator holds a live lease on it.
-    InProgress,
-    /// Same id, another body.
-    Reused,
     /// Already decided: answer with this.
     Decided { record: TransferRecord },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BeginReply {
-    pub results: Vec<BeginResult>,
+    pub results: Vec<Verdict<Begun>>,
 }
 
 // ---- prepare / commit / abort ---------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "vote", rename_all = "snake_case")]
-pub enum Vote {
-    Yes,
-    No { reason: Rejection },
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrepareReply {
@@ -308,7 +311,7 @@ pub enum Decision {
 impl Decision {
     /// The decision a single-node outcome makes (a deposit or withdrawal,
     /// whose account's node has already applied or refused it).
-    pub fn of<T>(outcome: &Result<T, Rejection>) -> Decision {
+    pub fn of<T>(outcome: &Verdict<T>) -> Decision {
         match outcome {
             Ok(_) => Decision::Commit,
             Err(reason) => Decision::Abort {
@@ -390,7 +393,7 @@ pub struct ExecuteBatch {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecuteReply {
-    pub results: Vec<BeginResult>,
+    pub results: Vec<Verdict<Begun>>,
 }
 
 // ---- recovery ----------------------------------------------------------------

@@ -5,8 +5,10 @@
 //!
 //! - Invariants: no transaction the participant's rules refused as breaking
 //!   a balance's invariants.
-//! - The feed: every event exactly once, each account's in order, and one
-//!   `transfer_aborted` per aborted transfer's record.
+//! - The feed, over the cluster (a moved partition's events are fed by its
+//!   old owner up to the move, by its new owner after): every event exactly
+//!   once, each node's in order, and one `transfer_aborted` per aborted
+//!   transfer's record.
 //! - Snapshots: each is the fold of the events up to its own.
 
 use std::collections::BTreeMap;
@@ -41,6 +43,14 @@ pub fn check(
 /// The simulation's own checks (see the module docs).
 pub fn extensions(stores: &BTreeMap<String, MemStore>) -> Vec<Anomaly> {
     let mut out = Vec::new();
+    // The feed, over the cluster: every event exactly once, each node's in
+    // order, and one `transfer_aborted` per aborted decision record. A
+    // partition's events fed before it moved stay in its old owner's feed,
+    // the later ones are in its new owner's.
+    let mut fed: BTreeMap<AccountId, Vec<i64>> = BTreeMap::new();
+    let mut logs: BTreeMap<AccountId, Vec<i64>> = BTreeMap::new();
+    let mut aborted = std::collections::BTreeSet::new();
+    let mut aborted_fed = 0;
     for (node, store) in stores {
         for why in store.corrupt.lock().unwrap().iter() {
             out.push(Anomaly::new(
@@ -49,14 +59,11 @@ pub fn extensions(stores: &BTreeMap<String, MemStore>) -> Vec<Anomaly> {
             ));
         }
         let t = store.tables.lock().unwrap();
-        // The feed: every event exactly once, each account's in order, and
-        // one `transfer_aborted` per aborted decision record here.
-        let mut fed: BTreeMap<&AccountId, Vec<i64>> = BTreeMap::new();
-        let mut aborted_fed = 0;
+        let mut here: BTreeMap<&AccountId, Vec<i64>> = BTreeMap::new();
         for entry in &t.outbox {
             match (entry.kind, entry.seq) {
                 (FeedKind::Event(_), Some(seq)) => {
-                    fed.entry(&entry.account_id).or_default().push(seq)
+                    here.entry(&entry.account_id).or_default().push(seq)
                 }
                 (FeedKind::TransferAborted, None) => aborted_fed += 1,
                 _ => out.push(Anomaly::new(
@@ -65,30 +72,30 @@ pub fn extensions(stores: &BTreeMap<String, MemStore>) -> Vec<Anomaly> {
                 )),
             }
         }
-        for (account, log) in &t.events {
-            let want: Vec<i64> = log.iter().map(|e| e.seq).collect();
-            if fed.get(account).map(Vec::as_slice).unwrap_or_default() != want.as_slice() {
+        for (account, seqs) in here {
+            if seqs.windows(2).any(|w| w[0] >= w[1]) {
                 out.push(Anomaly::new(
                     AnomalyKind::Feed,
-                    format!(
-                        "{node}: the feed does not carry {account}'s events 1..{} once, in order",
-                        want.len()
-                    ),
+                    format!("{node}: the feed carries {account}'s events out of order: {seqs:?}"),
                 ));
             }
+            fed.entry(account.clone()).or_default().extend(seqs);
         }
-        let aborted = t
-            .transfers
-            .values()
-            .filter(|r| r.record.kind == RecordKind::Transfer)
-            .filter(|r| r.record.state == TransferState::Aborted)
-            .count();
-        if aborted != aborted_fed {
-            out.push(Anomaly::new(
-                AnomalyKind::Feed,
-                format!("{node}: {aborted} aborted transfers, {aborted_fed} in the feed"),
-            ));
+        for (account, log) in &t.events {
+            let seqs: Vec<i64> = log.iter().map(|e| e.seq).collect();
+            // A copy on a second node is a duplicate row (the state's check).
+            let held = logs.entry(account.clone()).or_default();
+            if seqs.len() > held.len() {
+                *held = seqs;
+            }
         }
+        aborted.extend(
+            t.transfers
+                .values()
+                .filter(|r| r.record.kind == RecordKind::Transfer)
+                .filter(|r| r.record.state == TransferState::Aborted)
+                .map(|r| r.id()),
+        );
         // Snapshots: each is the fold of the events up to its own.
         for (account, snaps) in &t.snapshots {
             let log = t.events.get(account).map(Vec::as_slice).unwrap_or(&[]);
@@ -115,6 +122,34 @@ pub fn extensions(stores: &BTreeMap<String, MemStore>) -> Vec<Anomaly> {
             }
         }
     }
+    for (account, want) in &logs {
+        let mut got = fed.remove(account).unwrap_or_default();
+        got.sort_unstable();
+        if &got != want {
+            out.push(Anomaly::new(
+                AnomalyKind::Feed,
+                format!(
+                    "the feed does not carry {account}'s events 1..{} once",
+                    want.len()
+                ),
+            ));
+        }
+    }
+    for (account, seqs) in fed {
+        out.push(Anomaly::new(
+            AnomalyKind::Feed,
+            format!("the feed carries events {seqs:?} of {account}, which no node holds"),
+        ));
+    }
+    if aborted.len() != aborted_fed {
+        out.push(Anomaly::new(
+            AnomalyKind::Feed,
+            format!(
+                "{} aborted transfers, {aborted_fed} in the feed",
+                aborted.len()
+            ),
+        ));
+    }
     out
 }
 
@@ -134,8 +169,8 @@ mod tests {
     use serde_json::{json, Value};
     use wallet_history::{Op, Outcome, Phase, Request};
     use wallet_shared::protocol::{
-        Begin, BeginResult, Decision, Event, FeedEntry, Leg, LegState, Movement, MovementKind,
-        MovementRequest, OpenAccount, Snapshot, TransferSpec, Vote,
+        Begin, Begun, Decision, Event, FeedEntry, Leg, LegState, Movement, MovementKind,
+        MovementRequest, OpenAccount, Snapshot, TransferSpec,
     };
     use wallet_shared::protocol::{EventKind, TransferRecord};
     use wallet_shared::{AccountId, TransactionId};
@@ -226,7 +261,7 @@ mod tests {
             kind: RecordKind::Transfer,
         };
         let began = tx(home, decisions::keys([id]), |w| decisions::begin(w, &begin));
-        assert_eq!(began, BeginResult::Proceed);
+        assert_eq!(began, Ok(Begun::Proceed));
         let [d, c] = Leg::both(spec, 0, 0, 0);
         let prepare = |store, leg: &Leg| {
             tx(store, legs::keys(std::slice::from_ref(leg)), |w| {
@@ -234,10 +269,7 @@ mod tests {
             })
         };
         let votes = [prepare(debit, &d), prepare(credit, &c)];
-        let decision = match votes.iter().find_map(|v| match v {
-            Vote::No { reason } => Some(reason.clone()),
-            Vote::Yes => None,
-        }) {
+        let decision = match votes.iter().find_map(|v| v.clone().err()) {
             None => Decision::Commit,
             Some(reason) => Decision::Abort { reason },
         };
@@ -377,18 +409,23 @@ mod tests {
                 kind: RecordKind::Transfer,
             };
             let both = Leg::both(&t2, 0, 0, 0);
-            tx(n1, decisions::execute_keys(&begin, &both), |w| {
+            let executed = tx(n1, decisions::execute_keys(&begin, &both), |w| {
                 decisions::execute(w, &begin, &both)
             });
+            assert!(
+                matches!(executed, Ok(Begun::Decided { .. })),
+                "{executed:?}"
+            );
             // T3: 1000 from a to b, refused: not enough funds.
             let t3 = spec(T3, "a", "b", 1000);
             two_phase(n1, n1, n2, &t3);
             // W1: 5 out of b; claimed at node-1, applied at node-2.
             let w1 = movement(W1, MovementKind::Withdrawal, "b", 5);
             let claim = w1.claim(0, 5000, uuid::Uuid::nil());
-            tx(n1, decisions::keys([id(W1)]), |w| {
+            let claimed = tx(n1, decisions::keys([id(W1)]), |w| {
                 decisions::begin(w, &claim)
             });
+            assert_eq!(claimed, Ok(Begun::Proceed));
             let req = MovementRequest {
                 movement: w1.clone(),
                 claim: None,
@@ -672,6 +709,24 @@ mod tests {
         t.outbox.swap(a[1], a[2]);
         drop(t);
         assert_eq!(f.kinds(), kinds(&["feed"]));
+    }
+
+    /// A partition moved to another node: its events fed before the move
+    /// stay in the old owner's feed, its rows are the new owner's only.
+    /// The checker sees one whole feed; a copy left behind is a duplicate.
+    #[test]
+    fn a_moved_partition_keeps_its_feed_whole_and_a_copy_left_behind_is_a_duplicate() {
+        const N3: &str = "node-3";
+        let mut f = Fixture::good();
+        let clock = f.stores[N1].clock.clone();
+        f.stores.insert(N3.to_string(), MemStore::new(clock));
+        let rows = f.tables(N1).partition(0);
+        assert!(!rows.accounts.is_empty() && !rows.transfers.is_empty());
+        f.tables(N3).import_partition(0, rows);
+        assert!(f.kinds().contains("duplicate_row"));
+        assert!(f.tables(N1).drop_partition(0) > 0);
+        assert_eq!(f.kinds(), kinds(&[]));
+        assert!(f.tables(N1).accounts.is_empty() && !f.tables(N1).outbox.is_empty());
     }
 
     #[test]
@@ -1192,11 +1247,12 @@ mod tests {
             .record
             .completed = false;
         let leg = Leg::both(&spec(91, "a", "b", 1), 0, 0, 0);
-        tx(
+        let vote = tx(
             &f.stores[N2],
             legs::keys(std::slice::from_ref(&leg[1])),
             |w| legs::prepare(w, &leg[1]),
         );
+        assert_eq!(vote, Ok(()));
         f.append(N1, "a", EventKind::DebitHeld, 1, Some(id(92)));
         assert!(state(&f.stores).in_flight());
         let found = f.check();

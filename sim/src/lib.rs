@@ -8,7 +8,9 @@
 //! in-memory stores ([`mem`]), under a paused Tokio clock. A nemesis crashes
 //! and restarts coordinators and participants at any step, takes databases
 //! down, cuts links (one way too), loses, duplicates and delays messages and
-//! makes node clocks jump. Then the faults stop, recovery must settle
+//! makes node clocks jump; meanwhile an operator (`mover`) moves
+//! partitions between nodes (copy, fences, owner switch, roll-backs and
+//! aborts). Then the faults stop, recovery must settle
 //! everything within 30 s, and [`check`] verifies promises 1 to 4 and 7 of
 //! `docs/promises.md` (and 6: balances equal the fold of their events).
 //!
@@ -18,6 +20,7 @@
 pub mod check;
 pub mod clock;
 pub mod mem;
+mod mover;
 pub mod net;
 mod world;
 

@@ -10,6 +10,7 @@ use coordinator::batch::Limits;
 use coordinator::client::Participants;
 use coordinator::transfer::Coordinator;
 use participant::app::App;
+use participant::fence::Fences;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::AbortHandle;
@@ -34,6 +35,8 @@ pub struct Options {
     pub ops_per_client: usize,
     /// Faults on (off: the same workload on a healthy cluster).
     pub faults: bool,
+    /// Partitions moved under the faults (with them only).
+    pub moves: bool,
 }
 
 impl Options {
@@ -47,6 +50,7 @@ impl Options {
             clients: 4,
             ops_per_client: 30,
             faults: true,
+            moves: true,
         }
     }
 }
@@ -136,8 +140,14 @@ struct CoordinatorSlot {
 pub(crate) struct World {
     pub start: Instant,
     pub net: SharedNet,
-    pub map: Arc<PartitionMap>,
+    /// The partition map, one handle for every node and coordinator: the
+    /// mover changes it as etcd would, and every one sees it at once.
+    pub map: MapHandle,
     pub stores: BTreeMap<String, MemStore>,
+    /// Each node's fences (its `App`'s), which the mover sets.
+    pub fences: BTreeMap<String, Fences>,
+    /// Fence and copy steps the participant's rules refused the mover.
+    pub refused: Mutex<Vec<String>>,
     coordinators: Mutex<Vec<CoordinatorSlot>>,
     pub rng: Mutex<fastrand::Rng>,
     pub history: Mutex<History>,
@@ -178,11 +188,7 @@ impl World {
             from: Self::coordinator_name(i),
             incarnation: self.next_incarnation(i),
         });
-        let participants = Participants::new(
-            MapHandle::fixed((*self.map).clone()),
-            transport,
-            CALL_TIMEOUT,
-        );
+        let participants = Participants::new(self.map.clone(), transport, CALL_TIMEOUT);
         let c = Coordinator::new(participants, LEASE, BATCH_LIMITS, None);
         let resolver = tokio::spawn(coordinator::resolver::run(
             c.clone(),
@@ -206,8 +212,17 @@ impl World {
         slots[i].api = None;
     }
 
-    fn fault(&self, kind: &str) {
+    pub(crate) fn fault(&self, kind: &str) {
         *self.faults.lock().unwrap().entry(kind.into()).or_default() += 1;
+    }
+
+    pub(crate) fn refused(&self, why: String) {
+        self.refused.lock().unwrap().push(why);
+    }
+
+    /// The simulated wall clock, as etcd's records write it.
+    pub(crate) fn clock_text(&self) -> String {
+        (chrono::DateTime::UNIX_EPOCH + self.start.elapsed()).to_rfc3339()
     }
 
     fn rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
@@ -222,7 +237,7 @@ fn node_name(i: usize) -> String {
 async fn simulate(opts: Options) -> Report {
     let start = Instant::now();
     let nodes: Vec<String> = (0..opts.nodes).map(node_name).collect();
-    let map = Arc::new(PartitionMap {
+    let map = MapHandle::fixed(PartitionMap {
         revision: 1,
         moves: Default::default(),
         owners: (0..opts.partitions as usize)
@@ -244,13 +259,15 @@ async fn simulate(opts: Options) -> Report {
         incarnations: BTreeMap::new(),
     };
     let mut stores = BTreeMap::new();
+    let mut fences = BTreeMap::new();
     for n in &nodes {
         let store = MemStore::new(NodeClock::new(start));
+        let fenced = Fences::default();
         let app = App {
             node_id: Arc::from(n.as_str()),
             store: store.clone(),
-            map: MapHandle::fixed((*map).clone()),
-            fences: Default::default(),
+            map: map.clone(),
+            fences: fenced.clone(),
             max_fold_events: participant::reads::DEFAULT_MAX_FOLD_EVENTS,
         };
         net.nodes.insert(
@@ -262,12 +279,15 @@ async fn simulate(opts: Options) -> Report {
             },
         );
         stores.insert(n.clone(), store);
+        fences.insert(n.clone(), fenced);
     }
     let world = Arc::new(World {
         start,
         net: Arc::new(Mutex::new(net)),
-        map: map.clone(),
+        map,
         stores,
+        fences,
+        refused: Mutex::new(Vec::new()),
         coordinators: Mutex::new(
             (0..opts.coordinators)
                 .map(|_| CoordinatorSlot {
@@ -295,6 +315,12 @@ async fn simulate(opts: Options) -> Report {
         let (w, d, o) = (world.clone(), done.clone(), opts.clone());
         tokio::spawn(async move { nemesis(w, d, o).await })
     });
+    // The operator moves partitions meanwhile, and stops with the nemesis.
+    let stop_moving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let operator = (opts.faults && opts.moves).then(|| {
+        let (w, stop, seed) = (world.clone(), stop_moving.clone(), opts.seed);
+        tokio::spawn(async move { crate::mover::operator(w, stop, seed).await })
+    });
     let clients: Vec<_> = (0..opts.clients)
         .map(|c| {
             let (w, o) = (world.clone(), opts.clone());
@@ -308,8 +334,19 @@ async fn simulate(opts: Options) -> Report {
     if let Some(n) = nemesis {
         n.await.expect("the nemesis task");
     }
+    stop_moving.store(true, std::sync::atomic::Ordering::Relaxed);
     heal(&world, &opts);
+    // A move under way runs to its end (its steps wait for no fault).
+    if let Some(o) = operator {
+        o.await.expect("the operator task");
+    }
     let healed_ms = world.ms();
+    for why in world.refused.lock().unwrap().iter() {
+        anomalies.push(Anomaly::new(
+            AnomalyKind::Invariant,
+            format!("partition move: {why}"),
+        ));
+    }
 
     // Recovery: faults off; every unknown outcome is resolved as a client
     // would (a transfer's status, a movement's retry) and nothing may be
@@ -831,8 +868,8 @@ async fn fresh_transfer(world: &Arc<World>, harness: usize) {
         .accounts
         .iter()
         .find(|a| {
-            world.map.owner(world.map.account_partition(a))
-                != world.map.owner(world.map.account_partition(&from))
+            let map = world.map.current();
+            map.owner(map.account_partition(a)) != map.owner(map.account_partition(&from))
         })
         .or_else(|| world.accounts.iter().find(|a| **a != from))
         .cloned()

@@ -13,6 +13,7 @@
 //! once, nothing held, money where the decision says.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use coordinator::client::judged;
 use coordinator::machine::{Effect, Ending, Machine, Message, Plan, Reply};
 use participant::legs::Finish;
 use participant::memory::Tables;
@@ -43,15 +44,17 @@ impl Node {
     /// Delivers one message, as the participant's routes do.
     fn deliver(&mut self, message: &Message) -> Option<Reply> {
         Some(match message {
-            Message::Begin(b) => Reply::Begun(Ok(self
+            Message::Begin(b) => Reply::Begun(judged(Ok(self
                 .tx(decisions::keys([b.spec.transaction_id]), |w| {
                     decisions::begin(w, b)
-                }))),
+                })))),
             Message::Execute(_) => unreachable!("these transfers run in two phases"),
             Message::Prepare(both) => Reply::Voted(
                 both.iter()
                     .map(|l| {
-                        Ok(self.tx(legs::keys(std::slice::from_ref(l)), |w| legs::prepare(w, l)))
+                        judged(Ok(self.tx(legs::keys(std::slice::from_ref(l)), |w| {
+                            legs::prepare(w, l)
+                        })))
                     })
                     .collect(),
             ),
@@ -305,7 +308,7 @@ fn a_takeover_after_the_lease_and_the_first_coordinator_waking_up_commit_once() 
     let mut early = Run::new(Machine::new(retry_plan.clone()));
     assert!(matches!(
         early.run_out(&mut node),
-        Ending::Early(coordinator::machine::TransferOutcome::InProgress)
+        Ending::Early(coordinator::machine::TransferOutcome::Refused(r)) if r.code == wallet_shared::ErrorCode::InProgress
     ));
     // After it, the retry takes the transfer over and runs it to the end...
     node.now += Duration::seconds(6);

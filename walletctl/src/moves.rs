@@ -131,11 +131,30 @@ fn megabytes(bytes: i64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-/// Test hook: dies here, as `kill -9` would (`WALLETCTL_CRASH_AT`).
+/// Test hooks at the named points: `WALLETCTL_CRASH_AT=point` dies there,
+/// as `kill -9` would; `WALLETCTL_PAUSE_AT=point:FILE` writes `FILE.paused`
+/// there and stands still until FILE exists, so a test can run something
+/// else (an abort, say) at exactly that step.
 fn crash_point(point: &str) {
     if std::env::var("WALLETCTL_CRASH_AT").as_deref() == Ok(point) {
         eprintln!("walletctl: WALLETCTL_CRASH_AT={point}: dying here");
         std::process::abort();
+    }
+    let Ok(pause) = std::env::var("WALLETCTL_PAUSE_AT") else {
+        return;
+    };
+    let Some((at, file)) = pause.split_once(':') else {
+        return;
+    };
+    if at != point {
+        return;
+    }
+    eprintln!("walletctl: WALLETCTL_PAUSE_AT={point}: waiting for {file}");
+    if let Err(e) = std::fs::write(format!("{file}.paused"), point) {
+        eprintln!("walletctl: cannot write {file}.paused: {e}");
+    }
+    while !std::path::Path::new(file).exists() {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -769,6 +788,7 @@ pub async fn abort(ctx: &Ctx, p: PartitionId) -> CtlResult<()> {
         Ok((vec![(move_key(p), value.clone())], vec![]))
     })
     .await?;
+    crash_point("abort_after_mark");
     let from_url = ctx.node_url(&map, &record.from)?.to_string();
     let to_url = ctx.node_url(&map, &record.to)?.to_string();
     drop_rows(

@@ -129,3 +129,136 @@ async fn concurrent_random_transfers_conserve_money() {
     }
     traffic.check(&t).await;
 }
+
+/// Event times under concurrent writers, which once went back (the newest
+/// event's time was read inside the locking statement, whose snapshot is
+/// taken before the wait). Step by step, with the row lock as the hook:
+/// another writer holds the account's row; a deposit through the
+/// participant's store starts (its clock reads now) and waits on the row;
+/// the holder adds an event stamped an hour ahead and commits; the deposit
+/// goes on, and its event is not stamped before the holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_never_stamped_before_one_a_concurrent_writer_added() {
+    use chrono::{DateTime, Utc};
+    use participant::movements;
+    use participant::store::Store;
+    use sqlx::Connection;
+    use wallet_shared::protocol::{Movement, MovementKind, OpenAccount};
+    use wallet_shared::{AccountId, Amount, TransactionId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = devcluster::free_port().unwrap();
+    let pg = devcluster::Postgres::start(dir.path().join("pg"), port)
+        .await
+        .unwrap();
+    let cfg: participant::config::ParticipantConfig = wallet_shared::config::from_toml(
+        participant::config::DEFAULTS,
+        &format!("node_id = \"node-t\"\ndatabase_url = \"{}\"", pg.url()),
+    )
+    .unwrap();
+    let store = participant::pg::PgStore::connect(&cfg).await.unwrap();
+    let account = AccountId::parse("times-1").unwrap();
+    let usd = Currency::parse("USD").unwrap();
+    let open = OpenAccount {
+        account_id: account.clone(),
+        partition: 0,
+        currency: usd,
+        owner: None,
+    };
+    store
+        .transaction("open", movements::open_keys(&open), |w| {
+            movements::open(w, &open)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+
+    // 1. Another writer holds the account's row.
+    let mut holder = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE")
+        .bind(account.as_str())
+        .execute(&mut *held)
+        .await
+        .unwrap();
+
+    // 2. A deposit starts and waits on that row.
+    let deposit = Movement {
+        transaction_id: TransactionId(uuid::Uuid::from_u128(7)),
+        kind: MovementKind::Deposit,
+        account_id: account.clone(),
+        partition: 0,
+        amount: Amount::from_minor(500).unwrap(),
+        currency: usd,
+        tenant: None,
+    };
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .transaction("deposit", movements::keys(&deposit), |w| {
+                    movements::apply(w, &deposit)
+                })
+                .await
+        })
+    };
+    let mut observer = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    let since = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(4),
+            "the deposit never waited on the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // 3. The holder adds an event stamped an hour ahead, and commits.
+    let ahead: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO events (account_id, seq, kind, amount, at)
+         SELECT account_id, last_seq + 1, 'deposited', 100, now() + interval '1 hour'
+           FROM accounts WHERE account_id = $1
+         RETURNING at",
+    )
+    .bind(account.as_str())
+    .fetch_one(&mut *held)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE accounts SET last_seq = last_seq + 1, posted = posted + 100 WHERE account_id = $1",
+    )
+    .bind(account.as_str())
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    held.commit().await.unwrap();
+
+    // 4. The deposit goes on after it: its event comes next, not earlier.
+    let balance = writer.await.unwrap().unwrap().unwrap();
+    assert_eq!(balance.posted, 600, "{balance:?}");
+    let times: Vec<(i64, DateTime<Utc>)> =
+        sqlx::query_as("SELECT seq, at FROM events WHERE account_id = $1 ORDER BY seq")
+            .bind(account.as_str())
+            .fetch_all(&mut observer)
+            .await
+            .unwrap();
+    assert_eq!(
+        times.len(),
+        3,
+        "opened, the holder's, the deposit: {times:?}"
+    );
+    assert_eq!(times[1], (2, ahead));
+    assert!(
+        times[2].1 >= ahead,
+        "the deposit's event is stamped before the one before it: {times:?}"
+    );
+}

@@ -607,6 +607,7 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
         .await
         .unwrap();
     assert_eq!(status["feeds"].as_array().unwrap().len(), 3, "{status}");
+    assert_projector_reads(&t, &ledger, &audit, aborted as i64).await;
 
     // A rebuild, with the projector still running, gives the same tables.
     let before = projections.dump().await.unwrap();
@@ -614,6 +615,80 @@ async fn projections_add_up_after_random_traffic_and_a_rebuild_gives_the_same_ta
     assert_eq!(code, 0, "{out}");
     let projections = projected(&t).await;
     assert_eq!(projections.dump().await.unwrap(), before);
+}
+
+/// The projector's read endpoints say what its tables and the stores hold:
+/// `/v1/ledger` per currency, `/v1/accounts/{id}` per account (and 404 for
+/// one it never saw), `/v1/rejected_transfers` one per aborted transfer.
+async fn assert_projector_reads(
+    t: &TestCluster,
+    ledger: &BTreeMap<String, projector::models::LedgerRow>,
+    audit: &chaos::audit::Audit,
+    aborted: i64,
+) {
+    let base = t.cluster.projector().unwrap().url();
+    let get = |path: String| {
+        let http = t.http.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let r = http.get(&url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let money = |currency: &str, minor: i128| {
+        Currency::parse(currency)
+            .unwrap()
+            .format(i64::try_from(minor).unwrap())
+    };
+    let (status, body) = get("/v1/ledger".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["ledger"].as_array().unwrap();
+    assert_eq!(rows.len(), ledger.len(), "{body}");
+    for row in rows {
+        let currency = row["currency"].as_str().unwrap();
+        let want = &ledger[currency];
+        assert_eq!(row["total"], json!(money(currency, want.posted)), "{row}");
+        assert_eq!(row["held"], json!(money(currency, want.held)), "{row}");
+        assert_eq!(
+            (&row["deposited"], &row["withdrawn"]),
+            (
+                &json!(money(currency, want.deposited)),
+                &json!(money(currency, want.withdrawn))
+            ),
+            "{row}"
+        );
+        assert_eq!(row["accounts"], json!(want.accounts), "{row}");
+    }
+    for (id, stored) in &audit.accounts {
+        let (status, body) = get(format!("/v1/accounts/{id}")).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        let c = &stored.currency;
+        assert_eq!(
+            (&body["balance"], &body["available"], &body["last_seq"]),
+            (
+                &json!(money(c, stored.posted.into())),
+                &json!(money(c, (stored.posted - stored.held).into())),
+                &json!(stored.last_seq)
+            ),
+            "{id}: {body}"
+        );
+    }
+    let (status, body) = get("/v1/accounts/never-opened".into()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("account_not_found")),
+        "{body}"
+    );
+    let (status, body) = get("/v1/rejected_transfers".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let listed: i64 = body["rejected_transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["transfers"].as_i64().unwrap())
+        .sum();
+    assert_eq!(listed, aborted, "{body}");
 }
 
 /// The account view holds every stored balance, each account's every event

@@ -350,8 +350,8 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
 }
 
 /// The cut-over has a deadline the old owner keeps on its own: a move whose
-/// walletctl died after freezing the partition, or after recording the
-/// cut-over but before fencing, is rolled back (the move goes back to
+/// walletctl died after freezing the partition, after fencing it draining,
+/// or after recording the cut-over but before fencing, is rolled back (the move goes back to
 /// copying, the fence is lifted) and the partition serves again at its old
 /// owner, with nobody doing anything; the same command later finishes the
 /// move from where its copy stood.
@@ -425,7 +425,7 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
         }
     };
 
-    for crash_at in ["after_freeze", "after_cutover_record"] {
+    for crash_at in ["after_freeze", "after_drain_fence", "after_cutover_record"] {
         let ctl = t
             .walletctl(
                 &["partitions", "move", "0", "--to", "node-2"],
@@ -471,15 +471,118 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
     t.reload_map().await;
     assert_eq!(t.map.owners[p as usize], "node-2");
     assert!(t.map.moves.is_empty());
-    // 2 x 100.00 deposited, and 1.00 for each of the two rollbacks.
+    // 2 x 100.00 deposited, and 1.00 for each of the three rollbacks.
     let mut sum = 0;
     for a in &mine {
         let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
         sum += chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD").unwrap();
         assert_eq!(row(&t, 0, a).await, None, "node-1 kept {a}");
     }
-    assert_eq!(sum, 20_200);
+    assert_eq!(sum, 20_300);
     let r = deposit(&t, mine[0].clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    t.wait_settled().await;
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
+
+/// An abort racing a running move, step by step (`WALLETCTL_PAUSE_AT`):
+/// the move stands still with the partition frozen and copied, just before
+/// the owner switch; `--abort` marks the move `aborting` and stands still
+/// too; the move goes on, and its switch, a compare-and-set on phase
+/// `moving`, is refused; then the abort finishes. The partition stays with
+/// its old owner, serving, and the copy is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_racing_a_running_move_wins_and_the_move_does_not_switch() {
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 8,
+        coordinator_env: quick_recovery(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let p = 0;
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("ab-{i}"))
+        .filter(|a| t.partition_of(a) == p)
+        .take(2)
+        .collect();
+    for a in &mine {
+        t.open(a, "USD").await;
+        t.deposit(a, "100.00", "USD").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (go, abort_go) = (dir.path().join("go"), dir.path().join("abort-go"));
+    let move_at = format!("after_import:{}", go.display());
+    let abort_at = format!("abort_after_mark:{}", abort_go.display());
+    let move_env = [("WALLETCTL_PAUSE_AT", move_at.as_str())];
+    let abort_env = [("WALLETCTL_PAUSE_AT", abort_at.as_str())];
+    // Waits until walletctl stands still at the pause released by `file`.
+    let paused_at = |file: &std::path::Path| {
+        let flag = std::path::PathBuf::from(format!("{}.paused", file.display()));
+        async move {
+            let since = std::time::Instant::now();
+            while !flag.exists() {
+                assert!(
+                    since.elapsed() < Duration::from_secs(60),
+                    "walletctl never reached {}",
+                    flag.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let (ended, moved_ended) = tokio::sync::oneshot::channel();
+    // 1. The move runs up to the switch and stands still.
+    let running = async {
+        let out = t
+            .walletctl(&["partitions", "move", "0", "--to", "node-2"], &move_env)
+            .await;
+        let _ = ended.send(());
+        out
+    };
+    let racer = async {
+        paused_at(&go).await;
+        assert_eq!(
+            row(&t, 1, &mine[0]).await,
+            Some(10_000),
+            "the copy is on node-2"
+        );
+        // 2. The abort marks the move `aborting` and stands still; 3. the
+        //    move goes on to its end; 4. the abort finishes.
+        let aborting = t.walletctl(&["partitions", "move", "0", "--abort"], &abort_env);
+        let (aborted, ()) = tokio::join!(aborting, async {
+            paused_at(&abort_go).await;
+            std::fs::write(&go, "").unwrap();
+            let _ = moved_ended.await;
+            std::fs::write(&abort_go, "").unwrap();
+        });
+        aborted
+    };
+    let (moved, aborted) = tokio::join!(running, racer);
+    assert_ne!(
+        moved.code,
+        Some(0),
+        "the move switched under the abort: {}",
+        moved.stdout
+    );
+    assert!(
+        moved.stderr.contains("no longer stands"),
+        "{}",
+        moved.stderr
+    );
+    assert_eq!(aborted.code, Some(0), "{}", aborted.stderr);
+    t.reload_map().await;
+    assert_eq!(t.map.owners[p as usize], "node-1");
+    assert!(t.map.moves.is_empty(), "{:?}", t.map.moves);
+    assert_eq!(row(&t, 1, &mine[0]).await, None, "node-2 kept the copy");
+    assert_eq!(row(&t, 0, &mine[0]).await, Some(10_000));
+    let r = t
+        .api()
+        .post(
+            &format!("/v1/wallet/accounts/{}/deposit", mine[1]),
+            json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     t.wait_settled().await;
     let audit = t.walletctl(&["audit"], &[]).await;
