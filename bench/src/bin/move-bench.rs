@@ -68,6 +68,10 @@ struct Args {
     /// Seconds of load after the move.
     #[arg(long, env = "MOVE_AFTER_SECONDS", default_value_t = 5)]
     after: u64,
+    /// The participants' cut-over deadline (`move_cutover_deadline_ms`;
+    /// default: theirs, 5 s).
+    #[arg(long, env = "MOVE_CUTOVER_DEADLINE_MS")]
+    cutover_deadline_ms: Option<u64>,
     /// Extra arguments for `walletctl partitions move` (e.g. `--rate 20000`).
     #[arg(long, env = "MOVE_ARGS", default_value = "")]
     move_args: String,
@@ -102,8 +106,10 @@ struct SizeResult {
     load_seconds: f64,
     from: String,
     to: String,
-    /// walletctl's `-o json` report.
+    /// walletctl's `-o json` report (`null` if the move failed).
     walletctl: Value,
+    /// Why the move failed (walletctl's exit status and message), if it did.
+    move_error: Option<String>,
     /// Seconds walletctl ran.
     move_seconds: f64,
     seen: Seen,
@@ -136,6 +142,16 @@ async fn main() -> Result<()> {
         eprintln!("move-bench: {size} events: starting a cluster...");
         let cluster = Cluster::start(ClusterOptions {
             partitions: args.partitions,
+            participant_env: args
+                .cutover_deadline_ms
+                .map(|ms| {
+                    (
+                        "WALLET_MOVE_CUTOVER_DEADLINE_MS".to_string(),
+                        ms.to_string(),
+                    )
+                })
+                .into_iter()
+                .collect(),
             ..Default::default()
         })
         .await?;
@@ -304,15 +320,18 @@ async fn run(args: &Args, cluster: &Cluster, size: u64, out: &Path) -> Result<Si
     };
     let move_end = t0.elapsed();
     let stdout = reader.await??;
-    if !status.success() {
-        bail!(
-            "walletctl partitions move: {status}; see {}\n{}",
-            log.display(),
-            String::from_utf8_lossy(&stdout)
+    let (report, move_error) = if status.success() {
+        let report: Value = serde_json::from_slice(&stdout)
+            .with_context(|| format!("walletctl's report: {}", String::from_utf8_lossy(&stdout)))?;
+        (report, None)
+    } else {
+        let error = format!(
+            "walletctl partitions move: {status}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default().trim()
         );
-    }
-    let report: Value = serde_json::from_slice(&stdout)
-        .with_context(|| format!("walletctl's report: {}", String::from_utf8_lossy(&stdout)))?;
+        eprintln!("move-bench: {error}");
+        (Value::Null, Some(error))
+    };
 
     tokio::time::sleep(Duration::from_secs(args.after)).await;
     stop.store(true, Ordering::Relaxed);
@@ -350,6 +369,7 @@ async fn run(args: &Args, cluster: &Cluster, size: u64, out: &Path) -> Result<Si
         to,
         move_seconds: (move_end - move_start).as_secs_f64(),
         walletctl: report,
+        move_error,
         seen,
         memory,
         audit_clean: audit["clean"] == Value::Bool(true),
@@ -428,6 +448,7 @@ fn write(out: &Path, args: &Args, results: &[SizeResult]) -> Result<()> {
             "before_seconds": args.before,
             "after_seconds": args.after,
             "move_args": args.move_args,
+            "cutover_deadline_ms": args.cutover_deadline_ms,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
         "sizes": results,
@@ -440,9 +461,12 @@ fn write(out: &Path, args: &Args, results: &[SizeResult]) -> Result<()> {
     Ok(())
 }
 
+/// How a row of the table shows one size.
+type Cell = Box<dyn Fn(&SizeResult) -> String>;
+
 fn table(args: &Args, results: &[SizeResult]) -> String {
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let mut rows: Vec<(&str, Box<dyn Fn(&SizeResult) -> String>)> = Vec::new();
+    let mut rows: Vec<(&str, Cell)> = Vec::new();
     rows.push((
         "events / legs / records in the partition",
         Box::new(|r| format!("{} / {} / {}", r.events, r.legs, r.records)),
@@ -546,6 +570,14 @@ fn table(args: &Args, results: &[SizeResult]) -> String {
                 "{:.0} / {:.0} / {:.0}",
                 m.source_hwm_mb, m.target_hwm_mb, m.walletctl_hwm_mb
             )
+        }),
+    ));
+    rows.push((
+        "move failed",
+        Box::new(|r| {
+            r.move_error
+                .as_deref()
+                .map_or("no".into(), |e| e.replace(['\n', '|'], " "))
         }),
     ));
     rows.push((
