@@ -68,10 +68,10 @@ struct Args {
     /// Seconds of load after the move.
     #[arg(long, env = "MOVE_AFTER_SECONDS", default_value_t = 5)]
     after: u64,
-    /// The participants' cut-over deadline (`move_cutover_deadline_ms`;
-    /// default: theirs, 5 s).
-    #[arg(long, env = "MOVE_CUTOVER_DEADLINE_MS")]
-    cutover_deadline_ms: Option<u64>,
+    /// Extra environment of the participants, `NAME=VALUE` separated by
+    /// spaces (e.g. `WALLET_MOVE_CUTOVER_DEADLINE_MS=10000`).
+    #[arg(long, env = "MOVE_PARTICIPANT_ENV", default_value = "")]
+    participant_env: String,
     /// Extra arguments for `walletctl partitions move` (e.g. `--rate 20000`).
     #[arg(long, env = "MOVE_ARGS", default_value = "")]
     move_args: String,
@@ -128,6 +128,15 @@ async fn main() -> Result<()> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().with_context(|| format!("MOVE_SIZES: {s:?}")))
         .collect::<Result<_>>()?;
+    let participant_env = args
+        .participant_env
+        .split_whitespace()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("MOVE_PARTICIPANT_ENV: {kv:?} is not NAME=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     if sizes.is_empty() || args.before < 5 {
         bail!("MOVE_SIZES must name a size and --before be at least 5 s");
     }
@@ -142,16 +151,7 @@ async fn main() -> Result<()> {
         eprintln!("move-bench: {size} events: starting a cluster...");
         let cluster = Cluster::start(ClusterOptions {
             partitions: args.partitions,
-            participant_env: args
-                .cutover_deadline_ms
-                .map(|ms| {
-                    (
-                        "WALLET_MOVE_CUTOVER_DEADLINE_MS".to_string(),
-                        ms.to_string(),
-                    )
-                })
-                .into_iter()
-                .collect(),
+            participant_env: participant_env.clone(),
             ..Default::default()
         })
         .await?;
@@ -448,7 +448,7 @@ fn write(out: &Path, args: &Args, results: &[SizeResult]) -> Result<()> {
             "before_seconds": args.before,
             "after_seconds": args.after,
             "move_args": args.move_args,
-            "cutover_deadline_ms": args.cutover_deadline_ms,
+            "participant_env": args.participant_env,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
         "sizes": results,
