@@ -5,6 +5,10 @@
 #                  (BENCH_SECONDS=20; installs perf for the profile)
 # make sim         the deterministic simulation, 1,000 seeds (SIM_SEEDS=n, SIM_FIRST=s)
 # make move-under-load  moves a partition of 10,000 accounts while loadgen runs (release build)
+# make move-bench  moves a partition holding each of MOVE_SIZES events (default 10,000, 100,000,
+#                  1,000,000) under uniform load, each on a cluster of its own (release build);
+#                  copy, freeze, latencies, throughput, memory, audit side by side; table and JSON
+#                  in target/move-bench/<time>/ (MOVE_ARGS for walletctl, `move-bench --help`)
 # make clean-data  wipes .data/ (the next make run starts from empty databases)
 # make compose-up   the cluster in containers (docker-compose.yml), with Prometheus; waits until
 #                   ready (local base image from Debian's packages and a release build on the host;
@@ -44,8 +48,10 @@ CHAOS_COMPOSE_ENV = COMPOSE_PROJECT_NAME=wallet-chaos WALLET_IMAGE=wallet:chaos 
 FUZZ_SECONDS ?= 60
 SCHEMATHESIS_EXAMPLES ?= 300
 FUZZ_TARGETS = amount ids cursor internal_messages
+# make move-bench: events in the moved partition, one run per size
+MOVE_SIZES ?= 10000 100000 1000000
 
-.PHONY: fuzz deps compose-deps k8s-check build run test sim chaos chaos-containers bench move-under-load clean-data compose-up compose-down
+.PHONY: fuzz deps compose-deps k8s-check build run test sim chaos chaos-containers bench move-under-load move-bench clean-data compose-up compose-down
 
 deps:
 	scripts/ensure-deps.sh
@@ -107,6 +113,10 @@ chaos: deps
 move-under-load: deps
 	$(CARGO) build --release --workspace
 	TARGET_DIR=$(TARGET_DIR) scripts/move-under-load.sh
+
+move-bench: deps
+	$(CARGO) build --release -p participant -p coordinator -p walletctl -p bench
+	MOVE_SIZES="$(MOVE_SIZES)" MOVE_OUT="$${MOVE_OUT:-$(TARGET_DIR)/move-bench}" $(TARGET_DIR)/release/move-bench
 
 clean-data:
 	rm -rf .data

@@ -294,14 +294,16 @@ impl Recorder {
     }
 }
 
-enum Answer {
+/// What one request got: a status and its error `code`, or no answer.
+#[derive(Debug, Clone)]
+pub enum Answer {
     Status(u16, Option<String>),
     Timeout,
     Transport,
 }
 
 /// Sends one request and reads its answer (and its error `code`, if any).
-async fn send(target: &Target, op: &Op) -> Answer {
+pub async fn send(target: &Target, op: &Op) -> Answer {
     let req = target
         .http
         .post(format!("{}{}", target.next_base(), op.path))

@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod generator;
+pub mod move_trace;
 pub mod profile;
 pub mod reference;
 pub mod report;

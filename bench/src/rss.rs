@@ -11,9 +11,20 @@ pub const EVERY: Duration = Duration::from_millis(200);
 
 /// VmRSS of `pid`, in kB (`None` if the process is gone).
 pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// VmHWM of `pid` (its peak resident memory so far), in kB (`None` if
+/// the process is gone).
+pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
+        l.strip_prefix(field)?
             .split_whitespace()
             .next()?
             .parse()
@@ -71,6 +82,7 @@ mod tests {
     async fn samples_our_own_memory() {
         let me = std::process::id();
         assert!(vm_rss_kb(me).unwrap() > 0);
+        assert!(vm_hwm_kb(me).unwrap() > 0);
         let s = Sampler::start(vec![("me".into(), me)]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let peaks = s.stop().await;

@@ -59,6 +59,9 @@ pub struct Accounts {
     pub by_partition: Vec<Vec<usize>>,
     pub hot_credit: String,
     pub hot_debit: String,
+    /// Partitions of the two hot accounts.
+    pub hot_credit_partition: u32,
+    pub hot_debit_partition: u32,
     /// Minor units each ordinary account (and the hot-credit one) starts with.
     pub initial: i64,
     /// Minor units the hot-debit account starts with.
@@ -80,6 +83,12 @@ impl Accounts {
             .iter()
             .map(|id| Ok(map.account_partition(&AccountId::parse(id.as_str())?)))
             .collect::<Result<Vec<u32>, wallet_shared::Rejection>>()?;
+        let partition_of =
+            |id: &str| -> anyhow::Result<u32> { Ok(map.account_partition(&AccountId::parse(id)?)) };
+        let (hot_credit, hot_debit) = (
+            format!("{prefix}-hot-credit"),
+            format!("{prefix}-hot-debit"),
+        );
         let mut by_partition = vec![Vec::new(); map.partition_count() as usize];
         for (i, p) in partitions.iter().enumerate() {
             by_partition[*p as usize].push(i);
@@ -89,8 +98,10 @@ impl Accounts {
             ids,
             partitions,
             by_partition,
-            hot_credit: format!("{prefix}-hot-credit"),
-            hot_debit: format!("{prefix}-hot-debit"),
+            hot_credit_partition: partition_of(&hot_credit)?,
+            hot_debit_partition: partition_of(&hot_debit)?,
+            hot_credit,
+            hot_debit,
             initial: Self::INITIAL,
             hot_debit_initial: Self::HOT_DEBIT_INITIAL,
         })
@@ -131,6 +142,8 @@ pub struct Op {
     pub body: String,
     /// Amount in minor units.
     pub minor: i64,
+    /// Partitions of the accounts it touches.
+    pub partitions: [u32; 2],
 }
 
 /// A scenario over a set of accounts: cheap to clone into every client.
@@ -165,20 +178,34 @@ impl Scenario {
         match self.kind {
             Kind::Uniform => {
                 let (from, to) = self.cross_partition_pair(rng);
-                self.transfer(&a.ids[from], &a.ids[to])
+                self.transfer_between(from, to)
             }
             Kind::SamePartition => {
                 let (from, to) = self.same_partition_pair(rng);
-                self.transfer(&a.ids[from], &a.ids[to])
+                self.transfer_between(from, to)
             }
-            Kind::HotCredit => self.transfer(&a.ids[rng.usize(..a.ids.len())], &a.hot_credit),
-            Kind::HotDebit => self.transfer(&a.hot_debit, &a.ids[rng.usize(..a.ids.len())]),
+            Kind::HotCredit => {
+                let from = rng.usize(..a.ids.len());
+                self.transfer(
+                    &a.ids[from],
+                    &a.hot_credit,
+                    [a.partitions[from], a.hot_credit_partition],
+                )
+            }
+            Kind::HotDebit => {
+                let to = rng.usize(..a.ids.len());
+                self.transfer(
+                    &a.hot_debit,
+                    &a.ids[to],
+                    [a.hot_debit_partition, a.partitions[to]],
+                )
+            }
             Kind::Mixed => match rng.u32(..10) {
-                0 | 1 => self.movement(OpKind::Deposit, &a.ids[rng.usize(..a.ids.len())]),
-                2 | 3 => self.movement(OpKind::Withdraw, &a.ids[rng.usize(..a.ids.len())]),
+                0 | 1 => self.movement(OpKind::Deposit, rng.usize(..a.ids.len())),
+                2 | 3 => self.movement(OpKind::Withdraw, rng.usize(..a.ids.len())),
                 _ => {
                     let (from, to) = self.cross_partition_pair(rng);
-                    self.transfer(&a.ids[from], &a.ids[to])
+                    self.transfer_between(from, to)
                 }
             },
         }
@@ -206,7 +233,17 @@ impl Scenario {
         }
     }
 
-    fn transfer(&self, from: &str, to: &str) -> Op {
+    /// A transfer between ordinary accounts `from` and `to` (indexes).
+    fn transfer_between(&self, from: usize, to: usize) -> Op {
+        let a = &*self.accounts;
+        self.transfer(
+            &a.ids[from],
+            &a.ids[to],
+            [a.partitions[from], a.partitions[to]],
+        )
+    }
+
+    fn transfer(&self, from: &str, to: &str, partitions: [u32; 2]) -> Op {
         let body = serde_json::json!({
             "transaction_id": uuid::Uuid::new_v4(),
             "from_account": from,
@@ -219,10 +256,13 @@ impl Scenario {
             path: "/v1/wallet/balance_transfer".into(),
             body: body.to_string(),
             minor: Self::AMOUNT_MINOR,
+            partitions,
         }
     }
 
-    fn movement(&self, kind: OpKind, account: &str) -> Op {
+    /// A deposit or withdrawal on ordinary account `i`.
+    fn movement(&self, kind: OpKind, i: usize) -> Op {
+        let (account, partition) = (&self.accounts.ids[i], self.accounts.partitions[i]);
         let verb = if kind == OpKind::Deposit {
             "deposit"
         } else {
@@ -238,6 +278,7 @@ impl Scenario {
             path: format!("/v1/wallet/accounts/{account}/{verb}"),
             body: body.to_string(),
             minor: Self::AMOUNT_MINOR,
+            partitions: [partition; 2],
         }
     }
 }
@@ -278,6 +319,8 @@ mod tests {
                 let b = parse(&op);
                 if op.kind != OpKind::Transfer {
                     assert_eq!(kind, Kind::Mixed);
+                    let account = op.path.split('/').nth(4).unwrap();
+                    assert_eq!(op.partitions, [partition(account); 2]);
                     assert_eq!(b["amount"], "0.01");
                     continue;
                 }
@@ -287,6 +330,7 @@ mod tests {
                 );
                 assert_ne!(from, to);
                 assert_eq!(b["amount"], "0.01");
+                assert_eq!(op.partitions, [partition(from), partition(to)]);
                 match kind {
                     Kind::Uniform | Kind::Mixed => assert_ne!(partition(from), partition(to)),
                     Kind::SamePartition => assert_eq!(partition(from), partition(to)),

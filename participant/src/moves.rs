@@ -304,6 +304,25 @@ async fn rows(
         ));
     };
     let limit = q.limit.unwrap_or(2_000).clamp(1, MAX_CHUNK);
+    let mut tx = m.app.store.begin().await.map_err(StoreError::from)?;
+    if q.upto.is_none() {
+        // No mark bounds this read (accounts: every one is copied, so that
+        // each event copied finds its account), and the cursor it returns
+        // must not pass a change still uncommitted: a row numbered below
+        // it that commits later would never be copied. So the chunk is
+        // read in a snapshot taken at a quiet point (as a mark is): no
+        // request is in flight, so every change numbered so far is in the
+        // snapshot and every later one is numbered above it.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let _quiet = m.app.fences.write().await;
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
     let (rows, last, count): (serde_json::Value, Option<i64>, i64) = sqlx::query_as(&format!(
         "SELECT coalesce(json_agg(to_jsonb(t) - 'change_no' ORDER BY t.change_no), '[]'::json),
                 max(t.change_no), count(*)
@@ -316,9 +335,10 @@ async fn rows(
     .bind(q.after)
     .bind(q.upto)
     .bind(limit)
-    .fetch_one(&mut *m.app.store.acquire().await.map_err(StoreError::from)?)
+    .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
     Ok(Json(RowsChunk {
         table: q.table,
         after: q.after,

@@ -78,6 +78,9 @@ pub struct MoveReport {
     pub bytes_copied: i64,
     /// Copy passes while the partition served.
     pub passes: u32,
+    /// Seconds spent copying while the partition served (every pass, up
+    /// to the cut-over).
+    pub copy_seconds: f64,
     /// Rows copied while the partition was frozen (the last delta).
     pub delta_rows: i64,
     /// Seconds spent waiting for in-flight transfers (no new work taken).
@@ -309,7 +312,9 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let copy = Instant::now();
             mv.copy_online().await?;
+            mv.report.copy_seconds += copy.elapsed().as_secs_f64();
             crash_point("after_copy");
             if mv.cut_over().await? {
                 break;
