@@ -10,9 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use wallet_shared::admin::{
-    AuditRecord, AuditRequest, BucketTotals, CurrencyTotals, Finding, NodeAudit, Tally,
+    AuditRecord, AuditRequest, BucketTotals, CurrencyTotals, Finding, NodeAudit, StoredLeg, Tally,
 };
 use wallet_shared::protocol::{EventKind, TransferState};
 use wallet_shared::{AccountId, Amount, Currency, TransactionId};
@@ -92,6 +92,16 @@ fn currency(code: &str) -> Result<Currency, StoreError> {
     Currency::parse(code).map_err(StoreError::corrupt)
 }
 
+/// What one node's audit looks at: its partitions, how many findings of
+/// each kind are listed, the caller's cutoff for "stuck", and the retention
+/// horizon before which finished rows may have been pruned.
+struct Scope {
+    parts: Vec<i32>,
+    limit: i64,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    horizon: chrono::DateTime<chrono::Utc>,
+}
+
 /// `horizon`: rows finished before it may have been pruned
 /// ([`crate::retention::audit_horizon`]); a leg and its posting, and a
 /// decision and its legs, are judged only if one of them is newer.
@@ -100,8 +110,12 @@ pub async fn run(
     req: &AuditRequest,
     horizon: chrono::DateTime<chrono::Utc>,
 ) -> Result<NodeAudit, StoreError> {
-    let parts: Vec<i32> = req.partitions.iter().map(|&p| p as i32).collect();
-    let limit = req.limit.clamp(1, 10_000);
+    let scope = Scope {
+        parts: req.partitions.iter().map(|&p| p as i32).collect(),
+        limit: req.limit.clamp(1, 10_000),
+        cutoff: req.cutoff,
+        horizon,
+    };
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -115,8 +129,33 @@ pub async fn run(
         list: Vec::new(),
         totals: BTreeMap::new(),
     };
+    let currencies = currency_totals(&mut tx, &scope).await?;
+    let accounts = currencies.values().map(|c| c.accounts).sum();
+    balances_replay(&mut tx, &scope, &mut f).await?;
+    holds_are_legs(&mut tx, &scope, &mut f).await?;
+    legs_posted_once(&mut tx, &scope, &mut f).await?;
+    nothing_stuck(&mut tx, &scope, &mut f).await?;
+    let buckets = bucket_totals(&mut tx, &scope).await?;
+    let (records, legs) = bucket_rows(&mut tx, &scope, &req.detail_buckets).await?;
+    tx.commit().await?;
+    Ok(NodeAudit {
+        node_id: String::new(),
+        accounts,
+        currencies,
+        findings: f.list,
+        totals: f.totals,
+        buckets,
+        records,
+        legs,
+        horizon: Some(horizon),
+    })
+}
 
-    // Per currency: balances, and money in and out of the system.
+/// Per currency: balances, and money in and out of the system.
+async fn currency_totals(
+    conn: &mut PgConnection,
+    scope: &Scope,
+) -> Result<BTreeMap<Currency, CurrencyTotals>, StoreError> {
     let mut currencies: BTreeMap<Currency, CurrencyTotals> = BTreeMap::new();
     let rows = sqlx::query(
         "WITH b AS (SELECT currency, count(*) AS n, sum(posted) AS posted, sum(held) AS held,
@@ -133,8 +172,8 @@ pub async fn run(
                 coalesce(m.withdrawn, 0)::int8 AS withdrawn
          FROM b LEFT JOIN m USING (currency)",
     )
-    .bind(&parts)
-    .fetch_all(&mut *tx)
+    .bind(&scope.parts)
+    .fetch_all(&mut *conn)
     .await?;
     for r in rows {
         currencies.insert(
@@ -149,10 +188,16 @@ pub async fn run(
             },
         );
     }
-    let accounts = currencies.values().map(|c| c.accounts).sum();
+    Ok(currencies)
+}
 
-    // Balances equal the fold of their events; the log has no gap; nothing
-    // is negative.
+/// Balances equal the fold of their events; the log has no gap; nothing
+/// is negative.
+async fn balances_replay(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    f: &mut Findings,
+) -> Result<(), StoreError> {
     let sql = format!(
         "WITH f AS (SELECT e.account_id, {posted} AS posted, {held} AS held, {pending} AS pending,
                            count(*) AS n, min(e.seq) AS first, max(e.seq) AS last
@@ -176,9 +221,9 @@ pub async fn run(
     );
     let (mut total, mut listed) = (0, 0);
     for r in sqlx::query(&sql)
-        .bind(&parts)
-        .bind(limit)
-        .fetch_all(&mut *tx)
+        .bind(&scope.parts)
+        .bind(scope.limit)
+        .fetch_all(&mut *conn)
         .await?
     {
         let c = currency(r.try_get("currency")?)?;
@@ -228,10 +273,17 @@ pub async fn run(
         f.add(kind, Some(account), None, detail);
     }
     f.unlisted("replay_mismatch", total, listed);
+    Ok(())
+}
 
-    // Every hold and pending credit is a prepared leg, and every prepared
-    // leg is held: no orphaned hold.
-    (total, listed) = (0, 0);
+/// Every hold and pending credit is a prepared leg, and every prepared
+/// leg is held: no orphaned hold.
+async fn holds_are_legs(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    f: &mut Findings,
+) -> Result<(), StoreError> {
+    let (mut total, mut listed) = (0, 0);
     for r in sqlx::query(
         "WITH l AS (SELECT account_id,
                            sum(amount) FILTER (WHERE role = 'debit') AS held,
@@ -246,9 +298,9 @@ pub async fn run(
            AND (a.held <> coalesce(l.held, 0) OR a.pending_credit <> coalesce(l.pending, 0))
          ORDER BY a.account_id LIMIT $2",
     )
-    .bind(&parts)
-    .bind(limit)
-    .fetch_all(&mut *tx)
+    .bind(&scope.parts)
+    .bind(scope.limit)
+    .fetch_all(&mut *conn)
     .await?
     {
         let c = currency(r.try_get("currency")?)?;
@@ -270,13 +322,20 @@ pub async fn run(
         );
     }
     f.unlisted("hold_mismatch", total, listed);
+    Ok(())
+}
 
-    // A committed leg posted its money exactly once; any other leg not at
-    // all; and no money was posted without a leg. A pair whose leg (if
-    // any) finished and whose money (if any) was posted before the horizon
-    // is not judged: its leg may have been pruned (a leg's money is posted
-    // in the transaction that finishes it).
-    (total, listed) = (0, 0);
+/// A committed leg posted its money exactly once; any other leg not at
+/// all; and no money was posted without a leg. A pair whose leg (if
+/// any) finished and whose money (if any) was posted before the horizon
+/// is not judged: its leg may have been pruned (a leg's money is posted
+/// in the transaction that finishes it).
+async fn legs_posted_once(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    f: &mut Findings,
+) -> Result<(), StoreError> {
+    let (mut total, mut listed) = (0, 0);
     let sql = format!(
         "WITH l AS (SELECT transaction_id, role, account_id, state, updated_at FROM legs
                     WHERE partition = ANY($1)),
@@ -297,10 +356,10 @@ pub async fn run(
         role = posting_role(),
     );
     for r in sqlx::query(&sql)
-        .bind(&parts)
-        .bind(limit)
-        .bind(horizon)
-        .fetch_all(&mut *tx)
+        .bind(&scope.parts)
+        .bind(scope.limit)
+        .bind(scope.horizon)
+        .fetch_all(&mut *conn)
         .await?
     {
         let role: String = r.try_get("role")?;
@@ -320,9 +379,16 @@ pub async fn run(
         );
     }
     f.unlisted("leg_posting_mismatch", total, listed);
+    Ok(())
+}
 
-    // Nothing unfinished for longer than the caller allows.
-    (total, listed) = (0, 0);
+/// Nothing unfinished for longer than the caller allows.
+async fn nothing_stuck(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    f: &mut Findings,
+) -> Result<(), StoreError> {
+    let (mut total, mut listed) = (0, 0);
     for r in sqlx::query(
         "SELECT transaction_id, state, created_at, decided_at, count(*) OVER () AS total
          FROM transfers
@@ -330,10 +396,10 @@ pub async fn run(
            AND ((state = 'preparing' AND created_at < $2) OR (state <> 'preparing' AND decided_at < $2))
          ORDER BY created_at LIMIT $3",
     )
-    .bind(&parts)
-    .bind(req.cutoff)
-    .bind(limit)
-    .fetch_all(&mut *tx)
+    .bind(&scope.parts)
+    .bind(scope.cutoff)
+    .bind(scope.limit)
+    .fetch_all(&mut *conn)
     .await?
     {
         let state: String = r.try_get("state")?;
@@ -365,10 +431,10 @@ pub async fn run(
          WHERE state = 'prepared' AND partition = ANY($1) AND created_at < $2
          ORDER BY created_at LIMIT $3",
     )
-    .bind(&parts)
-    .bind(req.cutoff)
-    .bind(limit)
-    .fetch_all(&mut *tx)
+    .bind(&scope.parts)
+    .bind(scope.cutoff)
+    .bind(scope.limit)
+    .fetch_all(&mut *conn)
     .await?
     {
         let c = currency(r.try_get("currency")?)?;
@@ -392,8 +458,8 @@ pub async fn run(
         "SELECT count(*) FROM pg_prepared_xacts
          WHERE database = current_database() AND prepared < $1",
     )
-    .bind(req.cutoff)
-    .fetch_one(&mut *tx)
+    .bind(scope.cutoff)
+    .fetch_one(&mut *conn)
     .await?;
     if xacts > 0 {
         f.add(
@@ -403,14 +469,20 @@ pub async fn run(
             format!("{xacts} rows in pg_prepared_xacts older than the cutoff"),
         );
     }
+    Ok(())
+}
 
-    // Per bucket of transaction ids: committed decisions, and committed
-    // transfer legs, settled before the cutoff and (as they may have been
-    // pruned) after the horizon. walletctl adds them up over the nodes: a
-    // committed transfer has one debit and one credit of its amount, an
-    // aborted one none. (A transfer decided before the horizon and applied
-    // after it makes its bucket differ; walletctl's by-transaction pass
-    // does not judge it.)
+/// Per bucket of transaction ids: committed decisions, and committed
+/// transfer legs, settled before the cutoff and (as they may have been
+/// pruned) after the horizon. walletctl adds them up over the nodes: a
+/// committed transfer has one debit and one credit of its amount, an
+/// aborted one none. (A transfer decided before the horizon and applied
+/// after it makes its bucket differ; walletctl's by-transaction pass
+/// does not judge it.)
+async fn bucket_totals(
+    conn: &mut PgConnection,
+    scope: &Scope,
+) -> Result<BTreeMap<u8, BucketTotals>, StoreError> {
     let mut buckets: BTreeMap<u8, BucketTotals> = BTreeMap::new();
     for r in sqlx::query(
         "SELECT get_byte(uuid_send(transaction_id), 0) AS b, count(*) AS n,
@@ -420,10 +492,10 @@ pub async fn run(
            AND decided_at >= $3
          GROUP BY 1",
     )
-    .bind(&parts)
-    .bind(req.cutoff)
-    .bind(horizon)
-    .fetch_all(&mut *tx)
+    .bind(&scope.parts)
+    .bind(scope.cutoff)
+    .bind(scope.horizon)
+    .fetch_all(&mut *conn)
     .await?
     {
         buckets
@@ -442,10 +514,10 @@ pub async fn run(
            AND updated_at < $2 AND updated_at >= $3
          GROUP BY 1, 2",
     )
-    .bind(&parts)
-    .bind(req.cutoff)
-    .bind(horizon)
-    .fetch_all(&mut *tx)
+    .bind(&scope.parts)
+    .bind(scope.cutoff)
+    .bind(scope.horizon)
+    .fetch_all(&mut *conn)
     .await?
     {
         let tally = Tally {
@@ -459,21 +531,28 @@ pub async fn run(
             bucket.credits = tally;
         }
     }
+    Ok(buckets)
+}
 
-    // The buckets walletctl asks about, row by row.
+/// The buckets walletctl asks about, row by row.
+async fn bucket_rows(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    wanted_buckets: &[u8],
+) -> Result<(Vec<AuditRecord>, Vec<StoredLeg>), StoreError> {
     let mut records = Vec::new();
     let mut legs = Vec::new();
-    if !req.detail_buckets.is_empty() {
-        let wanted: Vec<i32> = req.detail_buckets.iter().map(|&b| b as i32).collect();
+    if !wanted_buckets.is_empty() {
+        let wanted: Vec<i32> = wanted_buckets.iter().map(|&b| b as i32).collect();
         for r in sqlx::query(
             "SELECT transaction_id, state, from_account, to_account, amount, currency, decided_at
              FROM transfers
              WHERE partition = ANY($1) AND kind = 'transfer'
                AND get_byte(uuid_send(transaction_id), 0) = ANY($2)",
         )
-        .bind(&parts)
+        .bind(&scope.parts)
         .bind(&wanted)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
         {
             let state = match r.try_get::<String, _>("state")?.as_str() {
@@ -502,24 +581,13 @@ pub async fn run(
                AND get_byte(uuid_send(transaction_id), 0) = ANY($2)"
         );
         for r in sqlx::query(&sql)
-            .bind(&parts)
+            .bind(&scope.parts)
             .bind(&wanted)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await?
         {
             legs.push(crate::legs::as_stored(&leg_from_row(&r)?));
         }
     }
-    tx.commit().await?;
-    Ok(NodeAudit {
-        node_id: String::new(),
-        accounts,
-        currencies,
-        findings: f.list,
-        totals: f.totals,
-        buckets,
-        records,
-        legs,
-        horizon: Some(horizon),
-    })
+    Ok((records, legs))
 }

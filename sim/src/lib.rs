@@ -21,6 +21,7 @@ pub mod check;
 pub mod clock;
 pub mod mem;
 mod mover;
+mod nemesis;
 pub mod net;
 mod world;
 

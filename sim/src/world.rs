@@ -1,5 +1,5 @@
-//! One simulated run: the cluster, the clients, the nemesis, recovery, and
-//! the check.
+//! One simulated run: the cluster, the clients, recovery, and the check
+//! (the faults are [`crate::nemesis`]'s).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -22,6 +22,7 @@ use wallet_shared::{AccountId, Currency, MapHandle, PartitionMap};
 use crate::check;
 use crate::clock::NodeClock;
 use crate::mem::MemStore;
+use crate::nemesis::{heal, nemesis};
 use crate::net::{Net, NetStats, Node, SharedNet, SimTransport, Weather};
 
 #[derive(Debug, Clone)]
@@ -82,7 +83,7 @@ pub fn run(opts: &Options) -> Report {
     rt.block_on(simulate(opts.clone()))
 }
 
-const LEASE: Duration = Duration::from_millis(5000);
+pub(crate) const LEASE: Duration = Duration::from_millis(5000);
 const CALL_TIMEOUT: Duration = Duration::from_millis(2000);
 const RESOLVER_INTERVAL: Duration = Duration::from_millis(1000);
 const RESOLVER_GRACE: Duration = Duration::from_millis(2000);
@@ -130,9 +131,9 @@ fn sim_keys() -> coordinator::auth::Keys {
 /// Promise 7: after the faults stop, everything resolves within this.
 pub const RESOLVE_WITHIN: Duration = Duration::from_secs(30);
 
-struct CoordinatorSlot {
+pub(crate) struct CoordinatorSlot {
     /// Its public API (`coordinator::http::router`), while it is up.
-    api: Option<axum::Router>,
+    pub(crate) api: Option<axum::Router>,
     /// Its tasks (requests it is serving, its resolver): a crash aborts them.
     tasks: Vec<AbortHandle>,
 }
@@ -148,7 +149,7 @@ pub(crate) struct World {
     pub fences: BTreeMap<String, Fences>,
     /// Fence and copy steps the participant's rules refused the mover.
     pub refused: Mutex<Vec<String>>,
-    coordinators: Mutex<Vec<CoordinatorSlot>>,
+    pub(crate) coordinators: Mutex<Vec<CoordinatorSlot>>,
     pub rng: Mutex<fastrand::Rng>,
     pub history: Mutex<History>,
     pub faults: Mutex<BTreeMap<String, u64>>,
@@ -161,7 +162,7 @@ impl World {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn coordinator_name(i: usize) -> String {
+    pub(crate) fn coordinator_name(i: usize) -> String {
         format!("coordinator-{i}")
     }
 
@@ -179,7 +180,7 @@ impl World {
 
     /// Starts coordinator `i` unless it is up (a restart scheduled by an
     /// earlier crash may come after healing restarted it already).
-    fn start_coordinator(&self, i: usize) {
+    pub(crate) fn start_coordinator(&self, i: usize) {
         if self.coordinators.lock().unwrap()[i].api.is_some() {
             return;
         }
@@ -203,7 +204,7 @@ impl World {
     }
 
     /// `kill -9`: every request it was serving stops where it stands.
-    fn crash_coordinator(&self, i: usize) {
+    pub(crate) fn crash_coordinator(&self, i: usize) {
         self.next_incarnation(i);
         let mut slots = self.coordinators.lock().unwrap();
         for t in slots[i].tasks.drain(..) {
@@ -225,7 +226,7 @@ impl World {
         (chrono::DateTime::UNIX_EPOCH + self.start.elapsed()).to_rfc3339()
     }
 
-    fn rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+    pub(crate) fn rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
         f(&mut self.rng.lock().unwrap())
     }
 }
@@ -691,163 +692,6 @@ fn tally(history: &History) -> BTreeMap<String, u64> {
         *ops.entry(format!("{phase}{kind} {outcome}")).or_default() += 1;
     }
     ops
-}
-
-/// Faults, one after another, each healed after a while, until the clients
-/// are done. The weather (loss, duplicates, delays) stays bad throughout.
-async fn nemesis(world: Arc<World>, done: Arc<tokio::sync::Notify>, opts: Options) {
-    {
-        let weather = Weather {
-            loss: world.rng(|r| r.u32(0..60)),
-            duplicate: world.rng(|r| r.u32(0..80)),
-            long_delay: world.rng(|r| r.u32(0..50)),
-        };
-        world.net.lock().unwrap().weather = weather;
-    }
-    let nodes: Vec<String> = world.stores.keys().cloned().collect();
-    let stop = done.notified();
-    tokio::pin!(stop);
-    loop {
-        let wait = Duration::from_millis(world.rng(|r| r.u64(200..2500)));
-        tokio::select! {
-            biased;
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let heal_after = Duration::from_millis(world.rng(|r| r.u64(10..2500)));
-        match world.rng(|r| r.u32(0..8)) {
-            0 => {
-                let c = world.rng(|r| r.usize(0..opts.coordinators));
-                world.fault("coordinator_crash");
-                world.crash_coordinator(c);
-                let w = world.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(heal_after).await;
-                    w.start_coordinator(c);
-                });
-            }
-            1 => {
-                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
-                world.fault("participant_crash");
-                set_node_up(&world, &n, false);
-                let w = world.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(heal_after).await;
-                    set_node_up(&w, &n, true);
-                });
-            }
-            2 => {
-                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
-                // Killed, not stopped: commits not yet flushed are lost.
-                world.fault("database_crash");
-                world.stores[&n].crash();
-                let w = world.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(heal_after).await;
-                    *w.stores[&n].down.lock().unwrap() = false;
-                });
-            }
-            3 | 4 => {
-                let c = World::coordinator_name(world.rng(|r| r.usize(0..opts.coordinators)));
-                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
-                let mut cuts = Vec::new();
-                let way = world.rng(|r| r.u32(0..3));
-                if way != 1 {
-                    cuts.push((c.clone(), n.clone()));
-                }
-                if way != 0 {
-                    cuts.push((n.clone(), c.clone()));
-                }
-                world.fault(match way {
-                    0 => "cut_requests_only",
-                    1 => "cut_replies_only",
-                    _ => "cut_both_ways",
-                });
-                world.net.lock().unwrap().cuts.extend(cuts.clone());
-                let w = world.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(heal_after).await;
-                    let mut net = w.net.lock().unwrap();
-                    for cut in cuts {
-                        net.cuts.remove(&cut);
-                    }
-                });
-            }
-            5 => {
-                let n = nodes[world.rng(|r| r.usize(0..nodes.len()))].clone();
-                let by = world.rng(|r| r.i64(-10_000..=10_000));
-                world.fault(if by >= 0 {
-                    "clock_jump_forward"
-                } else {
-                    "clock_jump_backward"
-                });
-                world.stores[&n].clock.jump(by);
-            }
-            6 => {
-                // A pause longer than the lease: the coordinator wakes up
-                // and carries on as if nothing happened.
-                let c = World::coordinator_name(world.rng(|r| r.usize(0..opts.coordinators)));
-                let pause = LEASE + Duration::from_millis(world.rng(|r| r.u64(0..4000)));
-                world.fault("coordinator_pause");
-                world
-                    .net
-                    .lock()
-                    .unwrap()
-                    .paused
-                    .insert(c, Instant::now() + pause);
-            }
-            _ => {
-                // Crash every coordinator at once: nothing is left running
-                // that knows what it was doing.
-                world.fault("all_coordinators_crash");
-                for c in 0..opts.coordinators {
-                    world.crash_coordinator(c);
-                }
-                let w = world.clone();
-                let n = opts.coordinators;
-                tokio::spawn(async move {
-                    tokio::time::sleep(heal_after).await;
-                    for c in 0..n {
-                        if w.coordinators.lock().unwrap()[c].api.is_none() {
-                            w.start_coordinator(c);
-                        }
-                    }
-                });
-            }
-        }
-    }
-}
-
-fn set_node_up(world: &World, node: &str, up: bool) {
-    let mut net = world.net.lock().unwrap();
-    if let Some(n) = net.nodes.get_mut(node) {
-        if n.up && !up {
-            n.incarnation += 1;
-        }
-        n.up = up;
-    }
-}
-
-/// Faults stop: every node and coordinator up, links whole, fair weather.
-/// Clock offsets stay (a clock that jumped does not jump back).
-fn heal(world: &World, opts: &Options) {
-    {
-        let mut net = world.net.lock().unwrap();
-        net.weather = Weather::default();
-        net.cuts.clear();
-        net.paused.clear();
-        for n in net.nodes.values_mut() {
-            n.up = true;
-        }
-    }
-    for s in world.stores.values() {
-        *s.down.lock().unwrap() = false;
-    }
-    for c in 0..opts.coordinators {
-        if world.coordinators.lock().unwrap()[c].api.is_none() {
-            world.start_coordinator(c);
-        }
-    }
 }
 
 /// After recovery, a new transfer between funded accounts (the checker
