@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::process::Command;
-use wallet_shared::{Currency, MapStore};
+use wallet_shared::MapStore;
 
 use super::history::{Clock, Fault, FaultKind, History};
 use super::nemesis::Schedule;
-use super::report::{Report, Timings};
-use super::workload::{self, Client, Workload};
-use super::{Config, Until, ACCOUNTS, INITIAL};
+use super::report::Report;
+use super::workload::Client;
+use super::{Config, Until};
 
 /// Longest wait for one docker or compose command.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -229,15 +229,7 @@ async fn run_into(config: &Config, compose: &Compose, history: &mut History) -> 
     .await
     .context("etcd on its published port")?;
     let map = store.load().await.context("the partition map")?;
-    let per_node: Vec<(Currency, usize)> = ACCOUNTS
-        .iter()
-        .map(|(c, n)| Ok((Currency::parse(c)?, *n)))
-        .collect::<Result<_, wallet_shared::Rejection>>()?;
-    let workload = Workload {
-        accounts: workload::place_accounts(&map, &per_node),
-        initial: INITIAL,
-        mix: workload::Mix::default(),
-    };
+    let workload = super::chaos_workload(&map)?;
     // The operator's key, which the init job wrote into the secrets volume.
     let coordinator = compose.container("coordinator-1").await?;
     let key = docker(&[
@@ -298,31 +290,16 @@ async fn run_into(config: &Config, compose: &Compose, history: &mut History) -> 
         "chaos in containers: healed; resolving"
     );
 
-    let checked = super::settle_and_check(
+    super::check_and_report(
+        config,
         &client,
         harness,
         &workload,
         history,
         &databases,
-        config.settle_limit,
+        (setup_ms, chaos_ms),
     )
-    .await?;
-    let end_ms = clock.now_ms();
-    let timings = Timings {
-        setup_s: setup_ms / 1000.0,
-        chaos_s: (chaos_ms - setup_ms) / 1000.0,
-        after_s: (end_ms - chaos_ms) / 1000.0,
-        total_s: end_ms / 1000.0,
-        ..Timings::default()
-    };
-    Ok(Report::new(
-        config,
-        history,
-        &checked.audit,
-        &checked.anomalies,
-        checked.settling,
-        timings,
-    ))
+    .await
 }
 
 /// What a docker fault does, and how it is undone.

@@ -207,15 +207,7 @@ async fn run_into(config: &Config, history: &mut History) -> Result<Report> {
     })
     .await?;
     let map = cluster.map_store().await?.load().await?;
-    let per_node: Vec<(Currency, usize)> = ACCOUNTS
-        .iter()
-        .map(|(c, n)| Ok((Currency::parse(c)?, *n)))
-        .collect::<Result<_, wallet_shared::Rejection>>()?;
-    let workload = Workload {
-        accounts: workload::place_accounts(&map, &per_node),
-        initial: INITIAL,
-        mix: workload::Mix::default(),
-    };
+    let workload = chaos_workload(&map)?;
     let urls: Vec<String> = (0..cluster.coordinators().len())
         .map(|i| cluster.coordinator_url(i))
         .collect();
@@ -269,16 +261,60 @@ async fn run_into(config: &Config, history: &mut History) -> Result<Report> {
         "chaos: healed; resolving"
     );
 
-    let checked = settle_and_check(
+    let report = check_and_report(
+        config,
         &client,
         harness,
         &workload,
         history,
         &databases,
+        (setup_ms, chaos_ms),
+    )
+    .await?;
+
+    drop(cluster);
+    if report.anomaly_count() == 0 && !config.keep_data {
+        remove_data_dirs(&config.out.join("cluster"));
+    }
+    Ok(report)
+}
+
+/// The chaos workload over `map`: [`ACCOUNTS`] on every node, each funded
+/// with [`INITIAL`].
+pub fn chaos_workload(map: &wallet_shared::PartitionMap) -> Result<Workload> {
+    let per_node: Vec<(Currency, usize)> = ACCOUNTS
+        .iter()
+        .map(|(c, n)| Ok((Currency::parse(c)?, *n)))
+        .collect::<Result<_, wallet_shared::Rejection>>()?;
+    Ok(Workload {
+        accounts: workload::place_accounts(map, &per_node),
+        initial: INITIAL,
+        mix: workload::Mix::default(),
+    })
+}
+
+/// After the faults are healed: [`settle_and_check`], then the report with
+/// the run's timings (`phases`: when setup and the faults ended, in ms of
+/// the client's clock).
+pub async fn check_and_report(
+    config: &Config,
+    client: &Client,
+    process: usize,
+    workload: &Workload,
+    history: &mut History,
+    databases: &[String],
+    (setup_ms, chaos_ms): (f64, f64),
+) -> Result<Report> {
+    let checked = settle_and_check(
+        client,
+        process,
+        workload,
+        history,
+        databases,
         config.settle_limit,
     )
     .await?;
-    let end_ms = clock.now_ms();
+    let end_ms = client.clock().now_ms();
     let timings = Timings {
         setup_s: setup_ms / 1000.0,
         chaos_s: (chaos_ms - setup_ms) / 1000.0,
@@ -286,20 +322,14 @@ async fn run_into(config: &Config, history: &mut History) -> Result<Report> {
         total_s: end_ms / 1000.0,
         ..Timings::default()
     };
-    let report = Report::new(
+    Ok(Report::new(
         config,
         history,
         &checked.audit,
         &checked.anomalies,
         checked.settling,
         timings,
-    );
-
-    drop(cluster);
-    if report.anomaly_count() == 0 && !config.keep_data {
-        remove_data_dirs(&config.out.join("cluster"));
-    }
-    Ok(report)
+    ))
 }
 
 /// Opens every account of `workload` and funds it with its initial amount,
