@@ -34,8 +34,8 @@ use chrono::Utc;
 use serde::Deserialize;
 use sqlx::{PgConnection, Row};
 use wallet_shared::admin::{
-    CopyBegin, CopyFinish, CopyRows, CopyState, Discarded, Fence, FenceState, Mark, MarkRequest,
-    PartitionSummary, RowsChunk, PARTITION_TABLES,
+    AccountsSummary, CopyBegin, CopyFinish, CopyRows, CopyState, CutoverCheck, Discarded, Fence,
+    FenceState, Mark, MarkRequest, PartitionSummary, RowsChunk, PARTITION_TABLES,
 };
 use wallet_shared::map::{MovePhase, PartitionMap};
 use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
@@ -251,10 +251,17 @@ async fn mark(
             format!("node {} does not own partition {p}", app.node_id),
         ));
     }
+    // One snapshot, taken at a quiet point (under the guard), so every
+    // count below is of the partition exactly as it stands at the mark.
+    let mut tx = app.store.begin().await.map_err(StoreError::from)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
     let mark: i64 = {
         let _quiet = app.fences.write().await;
         sqlx::query_scalar("SELECT last_value FROM row_changes")
-            .fetch_one(&mut *app.store.acquire().await.map_err(StoreError::from)?)
+            .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?
     };
@@ -262,20 +269,85 @@ async fn mark(
     for table in PARTITION_TABLES {
         let after = req.after.get(table).copied().unwrap_or(0);
         let upto = (table != "accounts").then_some(mark);
+        left.insert(
+            table.to_string(),
+            count_changed(&mut tx, table, p, after, upto).await?,
+        );
+    }
+    let whole = match req.whole {
+        true => Some(PartitionSummary {
+            change_no: mark,
+            ..summarize(&mut tx, p).await?
+        }),
+        false => None,
+    };
+    let (mut inserted, mut accounts) = (None, None);
+    if let Some(after) = req.inserted_after {
+        inserted = Some(count_inserted(&mut tx, p, after).await?);
+        accounts = Some(sum_accounts(&mut tx, p).await?);
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Json(Mark {
+        mark,
+        left,
+        whole,
+        inserted,
+        accounts,
+    }))
+}
+
+/// The tables a move counts the rows of (accounts are summed up instead;
+/// snapshots are derived from the events).
+const COUNTED: [&str; 3] = ["events", "legs", "transfers"];
+
+/// Per table of [`COUNTED`], the partition's rows inserted after change
+/// number `after`: found through the change index, so it takes as long as
+/// there were changes since, however long the history. Events are never
+/// changed (their `change_no` is their insertion); legs and transfer
+/// records keep theirs in `created_no` (migration 0008; none before it).
+async fn count_inserted(
+    conn: &mut PgConnection,
+    p: PartitionId,
+    after: i64,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let mut counts = BTreeMap::new();
+    for table in COUNTED {
+        let inserted = match table {
+            "events" => "",
+            _ => "AND created_no > $2",
+        };
         let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} WHERE {} AND change_no > $2
-               AND ($3::int8 IS NULL OR change_no <= $3)",
+            "SELECT count(*) FROM {table} WHERE {} AND change_no > $2 {inserted}",
             filter(table).expect("a partition table")
         ))
         .bind(p as i32)
         .bind(after)
-        .bind(upto)
-        .fetch_one(&mut *app.store.acquire().await.map_err(StoreError::from)?)
-        .await
-        .map_err(StoreError::from)?;
-        left.insert(table.to_string(), n);
+        .fetch_one(&mut *conn)
+        .await?;
+        counts.insert(table.to_string(), n);
     }
-    Ok(Json(Mark { mark, left }))
+    Ok(counts)
+}
+
+/// Rows of the partition in `table` changed after `after` (and at most up
+/// to `upto`), by this node's change numbers.
+async fn count_changed(
+    conn: &mut PgConnection,
+    table: &str,
+    p: PartitionId,
+    after: i64,
+    upto: Option<i64>,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {table} WHERE {} AND change_no > $2
+           AND ($3::int8 IS NULL OR change_no <= $3)",
+        filter(table).expect("a partition table")
+    ))
+    .bind(p as i32)
+    .bind(after)
+    .bind(upto)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,7 +396,7 @@ async fn rows(
             .map_err(StoreError::from)?;
     }
     let (rows, last, count): (serde_json::Value, Option<i64>, i64) = sqlx::query_as(&format!(
-        "SELECT coalesce(json_agg(to_jsonb(t) - 'change_no' ORDER BY t.change_no), '[]'::json),
+        "SELECT coalesce(json_agg(to_jsonb(t) - 'change_no' - 'created_no' ORDER BY t.change_no), '[]'::json),
                 max(t.change_no), count(*)
          FROM (SELECT * FROM {} WHERE {filter} AND change_no > $2
                  AND ($3::int8 IS NULL OR change_no <= $3)
@@ -462,7 +534,8 @@ async fn copy_begin(
     }))
 }
 
-/// The columns a copy writes (all but `change_no`, which is this node's),
+/// The columns a copy writes (all but `change_no` and `created_no`, which
+/// are this node's),
 /// and the primary key's, read from the catalog so a column added to a
 /// table is copied too.
 async fn columns(
@@ -472,7 +545,7 @@ async fn columns(
     let cols: Vec<String> = sqlx::query_scalar(
         "SELECT attname::text FROM pg_attribute
          WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
-           AND attname <> 'change_no'
+           AND attname NOT IN ('change_no', 'created_no')
          ORDER BY attnum",
     )
     .bind(table)
@@ -582,13 +655,16 @@ async fn copy_rows(
 }
 
 /// `POST .../copy/finish` on the new owner: the old owner is frozen and the
-/// last changes are here; the copy must hold what it holds. Lifts an old
-/// `moved` fence of this partition here, so it serves it once it owns it.
+/// last changes are here; the copy must hold what it holds
+/// ([`CutoverCheck`]: the accounts summed up, and the rows counted whole
+/// before the cut-over plus those inserted since, never the whole history
+/// again). Lifts an old `moved` fence of this
+/// partition here, so it serves it once it owns it.
 async fn copy_finish(
     State(m): State<Mover>,
     Path(p): Path<PartitionId>,
     Json(req): Json<CopyFinish>,
-) -> ApiResult<Json<PartitionSummary>> {
+) -> ApiResult<Json<CutoverCheck>> {
     let app = &m.app;
     let mut fences = app.fences.write().await;
     not_ours(app, &app.map.current(), &fences, p)?;
@@ -602,13 +678,28 @@ async fn copy_finish(
             ))
         }
     }
-    let summary = summarize(&mut conn, p).await?;
-    if summary != req.expected {
+    let inserted = count_inserted(&mut conn, p, req.counted.change_no).await?;
+    let counted = |table: &str| match table {
+        "events" => req.counted.events,
+        "legs" => req.counted.legs,
+        _ => req.counted.transfers,
+    };
+    let found = CutoverCheck {
+        accounts: sum_accounts(&mut conn, p).await?,
+        rows: inserted
+            .into_iter()
+            .map(|(table, n)| {
+                let n = counted(&table) + n;
+                (table, n)
+            })
+            .collect(),
+    };
+    let expected = req.expected;
+    if found != expected {
         return Err(refuse(
             ErrorCode::Internal,
             format!(
-                "partition {p}: the copy does not match the old owner ({summary:?} vs {:?})",
-                req.expected
+                "partition {p}: the copy does not match the old owner (here {found:?}, there {expected:?})"
             ),
         ));
     }
@@ -617,11 +708,11 @@ async fn copy_finish(
     }
     tracing::info!(
         partition = p,
-        accounts = summary.accounts,
-        events = summary.events,
+        accounts = found.accounts.accounts,
+        events = found.rows.get("events").copied().unwrap_or(0),
         "partition copy complete"
     );
-    Ok(Json(summary))
+    Ok(Json(found))
 }
 
 /// `POST .../discard`: drops this node's rows of a partition it does not
@@ -639,11 +730,21 @@ async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResul
     // Reverse order: events and snapshots are found through their
     // accounts, which go last.
     for table in PARTITION_TABLES.iter().rev() {
-        let filter = filter(table).expect("a partition table");
+        // Found through an index, never a scan of the table: a scan would
+        // start again at the table's head on every batch and wade through
+        // the rows the batches before it left dead. An account's events
+        // and snapshots are found by its key.
+        let batch = match *table {
+            "events" | "snapshots" => format!(
+                "SELECT r.ctid FROM accounts a
+                 CROSS JOIN LATERAL (SELECT ctid FROM {table} WHERE account_id = a.account_id) r
+                 WHERE a.partition = $1 LIMIT $2"
+            ),
+            _ => format!("SELECT ctid FROM {table} WHERE partition = $1 LIMIT $2"),
+        };
         loop {
             let n = sqlx::query(&format!(
-                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM {table} WHERE {filter} LIMIT $2))"
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY({batch}))"
             ))
             .bind(p as i32)
             .bind(DROP_BATCH)
@@ -677,6 +778,8 @@ async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResul
     }))
 }
 
+/// The whole partition here, every row counted (a move checks it while
+/// the partition serves, never while it is frozen).
 async fn summarize(
     conn: &mut PgConnection,
     p: PartitionId,
@@ -688,31 +791,50 @@ async fn summarize(
         )
     };
     let sql = format!(
-        "SELECT {}, {}, {}, {}",
-        count("accounts"),
+        "SELECT {}, {}, {}",
         count("events"),
         count("legs"),
         count("transfers"),
     );
-    let (accounts, events, legs, transfers): (i64, i64, i64, i64) = sqlx::query_as(&sql)
+    // Read first: whatever is inserted while it counts is numbered above.
+    let change_no: i64 = sqlx::query_scalar("SELECT last_value FROM row_changes")
+        .fetch_one(&mut *conn)
+        .await?;
+    let (events, legs, transfers): (i64, i64, i64) = sqlx::query_as(&sql)
         .bind(p as i32)
         .fetch_one(&mut *conn)
         .await?;
-    let posted = sqlx::query_as::<_, (String, i64)>(
-        "SELECT currency, sum(posted)::bigint FROM accounts WHERE partition = $1 GROUP BY currency",
-    )
-    .bind(p as i32)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    let accounts = sum_accounts(conn, p).await?;
     Ok(PartitionSummary {
-        accounts,
+        accounts: accounts.accounts,
         events,
         legs,
         transfers,
-        posted,
+        posted: accounts.posted,
+        change_no,
     })
+}
+
+/// The partition's accounts summed up: one row per account, however long
+/// its history.
+async fn sum_accounts(
+    conn: &mut PgConnection,
+    p: PartitionId,
+) -> Result<AccountsSummary, StoreError> {
+    let mut summary = AccountsSummary::default();
+    let rows = sqlx::query_as::<_, (String, i64, i64, i64)>(
+        "SELECT currency, count(*), sum(last_seq)::bigint, sum(posted)::bigint
+         FROM accounts WHERE partition = $1 GROUP BY currency",
+    )
+    .bind(p as i32)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (currency, accounts, last_seqs, posted) in rows {
+        summary.accounts += accounts;
+        summary.last_seqs += last_seqs;
+        summary.posted.insert(currency, posted);
+    }
+    Ok(summary)
 }
 
 /// The cut-over's deadline, enforced by the old owner on its own: a

@@ -75,7 +75,11 @@ pub struct Fence {
     pub deadline: Option<DateTime<Utc>>,
 }
 
-/// What a partition's copy holds, to check that a copy is whole.
+/// What a partition's copy holds, to check that a copy is whole: every row
+/// counted, so it takes as long as the partition's history is long. A move
+/// counts it while the partition serves (at a mark, [`MarkRequest::whole`],
+/// and on the new owner after the pass up to it); the cut-over adds only
+/// the rows inserted since ([`CutoverCheck`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSummary {
     pub accounts: i64,
@@ -84,6 +88,10 @@ pub struct PartitionSummary {
     pub transfers: i64,
     /// Sum of posted balances per currency, in minor units.
     pub posted: std::collections::BTreeMap<String, i64>,
+    /// The node's last change number when it counted: every row of the
+    /// partition inserted after the count is numbered above it.
+    #[serde(default)]
+    pub change_no: i64,
 }
 
 /// The tables a partition's rows live in, in the order a copy imports them
@@ -100,6 +108,16 @@ pub struct MarkRequest {
     /// Per table, the `change_no` the copy has reached (absent: 0).
     #[serde(default)]
     pub after: std::collections::BTreeMap<String, i64>,
+    /// Also count the whole partition as it stands at the mark
+    /// ([`Mark::whole`]): slow on a long history, so asked once per move,
+    /// while the partition serves.
+    #[serde(default)]
+    pub whole: bool,
+    /// The cut-over's count: the events, legs and transfer records of the
+    /// partition inserted after this change number ([`Mark::inserted`]),
+    /// and its accounts summed up ([`Mark::accounts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inserted_after: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +127,43 @@ pub struct Mark {
     /// Per table, the rows of the partition changed after `after` (at most
     /// up to `mark`, but for `accounts`): what this pass has to copy.
     pub left: std::collections::BTreeMap<String, i64>,
+    /// Asked with [`MarkRequest::whole`]: the partition as it stands at the
+    /// mark (read in one snapshot taken there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<PartitionSummary>,
+    /// Asked with [`MarkRequest::inserted_after`]: per table (`events`,
+    /// `legs`, `transfers`), the partition's rows inserted after it ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inserted: Option<std::collections::BTreeMap<String, i64>>,
+    /// ... and its accounts at the mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<AccountsSummary>,
+}
+
+/// A partition's accounts, summed: few rows (one per account, however long
+/// its history), so read whole while the partition is frozen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountsSummary {
+    pub accounts: i64,
+    /// Sum of the accounts' `last_seq`: the events they say they hold.
+    pub last_seqs: i64,
+    /// Sum of posted balances per currency, in minor units.
+    pub posted: std::collections::BTreeMap<String, i64>,
+}
+
+/// What the new owner checks its copy by at the cut-over, in time that
+/// does not grow with the partition's history: the partition was counted
+/// whole on both nodes while it served ([`PartitionSummary`], the old owner
+/// at a mark, the new one after the pass up to it), and no row of a
+/// partition being moved is deleted on either node (pruning waits for the
+/// move), so now, frozen, each node holds what it counted plus what was
+/// inserted since, which an index finds. Its accounts are few and summed
+/// up whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutoverCheck {
+    pub accounts: AccountsSummary,
+    /// Per table (`events`, `legs`, `transfers`), the partition's rows.
+    pub rows: std::collections::BTreeMap<String, i64>,
 }
 
 /// `GET /internal/v1/partitions/{p}/rows?table&after&upto&limit` on the old
@@ -164,11 +219,15 @@ pub struct CopyRows {
 
 /// `POST /internal/v1/partitions/{p}/copy/finish` on the new owner, once
 /// the old owner is frozen and the last changes are copied: the copy must
-/// hold what the old owner holds.
+/// hold what the old owner holds ([`CutoverCheck`]). Answers the new
+/// owner's own count, the same shape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CopyFinish {
     pub move_id: String,
-    pub expected: PartitionSummary,
+    pub expected: CutoverCheck,
+    /// What the new owner counted after the pass up to the old owner's
+    /// whole count (its `GET .../summary` then).
+    pub counted: PartitionSummary,
 }
 
 /// `POST /internal/v1/partitions/{p}/discard`: what is left to drop.

@@ -115,7 +115,7 @@ pub const SUMMARY: Route = Route("/internal/v1/partitions/{p}/summary");
 pub const COPY: Route = Route("/internal/v1/partitions/{p}/copy");
 /// `CopyRows` -> `CopyState`: apply one chunk (new owner).
 pub const COPY_ROWS: Route = Route("/internal/v1/partitions/{p}/copy/rows");
-/// `CopyFinish` -> `PartitionSummary`: check the whole copy (new owner).
+/// `CopyFinish` -> `CutoverCheck`: check the copy at the cut-over (new owner).
 pub const COPY_FINISH: Route = Route("/internal/v1/partitions/{p}/copy/finish");
 /// POST -> `Discarded`: drops (part of) a copy this node does not own.
 pub const DISCARD: Route = Route("/internal/v1/partitions/{p}/discard");

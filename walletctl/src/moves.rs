@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wallet_shared::admin::{
-    CopyBegin, CopyFinish, CopyRows, CopyState, Discarded, Fence, FenceState, Mark, MarkRequest,
-    NodePartitions, PartitionSummary, RowsChunk, PARTITION_TABLES,
+    CopyBegin, CopyFinish, CopyRows, CopyState, CutoverCheck, Discarded, Fence, FenceState, Mark,
+    MarkRequest, NodePartitions, PartitionSummary, RowsChunk, PARTITION_TABLES,
 };
 use wallet_shared::map::{MapError, Move, MovePhase};
 use wallet_shared::{routes, MapStore, PartitionId, PartitionMap};
@@ -69,8 +69,9 @@ pub struct MoveReport {
     pub to: String,
     /// Nothing to do: the partition was already there.
     pub already_there: bool,
-    /// What the new owner holds once the copy is checked (`None` when
-    /// resuming after the switch).
+    /// What the new owner held when its copy was checked whole, at the
+    /// last mark before the cut-over (`None` when resuming after the
+    /// switch); what changed after it is `delta_rows`.
     pub copied: Option<PartitionSummary>,
     /// Rows and bytes (JSON) copied by this run, counting rows copied again
     /// because they changed meanwhile.
@@ -225,6 +226,9 @@ struct Mover<'a> {
     /// When this run started copying, and the rows it copied: the rate.
     copy_started: Instant,
     last_note: Instant,
+    /// The partition counted whole by the last pass while it served: on
+    /// the old owner at its mark, and on the new owner after the pass.
+    counted: Option<(PartitionSummary, PartitionSummary)>,
 }
 
 pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> CtlResult<MoveReport> {
@@ -306,6 +310,7 @@ pub async fn run(ctx: &Ctx, p: PartitionId, to: &str, opts: &MoveOptions) -> Ctl
         report,
         copy_started: Instant::now(),
         last_note: Instant::now(),
+        counted: None,
     };
 
     if map.owners[p as usize] != mv.record.to {
@@ -358,8 +363,8 @@ impl Mover<'_> {
         format!("{base}{}", route.with(self.p))
     }
 
-    /// Starts or resumes the new owner's copy: its cursors.
-    async fn begin_copy(&mut self) -> CtlResult<BTreeMap<String, i64>> {
+    /// Starts or resumes the new owner's copy: how far it has come.
+    async fn begin_copy(&mut self) -> CtlResult<CopyState> {
         let begin = |rev| CopyBegin {
             map_revision: rev,
             from: self.record.from.clone(),
@@ -397,14 +402,24 @@ impl Mover<'_> {
                 megabytes(state.bytes)
             ));
         }
-        Ok(state.cursors)
+        Ok(state)
     }
 
-    async fn mark(&self, cursors: &BTreeMap<String, i64>) -> CtlResult<Mark> {
+    /// A mark on the old owner after `cursors`; `whole`: with the partition
+    /// counted whole at it; `inserted_after`: with the rows inserted after
+    /// that change number counted, and the accounts summed up.
+    async fn mark(
+        &self,
+        cursors: &BTreeMap<String, i64>,
+        whole: bool,
+        inserted_after: Option<i64>,
+    ) -> CtlResult<Mark> {
         let rev = self.store.load().await?.revision;
         let req = MarkRequest {
             map_revision: rev,
             after: cursors.clone(),
+            whole,
+            inserted_after,
         };
         self.ctx
             .post(
@@ -416,19 +431,19 @@ impl Mover<'_> {
     }
 
     /// Copies while the partition serves, pass after pass, until a pass has
-    /// at most `--cutover-rows` rows to copy (or after a few passes).
+    /// at most `--cutover-rows` rows to copy (or after a few passes); that
+    /// last pass goes up to a mark at which the old owner counted the
+    /// partition whole, and the copy must then hold as many rows: the one
+    /// check whose time grows with the partition's history, taken while it
+    /// serves, so the cut-over checks only what changed after it.
     async fn copy_online(&mut self) -> CtlResult<()> {
         const MAX_PASSES: u32 = 8;
-        let mut cursors = self.begin_copy().await?;
+        let mut cursors = self.begin_copy().await?.cursors;
         for pass in 1..=MAX_PASSES {
-            let mark = self.mark(&cursors).await?;
+            let mark = self.mark(&cursors, false, None).await?;
             let left: i64 = mark.left.values().sum();
             if left <= self.opts.cutover_rows.max(0) || pass == MAX_PASSES {
-                self.ctx.output.note(format!(
-                    "partition {}: {left} rows left to copy; cutting over",
-                    self.p
-                ));
-                return Ok(());
+                return self.copy_checked(&mut cursors).await;
             }
             self.report.passes += 1;
             self.ctx.output.note(format!(
@@ -438,6 +453,54 @@ impl Mover<'_> {
             self.copy_pass(&mut cursors, mark.mark, left).await?;
         }
         Ok(())
+    }
+
+    /// The last pass while the partition serves, up to a mark at which the
+    /// old owner counted it whole; then the new owner counts its copy
+    /// whole. The events, never changed, must be as many already (a row
+    /// changed after the mark waits for the next pass, so legs and
+    /// transfer records can differ yet); the cut-over compares the rest.
+    async fn copy_checked(&mut self, cursors: &mut BTreeMap<String, i64>) -> CtlResult<()> {
+        let mark = self.mark(cursors, true, None).await?;
+        let left: i64 = mark.left.values().sum();
+        self.ctx.output.note(format!(
+            "partition {}: {left} rows left to copy; counting the copy, then cutting over",
+            self.p
+        ));
+        self.copy_pass(cursors, mark.mark, left).await?;
+        let Some(old) = mark.whole else {
+            return Err(CtlError::new(
+                Exit::Failed,
+                format!("{} did not count the partition at the mark", self.from_name),
+            ));
+        };
+        let new: PartitionSummary = self
+            .ctx
+            .get(&self.to_name, &self.url(&self.to_url, routes::SUMMARY))
+            .await?;
+        if new.events != old.events {
+            return Err(self.differs(format!(
+                "{} events on {}, {} on {} at mark {}",
+                new.events, self.record.to, old.events, self.record.from, mark.mark
+            )));
+        }
+        self.report.copied = Some(new.clone());
+        self.counted = Some((old, new));
+        Ok(())
+    }
+
+    /// The copy does not hold what the old owner holds: a bug, never a
+    /// race; nothing switches.
+    fn differs(&self, what: String) -> CtlError {
+        CtlError::new(
+            Exit::Failed,
+            format!(
+                "partition {}: the copy does not match the old owner ({what}); {} serves it as \
+                 before. Undo the move with `walletctl partitions move {} --abort` and report \
+                 this",
+                self.p, self.record.from, self.p
+            ),
+        )
     }
 
     /// Copies every table up to `upto` (accounts: all of them, so that every
@@ -620,20 +683,45 @@ impl Mover<'_> {
         }
         crash_point("after_freeze");
 
-        // 3. The last changes, and the check.
-        let mut cursors = self.begin_copy().await?;
-        let mark = self.mark(&cursors).await?;
+        // 3. The last changes, and the check: the accounts summed up, and
+        //    the rows counted before plus those inserted since, never the
+        //    whole history again.
+        let Some((old, new)) = self.counted.clone() else {
+            return Err(CtlError::new(
+                Exit::Failed,
+                format!("partition {p}: cutting over a copy that was never counted"),
+            ));
+        };
+        let mut cursors = self.begin_copy().await?.cursors;
+        let mark = self.mark(&cursors, false, Some(old.change_no)).await?;
         let left: i64 = mark.left.values().sum();
         self.report.delta_rows = self.copy_pass(&mut cursors, mark.mark, left).await?;
-        let expected: PartitionSummary = self
-            .ctx
-            .get(&self.from_name, &self.url(&self.from_url, routes::SUMMARY))
-            .await?;
+        let (Some(accounts), Some(inserted)) = (mark.accounts, mark.inserted) else {
+            return Err(CtlError::new(
+                Exit::Failed,
+                format!("{} did not count the rows inserted since", self.from_name),
+            ));
+        };
+        let counted = |table: &str| match table {
+            "events" => old.events,
+            "legs" => old.legs,
+            _ => old.transfers,
+        };
         let finish = CopyFinish {
             move_id: self.record.started_at.clone(),
-            expected,
+            expected: CutoverCheck {
+                accounts,
+                rows: inserted
+                    .into_iter()
+                    .map(|(table, n)| {
+                        let n = counted(&table) + n;
+                        (table, n)
+                    })
+                    .collect(),
+            },
+            counted: new,
         };
-        let copied: PartitionSummary = self
+        let _: CutoverCheck = self
             .ctx
             .post(
                 &self.to_name,
@@ -650,7 +738,6 @@ impl Mover<'_> {
                     ),
                 )
             })?;
-        self.report.copied = Some(copied);
         crash_point("after_import");
 
         // 4. Switch the owner, if the cut-over still stands.

@@ -804,3 +804,161 @@ async fn a_move_killed_at_every_step_under_load_is_resumed_and_loses_nothing() {
     let audit = t.walletctl(&["audit"], &[]).await;
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
+
+/// Runs `walletctl partitions move 0 --to node-2` paused at `point` (the
+/// pause released by creating `go`), runs `meddle` (with `account` as $1) on
+/// the new owner's database there, and lets it go on to its end.
+async fn move_meddled(
+    t: &TestCluster,
+    node2: &sqlx::PgPool,
+    go: &std::path::Path,
+    account: &str,
+    point: &str,
+    meddle: &str,
+) -> crate::support::Ctl {
+    let pause = format!("{point}:{}", go.display());
+    let env = [("WALLETCTL_PAUSE_AT", pause.as_str())];
+    let running = t.walletctl(&["partitions", "move", "0", "--to", "node-2"], &env);
+    let meddling = async {
+        let flag = std::path::PathBuf::from(format!("{}.paused", go.display()));
+        let since = std::time::Instant::now();
+        while !flag.exists() {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "never paused at {point}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = sqlx::query(meddle)
+            .bind(account)
+            .execute(node2)
+            .await
+            .expect("meddle")
+            .rows_affected();
+        assert_eq!(n, 1, "{meddle}");
+        std::fs::write(go, "").unwrap();
+    };
+    let (out, ()) = tokio::join!(running, meddling);
+    out
+}
+
+/// The copy is checked twice, and either check stops a move whose copy
+/// differs from the old owner's rows: while the partition serves, counted
+/// whole at a mark (a stray event slipped into the new owner's copy), and
+/// at the cut-over, its accounts summed up (a balance changed on the new
+/// owner behind the copy's back). Either way nothing switches, the
+/// partition serves at its old owner, and after `--abort` a clean move
+/// goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_differs_from_the_old_owner_never_switches() {
+    let mut env = quick_recovery();
+    env.push(("WALLET_MOVE_WAIT_MS".into(), "300".into()));
+    let mut t = TestCluster::start_with(ClusterOptions {
+        partitions: 8,
+        coordinator_env: env,
+        participant_env: vec![("WALLET_MOVE_CUTOVER_DEADLINE_MS".into(), "2000".into())],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let p = 0;
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("cc-{i}"))
+        .filter(|a| t.partition_of(a) == p)
+        .take(2)
+        .collect();
+    for a in &mine {
+        t.open(a, "USD").await;
+        t.deposit(a, "100.00", "USD").await;
+    }
+    assert_eq!(t.map.owners[p as usize], "node-1");
+    let node2 = sqlx::PgPool::connect(&t.cluster.postgres_url(1))
+        .await
+        .expect("database");
+    let dir = tempfile::tempdir().unwrap();
+    let serves_at_node_1 = |t: &TestCluster, account: String| {
+        let api = t.api();
+        async move {
+            let since = std::time::Instant::now();
+            loop {
+                let r = api
+                    .post(
+                        &format!("/v1/wallet/accounts/{account}/deposit"),
+                        json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
+                    )
+                    .await;
+                if r.status == 200 {
+                    return;
+                }
+                assert_eq!(r.body["code"], "partition_moving", "{}", r.body);
+                assert!(
+                    since.elapsed() < Duration::from_secs(20),
+                    "never served again"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // 1. While it serves: an event the old owner never had, on the new
+    //    owner (its accounts are copied first: the pause is after their
+    //    chunk).
+    let out = move_meddled(
+        &t,
+        &node2,
+        &dir.path().join("go-1"),
+        &mine[0],
+        "mid_copy",
+        "INSERT INTO events (account_id, seq, kind, amount) VALUES ($1, 999, 'deposit', 1)",
+    )
+    .await;
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(out.stderr.contains("does not match"), "{}", out.stderr);
+    t.reload_map().await;
+    assert_eq!(t.map.owners[p as usize], "node-1");
+    serves_at_node_1(&t, mine[1].clone()).await;
+    let undo = t
+        .walletctl(&["partitions", "move", "0", "--abort"], &[])
+        .await;
+    assert_eq!(undo.code, Some(0), "{}", undo.stderr);
+    assert_eq!(row(&t, 1, &mine[0]).await, None, "node-2 kept the copy");
+
+    // 2. Frozen: a balance changed on the new owner after its copy was
+    //    checked whole; the cut-over's accounts check refuses it, and the
+    //    old owner rolls the cut-over back by its deadline.
+    let out = move_meddled(
+        &t,
+        &node2,
+        &dir.path().join("go-2"),
+        &mine[0],
+        "after_freeze",
+        "UPDATE accounts SET posted = posted + 1 WHERE account_id = $1",
+    )
+    .await;
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(out.stderr.contains("does not match"), "{}", out.stderr);
+    serves_at_node_1(&t, mine[1].clone()).await;
+    t.reload_map().await;
+    assert_eq!(t.map.owners[p as usize], "node-1");
+    let undo = t
+        .walletctl(&["partitions", "move", "0", "--abort"], &[])
+        .await;
+    assert_eq!(undo.code, Some(0), "{}", undo.stderr);
+    node2.close().await;
+
+    // 3. Untouched, the move goes through, and nothing was lost.
+    let out = t
+        .walletctl(&["partitions", "move", "0", "--to", "node-2"], &[])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    t.reload_map().await;
+    assert_eq!(t.map.owners[p as usize], "node-2");
+    let mut sum = 0;
+    for a in &mine {
+        let r = t.get(&format!("/v1/wallet/accounts/{a}/balance")).await;
+        sum += chaos::checker::minor_units(r.body["balance"].as_str().unwrap(), "USD").unwrap();
+    }
+    assert_eq!(sum, 20_200, "2 x 100.00 and the two deposits between");
+    t.wait_settled().await;
+    let audit = t.walletctl(&["audit"], &[]).await;
+    assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
