@@ -733,11 +733,13 @@ async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResul
         // Found through an index, never a scan of the table: a scan would
         // start again at the table's head on every batch and wade through
         // the rows the batches before it left dead. An account's events
-        // and snapshots are found by its key.
+        // and snapshots are found by its key (`OFFSET 0` keeps the planner
+        // from turning that into a join over every event).
         let batch = match *table {
             "events" | "snapshots" => format!(
                 "SELECT r.ctid FROM accounts a
-                 CROSS JOIN LATERAL (SELECT ctid FROM {table} WHERE account_id = a.account_id) r
+                 CROSS JOIN LATERAL (
+                     SELECT ctid FROM {table} WHERE account_id = a.account_id OFFSET 0) r
                  WHERE a.partition = $1 LIMIT $2"
             ),
             _ => format!("SELECT ctid FROM {table} WHERE partition = $1 LIMIT $2"),
