@@ -78,8 +78,6 @@ pub enum AnomalyKind {
     /// Resolving and settling took longer than the limit after healing.
     SlowRecovery,
     // ---- one side only -------------------------------------------------------
-    /// A row in `pg_prepared_xacts` after settling (the chaos suite).
-    PreparedXact,
     /// A transaction the participant's rules refused as breaking an
     /// invariant (the simulation sees every one).
     Invariant,

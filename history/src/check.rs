@@ -1,8 +1,7 @@
 //! The checker: what the history and the final state must agree on once
 //! every fault is healed and everything has settled. The simulation and the
-//! chaos suite both call [`check`]; what only one of them can see it checks
-//! beside (the chaos suite's `pg_prepared_xacts`, the simulation's feed,
-//! snapshots and the invariants its rules refused).
+//! chaos suite both call [`check`]; what only the simulation can see it
+//! checks beside (its feed, snapshots and the invariants its rules refused).
 //!
 //! - everything [`State::anomalies`] checks at rest (replay, conservation,
 //!   atomicity, records, nothing held, pending, prepared or undecided, no

@@ -454,21 +454,6 @@ async fn nothing_stuck(
         );
     }
     f.unlisted("stuck_leg", total, listed);
-    let xacts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_prepared_xacts
-         WHERE database = current_database() AND prepared < $1",
-    )
-    .bind(scope.cutoff)
-    .fetch_one(&mut *conn)
-    .await?;
-    if xacts > 0 {
-        f.add(
-            "prepared_xact",
-            None,
-            None,
-            format!("{xacts} rows in pg_prepared_xacts older than the cutoff"),
-        );
-    }
     Ok(())
 }
 

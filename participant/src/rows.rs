@@ -23,14 +23,12 @@ pub struct Contents {
     pub events: Vec<AuditEvent>,
     /// Decision records, with their transaction ids.
     pub transfers: Vec<(Uuid, StoredTransfer)>,
-    /// Rows in `pg_prepared_xacts`.
-    pub prepared_xacts: i64,
     /// Legs still prepared.
     pub prepared_legs: i64,
 }
 
 /// Reads every balance row, event and decision record of one database, and
-/// counts its prepared transactions and prepared legs.
+/// counts its prepared legs.
 pub async fn read(conn: &mut PgConnection) -> Result<Contents, StoreError> {
     let mut contents = Contents::default();
     for row in sqlx::query(
@@ -88,9 +86,6 @@ pub async fn read(conn: &mut PgConnection) -> Result<Contents, StoreError> {
             },
         ));
     }
-    contents.prepared_xacts = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts")
-        .fetch_one(&mut *conn)
-        .await?;
     contents.prepared_legs = sqlx::query_scalar("SELECT count(*) FROM legs WHERE state = $1")
         .bind(leg_state(LegState::Prepared))
         .fetch_one(&mut *conn)

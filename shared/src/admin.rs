@@ -337,7 +337,7 @@ pub struct AuditRequest {
 pub struct Finding {
     /// Stable, snake_case: `replay_mismatch`, `negative_balance`,
     /// `hold_mismatch`, `leg_posting_mismatch`, `stuck_transfer`,
-    /// `stuck_leg`, `prepared_xact`, `conservation`, `transfer_legs_mismatch`.
+    /// `stuck_leg`, `conservation`, `transfer_legs_mismatch`.
     pub kind: String,
     pub node: Option<String>,
     pub account_id: Option<String>,
