@@ -244,3 +244,72 @@ async fn abort_leg(coordinator: &Coordinator, leg: Leg) {
         tracing::warn!(error = %e, "could not abort leg");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wallet_shared::protocol::TransferSpec;
+    use wallet_shared::{AccountId, Amount, Currency};
+
+    use super::*;
+
+    fn spec(id: TransactionId, from: &str, to: &str, minor: i64, currency: &str) -> TransferSpec {
+        TransferSpec {
+            transaction_id: id,
+            from: AccountId::parse(from).unwrap(),
+            to: AccountId::parse(to).unwrap(),
+            amount: Amount::from_minor(minor).unwrap(),
+            currency: Currency::parse(currency).unwrap(),
+            tenant: None,
+        }
+    }
+
+    fn record(spec: &TransferSpec, kind: RecordKind) -> TransferRecord {
+        TransferRecord {
+            kind,
+            spec: spec.clone(),
+            state: TransferState::Committed,
+            reason: None,
+            created_at: chrono::Utc::now(),
+            decided_at: None,
+            completed: false,
+        }
+    }
+
+    /// The guard recovery applies before driving a prepared leg to its
+    /// record's decision: only the record's own leg (same role, account,
+    /// amount, currency) gets it; a leg of the id used with another body is
+    /// aborted instead, and a deposit's or withdrawal's record owns no
+    /// transfer leg.
+    #[test]
+    fn only_the_records_own_leg_gets_its_decision() {
+        let id = TransactionId::new_random();
+        let original = spec(id, "alice", "bob", 1_000, "USD");
+        let r = record(&original, RecordKind::Transfer);
+        for leg in Leg::both(&original, 1, 2, 3) {
+            assert!(matches_leg(&r, &leg), "{leg:?}");
+        }
+        let others = [
+            spec(id, "carol", "dave", 1_000, "USD"),
+            spec(id, "alice", "bob", 999, "USD"),
+            spec(id, "alice", "bob", 1_000, "EUR"),
+            // The same accounts the other way round: each leg's role names
+            // the other account.
+            spec(id, "bob", "alice", 1_000, "USD"),
+        ];
+        for other in &others {
+            for leg in Leg::both(other, 1, 2, 3) {
+                assert!(!matches_leg(&r, &leg), "{leg:?}");
+            }
+        }
+        // Another body sharing one leg with the record: that leg is the
+        // record's (same role, account, amount, currency), the other not.
+        let [debit, credit] = Leg::both(&spec(id, "alice", "erin", 1_000, "USD"), 1, 2, 3);
+        assert!(matches_leg(&r, &debit));
+        assert!(!matches_leg(&r, &credit));
+        for kind in [RecordKind::Deposit, RecordKind::Withdrawal] {
+            for leg in Leg::both(&original, 1, 2, 3) {
+                assert!(!matches_leg(&record(&original, kind), &leg));
+            }
+        }
+    }
+}
