@@ -18,10 +18,7 @@ use wallet_shared::protocol::{EventKind, TransferState};
 use wallet_shared::{AccountId, Amount, Currency, TransactionId};
 
 use crate::error::StoreError;
-use crate::pg::{leg_from_row, LEG_COLUMNS};
-
-/// Longest the whole audit of one node may take in Postgres.
-const STATEMENT_TIMEOUT: &str = "120s";
+use crate::pg::{allow_long_reads, leg_from_row, LEG_COLUMNS};
 
 /// `sum(CASE kind ...)` of one component of [`EventKind::effect`]:
 /// 0 = posted, 1 = held, 2 = pending credit.
@@ -120,11 +117,7 @@ pub async fn run(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!(
-        "SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    allow_long_reads(&mut tx).await?;
     let mut f = Findings {
         list: Vec::new(),
         totals: BTreeMap::new(),

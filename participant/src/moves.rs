@@ -43,7 +43,7 @@ use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult, StoreError};
 use crate::fence::{self, FenceMap};
-use crate::pg::PgStore;
+use crate::pg::{allow_long_reads, PgStore};
 
 /// How to select a partition's rows in each of [`PARTITION_TABLES`] (`$1`
 /// is the partition).
@@ -258,6 +258,8 @@ async fn mark(
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+    // A first pass's counts, and a whole count, read the partition whole.
+    allow_long_reads(&mut tx).await.map_err(StoreError::from)?;
     let mark: i64 = {
         let _quiet = app.fences.write().await;
         sqlx::query_scalar("SELECT last_value FROM row_changes")
@@ -425,8 +427,11 @@ async fn summary(
     State(m): State<Mover>,
     Path(p): Path<PartitionId>,
 ) -> ApiResult<Json<PartitionSummary>> {
-    let mut conn = m.app.store.acquire().await.map_err(StoreError::from)?;
-    Ok(Json(summarize(&mut conn, p).await?))
+    let mut tx = m.app.store.begin().await.map_err(StoreError::from)?;
+    allow_long_reads(&mut tx).await.map_err(StoreError::from)?;
+    let summary = summarize(&mut tx, p).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Json(summary))
 }
 
 /// Refuses to copy into, or drop, a partition this node owns or is moving

@@ -57,6 +57,22 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Longest one statement of a whole-node or whole-partition read may take
+/// (the node audit, a move's counts), instead of the hot path's
+/// `statement_timeout`: they read every row, and run beside the traffic.
+const LONG_READ_TIMEOUT: &str = "120s";
+
+/// Lets the statements of the transaction on `conn` run up to
+/// [`LONG_READ_TIMEOUT`] each.
+pub async fn allow_long_reads(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "SET LOCAL statement_timeout = '{LONG_READ_TIMEOUT}'"
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl PgStore {
     /// A connection of the pool, counted as waiting until it is handed
     /// over. Everything here but the operators' audit takes its
