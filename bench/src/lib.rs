@@ -121,6 +121,8 @@ pub async fn measure(
         result,
         ratio: None,
         rss_mb,
+        rss_before_mb: Default::default(),
+        rss_after_mb: Default::default(),
         cpu,
         cluster_cpu,
         cpu_us_per_tx,

@@ -24,6 +24,10 @@ pub const IN_FLIGHT: &str = "10k in flight";
 /// The best uniform load again on a cluster twice as wide.
 pub const SCALE_OUT: &str = "uniform, 6 participants + 2 coordinators";
 
+/// How much more than before the flood a service may hold once the memory
+/// row's connections closed, MB, for its memory to count as returned.
+pub const RETURNED_SLACK_MB: f64 = 10.0;
+
 /// One measured scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -33,6 +37,11 @@ pub struct Row {
     pub ratio: Option<f64>,
     /// Peak resident memory during the run, MB, by process name.
     pub rss_mb: BTreeMap<String, f64>,
+    /// The memory row only: resident memory just before the run and once
+    /// its connections closed and the services had time to give memory
+    /// back, MB, by process name (empty for the other rows).
+    pub rss_before_mb: BTreeMap<String, f64>,
+    pub rss_after_mb: BTreeMap<String, f64>,
     /// CPU use of the machine during the run, ours and others'.
     pub cpu: Usage,
     /// CPU of every process of the cluster (not the load generator) in
@@ -251,6 +260,31 @@ impl Report {
                 out.push_str(&line);
                 out.push('\n');
             }
+        }
+        for r in self.rows.iter().filter(|r| !r.rss_after_mb.is_empty()) {
+            let mb = |m: &BTreeMap<String, f64>, p: &str| {
+                m.get(p).map_or("-".into(), |v| format!("{v:.1}"))
+            };
+            let per: Vec<String> = r
+                .rss_after_mb
+                .keys()
+                .map(|p| {
+                    format!(
+                        "{p} {} / {} / {}",
+                        mb(&r.rss_before_mb, p),
+                        mb(&r.rss_mb, p),
+                        mb(&r.rss_after_mb, p)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "
+Resident MB before / at the peak / once the connections closed, {} ({}): {}",
+                r.scenario,
+                r.result.load,
+                per.join(", ")
+            );
         }
         let errors: Vec<String> = self
             .rows
@@ -590,6 +624,25 @@ pub fn targets(
                     r.result.in_flight_mean, r.result.in_flight_max
                 ),
                 met: mb < 100.0 && r.result.in_flight_max >= 10_000,
+            });
+        }
+        // Returned: once the connections closed, each service holds at most
+        // RETURNED_SLACK_MB more than just before the flood.
+        let kept = r
+            .rss_after_mb
+            .iter()
+            .filter_map(|(k, after)| Some((k.clone(), after - r.rss_before_mb.get(k)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((who, kept)) = kept {
+            out.push(TargetCheck {
+                target: "memory returned once those connections closed".into(),
+                wanted: format!("each service within {RETURNED_SLACK_MB} MB of its size before"),
+                measured: format!(
+                    "most kept: {who} {kept:+.1} MB ({:.1} MB before, {:.1} MB after)",
+                    r.rss_before_mb.get(&who).copied().unwrap_or_default(),
+                    r.rss_after_mb.get(&who).copied().unwrap_or_default()
+                ),
+                met: kept <= RETURNED_SLACK_MB,
             });
         }
     }

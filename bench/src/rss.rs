@@ -32,6 +32,14 @@ fn status_kb(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// VmRSS of each `(name, pid)` now, in MB (processes gone are left out).
+pub fn now_mb(processes: &[(String, u32)]) -> BTreeMap<String, f64> {
+    processes
+        .iter()
+        .filter_map(|(name, pid)| Some((name.clone(), vm_rss_kb(*pid)? as f64 / 1024.0)))
+        .collect()
+}
+
 /// A running sampler; [`Sampler::stop`] returns the peaks.
 pub struct Sampler {
     stop: oneshot::Sender<()>,
@@ -83,6 +91,7 @@ mod tests {
         let me = std::process::id();
         assert!(vm_rss_kb(me).unwrap() > 0);
         assert!(vm_hwm_kb(me).unwrap() > 0);
+        assert!(now_mb(&[("me".into(), me)])["me"] > 0.0);
         let s = Sampler::start(vec![("me".into(), me)]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let peaks = s.stop().await;

@@ -59,6 +59,9 @@ pub struct CoordinatorConfig {
     /// Longest wait for a request's complete headers, from the connection's
     /// start or its previous response (also the keep-alive idle limit).
     pub header_read_timeout_ms: u64,
+    /// Largest read or write buffer of one connection (at least 8192): a
+    /// request's headers must fit in it.
+    pub connection_buffer_bytes: usize,
     /// Requests served at once at most; past it `503 overloaded`.
     pub max_requests_in_flight: usize,
     /// Longest a request is waited for before `503 unavailable` (its work

@@ -53,13 +53,18 @@ pub fn router(coordinator: Coordinator, keys: crate::auth::Keys, limits: EdgeLim
         in_flight: Arc::new(Semaphore::new(limits.max_requests_in_flight.max(1))),
         timeout: limits.request_timeout,
     });
-    crate::api::routes()
+    let routes = crate::api::routes()
         .merge(crate::api::authenticated_routes().route_layer(authenticated.clone()))
         .merge(crate::admin::routes().route_layer(authenticated))
         .fallback(|| async { ApiError(Rejection::new(ErrorCode::NotFound, "no such endpoint")) })
-        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(edge, guard))
-        .with_state(coordinator)
+        .with_state(coordinator);
+    // Around the whole router, once (see `wallet_shared::server::around`).
+    wallet_shared::server::around(
+        routes,
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(edge, guard))
+            .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes)),
+    )
 }
 
 struct Edge {

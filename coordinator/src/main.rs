@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let limits = wallet_shared::server::ConnectionLimits {
         max_connections: cfg.max_connections,
         header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+        connection_buffer_bytes: cfg.connection_buffer_bytes,
     };
     wallet_shared::server::serve(listener, router, limits, tls, stop, deadline).await;
     tracing::info!("stopped");

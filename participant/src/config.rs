@@ -50,6 +50,9 @@ pub struct ParticipantConfig {
     /// Longest wait for a request's complete headers (also the keep-alive
     /// idle limit).
     pub header_read_timeout_ms: u64,
+    /// Largest read or write buffer of one connection (at least 8192): a
+    /// request's headers must fit in it.
+    pub connection_buffer_bytes: usize,
     /// Longest pause of the feed's publisher between rounds (it also runs
     /// right after a write, at most once per this interval).
     pub publish_interval_ms: u64,

@@ -61,21 +61,27 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::spawn(moves::expire_cutovers(mover.clone()));
     tokio::spawn(retention::run(mover.app.clone(), cfg.retention()));
-    let router = app::router(app.clone())
+    let routes = app::router(app.clone())
         .merge(moves::router(mover))
-        .merge(history::router(app))
-        .layer(body_limit)
-        .layer(axum::middleware::from_fn_with_state(
-            verifier,
-            wallet_shared::signing::Verifier::layer,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
-        ))
-        .layer(axum::middleware::from_fn(
-            wallet_shared::telemetry::request_span,
-        ));
+        .merge(history::router(app));
+    // Around the whole router, once (see `wallet_shared::server::around`);
+    // the first layer is the outermost.
+    let router = wallet_shared::server::around(
+        routes,
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(
+                wallet_shared::telemetry::request_span,
+            ))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(30),
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                verifier,
+                wallet_shared::signing::Verifier::layer,
+            ))
+            .layer(body_limit),
+    );
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("binding {}", cfg.listen_addr))?;
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let limits = wallet_shared::server::ConnectionLimits {
         max_connections: cfg.max_connections,
         header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+        connection_buffer_bytes: cfg.connection_buffer_bytes,
     };
     wallet_shared::server::serve(listener, router, limits, None, stop, deadline).await;
     tracing::info!("stopped");

@@ -486,7 +486,7 @@ impl MapStore {
         .await?;
         let (tx, _) = watch::channel(Arc::new(first));
         let handle = MapHandle {
-            store: Some(self),
+            store: Some(Arc::new(self)),
             tx: Arc::new(tx),
             confirmed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         };
@@ -513,8 +513,10 @@ pub async fn follow_map(
 /// A shared, always-current view of the map.
 #[derive(Clone)]
 pub struct MapHandle {
-    /// Where the map is read from; `None` for a fixed map.
-    store: Option<MapStore>,
+    /// Where the map is read from; `None` for a fixed map. Shared: an etcd
+    /// client is about 3.5 KB, and every request's handler holds a clone of
+    /// this handle (in its service's state).
+    store: Option<Arc<MapStore>>,
     /// Holds the newest map seen; readers borrow it without locking etcd.
     tx: Arc<watch::Sender<Arc<PartitionMap>>>,
     /// When etcd last confirmed the map we hold (a read of it succeeded):
@@ -554,7 +556,7 @@ impl MapHandle {
 
     /// The etcd side, to change the map (`None` for a fixed map).
     pub fn store(&self) -> Option<&MapStore> {
-        self.store.as_ref()
+        self.store.as_deref()
     }
 
     /// Re-reads etcd now. Used when a peer shows a newer revision than ours.

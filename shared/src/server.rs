@@ -12,6 +12,17 @@
 //!   closed: that bounds a slow client's headers (slowloris) and how long a
 //!   keep-alive connection may sit idle (hyper starts the same timer when a
 //!   response is done).
+//! - Each connection's read and write buffers hold at most
+//!   `connection_buffer_bytes` (hyper's `max_buf_size`; it starts each at
+//!   8 KB, its floor): headers that do not fit are refused `431`, and a
+//!   client cannot make its connection's buffers grow past it.
+//!
+//! What one connection costs while its request is served (coordinator,
+//! 10,000 in flight, measured with heaptrack): hyper's two buffers (8 KB
+//! each), its task, the request's handler and what it waits on. Middleware
+//! goes around a router with [`around`], once, rather than with
+//! `Router::layer`, which wraps every route on its own: a request then
+//! clones each level's boxed services again at every level below it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +43,34 @@ pub struct ConnectionLimits {
     /// connection's start and from the end of its previous response (so
     /// also the keep-alive idle limit).
     pub header_read_timeout: Duration,
+    /// Largest read or write buffer of one connection (hyper's
+    /// `max_buf_size`; raised to [`MIN_CONNECTION_BUFFER_BYTES`] if lower):
+    /// a request's headers must fit in it.
+    pub connection_buffer_bytes: usize,
+}
+
+/// hyper's floor for a connection's buffers (and the size each starts at).
+pub const MIN_CONNECTION_BUFFER_BYTES: usize = 8192;
+
+/// `layer` around the whole of `router`: every request goes through it
+/// once, and cloning it per request clones `router` (shared, not copied).
+/// `Router::layer` instead wraps each route in a boxed service of its own,
+/// and a request clones every boxed level below each one it passes (with
+/// the coordinator's three levels, about 12 KB per request in flight).
+pub fn around<L>(router: Router, layer: L) -> Router
+where
+    L: tower::Layer<Router>,
+    L::Service: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
+{
+    Router::new().fallback_service(layer.layer(router))
 }
 
 /// Serves `router` on `listener`, over TLS when `tls` is given (each
@@ -55,6 +94,11 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(
+            limits
+                .connection_buffer_bytes
+                .max(MIN_CONNECTION_BUFFER_BYTES),
+        )
         // A client that sends its request and closes its side at once is
         // still served: the request runs (and a transfer with it) rather
         // than being dropped unstarted when the end of its stream is read.
@@ -78,21 +122,27 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let (http, router, closing) = (http.clone(), router.clone(), closing_rx.clone());
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => serve_connection(http, stream, router, closing).await,
-                Some(config) => {
+        // Two kinds of task: a plain connection's does not carry the room
+        // a TLS session takes (a task is as large as its largest state).
+        match tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    serve_connection(http, stream, router, closing).await;
+                    drop(permit);
+                });
+            }
+            Some(config) => {
+                tokio::spawn(async move {
                     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
                     match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(stream)) => serve_connection(http, stream, router, closing).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
     drop(listener);
     let _ = closing.send(true);

@@ -10,8 +10,10 @@
 //! `BENCH_CLIENTS`; a profiled uniform run at the best count (`profile.txt`,
 //! not a row); the best count is used for the other closed-loop scenarios; uniform in open loop at half the best closed-loop rate (the
 //! p99 target); then open loop at a high rate capped at `BENCH_IN_FLIGHT`
-//! unanswered requests (resident memory at 10,000 in flight). Every setting
-//! has an environment variable (see `--help`).
+//! unanswered requests (resident memory at 10,000 in flight, and once those
+//! connections closed). `BENCH_ONLY=in-flight` runs that last row alone, on
+//! a cluster of its own with the accounts loaded. Every setting has an
+//! environment variable (see `--help`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bench::{report, setup, Accounts, Kind, Load, Plan, Report, Scenario, Target};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use devcluster::{Cluster, ClusterOptions};
 use wallet_shared::auth::Scope;
 
@@ -83,10 +85,28 @@ struct Args {
     /// Coordinators of the scale-out run; the load takes turns among them.
     #[arg(long, env = "BENCH_SCALE_OUT_COORDINATORS", default_value_t = 2)]
     scale_out_coordinators: usize,
+    /// Which rows: every one, or the memory row alone (`in-flight`).
+    #[arg(long, env = "BENCH_ONLY", value_enum, default_value = "all")]
+    only: Only,
     /// Where the report goes (a folder per run is made in it).
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench")]
     out: PathBuf,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// Every row, the references and the scale-out run.
+    All,
+    /// The memory row (`10k in flight`) alone: no reference, no sweep, no
+    /// profile, no scale-out.
+    InFlight,
+}
+
+/// How long the memory row waits, once its connections closed, before it
+/// reads what the services still hold: two of their rounds of giving freed
+/// memory back (`wallet_shared::memory::TRIM_EVERY`), and a second.
+const CLOSE_WAIT: Duration =
+    Duration::from_secs(2 * wallet_shared::memory::TRIM_EVERY.as_secs() + 1);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -110,7 +130,7 @@ async fn main() -> Result<()> {
         eprintln!("bench: stopping the cluster: {e:#}");
     }
     let mut report = result?;
-    if args.scale_out_participants > 0 {
+    if args.scale_out_participants > 0 && args.only == Only::All {
         let row = scale_out(&args, &report).await?;
         report.rows.push(row);
         report.finish();
@@ -215,6 +235,20 @@ async fn run(
         ),
     );
 
+    let processes = bench::Watched::cluster(cluster);
+    if args.only == Only::InFlight {
+        let row = in_flight(args, cluster, &key, &accounts, &processes).await?;
+        report.rows.push(row);
+        let check = money(&nodes, &accounts, &report.rows, Duration::from_secs(60)).await?;
+        eprintln!("bench: money after the 10k-in-flight flood: {check}");
+        report
+            .settings
+            .insert("money after the 10k-in-flight flood".into(), check);
+        report.finish();
+        report.write(out_dir)?;
+        return Ok(report);
+    }
+
     // The reference, on the first participant's Postgres server.
     let pg = cluster.postgres(0);
     eprintln!(
@@ -261,7 +295,6 @@ async fn run(
     report.xa =
         Some(bench::xa::run(&servers, args.accounts, &args.xa_clients, args.ref_seconds).await?);
 
-    let processes = bench::Watched::cluster(cluster);
     let plan = |load| Plan {
         load,
         warmup: Duration::from_secs(args.warmup),
@@ -281,21 +314,7 @@ async fn run(
         async move {
             eprintln!("bench: {name} ({load}), {} s...", plan.measure.as_secs());
             let row = bench::measure(&name, &target, &scenario, &plan, seed, &processes).await;
-            let r = &row.result;
-            eprintln!(
-                "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  CPU {:.0} µs/tx  errors {}  dropped {}  late {}  in flight max {}  other CPU {:.0}%  RSS {:?}",
-                r.committed_per_s,
-                r.latency.p50_ms,
-                r.latency.p99_ms,
-                r.latency.p999_ms,
-                row.cpu_us_per_tx.unwrap_or(f64::NAN),
-                r.outcomes.errors(),
-                r.dropped,
-                r.late,
-                r.in_flight_max,
-                row.cpu.other_pct,
-                row.rss_mb
-            );
+            summary(&row);
             // Let the tail of this run settle before the next one.
             tokio::time::sleep(Duration::from_secs(2)).await;
             row
@@ -358,11 +377,7 @@ async fn run(
     eprintln!("bench: money at rest: {check}");
     report.settings.insert("money at rest".into(), check);
 
-    let flood = Load::Open {
-        rate: args.in_flight_rate,
-        max_in_flight: args.in_flight,
-    };
-    let row = step(report::IN_FLIGHT, Kind::Uniform, flood).await;
+    let row = in_flight(args, cluster, &key, &accounts, &processes).await?;
     report.rows.push(row);
     let check = money(&nodes, &accounts, &report.rows, Duration::from_secs(60)).await?;
     eprintln!("bench: money after the 10k-in-flight flood: {check}");
@@ -373,6 +388,73 @@ async fn run(
     report.finish();
     report.write(out_dir)?;
     Ok(report)
+}
+
+/// One line per row on stderr, as it ends.
+fn summary(row: &bench::Row) {
+    let r = &row.result;
+    eprintln!(
+        "  {:.0} committed/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  CPU {:.0} µs/tx  errors {}  dropped {}  late {}  in flight max {}  other CPU {:.0}%  RSS {:?}",
+        r.committed_per_s,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.p999_ms,
+        row.cpu_us_per_tx.unwrap_or(f64::NAN),
+        r.outcomes.errors(),
+        r.dropped,
+        r.late,
+        r.in_flight_max,
+        row.cpu.other_pct,
+        row.rss_mb
+    );
+}
+
+/// The memory row: uniform transfers in an open loop at `--in-flight-rate`,
+/// at most `--in-flight` unanswered, over a client of its own, so that its
+/// connections close when it is dropped; the services' resident memory
+/// just before, at the peak, and [`CLOSE_WAIT`] after those connections
+/// closed.
+async fn in_flight(
+    args: &Args,
+    cluster: &Cluster,
+    key: &str,
+    accounts: &Arc<Accounts>,
+    processes: &bench::Watched,
+) -> Result<bench::Row> {
+    let target = Target::new(
+        cluster.coordinator_url(0),
+        key,
+        Duration::from_secs(args.timeout),
+    )?;
+    let plan = Plan {
+        load: Load::Open {
+            rate: args.in_flight_rate,
+            max_in_flight: args.in_flight,
+        },
+        warmup: Duration::from_secs(args.warmup),
+        measure: Duration::from_secs(args.seconds),
+    };
+    eprintln!(
+        "bench: {} ({}), {} s...",
+        report::IN_FLIGHT,
+        plan.load,
+        plan.measure.as_secs()
+    );
+    let before = bench::rss::now_mb(&processes.rss);
+    let scenario = Scenario::new(Kind::Uniform, accounts.clone());
+    let mut row = bench::measure(report::IN_FLIGHT, &target, &scenario, &plan, 50, processes).await;
+    summary(&row);
+    drop(target);
+    tokio::time::sleep(CLOSE_WAIT).await;
+    row.rss_before_mb = before;
+    row.rss_after_mb = bench::rss::now_mb(&processes.rss);
+    eprintln!(
+        "  RSS MB before {:?}, {} s after the connections closed {:?}",
+        row.rss_before_mb,
+        CLOSE_WAIT.as_secs(),
+        row.rss_after_mb
+    );
+    Ok(row)
 }
 
 /// The best uniform load again on a second cluster, wider by
