@@ -44,7 +44,9 @@ root=$(mktemp -d "${TMPDIR:-/tmp}/wallet-base.XXXXXX")
 cleanup() {
     # debootstrap mounts /proc and /sys inside while it runs: unmount
     # whatever an interruption left there before deleting the folder.
-    findmnt -rno TARGET | grep "^$root/" | sort -r | while read -r m; do umount -l "$m" || true; done
+    # (No mount left is the usual case: grep then finds nothing, which
+    # must not fail the trap, whose status would become the script's.)
+    findmnt -rno TARGET | { grep "^$root/" || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
     rm -rf --one-file-system "$root"
 }
 trap cleanup EXIT
