@@ -684,20 +684,9 @@ async fn copy_finish(
         }
     }
     let inserted = count_inserted(&mut conn, p, req.counted.change_no).await?;
-    let counted = |table: &str| match table {
-        "events" => req.counted.events,
-        "legs" => req.counted.legs,
-        _ => req.counted.transfers,
-    };
     let found = CutoverCheck {
         accounts: sum_accounts(&mut conn, p).await?,
-        rows: inserted
-            .into_iter()
-            .map(|(table, n)| {
-                let n = counted(&table) + n;
-                (table, n)
-            })
-            .collect(),
+        rows: req.counted.plus(inserted),
     };
     let expected = req.expected;
     if found != expected {

@@ -94,6 +94,28 @@ pub struct PartitionSummary {
     pub change_no: i64,
 }
 
+impl PartitionSummary {
+    /// Per table (`events`, `legs`, `transfers`), its rows counted here plus
+    /// those `inserted` since the count: what a cut-over compares.
+    pub fn plus(
+        &self,
+        inserted: std::collections::BTreeMap<String, i64>,
+    ) -> std::collections::BTreeMap<String, i64> {
+        inserted
+            .into_iter()
+            .map(|(table, n)| {
+                let counted = match table.as_str() {
+                    "events" => self.events,
+                    "legs" => self.legs,
+                    "transfers" => self.transfers,
+                    _ => 0,
+                };
+                (table, counted + n)
+            })
+            .collect()
+    }
+}
+
 /// The tables a partition's rows live in, in the order a copy imports them
 /// (an event needs its account first).
 pub const PARTITION_TABLES: [&str; 5] = ["accounts", "events", "snapshots", "legs", "transfers"];

@@ -702,22 +702,11 @@ impl Mover<'_> {
                 format!("{} did not count the rows inserted since", self.from_name),
             ));
         };
-        let counted = |table: &str| match table {
-            "events" => old.events,
-            "legs" => old.legs,
-            _ => old.transfers,
-        };
         let finish = CopyFinish {
             move_id: self.record.started_at.clone(),
             expected: CutoverCheck {
                 accounts,
-                rows: inserted
-                    .into_iter()
-                    .map(|(table, n)| {
-                        let n = counted(&table) + n;
-                        (table, n)
-                    })
-                    .collect(),
+                rows: old.plus(inserted),
             },
             counted: new,
         };

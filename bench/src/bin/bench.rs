@@ -237,13 +237,16 @@ async fn run(
 
     let processes = bench::Watched::cluster(cluster);
     if args.only == Only::InFlight {
-        let row = in_flight(args, cluster, &key, &accounts, &processes).await?;
-        report.rows.push(row);
-        let check = money(&nodes, &accounts, &report.rows, Duration::from_secs(60)).await?;
-        eprintln!("bench: money after the 10k-in-flight flood: {check}");
-        report
-            .settings
-            .insert("money after the 10k-in-flight flood".into(), check);
+        flood(
+            args,
+            cluster,
+            &key,
+            &accounts,
+            &processes,
+            &nodes,
+            &mut report,
+        )
+        .await?;
         report.finish();
         report.write(out_dir)?;
         return Ok(report);
@@ -377,13 +380,16 @@ async fn run(
     eprintln!("bench: money at rest: {check}");
     report.settings.insert("money at rest".into(), check);
 
-    let row = in_flight(args, cluster, &key, &accounts, &processes).await?;
-    report.rows.push(row);
-    let check = money(&nodes, &accounts, &report.rows, Duration::from_secs(60)).await?;
-    eprintln!("bench: money after the 10k-in-flight flood: {check}");
-    report
-        .settings
-        .insert("money after the 10k-in-flight flood".into(), check);
+    flood(
+        args,
+        cluster,
+        &key,
+        &accounts,
+        &processes,
+        &nodes,
+        &mut report,
+    )
+    .await?;
 
     report.finish();
     report.write(out_dir)?;
@@ -407,6 +413,26 @@ fn summary(row: &bench::Row) {
         row.cpu.other_pct,
         row.rss_mb
     );
+}
+
+/// The 10k-in-flight row, then the money check after it.
+async fn flood(
+    args: &Args,
+    cluster: &Cluster,
+    key: &str,
+    accounts: &Arc<Accounts>,
+    processes: &bench::Watched,
+    nodes: &[setup::Node],
+    report: &mut bench::Report,
+) -> Result<()> {
+    let row = in_flight(args, cluster, key, accounts, processes).await?;
+    report.rows.push(row);
+    let check = money(nodes, accounts, &report.rows, Duration::from_secs(60)).await?;
+    eprintln!("bench: money after the 10k-in-flight flood: {check}");
+    report
+        .settings
+        .insert("money after the 10k-in-flight flood".into(), check);
+    Ok(())
 }
 
 /// The memory row: uniform transfers in an open loop at `--in-flight-rate`,

@@ -386,30 +386,6 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
             .await
         }
     };
-    // Deposits until one is taken (the partition serves), for at most `within`.
-    let serves_again = |t: &TestCluster, account: String, within: Duration| {
-        let t = t.api();
-        async move {
-            let start = std::time::Instant::now();
-            loop {
-                let r = t
-                    .post(
-                        &format!("/v1/wallet/accounts/{account}/deposit"),
-                        json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
-                    )
-                    .await;
-                if r.status == 200 {
-                    return start.elapsed();
-                }
-                assert_eq!(r.body["code"], "partition_moving", "{}", r.body);
-                assert!(
-                    start.elapsed() < within,
-                    "the partition still refuses writes after {within:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
     let fences_on_node_1 = |t: &TestCluster| {
         let (http, url) = (t.http.clone(), t.cluster.participant_url(0));
         let secret = t.secret.clone();
@@ -442,7 +418,7 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
             r.body
         );
         // ... and by the deadline (2 s) it serves again at node-1, alone.
-        let took = serves_again(&t, mine[1].clone(), Duration::from_secs(20)).await;
+        let took = serves_again(&t, &mine[1], Duration::from_secs(20)).await;
         eprintln!("{crash_at}: the partition served again after {took:?}");
         t.reload_map().await;
         assert_eq!(t.map.owners[p as usize], "node-1");
@@ -805,6 +781,31 @@ async fn a_move_killed_at_every_step_under_load_is_resumed_and_loses_nothing() {
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
 
+/// Deposits 1.00 into `account` until one is taken (its partition serves;
+/// the only refusal allowed meanwhile is `partition_moving`), for at most
+/// `within`; how long it took.
+async fn serves_again(t: &TestCluster, account: &str, within: Duration) -> Duration {
+    let api = t.api();
+    let start = std::time::Instant::now();
+    loop {
+        let r = api
+            .post(
+                &format!("/v1/wallet/accounts/{account}/deposit"),
+                json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
+            )
+            .await;
+        if r.status == 200 {
+            return start.elapsed();
+        }
+        assert_eq!(r.body["code"], "partition_moving", "{}", r.body);
+        assert!(
+            start.elapsed() < within,
+            "the partition still refuses writes after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs `walletctl partitions move 0 --to node-2` paused at `point` (the
 /// pause released by creating `go`), runs `meddle` (with `account` as $1) on
 /// the new owner's database there, and lets it go on to its end.
@@ -875,30 +876,6 @@ async fn a_copy_that_differs_from_the_old_owner_never_switches() {
         .await
         .expect("database");
     let dir = tempfile::tempdir().unwrap();
-    let serves_at_node_1 = |t: &TestCluster, account: String| {
-        let api = t.api();
-        async move {
-            let since = std::time::Instant::now();
-            loop {
-                let r = api
-                    .post(
-                        &format!("/v1/wallet/accounts/{account}/deposit"),
-                        json!({"transaction_id": uuid::Uuid::new_v4(), "amount": "1.00", "currency": "USD"}),
-                    )
-                    .await;
-                if r.status == 200 {
-                    return;
-                }
-                assert_eq!(r.body["code"], "partition_moving", "{}", r.body);
-                assert!(
-                    since.elapsed() < Duration::from_secs(20),
-                    "never served again"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-
     // 1. While it serves: an event the old owner never had, on the new
     //    owner (its accounts are copied first: the pause is after their
     //    chunk).
@@ -915,7 +892,7 @@ async fn a_copy_that_differs_from_the_old_owner_never_switches() {
     assert!(out.stderr.contains("does not match"), "{}", out.stderr);
     t.reload_map().await;
     assert_eq!(t.map.owners[p as usize], "node-1");
-    serves_at_node_1(&t, mine[1].clone()).await;
+    serves_again(&t, &mine[1], Duration::from_secs(20)).await;
     let undo = t
         .walletctl(&["partitions", "move", "0", "--abort"], &[])
         .await;
@@ -936,7 +913,7 @@ async fn a_copy_that_differs_from_the_old_owner_never_switches() {
     .await;
     assert_ne!(out.code, Some(0), "{}", out.stdout);
     assert!(out.stderr.contains("does not match"), "{}", out.stderr);
-    serves_at_node_1(&t, mine[1].clone()).await;
+    serves_again(&t, &mine[1], Duration::from_secs(20)).await;
     t.reload_map().await;
     assert_eq!(t.map.owners[p as usize], "node-1");
     let undo = t
