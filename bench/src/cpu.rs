@@ -228,8 +228,18 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    /// Each test counts this process's CPU time, children included: one at
+    /// a time, or a child another test reaps lands in this one's count
+    /// (seen: the burn loop below ended at once on a reaped child's ticks).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn our_own_work_counts_as_ours() {
+        let _alone = alone();
         let me = std::process::id();
         let before = snapshot();
         let start = before.ours[&me];
@@ -249,6 +259,7 @@ mod tests {
 
     #[test]
     fn a_child_that_ended_counts_as_ours() {
+        let _alone = alone();
         let before = snapshot();
         let status = std::process::Command::new("sh")
             .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
@@ -267,6 +278,7 @@ mod tests {
 
     #[test]
     fn a_tree_counts_its_ended_children() {
+        let _alone = alone();
         let roots = vec![("me".to_string(), std::process::id())];
         let before = Trees::read(&roots);
         let status = std::process::Command::new("sh")
