@@ -179,11 +179,7 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
     .await;
     // Partition 0 starts on node-1; three accounts in it, one elsewhere.
     let p = 0;
-    let mine: Vec<String> = (0..)
-        .map(|i| format!("mv-{i}"))
-        .filter(|a| t.partition_of(a) == p)
-        .take(3)
-        .collect();
+    let mine = t.accounts_in(p, "mv", 3);
     let other = t.accounts_on(1, "other", 1).pop().unwrap();
     for a in mine.iter().chain([&other]) {
         t.open(a, "USD").await;
@@ -357,21 +353,9 @@ async fn an_interrupted_move_resumes_or_rolls_back() {
 /// move from where its copy stood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
-    let mut env = quick_recovery();
-    env.push(("WALLET_MOVE_WAIT_MS".into(), "300".into()));
-    let mut t = TestCluster::start_with(ClusterOptions {
-        partitions: 8,
-        coordinator_env: env,
-        participant_env: vec![("WALLET_MOVE_CUTOVER_DEADLINE_MS".into(), "2000".into())],
-        ..ClusterOptions::default()
-    })
-    .await;
+    let mut t = TestCluster::start_with(short_cutovers()).await;
     let p = 0;
-    let mine: Vec<String> = (0..)
-        .map(|i| format!("dl-{i}"))
-        .filter(|a| t.partition_of(a) == p)
-        .take(2)
-        .collect();
+    let mine = t.accounts_in(p, "dl", 2);
     for a in &mine {
         t.open(a, "USD").await;
         t.deposit(a, "100.00", "USD").await;
@@ -477,11 +461,7 @@ async fn an_abort_racing_a_running_move_wins_and_the_move_does_not_switch() {
     })
     .await;
     let p = 0;
-    let mine: Vec<String> = (0..)
-        .map(|i| format!("ab-{i}"))
-        .filter(|a| t.partition_of(a) == p)
-        .take(2)
-        .collect();
+    let mine = t.accounts_in(p, "ab", 2);
     for a in &mine {
         t.open(a, "USD").await;
         t.deposit(a, "100.00", "USD").await;
@@ -781,6 +761,20 @@ async fn a_move_killed_at_every_step_under_load_is_resumed_and_loses_nothing() {
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
 }
 
+/// Eight partitions; coordinators hold work on a cutting-over partition
+/// back for at most 300 ms, and an old owner rolls a cut-over back 2 s
+/// after fencing it.
+fn short_cutovers() -> ClusterOptions {
+    let mut env = quick_recovery();
+    env.push(("WALLET_MOVE_WAIT_MS".into(), "300".into()));
+    ClusterOptions {
+        partitions: 8,
+        coordinator_env: env,
+        participant_env: vec![("WALLET_MOVE_CUTOVER_DEADLINE_MS".into(), "2000".into())],
+        ..ClusterOptions::default()
+    }
+}
+
 /// Deposits 1.00 into `account` until one is taken (its partition serves;
 /// the only refusal allowed meanwhile is `partition_moving`), for at most
 /// `within`; how long it took.
@@ -852,21 +846,9 @@ async fn move_meddled(
 /// goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_differs_from_the_old_owner_never_switches() {
-    let mut env = quick_recovery();
-    env.push(("WALLET_MOVE_WAIT_MS".into(), "300".into()));
-    let mut t = TestCluster::start_with(ClusterOptions {
-        partitions: 8,
-        coordinator_env: env,
-        participant_env: vec![("WALLET_MOVE_CUTOVER_DEADLINE_MS".into(), "2000".into())],
-        ..ClusterOptions::default()
-    })
-    .await;
+    let mut t = TestCluster::start_with(short_cutovers()).await;
     let p = 0;
-    let mine: Vec<String> = (0..)
-        .map(|i| format!("cc-{i}"))
-        .filter(|a| t.partition_of(a) == p)
-        .take(2)
-        .collect();
+    let mine = t.accounts_in(p, "cc", 2);
     for a in &mine {
         t.open(a, "USD").await;
         t.deposit(a, "100.00", "USD").await;

@@ -182,6 +182,20 @@ impl TestCluster {
         accounts_on(&self.map, &self.cluster.node_id(node), prefix, n)
     }
 
+    /// `n` account ids that live in partition `p`.
+    pub fn accounts_in(
+        &self,
+        p: wallet_shared::PartitionId,
+        prefix: &str,
+        n: usize,
+    ) -> Vec<String> {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .filter(|a| self.partition_of(a) == p)
+            .take(n)
+            .collect()
+    }
+
     /// A transaction id whose decision record lives on participant `node`.
     pub fn transaction_id_homed_on(&self, node: usize) -> uuid::Uuid {
         let owner = self.cluster.node_id(node);
