@@ -158,7 +158,7 @@ pub async fn append_funded_deposits(
     .await?;
     sqlx::query(
         "UPDATE accounts a SET posted = a.posted + d.amount, last_seq = a.last_seq + d.n,
-                change_no = nextval('row_changes')
+                last_event_at = NULL, change_no = nextval('row_changes')
          FROM (SELECT id, sum(amount)::int8 AS amount, count(*) AS n
                FROM UNNEST($1::text[], $2::int8[]) AS t(id, amount) GROUP BY id) d
          WHERE a.account_id = d.id",
@@ -297,7 +297,7 @@ pub async fn append_deposits(
     }
     sqlx::query(
         "UPDATE accounts SET posted = posted + $2, last_seq = last_seq + $2,
-                change_no = nextval('row_changes') WHERE account_id = $1",
+                last_event_at = NULL, change_no = nextval('row_changes') WHERE account_id = $1",
     )
     .bind(account)
     .bind(n)

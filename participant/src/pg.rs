@@ -3,13 +3,15 @@
 //! on them) and writes back its changes set-based (`UNNEST`), one statement
 //! per table, whatever the number of items in the batch.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::Arguments;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
 use wallet_shared::protocol::{
@@ -73,6 +75,10 @@ pub async fn allow_long_reads(conn: &mut PgConnection) -> Result<(), sqlx::Error
     Ok(())
 }
 
+/// How long a pooled connection may wait unused before it is checked
+/// again before use.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 impl PgStore {
     /// A connection of the pool, counted as waiting until it is handed
     /// over. Everything here but the operators' audit takes its
@@ -108,6 +114,21 @@ impl PgStore {
             PgPoolOptions::new()
                 .max_connections(cfg.db_pool_size)
                 .acquire_timeout(Duration::from_secs(5))
+                // A connection is checked (one round trip) when it comes
+                // back to the pool; it is checked again before use only if
+                // it has waited there a while, instead of on every acquire,
+                // which put that round trip before each transaction. One
+                // that died since fails its first statement: an I/O error,
+                // which is transient (the transaction is retried).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > IDLE_CHECK_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options.clone())
         })
         .await?;
@@ -187,18 +208,22 @@ impl Store for PgStore {
         T: Send,
         F: Fn(&mut Working) -> Result<T, Broken> + Send + Sync,
     {
-        let mut tx = self.begin().await?;
+        let mut tx = match durability {
+            Durability::Flushed => self.begin().await?,
+            // Said with the BEGIN, in its round trip.
+            Durability::Redo => {
+                let _waiting = Waiting::enter(&self.waiting);
+                self.pool
+                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await?
+            }
+        };
         let mut w = load(&mut tx, keys).await?;
         w.snapshot_every = self.snapshot_every;
         let out = rules(&mut w)?;
         let changes = w.into_changes();
         if !changes.is_empty() {
             save(&mut tx, &changes).await?;
-            if durability == Durability::Redo {
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-            }
             tx.commit().await?;
         }
         Ok(out)
@@ -553,11 +578,15 @@ async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreErro
     }
     let mut accounts: Vec<String> = keys.accounts.iter().map(|a| a.as_str().into()).collect();
     if !keys.legs.is_empty() {
+        // `transaction_id = ANY` as well, for the primary key's index: the
+        // plan is generic, and for the pairs alone it is a scan of the
+        // whole table until the table is large.
         let ids: Vec<uuid::Uuid> = keys.legs.iter().map(|(t, _)| t.0).collect();
         let roles: Vec<&str> = keys.legs.iter().map(|(_, r)| r.as_str()).collect();
         let sql = format!(
             "SELECT {LEG_COLUMNS} FROM legs
-             WHERE (transaction_id, role) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))
+             WHERE transaction_id = ANY($1)
+               AND (transaction_id, role) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))
              ORDER BY transaction_id, role FOR UPDATE"
         );
         let rows = sqlx::query(&sql)
@@ -574,38 +603,49 @@ async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreErro
     if !accounts.is_empty() {
         accounts.sort_unstable();
         accounts.dedup();
+        // With each account, the time of its newest event (`last_event_at`,
+        // read with the lock: a locked row is re-read at its newest
+        // version), so the next one is never stamped earlier.
         let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1)
+            "SELECT {ACCOUNT_COLUMNS}, last_event_at FROM accounts WHERE account_id = ANY($1)
              ORDER BY account_id FOR UPDATE"
         );
-        let mut newest: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
+        let mut unknown: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
         for row in sqlx::query(&sql)
             .bind(&accounts)
             .fetch_all(&mut *conn)
             .await?
         {
             let account = account_from_row(&row)?;
-            newest.0.push(account.account_id.as_str().into());
-            newest.1.push(account.last_seq);
+            match row.try_get::<Option<DateTime<Utc>>, _>("last_event_at")? {
+                Some(at) => w.load_last_event_at(account.account_id.clone(), at),
+                None if account.last_seq > 0 => {
+                    unknown.0.push(account.account_id.as_str().into());
+                    unknown.1.push(account.last_seq);
+                }
+                None => {}
+            }
             w.load_account(account);
         }
-        // With each account, the time of its newest event, so the next one
-        // is never stamped earlier. Read in a statement of its own, after
-        // the lock: a locked row is re-read at its newest version, but a
-        // subquery of the locking statement would still see the snapshot
-        // taken before the wait, without the event the lock holder added.
-        let rows = sqlx::query(
-            "SELECT e.account_id, e.at FROM events e
-             JOIN UNNEST($1::text[], $2::bigint[]) AS k(account_id, seq)
-               ON e.account_id = k.account_id AND e.seq = k.seq",
-        )
-        .bind(&newest.0)
-        .bind(&newest.1)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let id = account_id(row.try_get("account_id")?)?;
-            w.load_last_event_at(id, row.try_get("at")?);
+        if !unknown.0.is_empty() {
+            // Rows written in bulk say nothing of their newest event: it
+            // is read in a statement of its own, after the lock (a
+            // subquery of the locking statement would still see the
+            // snapshot taken before the wait, without the event the lock
+            // holder added).
+            let rows = sqlx::query(
+                "SELECT e.account_id, e.at FROM events e
+                 JOIN UNNEST($1::text[], $2::bigint[]) AS k(account_id, seq)
+                   ON e.account_id = k.account_id AND e.seq = k.seq",
+            )
+            .bind(&unknown.0)
+            .bind(&unknown.1)
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in rows {
+                let id = account_id(row.try_get("account_id")?)?;
+                w.load_last_event_at(id, row.try_get("at")?);
+            }
         }
         for id in accounts {
             // Accounts that do not exist are known to be absent, too.
@@ -616,189 +656,264 @@ async fn load(conn: &mut PgConnection, keys: &Keys) -> Result<Working, StoreErro
     Ok(w)
 }
 
-/// Writes every change, one statement per table and kind; new rows are
-/// plain inserts, so a concurrent insert of the same key fails (and the
-/// whole transaction is retried on fresh rows) instead of being lost.
+/// Writes every change in one statement: a data-modifying `WITH` part per
+/// table and kind that has rows, so a transaction's writes cost one round
+/// trip to Postgres, not one per table. New rows are plain inserts, so a
+/// concurrent insert of the same key fails (and the whole transaction is
+/// retried on fresh rows) instead of being lost. The parts share the
+/// statement's snapshot and none reads what another writes: new and changed
+/// rows are different keys, and the foreign key of `events` is checked at
+/// the end of the statement, after its account's insert.
 async fn save(conn: &mut PgConnection, c: &Changes) -> Result<(), StoreError> {
+    let mut w = Writes::default();
+    // Each account's newest event written here: its row keeps the time.
+    let mut newest: BTreeMap<&AccountId, (i64, DateTime<Utc>)> = BTreeMap::new();
+    for e in &c.events {
+        let slot = newest.entry(&e.account_id).or_insert((e.seq, e.at));
+        if e.seq >= slot.0 {
+            *slot = (e.seq, e.at);
+        }
+    }
+    let last_event_at = |id: &AccountId| newest.get(id).map(|n| n.1);
     if !c.new_accounts.is_empty() {
         let a = &c.new_accounts;
-        sqlx::query(
-            "INSERT INTO accounts (account_id, partition, currency, posted, held, pending_credit, last_seq, created_at, owner)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::timestamptz[], $9::text[])",
-        )
-        .bind(a.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.currency.code()).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.posted).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.held).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.last_seq).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.owner.as_deref()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        let cols = [
+            w.col("text", a, |r| r.account_id.as_str())?,
+            w.col("int4", a, |r| r.partition as i32)?,
+            w.col("text", a, |r| r.currency.code())?,
+            w.col("int8", a, |r| r.posted)?,
+            w.col("int8", a, |r| r.held)?,
+            w.col("int8", a, |r| r.pending_credit)?,
+            w.col("int8", a, |r| r.last_seq)?,
+            w.col("timestamptz", a, |r| r.created_at)?,
+            w.col("text", a, |r| r.owner.as_deref())?,
+            w.col("timestamptz", a, |r| last_event_at(&r.account_id))?,
+        ]
+        .join(", ");
+        w.part(format!(
+            "INSERT INTO accounts (account_id, partition, currency, posted, held, pending_credit,
+                                   last_seq, created_at, owner, last_event_at)
+             SELECT * FROM UNNEST({cols})"
+        ));
     }
     if !c.changed_accounts.is_empty() {
         let a = &c.changed_accounts;
-        sqlx::query(
+        let cols = [
+            w.col("text", a, |r| r.account_id.as_str())?,
+            w.col("int8", a, |r| r.posted)?,
+            w.col("int8", a, |r| r.held)?,
+            w.col("int8", a, |r| r.pending_credit)?,
+            w.col("int8", a, |r| r.last_seq)?,
+            w.col("timestamptz", a, |r| last_event_at(&r.account_id))?,
+        ]
+        .join(", ");
+        w.part(format!(
             "UPDATE accounts a SET posted = u.posted, held = u.held,
                     pending_credit = u.pending_credit, last_seq = u.last_seq,
+                    last_event_at = COALESCE(u.last_event_at, a.last_event_at),
                     change_no = nextval('row_changes')
-             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
-                  AS u(account_id, posted, held, pending_credit, last_seq)
-             WHERE a.account_id = u.account_id",
-        )
-        .bind(a.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.posted).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.held).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.last_seq).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             FROM UNNEST({cols}) AS u(account_id, posted, held, pending_credit, last_seq, last_event_at)
+             WHERE a.account_id = u.account_id"
+        ));
     }
     if !c.events.is_empty() {
         let e = &c.events;
-        sqlx::query(
+        let cols = [
+            w.col("text", e, |r| r.account_id.as_str())?,
+            w.col("int8", e, |r| r.seq)?,
+            w.col("text", e, |r| r.kind.as_str())?,
+            w.col("int8", e, |r| r.amount)?,
+            w.col("uuid", e, |r| r.transaction_id.map(|t| t.0))?,
+            w.col("text", e, |r| r.counterparty.as_ref().map(|c| c.as_str()))?,
+            w.col("timestamptz", e, |r| r.at)?,
+        ]
+        .join(", ");
+        w.part(format!(
             "INSERT INTO events (account_id, seq, kind, amount, transaction_id, counterparty, at)
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::uuid[], $6::text[], $7::timestamptz[])",
-        )
-        .bind(e.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.seq).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.amount).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.transaction_id.map(|t| t.0)).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             SELECT * FROM UNNEST({cols})"
+        ));
     }
     if !c.snapshots.is_empty() {
         let s = &c.snapshots;
-        sqlx::query(
+        let cols = [
+            w.col("text", s, |r| r.account_id.as_str())?,
+            w.col("int8", s, |r| r.seq)?,
+            w.col("int8", s, |r| r.posted)?,
+            w.col("int8", s, |r| r.held)?,
+            w.col("int8", s, |r| r.pending_credit)?,
+            w.col("timestamptz", s, |r| r.at)?,
+        ]
+        .join(", ");
+        w.part(format!(
             "INSERT INTO snapshots (account_id, seq, posted, held, pending_credit, at)
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::timestamptz[])",
-        )
-        .bind(s.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-        .bind(s.iter().map(|r| r.seq).collect::<Vec<_>>())
-        .bind(s.iter().map(|r| r.posted).collect::<Vec<_>>())
-        .bind(s.iter().map(|r| r.held).collect::<Vec<_>>())
-        .bind(s.iter().map(|r| r.pending_credit).collect::<Vec<_>>())
-        .bind(s.iter().map(|r| r.at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             SELECT * FROM UNNEST({cols})"
+        ));
     }
     // The change feed: here, in the write path of the rules' changes, so a
     // bulk copy of rows (a partition move) never publishes them again.
     let feed = c.feed_entries()?;
     if !feed.is_empty() {
         let body = serde_json::to_string(&feed).map_err(StoreError::corrupt)?;
-        sqlx::query("INSERT INTO outbox (entries, body) VALUES ($1, $2::json)")
-            .bind(feed.len() as i32)
-            .bind(body)
-            .execute(&mut *conn)
-            .await?;
+        let entries = w.value(feed.len() as i32)?;
+        let body = w.value(body)?;
+        w.part(format!(
+            "INSERT INTO outbox (entries, body) VALUES ({entries}, {body}::json)"
+        ));
     }
     if !c.new_transfers.is_empty() {
         let t = &c.new_transfers;
-        sqlx::query(
+        let cols = [
+            w.col("uuid", t, |r| r.id().0)?,
+            w.col("int4", t, |r| r.partition as i32)?,
+            w.col("text", t, |r| r.fingerprint.as_str())?,
+            w.col("text", t, |r| r.record.spec.from.as_str())?,
+            w.col("text", t, |r| r.record.spec.to.as_str())?,
+            w.col("int8", t, |r| r.record.spec.amount.minor())?,
+            w.col("text", t, |r| r.record.spec.currency.code())?,
+            w.col("text", t, |r| transfer_state(r.record.state))?,
+            w.col("text", t, |r| reason_code(&r.record.reason))?,
+            w.col("text", t, |r| reason_message(&r.record.reason))?,
+            w.col("timestamptz", t, |r| r.lease_until)?,
+            w.col("uuid", t, |r| r.lease_owner)?,
+            w.col("timestamptz", t, |r| r.record.created_at)?,
+            w.col("timestamptz", t, |r| r.record.decided_at)?,
+            w.col("bool", t, |r| r.record.completed)?,
+            w.col("text", t, |r| r.record.kind.as_str())?,
+            w.col("text", t, |r| r.record.spec.tenant.as_deref())?,
+        ]
+        .join(", ");
+        w.part(format!(
             "INSERT INTO transfers (transaction_id, partition, fingerprint, from_account, to_account, amount,
                                     currency, state, reason_code, reason_message, lease_until, lease_owner,
                                     created_at, decided_at, completed, kind, tenant)
-             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::int8[],
-                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::uuid[],
-                                  $13::timestamptz[], $14::timestamptz[], $15::bool[], $16::text[], $17::text[])",
-        )
-        .bind(t.iter().map(|r| r.id().0).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.spec.from.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.spec.to.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.spec.amount.minor()).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.spec.currency.code()).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| transfer_state(r.record.state)).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| reason_code(&r.record.reason)).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| reason_message(&r.record.reason)).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.lease_until).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.lease_owner).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.created_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.decided_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.completed).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.kind.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.spec.tenant.as_deref()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             SELECT * FROM UNNEST({cols})"
+        ));
     }
     if !c.changed_transfers.is_empty() {
         let t = &c.changed_transfers;
-        sqlx::query(
+        let cols = [
+            w.col("uuid", t, |r| r.id().0)?,
+            w.col("text", t, |r| transfer_state(r.record.state))?,
+            w.col("text", t, |r| reason_code(&r.record.reason))?,
+            w.col("text", t, |r| reason_message(&r.record.reason))?,
+            w.col("timestamptz", t, |r| r.lease_until)?,
+            w.col("uuid", t, |r| r.lease_owner)?,
+            w.col("timestamptz", t, |r| r.record.decided_at)?,
+            w.col("bool", t, |r| r.record.completed)?,
+        ]
+        .join(", ");
+        w.part(format!(
             "UPDATE transfers t SET state = u.state, reason_code = u.reason_code,
                     reason_message = u.reason_message, lease_until = u.lease_until,
                     lease_owner = u.lease_owner, decided_at = u.decided_at, completed = u.completed,
                     updated_at = now(), change_no = nextval('row_changes')
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
-                         $7::timestamptz[], $8::bool[])
+             FROM UNNEST({cols})
                   AS u(transaction_id, state, reason_code, reason_message, lease_until, lease_owner,
                        decided_at, completed)
-             WHERE t.transaction_id = u.transaction_id",
-        )
-        .bind(t.iter().map(|r| r.id().0).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| transfer_state(r.record.state)).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| reason_code(&r.record.reason)).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| reason_message(&r.record.reason)).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.lease_until).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.lease_owner).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.decided_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|r| r.record.completed).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             WHERE t.transaction_id = u.transaction_id"
+        ));
     }
     if !c.new_legs.is_empty() {
         let l = &c.new_legs;
-        sqlx::query(
+        let cols = [
+            w.col("uuid", l, |r| r.transaction_id.0)?,
+            w.col("text", l, |r| r.role.as_str())?,
+            w.col("text", l, |r| r.account_id.as_str())?,
+            w.col("int4", l, |r| r.partition as i32)?,
+            w.col("int8", l, |r| r.amount)?,
+            w.col("text", l, |r| r.currency.code())?,
+            w.col("text", l, |r| r.counterparty.as_ref().map(|c| c.as_str()))?,
+            w.col("int4", l, |r| r.decision_partition.map(|p| p as i32))?,
+            w.col("text", l, |r| r.fingerprint.as_deref())?,
+            w.col("text", l, |r| leg_state(r.state))?,
+            w.col("text", l, |r| reason_code(&r.reason))?,
+            w.col("text", l, |r| reason_message(&r.reason))?,
+            w.col("timestamptz", l, |r| r.created_at)?,
+            w.col("timestamptz", l, |r| r.updated_at)?,
+        ]
+        .join(", ");
+        w.part(format!(
             "INSERT INTO legs (transaction_id, role, account_id, partition, amount, currency, counterparty,
                                decision_partition, fingerprint, state, reason_code, reason_message,
                                created_at, updated_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[],
-                                  $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[],
-                                  $13::timestamptz[], $14::timestamptz[])",
-        )
-        .bind(l.iter().map(|r| r.transaction_id.0).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.role.as_str()).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.partition as i32).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.amount).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.currency.code()).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.counterparty.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.decision_partition.map(|p| p as i32)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.fingerprint.as_deref()).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| leg_state(r.state)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| reason_code(&r.reason)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| reason_message(&r.reason)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             SELECT * FROM UNNEST({cols})"
+        ));
     }
     if !c.changed_legs.is_empty() {
         let l = &c.changed_legs;
-        sqlx::query(
+        let cols = [
+            w.col("uuid", l, |r| r.transaction_id.0)?,
+            w.col("text", l, |r| r.role.as_str())?,
+            w.col("text", l, |r| leg_state(r.state))?,
+            w.col("text", l, |r| reason_code(&r.reason))?,
+            w.col("text", l, |r| reason_message(&r.reason))?,
+            w.col("timestamptz", l, |r| r.updated_at)?,
+        ]
+        .join(", ");
+        w.part(format!(
             "UPDATE legs l SET state = u.state, reason_code = u.reason_code,
                     reason_message = u.reason_message, updated_at = u.updated_at,
                     change_no = nextval('row_changes')
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+             FROM UNNEST({cols})
                   AS u(transaction_id, role, state, reason_code, reason_message, updated_at)
-             WHERE l.transaction_id = u.transaction_id AND l.role = u.role",
-        )
-        .bind(l.iter().map(|r| r.transaction_id.0).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.role.as_str()).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| leg_state(r.state)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| reason_code(&r.reason)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| reason_message(&r.reason)).collect::<Vec<_>>())
-        .bind(l.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+             WHERE l.transaction_id = u.transaction_id AND l.role = u.role"
+        ));
     }
-    Ok(())
+    w.run(conn).await
+}
+
+/// The one statement [`save`] sends: its parts and their arguments.
+#[derive(Default)]
+struct Writes {
+    parts: Vec<String>,
+    args: PgArguments,
+    count: usize,
+}
+
+impl Writes {
+    /// Adds a column, `f` of each row; returns it as an array parameter of
+    /// `sql_type`, for `UNNEST`.
+    fn col<'r, R, T>(
+        &mut self,
+        sql_type: &str,
+        rows: &'r [R],
+        f: impl Fn(&'r R) -> T,
+    ) -> Result<String, StoreError>
+    where
+        Vec<T>: 'r + sqlx::Encode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        let column: Vec<T> = rows.iter().map(f).collect();
+        Ok(format!("{}::{sql_type}[]", self.value(column)?))
+    }
+
+    /// Adds one value; returns its parameter.
+    fn value<'q, T>(&mut self, value: T) -> Result<String, StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.args.add(value).map_err(sqlx::Error::Encode)?;
+        self.count += 1;
+        Ok(format!("${}", self.count))
+    }
+
+    fn part(&mut self, sql: String) {
+        self.parts.push(sql);
+    }
+
+    async fn run(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        if self.parts.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| format!("w{i} AS ({sql})"))
+            .collect();
+        let sql = format!("WITH {} SELECT 1", parts.join(",\n"));
+        sqlx::query_with(&sql, self.args).execute(conn).await?;
+        Ok(())
+    }
 }
 
 pub(crate) fn transfer_state(s: TransferState) -> &'static str {

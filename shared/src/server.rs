@@ -110,7 +110,12 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Answers go out when written, not when the client's
+                    // acknowledgement of the previous segment comes back.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before
                     // it was accepted: pause rather than spin.

@@ -136,9 +136,29 @@ async fn concurrent_random_transfers_conserve_money() {
 /// another writer holds the account's row; a deposit through the
 /// participant's store starts (its clock reads now) and waits on the row;
 /// the holder adds an event stamped an hour ahead and commits; the deposit
-/// goes on, and its event is not stamped before the holder's.
+/// goes on, and its event is not stamped before the holder's. The holder
+/// writes its row as the participant does (`last_event_at`, the time of the
+/// account's newest event, read with the lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_is_never_stamped_before_one_a_concurrent_writer_added() {
+    stamped_after_a_concurrent_writer(
+        "last_event_at = (SELECT e.at FROM events e
+                           WHERE e.account_id = a.account_id AND e.seq = a.last_seq + 1)",
+    )
+    .await;
+}
+
+/// The same with a holder that leaves the row's `last_event_at` unknown
+/// (NULL), as rows loaded in bulk have it: the newest event is then read
+/// from the events, after the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_never_stamped_before_one_a_bulk_writer_added() {
+    stamped_after_a_concurrent_writer("last_event_at = NULL").await;
+}
+
+/// `sets`: how the holder's update of the account row `a` sets
+/// `last_event_at`.
+async fn stamped_after_a_concurrent_writer(sets: &str) {
     use chrono::{DateTime, Utc};
     use participant::movements;
     use participant::store::Store;
@@ -233,9 +253,10 @@ async fn an_event_is_never_stamped_before_one_a_concurrent_writer_added() {
     .fetch_one(&mut *held)
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE accounts SET last_seq = last_seq + 1, posted = posted + 100 WHERE account_id = $1",
-    )
+    sqlx::query(&format!(
+        "UPDATE accounts a SET last_seq = last_seq + 1, posted = posted + 100, {sets}
+         WHERE account_id = $1"
+    ))
     .bind(account.as_str())
     .execute(&mut *held)
     .await
