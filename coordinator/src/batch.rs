@@ -39,6 +39,10 @@ pub trait Kind: Send + Sync + 'static {
     /// leave a transfer halfway, and there are no more of them than
     /// transfers that got in.
     const SHEDS: bool;
+    /// Nobody waits for its answer (complete): an idle lane holds the first
+    /// item `Limits::linger` before sending, so that the items of that
+    /// time share one request and one local transaction.
+    const LINGERS: bool = false;
     fn partitions(item: &Self::Item) -> Vec<PartitionId>;
     fn request(items: Vec<Self::Item>) -> Self::Request;
     fn answers(reply: Self::Reply, n: usize) -> Vec<Self::Answer>;
@@ -73,6 +77,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Items waiting in one lane at most, for the kinds that shed.
     pub max_queued: usize,
+    /// How long an idle lane of a kind that lingers holds its first item.
+    pub linger: std::time::Duration,
 }
 
 impl<K: Kind> Batcher<K> {
@@ -143,11 +149,15 @@ impl<K: Kind> Batcher<K> {
                 free
             });
             for node in start {
-                let lane = lanes.get_mut(&node).expect("the lane just used");
-                let batch = take(&mut lane.queue, self.limits.max_batch);
                 // Its own task: the batch carries other callers' items, so it
                 // must not stop when this caller goes away.
-                tokio::spawn(self.clone().drain(node, batch).in_current_span());
+                if K::LINGERS {
+                    tokio::spawn(self.clone().linger(node).in_current_span());
+                } else {
+                    let lane = lanes.get_mut(&node).expect("the lane just used");
+                    let batch = take(&mut lane.queue, self.limits.max_batch);
+                    tokio::spawn(self.clone().drain(node, batch).in_current_span());
+                }
             }
         }
         let mut answers = Vec::with_capacity(waits.len());
@@ -160,6 +170,19 @@ impl<K: Kind> Batcher<K> {
             });
         }
         answers
+    }
+
+    /// Waits `linger`, then drains whatever queued meanwhile.
+    async fn linger(self: Arc<Self>, node: String) {
+        tokio::time::sleep(self.limits.linger).await;
+        let batch = {
+            let mut lanes = self.lanes.lock().unwrap();
+            let Some(lane) = lanes.get_mut(&node) else {
+                return;
+            };
+            take(&mut lane.queue, self.limits.max_batch)
+        };
+        self.drain(node, batch).await;
     }
 
     /// Sends `batch`, then whatever queued meanwhile, until the lane is empty.
@@ -292,6 +315,7 @@ impl Kind for CompleteKind {
     type Answer = ();
     const PATH: &'static str = routes::COMPLETE.pattern();
     const SHEDS: bool = false;
+    const LINGERS: bool = true;
     fn partitions(t: &TransferRef) -> Vec<PartitionId> {
         vec![t.partition]
     }
@@ -326,5 +350,99 @@ impl Batches {
             decide: Batcher::new(participants.clone(), limits),
             complete: Batcher::new(participants.clone(), limits),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use wallet_shared::{MapHandle, PartitionMap, TransactionId};
+
+    use super::*;
+    use crate::client::{Incoming, Outgoing, Transport};
+
+    /// Answers every request at once, and counts them by path.
+    #[derive(Default)]
+    struct Counting {
+        completes: AtomicUsize,
+        decides: AtomicUsize,
+    }
+
+    impl Transport for Arc<Counting> {
+        fn send(&self, req: Outgoing) -> BoxFuture<'static, Result<Incoming, String>> {
+            let (status, body) = if req.url.contains("complete") {
+                self.completes.fetch_add(1, Ordering::SeqCst);
+                (204, Vec::new())
+            } else {
+                self.decides.fetch_add(1, Ordering::SeqCst);
+                (200, br#"{"records":[null]}"#.to_vec())
+            };
+            Box::pin(async move { Ok(Incoming { status, body }) })
+        }
+    }
+
+    fn batches(transport: Arc<Counting>) -> Batches {
+        let map = MapHandle::fixed(PartitionMap {
+            revision: 1,
+            moves: Default::default(),
+            owners: vec!["n1".to_string()],
+            nodes: [("n1".to_string(), "http://n1".to_string())].into(),
+        });
+        let participants = Participants::new(map, Arc::new(transport), Duration::from_secs(1));
+        Batches::new(
+            &participants,
+            Limits {
+                max_batch: 512,
+                max_in_flight: 1,
+                max_queued: 1024,
+                linger: Duration::from_millis(100),
+            },
+        )
+    }
+
+    fn complete(n: u128) -> TransferRef {
+        TransferRef {
+            transaction_id: TransactionId(uuid::Uuid::from_u128(n)),
+            partition: 0,
+        }
+    }
+
+    /// Completes sent one by one to an idle lane within the linger share one
+    /// request; a decision (which someone waits for) goes at once.
+    #[tokio::test(start_paused = true)]
+    async fn completes_on_an_idle_lane_wait_for_each_other_and_decisions_do_not() {
+        let transport = Arc::new(Counting::default());
+        let b = batches(transport.clone());
+        let started = tokio::time::Instant::now();
+        let mut sent = Vec::new();
+        for n in 0..5 {
+            let batcher = b.complete.clone();
+            sent.push(tokio::spawn(
+                async move { batcher.submit(complete(n)).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for s in sent {
+            s.await.unwrap().unwrap();
+        }
+        assert_eq!(transport.completes.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+
+        let started = tokio::time::Instant::now();
+        let decided = b
+            .decide
+            .submit(Decide {
+                transaction_id: TransactionId(uuid::Uuid::from_u128(9)),
+                partition: 0,
+                decision: Decision::Commit,
+            })
+            .await
+            .unwrap();
+        assert_eq!(decided, None);
+        assert_eq!(transport.decides.load(Ordering::SeqCst), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -49,6 +49,9 @@ pub struct CoordinatorConfig {
     /// ...with at most this many such requests out at once (more wait and
     /// join the next one).
     pub max_in_flight: usize,
+    /// `complete`, whose answer nobody waits for, is held this long on an
+    /// idle lane, so that those of that time share one request.
+    pub complete_linger_ms: u64,
     /// New work on a partition that is being moved waits this long for the
     /// move to end, then gets `503 partition_moving`.
     pub move_wait_ms: u64,

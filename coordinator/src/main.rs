@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         max_batch: cfg.max_batch.max(1),
         max_in_flight: cfg.max_in_flight.max(1),
         max_queued: cfg.max_queued_per_node.max(1),
+        linger: Duration::from_millis(cfg.complete_linger_ms),
     };
     let coordinator = transfer::Coordinator::new(
         participants,

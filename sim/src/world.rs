@@ -92,6 +92,7 @@ const BATCH_LIMITS: Limits = Limits {
     max_batch: 8,
     max_in_flight: 2,
     max_queued: 1 << 20,
+    linger: Duration::from_millis(100),
 };
 /// The coordinator's edge: its config's body limit; no shedding and no
 /// request timeout (the simulation's clients wait as long as it takes).
