@@ -488,15 +488,24 @@ impl Changes {
 
 /// A record still `preparing` after its lease, or decided but not completed
 /// for longer than `grace`: recovery's work. (The Postgres store says the
-/// same in SQL, to use its index.)
+/// same in SQL, to use its index.) A time more than `grace` ahead of this
+/// node's clock was stamped by a clock ahead of it (on the node that held
+/// the partition before a move, or before this clock stepped back): such a
+/// row is not left waiting out the difference.
 pub fn needs_recovery(row: &TransferRow, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
     use wallet_shared::protocol::TransferState;
     let r = &row.record;
     !r.completed
         && match r.state {
             TransferState::Preparing => row.lease_until < now,
-            _ => r.decided_at.is_some_and(|d| d < now - grace),
+            _ => r.decided_at.is_some_and(|d| settled(d, now, grace)),
         }
+}
+
+/// Whether a row stamped `at` has waited `grace` by this clock, or was
+/// stamped by a clock more than `grace` ahead of it.
+fn settled(at: DateTime<Utc>, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
+    at < now - grace || at > now + grace
 }
 
 /// A transfer leg still prepared after `grace`: recovery looks up its
@@ -504,5 +513,5 @@ pub fn needs_recovery(row: &TransferRow, now: DateTime<Utc>, grace: chrono::Dura
 pub fn is_stale_prepared(row: &LegRow, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
     matches!(row.role, RowRole::Debit | RowRole::Credit)
         && row.state == LegState::Prepared
-        && row.created_at < now - grace
+        && settled(row.created_at, now, grace)
 }

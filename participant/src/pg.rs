@@ -247,19 +247,20 @@ impl Store for PgStore {
     ) -> Result<(Vec<TransferRow>, Vec<LegRow>), StoreError> {
         // The SQL form of `model::needs_recovery` and `model::is_stale_prepared`.
         let now = Utc::now();
-        let settled_before =
-            now - chrono::Duration::from_std(grace).map_err(StoreError::corrupt)?;
+        let grace = chrono::Duration::from_std(grace).map_err(StoreError::corrupt)?;
+        let (settled_before, ahead_after) = (now - grace, now + grace);
         let sql = format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers
              WHERE NOT completed
                AND ((state = 'preparing' AND lease_until < $1)
-                 OR (state <> 'preparing' AND decided_at < $2))
+                 OR (state <> 'preparing' AND (decided_at < $2 OR decided_at > $4)))
              ORDER BY created_at LIMIT $3"
         );
         let transfers = sqlx::query(&sql)
             .bind(now)
             .bind(settled_before)
             .bind(limit)
+            .bind(ahead_after)
             .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
@@ -267,12 +268,14 @@ impl Store for PgStore {
             .collect::<Result<_, _>>()?;
         let sql = format!(
             "SELECT {LEG_COLUMNS} FROM legs
-             WHERE state = 'prepared' AND role IN ('debit', 'credit') AND created_at < $1
+             WHERE state = 'prepared' AND role IN ('debit', 'credit')
+               AND (created_at < $1 OR created_at > $3)
              ORDER BY created_at LIMIT $2"
         );
         let legs = sqlx::query(&sql)
             .bind(settled_before)
             .bind(limit)
+            .bind(ahead_after)
             .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()

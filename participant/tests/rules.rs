@@ -1986,6 +1986,15 @@ fn recovery_looks_at_expired_leases_and_unfinished_decisions_only() {
         model::needs_recovery(&r, at(2001), grace),
         "decided, not completed"
     );
+    assert!(
+        !model::needs_recovery(&r, at(-2000), grace),
+        "decided by a clock a little ahead: waits"
+    );
+    assert!(
+        model::needs_recovery(&r, at(-2001), grace),
+        "decided by a clock more than the grace ahead (a move, a clock stepped back): \
+         recovery does not wait out the difference"
+    );
     db2.run(decisions::keys([b.spec.transaction_id]), |w| {
         decisions::complete(w, b.spec.transaction_id);
         Ok(())
@@ -2015,6 +2024,11 @@ fn recovery_looks_at_expired_leases_and_unfinished_decisions_only() {
     };
     assert!(!model::is_stale_prepared(&row, at(2000), grace));
     assert!(model::is_stale_prepared(&row, at(2001), grace));
+    assert!(!model::is_stale_prepared(&row, at(-2000), grace));
+    assert!(
+        model::is_stale_prepared(&row, at(-2001), grace),
+        "prepared by a clock more than the grace ahead"
+    );
     row.state = LegState::Committed;
     assert!(!model::is_stale_prepared(&row, at(9000), grace));
     row.state = LegState::Prepared;
