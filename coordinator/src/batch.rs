@@ -172,9 +172,12 @@ impl<K: Kind> Batcher<K> {
         answers
     }
 
-    /// Waits `linger`, then drains whatever queued meanwhile.
+    /// Waits `linger` (none when it is zero), then drains whatever queued
+    /// meanwhile.
     async fn linger(self: Arc<Self>, node: String) {
-        tokio::time::sleep(self.limits.linger).await;
+        if !self.limits.linger.is_zero() {
+            tokio::time::sleep(self.limits.linger).await;
+        }
         let batch = {
             let mut lanes = self.lanes.lock().unwrap();
             let Some(lane) = lanes.get_mut(&node) else {

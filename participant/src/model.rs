@@ -497,7 +497,10 @@ pub fn needs_recovery(row: &TransferRow, now: DateTime<Utc>, grace: chrono::Dura
     let r = &row.record;
     !r.completed
         && match r.state {
-            TransferState::Preparing => row.lease_until < now,
+            // A lease begun by a clock ahead of ours would last as much
+            // longer: it counts as run out (recovery's abort is a
+            // compare-and-set, which a live attempt's decision may win).
+            TransferState::Preparing => row.lease_until < now || r.created_at > now + grace,
             _ => r.decided_at.is_some_and(|d| settled(d, now, grace)),
         }
 }

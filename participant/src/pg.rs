@@ -1,7 +1,7 @@
 //! The Postgres store: loads a transaction's rows with one locking query per
 //! table (`= ANY`, in key order, so concurrent transactions never deadlock
-//! on them) and writes back its changes set-based (`UNNEST`), one statement
-//! per table, whatever the number of items in the batch.
+//! on them) and writes back its changes set-based (`UNNEST`) in one
+//! statement, whatever the number of items in the batch.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -252,7 +252,7 @@ impl Store for PgStore {
         let sql = format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers
              WHERE NOT completed
-               AND ((state = 'preparing' AND lease_until < $1)
+               AND ((state = 'preparing' AND (lease_until < $1 OR created_at > $4))
                  OR (state <> 'preparing' AND (decided_at < $2 OR decided_at > $4)))
              ORDER BY created_at LIMIT $3"
         );

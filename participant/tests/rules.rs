@@ -1975,6 +1975,14 @@ fn recovery_looks_at_expired_leases_and_unfinished_decisions_only() {
         "lease still live"
     );
     assert!(model::needs_recovery(&r, at(5001), grace), "lease expired");
+    assert!(
+        !model::needs_recovery(&r, at(-2000), grace),
+        "begun by a clock a little ahead: its lease holds"
+    );
+    assert!(
+        model::needs_recovery(&r, at(-2001), grace),
+        "begun by a clock more than the grace ahead: its lease counts as run out"
+    );
     decide_at(&mut db, b.spec.transaction_id, &Decision::Commit).unwrap();
     let mut db2 = db.clone();
     let r = db2.transfers[&b.spec.transaction_id].clone();

@@ -92,7 +92,10 @@ const BATCH_LIMITS: Limits = Limits {
     max_batch: 8,
     max_in_flight: 2,
     max_queued: 1 << 20,
-    linger: Duration::from_millis(100),
+    // None: with a linger, a seed's run came to depend on how busy the
+    // machine was (the same seed twice in one process under load gave two
+    // runs), and a complete's delay is the network's to make here.
+    linger: Duration::ZERO,
 };
 /// The coordinator's edge: its config's body limit; no shedding and no
 /// request timeout (the simulation's clients wait as long as it takes).
