@@ -183,6 +183,11 @@ impl<K: Kind> Batcher<K> {
             let Some(lane) = lanes.get_mut(&node) else {
                 return;
             };
+            if lane.queue.is_empty() {
+                // Another request of the lane took them meanwhile.
+                lane.in_flight -= 1;
+                return;
+            }
             take(&mut lane.queue, self.limits.max_batch)
         };
         self.drain(node, batch).await;

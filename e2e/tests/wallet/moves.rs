@@ -393,7 +393,10 @@ async fn a_cutover_left_alone_rolls_back_by_its_deadline() {
             )
             .await;
         assert_ne!(ctl.code, Some(0), "{crash_at}: {}", ctl.stderr);
-        // Right away, the partition takes no writes ...
+        // Right away (once the coordinator's watch of etcd brought it the
+        // cut-over record), the partition takes no writes ...
+        t.reload_map().await;
+        coordinator_holds(&t, t.map.revision).await;
         let r = deposit(&t, mine[0].clone()).await;
         assert_eq!(
             (r.status, r.body["code"].as_str()),
@@ -920,4 +923,27 @@ async fn a_copy_that_differs_from_the_old_owner_never_switches() {
     t.wait_settled().await;
     let audit = t.walletctl(&["audit"], &[]).await;
     assert_eq!(audit.code, Some(0), "{}{}", audit.stdout, audit.stderr);
+}
+
+/// Waits until the coordinator holds map revision `revision` or a newer one
+/// (it follows etcd with a watch, a moment behind it).
+async fn coordinator_holds(t: &TestCluster, revision: i64) {
+    let url = format!("{}/metrics", t.cluster.coordinator_url(0));
+    let since = std::time::Instant::now();
+    loop {
+        let text = t.http.get(&url).send().await.unwrap().text().await.unwrap();
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wallet_map_revision "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if held >= revision as f64 {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the coordinator holds map revision {held}, not {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
