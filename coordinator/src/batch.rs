@@ -11,6 +11,12 @@
 //! Batching changes how items travel, not what they mean: every answer is
 //! per item, in order, and an unclear answer for the request is unknown for
 //! every item in it.
+//!
+//! An item is routed once, when it joins a lane: the lane's request goes
+//! to that node, stamped with the newest map revision its items were
+//! routed at. A node that no longer owns a partition refuses the request
+//! (`wrong_partition_owner`); the client's retry routes it again with the
+//! current map ([`Participants::post_routed`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -23,7 +29,7 @@ use tracing::Instrument;
 use wallet_shared::protocol::*;
 use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 
-use crate::client::{CallError, Participants};
+use crate::client::{CallError, Participants, Route};
 
 /// One kind of batched item: how to route it, wrap many in a request, and
 /// read their answers from the reply.
@@ -48,12 +54,14 @@ pub trait Kind: Send + Sync + 'static {
     fn answers(reply: Self::Reply, n: usize) -> Vec<Self::Answer>;
 }
 
-/// An item, where its answer goes, and the `traceparent` of the span that
-/// submitted it ("" when traces are off).
+/// An item, where its answer goes, the `traceparent` of the span that
+/// submitted it ("" when traces are off), and the map revision that routed
+/// it to its lane.
 type Waiting<K> = (
     <K as Kind>::Item,
     oneshot::Sender<Result<<K as Kind>::Answer, CallError>>,
     String,
+    i64,
 );
 
 struct Lane<K: Kind> {
@@ -113,12 +121,12 @@ impl<K: Kind> Batcher<K> {
         {
             let mut lanes = self.lanes.lock().unwrap();
             for item in items {
-                let partitions = K::partitions(&item);
-                let Some(node) = partitions.first().and_then(|p| map.owner(*p)).cloned() else {
-                    waits.push(Err(CallError::Unknown(format!(
-                        "partitions {partitions:?} are not in the map"
-                    ))));
-                    continue;
+                let Route { node, revision } = match Route::of(&map, &K::partitions(&item)) {
+                    Ok(route) => route,
+                    Err(e) => {
+                        waits.push(Err(e));
+                        continue;
+                    }
                 };
                 let lane = lanes.entry(node.clone()).or_insert_with(|| Lane {
                     queue: Vec::new(),
@@ -135,7 +143,7 @@ impl<K: Kind> Batcher<K> {
                 }
                 let (tx, rx) = oneshot::channel();
                 waits.push(Ok(rx));
-                lane.queue.push((item, tx, trace.clone()));
+                lane.queue.push((item, tx, trace.clone(), revision));
                 if !start.contains(&node) {
                     start.push(node);
                 }
@@ -217,11 +225,12 @@ impl<K: Kind> Batcher<K> {
             .record(n as f64);
         let started = std::time::Instant::now();
         // Empty unless traces are on (then "" marks an item without one).
-        let traced = batch.iter().any(|(_, _, trace)| !trace.is_empty());
+        let traced = batch.iter().any(|(_, _, trace, _)| !trace.is_empty());
+        let revision = batch.iter().map(|w| w.3).max().unwrap_or_default();
         let mut traces = Vec::with_capacity(if traced { n } else { 0 });
         let mut items = Vec::with_capacity(n);
         let mut senders = Vec::with_capacity(n);
-        for (item, tx, trace) in batch {
+        for (item, tx, trace, _) in batch {
             items.push(item);
             senders.push(tx);
             if traced {
@@ -234,9 +243,19 @@ impl<K: Kind> Batcher<K> {
         let mut partitions: Vec<PartitionId> = items.iter().flat_map(K::partitions).collect();
         partitions.sort_unstable();
         partitions.dedup();
+        let route = Route {
+            node: node.to_string(),
+            revision,
+        };
         let reply = self
             .participants
-            .post_items::<K::Request, K::Reply>(&partitions, K::PATH, &K::request(items), &traces)
+            .post_routed::<K::Request, K::Reply>(
+                route,
+                &partitions,
+                K::PATH,
+                &K::request(items),
+                &traces,
+            )
             .instrument(span)
             .await;
         metrics::histogram!("wallet_batch_request_duration_seconds", "lane" => lane, "node" => node.to_string())
@@ -363,14 +382,124 @@ impl Batches {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use futures::future::BoxFuture;
+    use tokio::sync::Semaphore;
     use wallet_shared::{MapHandle, PartitionMap, TransactionId};
 
     use super::*;
     use crate::client::{Incoming, Outgoing, Transport};
+
+    /// Node `a` answers its first request once `gate` opens and refuses
+    /// every later one as no longer the owner; node `b` answers every one.
+    /// Each request is recorded as (node, map revision).
+    #[derive(Clone)]
+    struct Nodes {
+        sent: Arc<Mutex<Vec<(String, i64)>>>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Transport for Nodes {
+        fn send(&self, req: Outgoing) -> BoxFuture<'static, Result<Incoming, String>> {
+            let node = req.url["http://".len()..]
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
+            let body: serde_json::Value = serde_json::from_slice(&req.body.unwrap()).unwrap();
+            let revision = body["map_revision"].as_i64().unwrap();
+            let mut sent = self.sent.lock().unwrap();
+            sent.push((node.clone(), revision));
+            let first_to_a = node == "a" && sent.iter().filter(|(n, _)| n == "a").count() == 1;
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                let done = Incoming {
+                    status: 204,
+                    body: Vec::new(),
+                };
+                if first_to_a {
+                    let _open = gate.acquire().await.unwrap();
+                    return Ok(done);
+                }
+                if node == "a" {
+                    let refusal = Rejection::new(ErrorCode::WrongPartitionOwner, "moved away");
+                    return Ok(Incoming {
+                        status: 409,
+                        body: serde_json::to_vec(&refusal).unwrap(),
+                    });
+                }
+                Ok(done)
+            })
+        }
+    }
+
+    fn map_at(revision: i64, owner: &str) -> PartitionMap {
+        PartitionMap {
+            revision,
+            owners: vec![owner.to_string()],
+            nodes: BTreeMap::from([
+                ("a".to_string(), "http://a".to_string()),
+                ("b".to_string(), "http://b".to_string()),
+            ]),
+            moves: BTreeMap::new(),
+        }
+    }
+
+    fn item() -> TransferRef {
+        TransferRef {
+            transaction_id: TransactionId::new_random(),
+            partition: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_where_its_lane_routed_it_and_a_refusal_routes_it_again() {
+        let nodes = Nodes {
+            sent: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        };
+        let map = MapHandle::fixed(map_at(1, "a"));
+        let participants =
+            Participants::new(map.clone(), Arc::new(nodes.clone()), Duration::from_secs(5));
+        let limits = Limits {
+            max_batch: 8,
+            max_in_flight: 1,
+            max_queued: 8,
+            linger: Duration::ZERO,
+        };
+        let batcher = Batcher::<CompleteKind>::new(participants, limits);
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(item()).await }
+        });
+        while nodes.sent.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Routed to `a` at revision 1; it waits in `a`'s lane.
+        let second = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(item()).await }
+        });
+        while batcher.lanes.lock().unwrap()["a"].queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The partition moves to `b` before the waiting batch is sent.
+        map.replace(map_at(2, "b"));
+        nodes.gate.add_permits(1);
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        assert_eq!(
+            *nodes.sent.lock().unwrap(),
+            vec![
+                ("a".to_string(), 1),
+                ("a".to_string(), 1),
+                ("b".to_string(), 2)
+            ]
+        );
+    }
 
     /// Answers every request at once, and counts them by path.
     #[derive(Default)]

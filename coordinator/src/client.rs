@@ -204,30 +204,27 @@ impl Participants {
         path: &str,
         body: &Req,
     ) -> Result<Resp, CallError> {
-        self.post_items(partitions, path, body, &[]).await
+        self.call(None, partitions, path, |url, rev| {
+            routed(url, rev, body, &[])
+        })
+        .await
     }
 
-    /// POSTs a batch, its items' `traceparent`s beside it (`Routed::traces`;
-    /// empty when traces are off).
-    pub async fn post_items<Req: Serialize + Clone, Resp: DeserializeOwned>(
+    /// POSTs a batch to the node its lane routed it to, at the map revision
+    /// it was routed at, its items' `traceparent`s beside it
+    /// (`Routed::traces`; empty when traces are off). A retry (after a
+    /// refusal for a stale map, or no answer) routes `partitions` again
+    /// with the current map.
+    pub async fn post_routed<Req: Serialize + Clone, Resp: DeserializeOwned>(
         &self,
+        route: Route,
         partitions: &[PartitionId],
         path: &str,
         body: &Req,
         traces: &[String],
     ) -> Result<Resp, CallError> {
-        self.call(partitions, path, |url, rev| {
-            let routed = Routed {
-                map_revision: rev,
-                traces: traces.to_vec(),
-                body: body.clone(),
-            };
-            let body = serde_json::to_vec(&routed)
-                .map_err(|e| CallError::Unknown(format!("cannot encode the request: {e}")))?;
-            Ok(Outgoing {
-                url,
-                body: Some(body),
-            })
+        self.call(Some(route), partitions, path, |url, rev| {
+            routed(url, rev, body, traces)
         })
         .await
     }
@@ -239,7 +236,7 @@ impl Participants {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<Resp, CallError> {
-        self.call(&[partition], path, |url, rev| {
+        self.call(None, &[partition], path, |url, rev| {
             let routing = [
                 ("map_revision", rev.to_string()),
                 ("partition", partition.to_string()),
@@ -267,20 +264,28 @@ impl Participants {
         self.send(Outgoing { url, body: None }).await
     }
 
+    /// Sends to `route` (else where the current map routes `partitions`),
+    /// then, on a retry, where the current map routes them then.
     async fn call<Resp: DeserializeOwned>(
         &self,
+        route: Option<Route>,
         partitions: &[PartitionId],
         path: &str,
         build: impl Fn(String, i64) -> Result<Outgoing, CallError>,
     ) -> Result<Resp, CallError> {
+        let first = std::sync::Mutex::new(route);
         retry::when(
             path,
             retry::Policy::request(),
             || async {
                 let map = self.map.current();
-                let node = single_owner(&map, partitions)?;
-                let base = map.url(node).ok_or_else(|| CallError::Unknown(format!("node {node} has no address")))?;
-                let result = self.send(build(format!("{base}{path}"), map.revision)?).await;
+                let taken = first.lock().unwrap().take();
+                let Route { node, revision } = match taken {
+                    Some(route) => route,
+                    None => Route::of(&map, partitions)?,
+                };
+                let base = map.url(&node).ok_or_else(|| CallError::Unknown(format!("node {node} has no address")))?;
+                let result = self.send(build(format!("{base}{path}"), revision)?).await;
                 if let Err(CallError::Rejected(r)) = &result {
                     if matches!(r.code, ErrorCode::WrongPartitionOwner | ErrorCode::PartitionMoving) {
                         tracing::info!(%node, reason = %r.message, "stale partition map; re-reading it");
@@ -297,25 +302,60 @@ impl Participants {
     }
 }
 
-fn single_owner<'m>(
-    map: &'m wallet_shared::PartitionMap,
-    partitions: &[PartitionId],
-) -> Result<&'m str, CallError> {
-    let mut owner: Option<&str> = None;
-    for &p in partitions {
-        let o = map
-            .owner(p)
-            .ok_or_else(|| CallError::Unknown(format!("partition {p} is not in the map")))?;
-        match owner {
-            Some(prev) if prev != o => {
-                return Err(CallError::Unknown(format!(
-                    "partitions {partitions:?} are on several nodes"
-                )))
+/// A POST's body: `body` stamped with the map revision it was routed at.
+fn routed<Req: Serialize + Clone>(
+    url: String,
+    map_revision: i64,
+    body: &Req,
+    traces: &[String],
+) -> Result<Outgoing, CallError> {
+    let routed = Routed {
+        map_revision,
+        traces: traces.to_vec(),
+        body: body.clone(),
+    };
+    let body = serde_json::to_vec(&routed)
+        .map_err(|e| CallError::Unknown(format!("cannot encode the request: {e}")))?;
+    Ok(Outgoing {
+        url,
+        body: Some(body),
+    })
+}
+
+/// Where a message goes: the node that owns every one of its partitions in
+/// the map of `revision`. A batch takes it once, when an item joins its
+/// node's lane, and sends the lane's request there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub node: String,
+    pub revision: i64,
+}
+
+impl Route {
+    pub fn of(
+        map: &wallet_shared::PartitionMap,
+        partitions: &[PartitionId],
+    ) -> Result<Route, CallError> {
+        let mut owner: Option<&str> = None;
+        for &p in partitions {
+            let o = map
+                .owner(p)
+                .ok_or_else(|| CallError::Unknown(format!("partition {p} is not in the map")))?;
+            match owner {
+                Some(prev) if prev != o => {
+                    return Err(CallError::Unknown(format!(
+                        "partitions {partitions:?} are on several nodes"
+                    )))
+                }
+                _ => owner = Some(o),
             }
-            _ => owner = Some(o),
         }
+        let node = owner.ok_or_else(|| CallError::Unknown("no partition to route by".into()))?;
+        Ok(Route {
+            node: node.to_string(),
+            revision: map.revision,
+        })
     }
-    owner.ok_or_else(|| CallError::Unknown("no partition to route by".into()))
 }
 
 fn with_query<'a>(
