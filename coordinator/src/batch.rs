@@ -181,40 +181,37 @@ impl<K: Kind> Batcher<K> {
     }
 
     /// Waits `linger` (none when it is zero), then drains whatever queued
-    /// meanwhile.
+    /// meanwhile (nothing, if another request of the lane took it).
     async fn linger(self: Arc<Self>, node: String) {
         if !self.limits.linger.is_zero() {
             tokio::time::sleep(self.limits.linger).await;
         }
-        let batch = {
-            let mut lanes = self.lanes.lock().unwrap();
-            let Some(lane) = lanes.get_mut(&node) else {
-                return;
-            };
-            if lane.queue.is_empty() {
-                // Another request of the lane took them meanwhile.
-                lane.in_flight -= 1;
-                return;
-            }
-            take(&mut lane.queue, self.limits.max_batch)
-        };
-        self.drain(node, batch).await;
+        if let Some(batch) = self.next_batch(&node) {
+            self.drain(node, batch).await;
+        }
     }
 
     /// Sends `batch`, then whatever queued meanwhile, until the lane is empty.
     async fn drain(self: Arc<Self>, node: String, mut batch: Vec<Waiting<K>>) {
         loop {
             self.send(&node, batch).await;
-            let mut lanes = self.lanes.lock().unwrap();
-            let Some(lane) = lanes.get_mut(&node) else {
-                return;
-            };
-            if lane.queue.is_empty() {
-                lane.in_flight -= 1;
-                return;
+            match self.next_batch(&node) {
+                Some(next) => batch = next,
+                None => return,
             }
-            batch = take(&mut lane.queue, self.limits.max_batch);
         }
+    }
+
+    /// The lane's next batch; `None`, and the lane's request slot freed,
+    /// when nothing waits.
+    fn next_batch(&self, node: &str) -> Option<Vec<Waiting<K>>> {
+        let mut lanes = self.lanes.lock().unwrap();
+        let lane = lanes.get_mut(node)?;
+        if lane.queue.is_empty() {
+            lane.in_flight -= 1;
+            return None;
+        }
+        Some(take(&mut lane.queue, self.limits.max_batch))
     }
 
     async fn send(&self, node: &str, batch: Vec<Waiting<K>>) {
