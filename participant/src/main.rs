@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use participant::config::ParticipantConfig;
+use participant::store::Store;
 use participant::{app, fence, history, moves, pg::PgStore, retention};
 
 #[tokio::main]
@@ -38,9 +39,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("following the partition map in etcd")?;
-    let fences = moves::load_fences(&store)
-        .await
-        .context("reading partition fences")?;
+    let fences = store.fences().await.context("reading partition fences")?;
     // Give back what a burst of requests freed (see wallet_shared::memory).
     wallet_shared::memory::spawn_trimmer(wallet_shared::memory::TRIM_EVERY);
     tokio::spawn(publish_feed(
@@ -59,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
         app: app.clone(),
         cutover_deadline: Duration::from_millis(cfg.move_cutover_deadline_ms),
     };
-    tokio::spawn(moves::expire_cutovers(mover.clone()));
+    tokio::spawn(moves::expire_cutovers(
+        mover.app.clone(),
+        mover.cutover_deadline,
+    ));
     tokio::spawn(retention::run(mover.app.clone(), cfg.retention()));
     let routes = app::router(app.clone())
         .merge(moves::router(mover))

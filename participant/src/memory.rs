@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use wallet_shared::admin::Fence;
 use wallet_shared::protocol::{Event, FeedEntry, Snapshot};
 use wallet_shared::{AccountId, PartitionId, TransactionId};
 
@@ -21,6 +22,8 @@ pub struct Tables {
     /// The change feed, in commit order (one transaction at a time, so an
     /// entry's position is its place here, from 1).
     pub outbox: Vec<FeedEntry>,
+    /// The partition fences saved here (`partition_fences`).
+    pub fences: BTreeMap<PartitionId, Fence>,
 }
 
 impl Tables {
@@ -142,6 +145,7 @@ impl Tables {
                 .collect(),
             accounts,
             outbox: Vec::new(),
+            fences: BTreeMap::new(),
         }
     }
 

@@ -30,7 +30,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::Deserialize;
 use sqlx::{PgConnection, Row};
 use wallet_shared::admin::{
@@ -44,6 +43,7 @@ use crate::app::App;
 use crate::error::{ApiError, ApiResult, StoreError};
 use crate::fence::{self, FenceMap};
 use crate::pg::{allow_long_reads, PgStore};
+use crate::store::Store;
 
 /// How to select a partition's rows in each of [`PARTITION_TABLES`] (`$1`
 /// is the partition).
@@ -59,8 +59,6 @@ fn filter(table: &str) -> Option<&'static str> {
 
 /// Largest chunk a caller may ask for.
 const MAX_CHUNK: i64 = 20_000;
-/// Rows deleted per statement when a copy is dropped.
-const DROP_BATCH: i64 = 5_000;
 /// How long one `discard` call goes on dropping before it answers.
 const DROP_BUDGET: Duration = Duration::from_secs(1);
 
@@ -77,7 +75,7 @@ pub fn router(mover: Mover) -> Router {
     // A chunk of rows can be above the API's body limit.
     let big = axum::extract::DefaultBodyLimit::max(64 << 20);
     Router::new()
-        .route(routes::FENCE.pattern(), post(fence).delete(release))
+        .route(routes::FENCE.pattern(), post(fence).delete(release_route))
         .route(routes::MARK.pattern(), post(mark))
         .route(routes::ROWS.pattern(), get(rows))
         .route(routes::SUMMARY.pattern(), get(summary))
@@ -87,28 +85,6 @@ pub fn router(mover: Mover) -> Router {
         .route(routes::DISCARD.pattern(), post(discard))
         .with_state(mover)
         .layer(axum::middleware::from_fn(crate::app::run_to_completion))
-}
-
-/// Fences read at start: a fence outlives the process.
-pub async fn load_fences(store: &PgStore) -> anyhow::Result<FenceMap> {
-    let rows = sqlx::query("SELECT partition, state, target, deadline FROM partition_fences")
-        .fetch_all(&mut *store.acquire().await?)
-        .await?;
-    let mut fences = FenceMap::new();
-    for r in rows {
-        let state: String = r.try_get("state")?;
-        let state = FenceState::parse(&state)
-            .ok_or_else(|| anyhow::anyhow!("unknown fence state {state:?}"))?;
-        fences.insert(
-            r.try_get::<i32, _>("partition")? as PartitionId,
-            Fence {
-                state,
-                to: r.try_get("target")?,
-                deadline: r.try_get("deadline")?,
-            },
-        );
-    }
-    Ok(fences)
 }
 
 fn refuse(code: ErrorCode, why: String) -> ApiError {
@@ -132,28 +108,38 @@ fn check_partition(map: &PartitionMap, p: PartitionId) -> ApiResult<()> {
     Ok(())
 }
 
-fn owned(app: &App<PgStore>, map: &PartitionMap, p: PartitionId) -> bool {
+fn owned<S>(app: &App<S>, map: &PartitionMap, p: PartitionId) -> bool {
     map.owner(p).map(|o| o.as_str()) == Some(&*app.node_id)
 }
 
 /// The map read from etcd now, and whether it says this node owns `p`.
-async fn fresh_map(app: &App<PgStore>, p: PartitionId) -> ApiResult<(PartitionMap, bool)> {
+async fn fresh_map<S>(app: &App<S>, p: PartitionId) -> ApiResult<(PartitionMap, bool)> {
     let map = app.map.refresh().await.map_err(map_unavailable)?;
     check_partition(&map, p)?;
     let owns = owned(app, &map, p);
     Ok(((*map).clone(), owns))
 }
 
-/// `POST .../fence {state, to}`: draining, then frozen while this node owns
-/// the partition and the map records the move's cut-over; moved once the
-/// map says it does not own it any more. Draining starts the cut-over's
-/// deadline.
+/// `POST .../fence {state, to}`: [`set_fence`].
 async fn fence(
     State(m): State<Mover>,
     Path(p): Path<PartitionId>,
     Json(want): Json<Fence>,
 ) -> ApiResult<Json<Fence>> {
-    let app = &m.app;
+    Ok(Json(set_fence(&m.app, p, want, m.cutover_deadline).await?))
+}
+
+/// Fences `p` here as `want` says: draining, then frozen while this node
+/// owns the partition and the map records the move's cut-over; moved once
+/// the map says it does not own it any more. Draining starts the
+/// cut-over's deadline (`cutover_deadline` from this node's clock). Answers
+/// the fence now in force.
+pub async fn set_fence<S: Store>(
+    app: &App<S>,
+    p: PartitionId,
+    want: Fence,
+    cutover_deadline: Duration,
+) -> ApiResult<Fence> {
     // Guard first, then the map: nothing can copy or move the partition
     // back here between the check and the change.
     let mut fences = app.fences.write().await;
@@ -176,7 +162,7 @@ async fn fence(
         }
     }
     let Some(mut next) = fence::advance(p, now.as_ref(), &want, owns, &app.node_id)? else {
-        return Ok(Json(now.unwrap_or(want)));
+        return Ok(now.unwrap_or(want));
     };
     next.deadline = match next.state {
         FenceState::Moved => None,
@@ -184,45 +170,41 @@ async fn fence(
         _ => Some(
             now.as_ref()
                 .and_then(|f| f.deadline)
-                .unwrap_or_else(|| Utc::now() + m.cutover_deadline),
+                .unwrap_or_else(|| app.store.now() + cutover_deadline),
         ),
     };
-    sqlx::query(
-        "INSERT INTO partition_fences (partition, state, target, deadline) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (partition) DO UPDATE
-           SET state = excluded.state, target = excluded.target, deadline = excluded.deadline,
-               updated_at = now()",
-    )
-    .bind(p as i32)
-    .bind(next.state.as_str())
-    .bind(&next.to)
-    .bind(next.deadline)
-    .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
-    .await
-    .map_err(StoreError::from)?;
+    app.store.save_fence(p, Some(next.clone())).await?;
     tracing::info!(partition = p, state = next.state.as_str(), to = %next.to, "partition fenced");
     fences.insert(p, next.clone());
-    Ok(Json(next))
+    Ok(next)
 }
 
-/// `DELETE .../fence`: undoes draining or frozen (a move rolled back).
-async fn release(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResult<StatusCode> {
-    let app = &m.app;
-    let mut fences = app.fences.write().await;
-    let (_, owns) = fresh_map(app, p).await?;
-    if !fence::release(p, fences.get(&p), owns)? {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    lift_fence(app, &mut fences, p).await?;
+/// `DELETE .../fence`: [`release`].
+async fn release_route(
+    State(m): State<Mover>,
+    Path(p): Path<PartitionId>,
+) -> ApiResult<StatusCode> {
+    release(&m.app, p).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn lift_fence(app: &App<PgStore>, fences: &mut FenceMap, p: PartitionId) -> ApiResult<()> {
-    sqlx::query("DELETE FROM partition_fences WHERE partition = $1")
-        .bind(p as i32)
-        .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
-        .await
-        .map_err(StoreError::from)?;
+/// Undoes draining or frozen here (a move rolled back or aborted).
+pub async fn release<S: Store>(app: &App<S>, p: PartitionId) -> ApiResult<()> {
+    let mut fences = app.fences.write().await;
+    let (_, owns) = fresh_map(app, p).await?;
+    if fence::release(p, fences.get(&p), owns)? {
+        lift_fence(app, &mut fences, p).await?;
+    }
+    Ok(())
+}
+
+/// Lifts `p`'s fence, saved first; the caller holds the fences' write guard.
+pub async fn lift_fence<S: Store>(
+    app: &App<S>,
+    fences: &mut FenceMap,
+    p: PartitionId,
+) -> ApiResult<()> {
+    app.store.save_fence(p, None).await?;
     fences.remove(&p);
     tracing::info!(partition = p, "partition fence lifted");
     Ok(())
@@ -436,8 +418,8 @@ async fn summary(
 
 /// Refuses to copy into, or drop, a partition this node owns or is moving
 /// away.
-fn not_ours(
-    app: &App<PgStore>,
+pub fn not_ours<S>(
+    app: &App<S>,
     map: &PartitionMap,
     fences: &FenceMap,
     p: PartitionId,
@@ -709,69 +691,34 @@ async fn copy_finish(
     Ok(Json(found))
 }
 
-/// `POST .../discard`: drops this node's rows of a partition it does not
-/// own (a copy undone, or the old owner's rows after the switch), in small
-/// batches for about a second; called again until `done`.
+/// `POST .../discard`: [`discard_some`] for about a second; called again
+/// until `done`.
 async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResult<Json<Discarded>> {
-    let app = &m.app;
+    Ok(Json(discard_some(&m.app, p, DROP_BUDGET).await?))
+}
+
+/// Drops this node's rows of a partition it does not own (a copy undone,
+/// or the old owner's rows after the switch), for about `budget`.
+pub async fn discard_some<S: Store>(
+    app: &App<S>,
+    p: PartitionId,
+    budget: Duration,
+) -> ApiResult<Discarded> {
     {
         let fences = app.fences.read().await;
         let (map, _) = fresh_map(app, p).await?;
         not_ours(app, &map, &fences, p)?;
     }
-    let started = Instant::now();
-    let mut dropped = 0;
-    // Reverse order: events and snapshots are found through their
-    // accounts, which go last.
-    for table in PARTITION_TABLES.iter().rev() {
-        // Found through an index, never a scan of the table: a scan would
-        // start again at the table's head on every batch and wade through
-        // the rows the batches before it left dead. An account's events
-        // and snapshots are found by its key (`OFFSET 0` keeps the planner
-        // from turning that into a join over every event).
-        let batch = match *table {
-            "events" | "snapshots" => format!(
-                "SELECT r.ctid FROM accounts a
-                 CROSS JOIN LATERAL (
-                     SELECT ctid FROM {table} WHERE account_id = a.account_id OFFSET 0) r
-                 WHERE a.partition = $1 LIMIT $2"
-            ),
-            _ => format!("SELECT ctid FROM {table} WHERE partition = $1 LIMIT $2"),
-        };
-        loop {
-            let n = sqlx::query(&format!(
-                "DELETE FROM {table} WHERE ctid = ANY(ARRAY({batch}))"
-            ))
-            .bind(p as i32)
-            .bind(DROP_BATCH)
-            .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected() as i64;
-            dropped += n;
-            if n < DROP_BATCH {
-                break;
-            }
-            if started.elapsed() > DROP_BUDGET {
-                return Ok(Json(Discarded {
-                    dropped,
-                    done: false,
-                }));
-            }
-        }
+    let discarded = app.store.discard(p, budget).await?;
+    if discarded.dropped > 0 {
+        tracing::info!(
+            partition = p,
+            rows = discarded.dropped,
+            done = discarded.done,
+            "partition rows dropped"
+        );
     }
-    sqlx::query("DELETE FROM partition_copies WHERE partition = $1")
-        .bind(p as i32)
-        .execute(&mut *app.store.acquire().await.map_err(StoreError::from)?)
-        .await
-        .map_err(StoreError::from)?;
-    if dropped > 0 {
-        tracing::info!(partition = p, rows = dropped, "partition rows dropped");
-    }
-    Ok(Json(Discarded {
-        dropped,
-        done: true,
-    }))
+    Ok(discarded)
 }
 
 /// The whole partition here, every row counted (a move checks it while
@@ -841,13 +788,13 @@ async fn sum_accounts(
 /// happened first wins and nothing is rolled back), then the fence is
 /// lifted and the partition serves here again. The mover's own switch is a
 /// compare-and-set that requires the cut-over, so it can no longer land.
-pub async fn expire_cutovers(mover: Mover) {
-    let app = &mover.app;
+pub async fn expire_cutovers<S: Store>(app: App<S>, cutover_deadline: Duration) {
+    let app = &app;
     let mut unfenced_since: HashMap<PartitionId, Instant> = HashMap::new();
     let mut failures = wallet_shared::retry::Policy::background().backoff();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = Utc::now();
+        let now = app.store.now();
         let fences = app.fences.read().await.clone();
         let map = app.map.current();
         let mut due: Vec<PartitionId> = fences
@@ -869,7 +816,7 @@ pub async fn expire_cutovers(mover: Mover) {
         unfenced_since.retain(|p, _| unfenced.contains(p));
         for p in unfenced {
             let since = *unfenced_since.entry(p).or_insert_with(Instant::now);
-            if since.elapsed() > mover.cutover_deadline {
+            if since.elapsed() > cutover_deadline {
                 due.push(p);
             }
         }
@@ -889,7 +836,7 @@ pub async fn expire_cutovers(mover: Mover) {
     }
 }
 
-async fn roll_back(app: &App<PgStore>, p: PartitionId) -> anyhow::Result<()> {
+async fn roll_back<S: Store>(app: &App<S>, p: PartitionId) -> anyhow::Result<()> {
     let mut fences = app.fences.write().await;
     let map = app.map.refresh().await?;
     if !owned(app, &map, p) {

@@ -13,7 +13,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::Arguments;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
-use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
+use wallet_shared::admin::{
+    AuditRequest, Discarded, Fence, FenceState, NodeAudit, PartitionStats, PARTITION_TABLES,
+};
 use wallet_shared::protocol::{
     Event, EventKind, FeedEntry, LegState, RecordKind, Snapshot, TransferRecord, TransferSpec,
     TransferState,
@@ -24,6 +26,7 @@ use wallet_shared::{
 
 use crate::config::ParticipantConfig;
 use crate::error::StoreError;
+use crate::fence::FenceMap;
 use crate::model::{AccountRow, Broken, Changes, Keys, LegRow, RowRole, TransferRow, Working};
 use crate::store::{Durability, Store};
 
@@ -78,6 +81,9 @@ pub async fn allow_long_reads(conn: &mut PgConnection) -> Result<(), sqlx::Error
 /// How long a pooled connection may wait unused before it is checked
 /// again before use.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// Rows deleted per statement when a partition's copy is dropped.
+const DROP_BATCH: i64 = 5_000;
 
 impl PgStore {
     /// A connection of the pool, counted as waiting until it is handed
@@ -503,6 +509,100 @@ impl Store for PgStore {
             .iter()
             .map(account_from_row)
             .collect()
+    }
+
+    async fn fences(&self) -> Result<FenceMap, StoreError> {
+        let rows = sqlx::query("SELECT partition, state, target, deadline FROM partition_fences")
+            .fetch_all(&mut *self.acquire().await?)
+            .await?;
+        let mut fences = FenceMap::new();
+        for r in rows {
+            let state: String = r.try_get("state")?;
+            let state = FenceState::parse(&state).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown fence state {state:?} in partition_fences"))
+            })?;
+            fences.insert(
+                r.try_get::<i32, _>("partition")? as PartitionId,
+                Fence {
+                    state,
+                    to: r.try_get("target")?,
+                    deadline: r.try_get("deadline")?,
+                },
+            );
+        }
+        Ok(fences)
+    }
+
+    async fn save_fence(&self, p: PartitionId, fence: Option<Fence>) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
+        match &fence {
+            Some(f) => sqlx::query(
+                "INSERT INTO partition_fences (partition, state, target, deadline)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (partition) DO UPDATE
+                   SET state = excluded.state, target = excluded.target,
+                       deadline = excluded.deadline, updated_at = now()",
+            )
+            .bind(p as i32)
+            .bind(f.state.as_str())
+            .bind(&f.to)
+            .bind(f.deadline),
+            None => sqlx::query("DELETE FROM partition_fences WHERE partition = $1").bind(p as i32),
+        }
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn discard(&self, p: PartitionId, budget: Duration) -> Result<Discarded, StoreError> {
+        let started = std::time::Instant::now();
+        let mut dropped = 0;
+        // Reverse order: events and snapshots are found through their
+        // accounts, which go last.
+        for table in PARTITION_TABLES.iter().rev() {
+            // Found through an index, never a scan of the table: a scan
+            // would start again at the table's head on every batch and wade
+            // through the rows the batches before it left dead. An account's
+            // events and snapshots are found by its key (`OFFSET 0` keeps the
+            // planner from turning that into a join over every event).
+            let batch = match *table {
+                "events" | "snapshots" => format!(
+                    "SELECT r.ctid FROM accounts a
+                     CROSS JOIN LATERAL (
+                         SELECT ctid FROM {table} WHERE account_id = a.account_id OFFSET 0) r
+                     WHERE a.partition = $1 LIMIT $2"
+                ),
+                _ => format!("SELECT ctid FROM {table} WHERE partition = $1 LIMIT $2"),
+            };
+            loop {
+                let n = sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE ctid = ANY(ARRAY({batch}))"
+                ))
+                .bind(p as i32)
+                .bind(DROP_BATCH)
+                .execute(&mut *self.acquire().await?)
+                .await?
+                .rows_affected() as i64;
+                dropped += n;
+                if n < DROP_BATCH {
+                    break;
+                }
+                if started.elapsed() > budget {
+                    return Ok(Discarded {
+                        dropped,
+                        done: false,
+                    });
+                }
+            }
+        }
+        sqlx::query("DELETE FROM partition_copies WHERE partition = $1")
+            .bind(p as i32)
+            .execute(&mut *self.acquire().await?)
+            .await?;
+        Ok(Discarded {
+            dropped,
+            done: true,
+        })
     }
 
     async fn feed(&self, after: i64, limit: i64) -> Result<(Vec<FeedEntry>, i64), StoreError> {

@@ -6,11 +6,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use wallet_shared::admin::{AuditRequest, NodeAudit, PartitionStats};
+use wallet_shared::admin::{AuditRequest, Discarded, Fence, NodeAudit, PartitionStats};
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
 use wallet_shared::{retry, AccountId, PartitionId, TransactionId};
 
 use crate::error::StoreError;
+use crate::fence::FenceMap;
 use crate::model::{AccountRow, Broken, Keys, LegRow, TransferRow, Working};
 
 /// What `/metrics` and `/readyz` read of the node's database: the work left
@@ -183,6 +184,34 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn partition_stats(
         &self,
     ) -> impl Future<Output = Result<Vec<PartitionStats>, StoreError>> + Send;
+
+    /// The node's clock, as its database reads it (a fence's deadline is
+    /// set from it).
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    /// The partition fences saved here: a fence outlives the process, so a
+    /// node reads them before it serves.
+    fn fences(&self) -> impl Future<Output = Result<FenceMap, StoreError>> + Send;
+
+    /// Saves partition `p`'s fence, or lifts it (`None`); flushed before it
+    /// answers. The caller holds the fences' write guard and changes its
+    /// map after this succeeds.
+    fn save_fence(
+        &self,
+        p: PartitionId,
+        fence: Option<Fence>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Drops this node's rows of partition `p` (and the state of a copy of
+    /// it), for about `budget`; `done` once none is left. The caller has
+    /// checked that this node neither owns nor is moving `p` away.
+    fn discard(
+        &self,
+        p: PartitionId,
+        budget: Duration,
+    ) -> impl Future<Output = Result<Discarded, StoreError>> + Send;
 
     /// The one way to run a local transaction: retried (bounded, with
     /// backoff) on deadlocks, conflicting inserts and lost connections. The

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use participant::error::StoreError;
+use participant::fence::FenceMap;
 use participant::model::{self, AccountRow, Broken, Keys, LegRow, TransferRow, Working};
 use participant::store::{Durability, Store};
-use wallet_shared::admin::PartitionStats;
+use wallet_shared::admin::{Discarded, Fence, PartitionStats};
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord};
 use wallet_shared::{AccountId, PartitionId, TransactionId};
 
@@ -67,15 +68,17 @@ impl MemStore {
         }
     }
 
-    fn check_up(&self) -> Result<(), StoreError> {
+    pub(crate) fn check_up(&self) -> Result<(), StoreError> {
         if *self.down.lock().unwrap() {
             return Err(StoreError::Unavailable("the database is down".into()));
         }
         Ok(())
     }
 
-    fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+    /// A flushed commit: it flushes every commit before it (the log is one
+    /// sequence).
+    pub fn flush(&self) {
+        *self.on_disk.lock().unwrap() = None;
     }
 }
 
@@ -98,7 +101,7 @@ impl Store for MemStore {
         match t.transaction(self.now(), self.snapshot_every, keys, rules) {
             Ok((out, wrote)) => {
                 match durability {
-                    Durability::Flushed if wrote => *on_disk = None,
+                    Durability::Flushed if wrote => *on_disk = None, // as `flush`
                     Durability::Redo if wrote && before.is_some() => *on_disk = before,
                     _ => {}
                 }
@@ -109,6 +112,37 @@ impl Store for MemStore {
                 Err(broken.into())
             }
         }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    async fn fences(&self) -> Result<FenceMap, StoreError> {
+        self.check_up()?;
+        Ok(self.tables.lock().unwrap().fences.clone())
+    }
+
+    async fn save_fence(&self, p: PartitionId, fence: Option<Fence>) -> Result<(), StoreError> {
+        self.check_up()?;
+        let mut t = self.tables.lock().unwrap();
+        match fence {
+            Some(f) => t.fences.insert(p, f),
+            None => t.fences.remove(&p),
+        };
+        self.flush();
+        Ok(())
+    }
+
+    /// All at once: the simulation's partitions are small.
+    async fn discard(&self, p: PartitionId, _budget: Duration) -> Result<Discarded, StoreError> {
+        self.check_up()?;
+        let dropped = self.tables.lock().unwrap().drop_partition(p) as i64;
+        self.flush();
+        Ok(Discarded {
+            dropped,
+            done: true,
+        })
     }
 
     async fn lookup(&self, id: TransactionId) -> Result<Option<TransferRecord>, StoreError> {

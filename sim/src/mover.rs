@@ -1,31 +1,41 @@
 //! The operator of the simulation: partition moves under the faults, as
-//! `walletctl partitions move` runs them on Postgres (`participant::moves`),
-//! over the participants' in-memory stores and their real fences
-//! (`participant::fence`), with the map changed as etcd would be.
+//! `walletctl partitions move` runs them, through the participant's own
+//! move steps (`participant::moves`: fences saved in the store and checked
+//! against the map, roll-back and abort, discarding the rows left behind)
+//! over the in-memory stores, with the map changed as etcd would be.
 //!
 //! A move copies the partition while its old owner serves it (`copying`),
 //! then cuts over (`moving`): the old owner fences it `draining`, then
 //! `frozen`, the copy is taken again whole, and the owner switches; the old
-//! owner fences it `moved` and drops its rows in the same step. A cut-over
-//! may overrun its deadline and roll back to `copying` (the fence lifted,
-//! the old owner serving again), and a move may be aborted at any point
-//! before the switch (its copy discarded on the new owner).
+//! owner fences it `moved` and drops its rows. A cut-over may overrun its
+//! deadline and roll back to `copying` (the fence lifted, the old owner
+//! serving again), and a move may be aborted at any point before the
+//! switch (its copy discarded on the new owner). The copy itself is the
+//! whole partition at once; the chunked copy over Postgres has tests of its
+//! own (end-to-end, `moves`).
 //!
 //! Every store write here is a flushed commit, as the mover's are on
 //! Postgres; a step waits while a store it writes is down (walletctl would
-//! fail and be run again). A fence step the fence rules refuse is recorded,
-//! and the run fails on it: the operator only asks what a move may.
+//! fail and be run again). A step the participant refuses is recorded, and
+//! the run fails on it: the operator only asks what a move may.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use participant::fence;
+use participant::app::App;
+use participant::error::{ApiError, ApiResult, StoreError};
+use participant::moves;
 use wallet_shared::admin::{Fence, FenceState};
 use wallet_shared::map::{Move, MovePhase};
 use wallet_shared::{PartitionId, PartitionMap};
 
+use crate::mem::MemStore;
 use crate::world::World;
+
+/// From `draining` to the owner switch, at most this long (only the
+/// fence's record: the simulation's operator decides roll-backs itself).
+const CUTOVER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Moves one partition after another, a while apart, until `stop`; a move
 /// under way when it is set runs to its end.
@@ -147,6 +157,7 @@ async fn cut_over(
                 });
                 tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
                 fence_at(world, from, p, FenceState::Moved, to).await;
+                discard(world, from, p).await;
                 return Ending::Switched;
             }
         }
@@ -171,118 +182,91 @@ fn phase(world: &World, p: PartitionId, phase: MovePhase) {
     });
 }
 
-/// Waits until `node`'s database is up; the caller writes it before it
-/// awaits anything else.
-async fn up(world: &World, node: &str) {
-    while *world.stores[node].down.lock().unwrap() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A flushed commit on `node`: it flushes every commit before it.
-fn flushed(world: &World, node: &str) {
-    *world.stores[node].on_disk.lock().unwrap() = None;
-}
-
-/// Fences `p` on `node` under the fences' write guard (no request is then
-/// between its fence check and its commit), as the rules allow; `moved`
-/// drops the partition's rows in the same step.
-async fn fence_at(world: &World, node: &str, p: PartitionId, state: FenceState, to: &str) {
+/// Runs one step of the participant's move code (`participant::moves`) on
+/// `node`, as walletctl calls it, again while a database it needs is down
+/// (walletctl would fail and be run again). A refusal is recorded: the
+/// operator only asks what a move may.
+async fn step<T, F, Fut>(world: &World, node: &str, what: &str, f: F) -> Option<T>
+where
+    F: Fn(App<MemStore>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
     loop {
-        let mut fences = world.fences[node].write().await;
-        if *world.stores[node].down.lock().unwrap() {
-            drop(fences);
-            up(world, node).await;
-            continue;
-        }
-        let map = world.map.current();
-        let owned = map.owner(p).map(String::as_str) == Some(node);
-        let want = Fence {
-            state,
-            to: to.to_string(),
-            deadline: None,
-        };
-        match fence::advance(p, fences.get(&p), &want, owned, node) {
-            Ok(Some(next)) => {
-                fences.insert(p, next);
-                if state == FenceState::Moved {
-                    world.stores[node].tables.lock().unwrap().drop_partition(p);
-                }
-                flushed(world, node);
+        match f(world.app(node)).await {
+            Ok(out) => return Some(out),
+            Err(ApiError::Store(e)) if e.is_transient() => {
+                tokio::time::sleep(Duration::from_millis(50)).await
             }
-            Ok(None) => {}
-            Err(r) => world.refused(format!(
-                "fencing partition {p} {} on {node}: {} {}",
-                state.as_str(),
-                r.code.as_str(),
-                r.message
-            )),
+            Err(e) => {
+                world.refused(format!("{what} on {node}: {e}"));
+                return None;
+            }
         }
-        return;
     }
+}
+
+/// Fences `p` on `node` (`moves::set_fence`): `moved` once the owner
+/// switched, the cut-over's states before.
+async fn fence_at(world: &World, node: &str, p: PartitionId, state: FenceState, to: &str) {
+    let want = Fence {
+        state,
+        to: to.to_string(),
+        deadline: None,
+    };
+    let what = format!("fencing partition {p} {}", state.as_str());
+    step(world, node, &what, |app| {
+        let want = want.clone();
+        async move { moves::set_fence(&app, p, want, CUTOVER_DEADLINE).await }
+    })
+    .await;
 }
 
 /// Lifts the cut-over's fence on the old owner (a roll-back or an abort).
 async fn release(world: &World, node: &str, p: PartitionId) {
-    let mut fences = world.fences[node].write().await;
-    let owned = world.map.current().owner(p).map(String::as_str) == Some(node);
-    match fence::release(p, fences.get(&p), owned) {
-        Ok(true) => {
-            fences.remove(&p);
-        }
-        Ok(false) => {}
-        Err(r) => world.refused(format!(
-            "releasing partition {p} on {node}: {} {}",
-            r.code.as_str(),
-            r.message
-        )),
-    }
+    let what = format!("releasing partition {p}");
+    step(world, node, &what, |app| async move {
+        moves::release(&app, p).await
+    })
+    .await;
 }
 
 /// Takes partition `p`'s rows on `from` and puts them on `to` whole,
-/// replacing an earlier copy; lifts a fence `to` holds from when `p` moved
-/// away from it before (`copy_finish`).
+/// replacing an earlier copy, and lifts a fence `to` holds from when `p`
+/// moved away from it before (as `copy/finish` does on Postgres, whose
+/// chunked copy the end-to-end tests run).
 async fn copy(world: &World, from: &str, to: &str, p: PartitionId) {
-    loop {
-        let mut fences = world.fences[to].write().await;
-        let down = |n: &str| *world.stores[n].down.lock().unwrap();
-        if down(from) || down(to) {
-            drop(fences);
-            up(world, from).await;
-            up(world, to).await;
-            continue;
+    let what = format!("copying partition {p} from {from}");
+    step(world, to, &what, |app| async move {
+        let mut fences = app.fences.write().await;
+        moves::not_ours(&app, &world.map.current(), &fences, p)?;
+        let source = &world.stores[from];
+        if *source.down.lock().unwrap() {
+            // Read as the copy reads it, from the old owner's database.
+            return Err(StoreError::Unavailable(format!("{from}'s database is down")).into());
         }
-        if world.map.current().owner(p).map(String::as_str) == Some(to) {
-            world.refused(format!("copying partition {p} onto its owner {to}"));
-            return;
+        let rows = source.tables.lock().unwrap().partition(p);
+        app.store.check_up()?;
+        app.store.tables.lock().unwrap().import_partition(p, rows);
+        app.store.flush();
+        if fences.contains_key(&p) {
+            moves::lift_fence(&app, &mut fences, p).await?;
         }
-        let rows = world.stores[from].tables.lock().unwrap().partition(p);
-        world.stores[to]
-            .tables
-            .lock()
-            .unwrap()
-            .import_partition(p, rows);
-        flushed(world, to);
-        fences.remove(&p);
-        return;
-    }
+        Ok(())
+    })
+    .await;
 }
 
-/// Drops the copy of an aborted move on the node it was copied to.
+/// Drops `node`'s rows of `p`, which it does not own (a copy undone, or
+/// the old owner's rows after the switch), until none is left.
 async fn discard(world: &World, node: &str, p: PartitionId) {
+    let what = format!("discarding partition {p}");
     loop {
-        let _fences = world.fences[node].write().await;
-        if *world.stores[node].down.lock().unwrap() {
-            drop(_fences);
-            up(world, node).await;
-            continue;
-        }
-        if world.map.current().owner(p).map(String::as_str) == Some(node) {
-            world.refused(format!("discarding partition {p} on its owner {node}"));
+        let done = step(world, node, &what, |app| async move {
+            moves::discard_some(&app, p, Duration::from_secs(1)).await
+        })
+        .await;
+        if done.is_none_or(|d| d.done) {
             return;
         }
-        world.stores[node].tables.lock().unwrap().drop_partition(p);
-        flushed(world, node);
-        return;
     }
 }

@@ -50,7 +50,7 @@ pub(crate) async fn nemesis(world: Arc<World>, done: Arc<tokio::sync::Notify>, o
                 let w = world.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(heal_after).await;
-                    set_node_up(&w, &n, true);
+                    w.restart_participant(&n).await;
                 });
             }
             2 => {

@@ -11,6 +11,7 @@ use coordinator::client::Participants;
 use coordinator::transfer::Coordinator;
 use participant::app::App;
 use participant::fence::Fences;
+use participant::store::Store;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::AbortHandle;
@@ -217,6 +218,25 @@ impl World {
         slots[i].api = None;
     }
 
+    /// Node `node`'s participant state, as its router holds it.
+    pub(crate) fn app(&self, node: &str) -> App<MemStore> {
+        participant_app(node, &self.stores[node], &self.map, &self.fences[node])
+    }
+
+    /// Participant `node` starts again after a crash: as its `main` does,
+    /// it reads its fences from its database (waiting for it), then serves.
+    pub(crate) async fn restart_participant(&self, node: &str) {
+        let store = &self.stores[node];
+        let fences = loop {
+            match store.fences().await {
+                Ok(f) => break f,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        *self.fences[node].write().await = fences;
+        crate::nemesis::set_node_up(self, node, true);
+    }
+
     pub(crate) fn fault(&self, kind: &str) {
         *self.faults.lock().unwrap().entry(kind.into()).or_default() += 1;
     }
@@ -232,6 +252,21 @@ impl World {
 
     pub(crate) fn rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
         f(&mut self.rng.lock().unwrap())
+    }
+}
+
+fn participant_app(
+    node: &str,
+    store: &MemStore,
+    map: &MapHandle,
+    fences: &Fences,
+) -> App<MemStore> {
+    App {
+        node_id: Arc::from(node),
+        store: store.clone(),
+        map: map.clone(),
+        fences: fences.clone(),
+        max_fold_events: participant::reads::DEFAULT_MAX_FOLD_EVENTS,
     }
 }
 
@@ -268,13 +303,7 @@ async fn simulate(opts: Options) -> Report {
     for n in &nodes {
         let store = MemStore::new(NodeClock::new(start));
         let fenced = Fences::default();
-        let app = App {
-            node_id: Arc::from(n.as_str()),
-            store: store.clone(),
-            map: map.clone(),
-            fences: fenced.clone(),
-            max_fold_events: participant::reads::DEFAULT_MAX_FOLD_EVENTS,
-        };
+        let app = participant_app(n, &store, &map, &fenced);
         net.nodes.insert(
             n.clone(),
             Node {
