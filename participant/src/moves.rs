@@ -1,6 +1,9 @@
 //! Moving a partition to another node while it serves (driven by
-//! `walletctl partitions move`), on the Postgres store. The shape of
-//! Vitess's `MoveTables`: copy, catch up, short cut-over.
+//! `walletctl partitions move`). The shape of Vitess's `MoveTables`: copy,
+//! catch up, short cut-over. The node's own steps ([`set_fence`],
+//! [`release`], [`discard_some`], [`expire_cutovers`]) run over any
+//! [`Store`], and the simulation runs them too; the copy's routes read and
+//! write the Postgres tables directly.
 //!
 //! 1. **Copy** (phase `copying` in etcd; the old owner serves as usual): the
 //!    new owner pulls the partition's rows table by table in chunks, oldest

@@ -185,8 +185,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<PartitionStats>, StoreError>> + Send;
 
-    /// The node's clock, as its database reads it (a fence's deadline is
-    /// set from it).
+    /// This node's clock: a fence's deadline is set from it and held to
+    /// it (the simulation's store has a clock of its own).
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
