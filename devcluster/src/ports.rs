@@ -28,12 +28,8 @@ pub fn free_port() -> Result<u16> {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..1000 {
-        let port = fastrand::u16(RANGE);
-        if !given.contains(&port) && port_is_free(port) {
-            given.insert(port);
-            return Ok(port);
-        }
+    if let Some(port) = pick(given, || fastrand::u16(RANGE), port_is_free) {
+        return Ok(port);
     }
     // The range is crowded: fall back to what the kernel picks.
     for _ in 0..100 {
@@ -45,6 +41,21 @@ pub fn free_port() -> Result<u16> {
         }
     }
     bail!("no free TCP port found on 127.0.0.1")
+}
+
+/// Up to 1,000 candidates from `candidate`: the first that `is_free` accepts
+/// and that is not in `given`, which it joins.
+fn pick(
+    given: &mut HashSet<u16>,
+    mut candidate: impl FnMut() -> u16,
+    is_free: impl Fn(u16) -> bool,
+) -> Option<u16> {
+    (0..1000)
+        .map(|_| candidate())
+        .find(|port| !given.contains(port) && is_free(*port))
+        .inspect(|port| {
+            given.insert(*port);
+        })
 }
 
 /// Whether we could listen on 127.0.0.1:`port` now.
@@ -74,14 +85,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_free_and_distinct() {
+    fn a_port_is_handed_out_once_and_only_when_free() {
+        let mut given = HashSet::new();
+        let mut next = [7, 7, 8, 9, 9, 10].into_iter().cycle();
+        let free = |port| port != 8;
+        assert_eq!(pick(&mut given, || next.next().unwrap(), free), Some(7));
+        // 7 again is skipped (given), 8 is in use.
+        assert_eq!(pick(&mut given, || next.next().unwrap(), free), Some(9));
+        assert_eq!(pick(&mut given, || next.next().unwrap(), free), Some(10));
+        // Nothing left: every candidate is given or in use.
+        assert_eq!(pick(&mut given, || next.next().unwrap(), free), None);
+        assert_eq!(given, HashSet::from([7, 9, 10]));
+    }
+
+    #[test]
+    fn a_port_someone_listens_on_is_not_free() {
+        let held = TcpListener::bind(local(0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        assert!(!port_is_free(port));
         let a = free_port().unwrap();
         let b = free_port().unwrap();
         assert_ne!(a, b);
-        assert!(port_is_free(a));
-        let held = TcpListener::bind(local(a)).unwrap();
-        assert!(!port_is_free(a));
-        drop(held);
-        assert!(port_is_free(a));
+        assert_ne!(a, port);
+        assert_ne!(b, port);
     }
 }
