@@ -327,8 +327,31 @@ kind!(CommitKind: Leg => LegsRequest { legs } @ routes::COMMIT.pattern(), sheds:
       LegsReply { states: LegState }, |l| vec![l.partition]);
 kind!(AbortKind: Leg => LegsRequest { legs } @ routes::ABORT.pattern(), sheds: false,
       LegsReply { states: LegState }, |l| vec![l.partition]);
-kind!(DecideKind: Decide => DecideRequest { decisions } @ routes::DECIDE.pattern(), sheds: false,
-      DecideReply { records: Option<TransferRecord> }, |d| vec![d.partition]);
+/// A decision answers with the record as it now stands, and with the state
+/// of the leg that went with it (`DecideReply::applied`).
+pub struct DecideKind;
+impl Kind for DecideKind {
+    type Item = Decide;
+    type Request = DecideRequest;
+    type Reply = DecideReply;
+    type Answer = (Option<TransferRecord>, Option<LegState>);
+    const PATH: &'static str = routes::DECIDE.pattern();
+    const SHEDS: bool = false;
+    fn partitions(d: &Decide) -> Vec<PartitionId> {
+        vec![d.partition]
+    }
+    fn request(decisions: Vec<Decide>) -> DecideRequest {
+        DecideRequest { decisions }
+    }
+    fn answers(reply: DecideReply, _: usize) -> Vec<Self::Answer> {
+        let mut applied = reply.applied.into_iter();
+        reply
+            .records
+            .into_iter()
+            .map(|record| (record, applied.next().flatten()))
+            .collect()
+    }
+}
 
 /// Completing answers nothing but "done" (204).
 pub struct CompleteKind;
@@ -572,10 +595,11 @@ mod tests {
                 transaction_id: TransactionId(uuid::Uuid::from_u128(9)),
                 partition: 0,
                 decision: Decision::Commit,
+                apply: None,
             })
             .await
             .unwrap();
-        assert_eq!(decided, None);
+        assert_eq!(decided, (None, None));
         assert_eq!(transport.decides.load(Ordering::SeqCst), 1);
         assert_eq!(started.elapsed(), Duration::ZERO);
     }

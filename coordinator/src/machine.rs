@@ -13,6 +13,13 @@
 //!                  ----(decided)----------------------------------------> Finishing
 //! ```
 //!
+//! When a leg lives on the decision partition's node, it travels with the
+//! record's messages: its prepare with `begin` (after the claim, in the same
+//! local transaction) and the decision applied to it with `decide` (in the
+//! decision's local transaction). The other leg goes alone. A node that no
+//! longer owns that leg's partition leaves it out, and it is then sent on
+//! its own, as every leg is otherwise.
+//!
 //! The decision is written before any leg is committed, and it is the only
 //! truth: whatever happens after it, recovery drives every leg to it. Before
 //! it, any failure leaves the transfer undecided, which recovery turns into
@@ -21,7 +28,7 @@
 
 use wallet_shared::protocol::{
     Begin, Begun, Decide, Decision, ExecuteRequest, Leg, LegState, TransferRecord, TransferRef,
-    TransferState,
+    TransferState, Vote,
 };
 use wallet_shared::{ErrorCode, PartitionId, Rejection, TransactionId};
 
@@ -39,16 +46,16 @@ pub enum TransferOutcome {
     Refused(Rejection),
 }
 
-/// A message for the participants. Both legs travel in one message, so
-/// legs bound for one node share a request.
+/// A message for the participants. The legs of a phase travel in one
+/// message, so legs bound for one node share a request.
 #[derive(Debug, Clone)]
 pub enum Message {
     Begin(Begin),
-    Execute(ExecuteRequest),
-    Prepare([Leg; 2]),
+    Execute(Box<ExecuteRequest>),
+    Prepare(Vec<Leg>),
     Decide(Decide),
-    Commit([Leg; 2]),
-    Abort([Leg; 2]),
+    Commit(Vec<Leg>),
+    Abort(Vec<Leg>),
     /// Best effort, answer not awaited: if it is lost, recovery re-applies
     /// the (idempotent) decision and completes the record later.
     Complete(TransferRef),
@@ -78,7 +85,9 @@ pub enum Reply {
     Executed(Result<Begun, CallError>),
     /// One per leg: `Ok(())` is a yes vote.
     Voted(Vec<Result<(), CallError>>),
-    Decided(Result<TransferRecord, CallError>),
+    /// The record as it stands, and the state of the leg that went with
+    /// the decision (`None`: none went, or it was not applied there).
+    Decided(Result<TransferRecord, CallError>, Option<LegState>),
     Applied(Vec<Result<LegState, CallError>>),
 }
 
@@ -126,15 +135,22 @@ pub struct Plan {
     pub legs: [Leg; 2],
     /// The decision partition and both accounts live on one node.
     pub one_node: bool,
+    /// The leg (0 or 1) that lives on the decision partition's node, when
+    /// one does and the other does not: it travels with `begin` and
+    /// `decide`.
+    pub along: Option<usize>,
 }
 
 #[derive(Debug)]
 enum State {
     Beginning,
     Executing,
-    Preparing,
+    /// The votes heard so far (the one that came with `begin`).
+    Preparing(Vec<Result<(), CallError>>),
     Deciding,
-    Finishing(TransferRecord),
+    /// The states of the legs applied so far (the one that went with the
+    /// decision).
+    Finishing(TransferRecord, Vec<Result<LegState, CallError>>),
     Done,
 }
 
@@ -144,6 +160,8 @@ pub struct Machine {
     id: TransactionId,
     home: PartitionId,
     legs: [Leg; 2],
+    /// See [`Plan::along`]; `None` in recovery, which sends each leg alone.
+    along: Option<usize>,
     state: State,
 }
 
@@ -152,19 +170,25 @@ impl Machine {
     pub fn new(plan: Plan) -> (Machine, Effect) {
         let id = plan.begin.spec.transaction_id;
         let home = plan.begin.partition;
+        let along = plan.along.filter(|&i| i < 2 && !plan.one_node);
         let (state, first) = if plan.one_node {
             let req = ExecuteRequest {
                 begin: plan.begin,
                 legs: plan.legs.clone(),
             };
-            (State::Executing, Message::Execute(req))
+            (State::Executing, Message::Execute(Box::new(req)))
         } else {
-            (State::Beginning, Message::Begin(plan.begin))
+            let begin = Begin {
+                prepare: along.map(|i| plan.legs[i].clone()),
+                ..plan.begin
+            };
+            (State::Beginning, Message::Begin(begin))
         };
         let machine = Machine {
             id,
             home,
             legs: plan.legs,
+            along,
             state,
         };
         (machine, Effect::Send(first))
@@ -179,6 +203,7 @@ impl Machine {
             id: record.spec.transaction_id,
             home: legs[0].decision_partition,
             legs,
+            along: None,
             state: State::Deciding,
         };
         let first = if record.state == TransferState::Preparing {
@@ -188,7 +213,7 @@ impl Machine {
             );
             machine.decide(Decision::Abort { reason })
         } else {
-            machine.finish(record)
+            machine.finish(record, None)
         };
         (machine, first)
     }
@@ -200,7 +225,7 @@ impl Machine {
             (State::Executing, Reply::Executed(result)) => {
                 let outcome = match result {
                     Ok(Begun::Decided { record }) => TransferOutcome::Decided(record),
-                    Ok(Begun::Proceed) => {
+                    Ok(Begun::Proceed | Begun::Prepared { .. }) => {
                         TransferOutcome::Pending("unexpected answer to execute".into())
                     }
                     Err(e) => not_begun(e),
@@ -209,8 +234,14 @@ impl Machine {
             }
             (State::Beginning, Reply::Begun(result)) => match result {
                 Ok(Begun::Proceed) => {
-                    self.state = State::Preparing;
-                    vec![Effect::Send(Message::Prepare(self.legs.clone()))]
+                    // Nothing was prepared with the claim: every leg alone.
+                    self.along = None;
+                    self.state = State::Preparing(Vec::new());
+                    vec![Effect::Send(Message::Prepare(self.legs.to_vec()))]
+                }
+                Ok(Begun::Prepared { vote }) => {
+                    self.state = State::Preparing(vec![heard(vote)]);
+                    vec![Effect::Send(Message::Prepare(self.others()))]
                 }
                 Ok(Begun::Decided { record }) => {
                     vec![Effect::Done(Ending::Early(TransferOutcome::Decided(
@@ -219,26 +250,29 @@ impl Machine {
                 }
                 Err(e) => vec![Effect::Done(Ending::Early(not_begun(e)))],
             },
-            (State::Preparing, Reply::Voted(votes)) => {
+            (State::Preparing(mut votes), Reply::Voted(more)) => {
+                votes.extend(more);
                 let decision = decide_from(&votes);
                 tracing::info!(?decision, "votes counted");
                 vec![Effect::CrashPoint("after_prepare"), self.decide(decision)]
             }
-            (State::Deciding, Reply::Decided(Ok(record))) => {
-                vec![Effect::CrashPoint("after_decision"), self.finish(record)]
+            (State::Deciding, Reply::Decided(Ok(record), applied)) => {
+                vec![
+                    Effect::CrashPoint("after_decision"),
+                    self.finish(record, applied),
+                ]
             }
-            (State::Deciding, Reply::Decided(Err(e))) => {
+            (State::Deciding, Reply::Decided(Err(e), _)) => {
                 tracing::warn!(error = %e, "decision not confirmed; recovery will settle it");
                 vec![Effect::Done(Ending::Undecided(e))]
             }
-            (State::Finishing(record), Reply::Applied(states)) => {
-                let wanted = match record.state {
-                    TransferState::Committed => LegState::Committed,
-                    _ => LegState::Aborted,
-                };
-                let finished = states
-                    .iter()
-                    .all(|s| matches!(s, Ok(state) if *state == wanted));
+            (State::Finishing(record, mut states), Reply::Applied(more)) => {
+                states.extend(more);
+                let wanted = wanted(&record);
+                let finished = states.len() == 2
+                    && states
+                        .iter()
+                        .all(|s| matches!(s, Ok(state) if *state == wanted));
                 let mut effects = Vec::new();
                 if finished {
                     effects.push(Effect::Send(Message::Complete(TransferRef {
@@ -271,25 +305,54 @@ impl Machine {
             transaction_id: self.id,
             partition: self.home,
             decision,
+            apply: self.along.map(|i| self.legs[i].clone()),
         }))
     }
 
-    /// Drives both legs to the recorded decision.
-    fn finish(&mut self, record: TransferRecord) -> Effect {
-        let legs = self.legs.clone();
+    /// The legs that do not travel with the record's messages.
+    fn others(&self) -> Vec<Leg> {
+        (0..2)
+            .filter(|&i| Some(i) != self.along)
+            .map(|i| self.legs[i].clone())
+            .collect()
+    }
+
+    /// Drives both legs to the recorded decision: the one that went with
+    /// the decision (`applied`) is done if it holds it, the rest are sent.
+    fn finish(&mut self, record: TransferRecord, applied: Option<LegState>) -> Effect {
+        if record.state == TransferState::Preparing {
+            return Effect::Done(Ending::Decided {
+                record,
+                finished: false,
+            });
+        }
+        let wanted = wanted(&record);
+        let (legs, done) = match applied {
+            Some(state) if state == wanted && self.along.is_some() => {
+                (self.others(), vec![Ok(state)])
+            }
+            _ => (self.legs.to_vec(), Vec::new()),
+        };
         let message = match record.state {
             TransferState::Committed => Message::Commit(legs),
-            TransferState::Aborted => Message::Abort(legs),
-            TransferState::Preparing => {
-                return Effect::Done(Ending::Decided {
-                    record,
-                    finished: false,
-                })
-            }
+            _ => Message::Abort(legs),
         };
-        self.state = State::Finishing(record);
+        self.state = State::Finishing(record, done);
         Effect::Send(message)
     }
+}
+
+/// The state a decided record's legs end in.
+fn wanted(record: &TransferRecord) -> LegState {
+    match record.state {
+        TransferState::Committed => LegState::Committed,
+        _ => LegState::Aborted,
+    }
+}
+
+/// A vote as the participant said it, as the decision reads it.
+fn heard(vote: Vote) -> Result<(), CallError> {
+    vote.map_err(CallError::Rejected)
 }
 
 /// Commit only on two known yes votes; a refusal aborts with its reason; a
@@ -355,6 +418,10 @@ mod tests {
     use super::*;
 
     fn plan(one_node: bool) -> Plan {
+        plan_along(one_node, None)
+    }
+
+    fn plan_along(one_node: bool, along: Option<usize>) -> Plan {
         let spec = TransferSpec {
             transaction_id: TransactionId::new_random(),
             from: AccountId::parse("alice").unwrap(),
@@ -371,8 +438,10 @@ mod tests {
                 lease_ms: 5_000,
                 attempt: uuid::Uuid::new_v4(),
                 kind: RecordKind::Transfer,
+                prepare: None,
             },
             one_node,
+            along,
         }
     }
 
@@ -431,7 +500,7 @@ mod tests {
             ]
         ));
         let committed = record(&p, TransferState::Committed);
-        let e = m.on(Reply::Decided(Ok(committed.clone())));
+        let e = m.on(Reply::Decided(Ok(committed.clone()), None));
         assert!(matches!(
             e.as_slice(),
             [Effect::CrashPoint("after_decision"), Effect::Send(Message::Commit(legs))] if *legs == p.legs
@@ -450,6 +519,107 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_leg_on_the_decision_node_travels_with_begin_and_decide() {
+        let p = plan_along(false, Some(1));
+        let (mut m, first) = Machine::new(p.clone());
+        // The credit (leg 1) goes with the claim; the debit alone.
+        assert!(
+            matches!(first, Effect::Send(Message::Begin(ref b)) if b.prepare.as_ref() == Some(&p.legs[1]))
+        );
+        let e = m.on(Reply::Begun(Ok(Begun::Prepared { vote: Ok(()) })));
+        assert!(
+            matches!(e.as_slice(), [Effect::Send(Message::Prepare(legs))] if *legs == [p.legs[0].clone()])
+        );
+        let e = m.on(Reply::Voted(vec![Ok(())]));
+        assert!(matches!(
+            e.as_slice(),
+            [_, Effect::Send(Message::Decide(Decide { decision: Decision::Commit, apply: Some(leg), .. }))]
+                if *leg == p.legs[1]
+        ));
+        let committed = record(&p, TransferState::Committed);
+        let e = m.on(Reply::Decided(
+            Ok(committed.clone()),
+            Some(LegState::Committed),
+        ));
+        assert!(matches!(
+            e.as_slice(),
+            [_, Effect::Send(Message::Commit(legs))] if *legs == [p.legs[0].clone()]
+        ));
+        let e = m.on(Reply::Applied(vec![Ok(LegState::Committed)]));
+        assert!(matches!(
+            e.as_slice(),
+            [
+                Effect::Send(Message::Complete(_)),
+                Effect::Done(Ending::Decided { finished: true, .. })
+            ]
+        ));
+
+        // A no from the leg that came with the claim aborts, and the abort
+        // goes with the decision too.
+        let (mut m, _) = Machine::new(p.clone());
+        m.on(Reply::Begun(Ok(Begun::Prepared {
+            vote: Err(Rejection::new(ErrorCode::CurrencyMismatch, "x")),
+        })));
+        let e = m.on(Reply::Voted(vec![Ok(())]));
+        assert!(matches!(
+            e.as_slice(),
+            [_, Effect::Send(Message::Decide(Decide { decision: Decision::Abort { reason }, apply: Some(_), .. }))]
+                if reason.code == ErrorCode::CurrencyMismatch
+        ));
+    }
+
+    #[test]
+    fn a_leg_the_decision_node_did_not_take_along_is_sent_on_its_own() {
+        let p = plan_along(false, Some(0));
+        // Plain `proceed`: the node left the leg out (it no longer owns its
+        // partition), so both legs are prepared, and the decision goes alone.
+        let (mut m, _) = Machine::new(p.clone());
+        let e = m.on(Reply::Begun(Ok(Begun::Proceed)));
+        assert!(matches!(e.as_slice(), [Effect::Send(Message::Prepare(legs))] if *legs == p.legs));
+        let e = m.on(Reply::Voted(vec![Ok(()), Ok(())]));
+        assert!(matches!(
+            e.as_slice(),
+            [_, Effect::Send(Message::Decide(Decide { apply: None, .. }))]
+        ));
+
+        // Taken with the claim, but not applied with the decision: both legs
+        // are sent, and only two applied states finish it.
+        let (mut m, _) = Machine::new(p.clone());
+        m.on(Reply::Begun(Ok(Begun::Prepared { vote: Ok(()) })));
+        m.on(Reply::Voted(vec![Ok(())]));
+        let committed = record(&p, TransferState::Committed);
+        let e = m.on(Reply::Decided(Ok(committed.clone()), None));
+        assert!(matches!(
+            e.as_slice(),
+            [_, Effect::Send(Message::Commit(legs))] if *legs == p.legs
+        ));
+        let e = m.on(Reply::Applied(vec![
+            Ok(LegState::Committed),
+            Ok(LegState::Committed),
+        ]));
+        assert!(matches!(
+            e.as_slice(),
+            [
+                Effect::Send(Message::Complete(_)),
+                Effect::Done(Ending::Decided { finished: true, .. })
+            ]
+        ));
+
+        // A state that is not the record's decision (the node applies the
+        // winning one, so this must not happen): not counted, both legs are
+        // sent the decision.
+        let (mut m, _) = Machine::new(p.clone());
+        m.on(Reply::Begun(Ok(Begun::Prepared { vote: Ok(()) })));
+        m.on(Reply::Voted(vec![Ok(())]));
+        let aborted = record(&p, TransferState::Aborted);
+        let e = m.on(Reply::Decided(Ok(aborted), Some(LegState::Committed)));
+        assert!(matches!(
+            e.as_slice(),
+            [_, Effect::Send(Message::Abort(legs))] if *legs == p.legs
+        ));
     }
 
     #[test]
@@ -545,7 +715,10 @@ mod tests {
         let (mut m, _) = Machine::new(p.clone());
         m.on(Reply::Begun(Ok(Begun::Proceed)));
         m.on(Reply::Voted(vec![Ok(()), Ok(())]));
-        let e = m.on(Reply::Decided(Err(CallError::Unknown("timeout".into()))));
+        let e = m.on(Reply::Decided(
+            Err(CallError::Unknown("timeout".into())),
+            None,
+        ));
         assert!(matches!(e.as_slice(), [Effect::Done(Ending::Undecided(_))]));
         assert!(matches!(
             Ending::Undecided(CallError::Unknown("t".into())).outcome(),
@@ -578,7 +751,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The compare-and-set lost to a commit: the commit is applied.
-        let e = m.on(Reply::Decided(Ok(record(&p, TransferState::Committed))));
+        let e = m.on(Reply::Decided(
+            Ok(record(&p, TransferState::Committed)),
+            None,
+        ));
         assert!(matches!(
             e.as_slice(),
             [_, Effect::Send(Message::Commit(_))]

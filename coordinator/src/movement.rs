@@ -74,7 +74,8 @@ impl Coordinator {
         }
 
         match judged(self.batches.begin.submit(claim).await)? {
-            Begun::Proceed => {}
+            // (A claim carries no leg: `Prepared` does not come back.)
+            Begun::Proceed | Begun::Prepared { .. } => {}
             Begun::Decided { record } => return outcome_of(&record),
         }
         crash_point(&self.crash_at, "movement_after_claim");

@@ -157,9 +157,10 @@ pub async fn resolve_one(
             lease_ms: coordinator.lease.as_millis() as u64,
             attempt: uuid::Uuid::new_v4(),
             kind: record.kind,
+            prepare: None,
         };
         match judged(coordinator.batches.begin.submit(begin).await) {
-            Ok(Begun::Proceed) => record,
+            Ok(Begun::Proceed | Begun::Prepared { .. }) => record,
             Ok(Begun::Decided { record }) => record,
             Err(CallError::Rejected(r)) if r.code == ErrorCode::InProgress => {
                 return Err(CallError::Rejected(Rejection::new(

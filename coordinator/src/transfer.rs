@@ -84,14 +84,20 @@ impl Coordinator {
             .iter()
             .map(|&p| map.owner(p))
             .collect();
+        let one_node = owners.iter().all(|o| *o == owners[0]);
         Plan {
-            one_node: owners.iter().all(|o| *o == owners[0]),
+            one_node,
+            along: (0..2).find(|&i| !one_node && owners[0].is_some() && owners[i + 1] == owners[0]),
             begin: Begin {
                 spec,
                 partition: home,
                 lease_ms: self.lease.as_millis() as u64,
-                attempt: uuid::Uuid::new_v4(),
+                // Names this attempt; unique enough from the thread's
+                // generator, which the simulation seeds so that its runs
+                // replay (a v4 UUID from the OS made them differ).
+                attempt: uuid::Uuid::from_u128(fastrand::u128(..)),
                 kind: RecordKind::Transfer,
+                prepare: None,
             },
             legs,
         }
@@ -137,7 +143,7 @@ impl Coordinator {
         let b = &self.batches;
         Some(match message {
             Message::Begin(begin) => Reply::Begun(judged(b.begin.submit(begin).await)),
-            Message::Execute(req) => Reply::Executed(judged(b.execute.submit(req).await)),
+            Message::Execute(req) => Reply::Executed(judged(b.execute.submit(*req).await)),
             Message::Prepare(legs) => Reply::Voted(
                 b.prepare
                     .submit_all(legs.to_vec())
@@ -146,7 +152,10 @@ impl Coordinator {
                     .map(judged)
                     .collect(),
             ),
-            Message::Decide(decide) => Reply::Decided(self.submit_decide(decide).await),
+            Message::Decide(decide) => match self.submit_decide(decide).await {
+                Ok((record, applied)) => Reply::Decided(Ok(record), applied),
+                Err(e) => Reply::Decided(Err(e), None),
+            },
             Message::Commit(legs) => Reply::Applied(b.commit.submit_all(legs.to_vec()).await),
             Message::Abort(legs) => Reply::Applied(b.abort.submit_all(legs.to_vec()).await),
             Message::Complete(complete) => {
@@ -176,17 +185,23 @@ impl Coordinator {
             transaction_id,
             partition,
             decision,
+            apply: None,
         })
         .await
+        .map(|(record, _)| record)
     }
 
-    async fn submit_decide(&self, decide: Decide) -> Result<TransferRecord, CallError> {
+    /// The winning record, and the state of the leg that went with the
+    /// decision (`None`: none went, or it was not applied there).
+    async fn submit_decide(
+        &self,
+        decide: Decide,
+    ) -> Result<(TransferRecord, Option<LegState>), CallError> {
         let id = decide.transaction_id;
-        self.batches
-            .decide
-            .submit(decide)
-            .await?
-            .ok_or_else(|| CallError::Unknown(format!("no decision record for {id}")))
+        match self.batches.decide.submit(decide).await? {
+            (Some(record), applied) => Ok((record, applied)),
+            (None, _) => Err(CallError::Unknown(format!("no decision record for {id}"))),
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! Presumed abort: a transfer without a `committed` record never happened.
 
 use wallet_shared::protocol::{
-    Begin, Begun, Decision, EventKind, Leg, RecordKind, TransferRecord, TransferState, Verdict,
+    Begin, Begun, Decide, Decision, EventKind, Leg, LegState, RecordKind, TransferRecord,
+    TransferState, Verdict,
 };
 use wallet_shared::{Rejection, TransactionId};
 
@@ -89,6 +90,57 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<Verdict<Begun>, Broken> {
         stored.lease_owner = b.attempt;
     }
     Ok(Ok(Begun::Proceed))
+}
+
+/// The record, and `leg` with its account when one rides along
+/// ([`begin_and_prepare`], [`decide_and_apply`]).
+pub fn keys_with(id: TransactionId, leg: Option<&Leg>) -> Keys {
+    let mut keys = keys([id]);
+    if let Some(leg) = leg {
+        keys.legs.insert(legs::key(leg));
+        keys.accounts.insert(leg.account.clone());
+    }
+    keys
+}
+
+/// [`begin`], and when the claim proceeds, the prepare of `leg` (a leg of
+/// the transfer on this node) in the same local transaction: one local
+/// transaction and one round trip fewer than a begin and a prepare. The
+/// prepare still comes after the claim, as it does in two steps.
+pub fn begin_and_prepare(
+    w: &mut Working,
+    b: &Begin,
+    leg: Option<&Leg>,
+) -> Result<Verdict<Begun>, Broken> {
+    match (begin(w, b)?, leg) {
+        (Ok(Begun::Proceed), Some(leg)) => Ok(Ok(Begun::Prepared {
+            vote: legs::prepare(w, leg)?,
+        })),
+        (begun, _) => Ok(begun),
+    }
+}
+
+/// [`decide`], and when the record is decided, that decision (the winning
+/// one, whatever was asked) applied to `leg` (a leg of the transfer on
+/// this node) in the same local transaction, which is flushed with the
+/// decision. Returns the record and the leg's state (`None`: no leg, or no
+/// decision to apply).
+pub fn decide_and_apply(
+    w: &mut Working,
+    d: &Decide,
+    leg: Option<&Leg>,
+) -> Result<(Option<TransferRecord>, Option<LegState>), Broken> {
+    let record = decide(w, d.transaction_id, &d.decision)?;
+    let how = match record.as_ref().map(|r| r.state) {
+        Some(TransferState::Committed) => legs::Finish::Commit,
+        Some(TransferState::Aborted) => legs::Finish::Abort,
+        Some(TransferState::Preparing) | None => return Ok((record, None)),
+    };
+    let applied = match leg {
+        Some(leg) => Some(legs::finish(w, leg, how)?),
+        None => None,
+    };
+    Ok((record, applied))
 }
 
 /// Compare-and-set out of `preparing`. Returns the record as it now stands:

@@ -41,22 +41,28 @@ async fn begin<S: Store>(
 ) -> ApiResult<Json<BeginReply>> {
     // Each item's span, in its own trace (wallet_shared::traces).
     let _traced = wallet_shared::traces::item_spans("begin", &req.traces);
-    let items = req.body.transfers;
-    let _pass = app
+    let mut items = req.body.transfers;
+    let pass = app
         .admit(
             req.map_revision,
             Work::New,
             items.iter().map(|b| b.partition),
         )
         .await?;
+    for b in &mut items {
+        b.prepare = b
+            .prepare
+            .take()
+            .filter(|leg| app.takes_along(&pass, Work::New, leg));
+    }
     let results = app
         .store
         .batch(
             "begin",
             &items,
             Durability::Flushed,
-            |b| decisions::keys([b.spec.transaction_id]),
-            decisions::begin,
+            |b| decisions::keys_with(b.spec.transaction_id, b.prepare.as_ref()),
+            |w, b| decisions::begin_and_prepare(w, b, b.prepare.as_ref()),
         )
         .await?;
     Ok(Json(BeginReply { results }))
@@ -68,25 +74,36 @@ async fn decide<S: Store>(
 ) -> ApiResult<Json<DecideReply>> {
     // Each item's span, in its own trace (wallet_shared::traces).
     let _traced = wallet_shared::traces::item_spans("decide", &req.traces);
-    let items = req.body.decisions;
-    let _pass = app
+    let mut items = req.body.decisions;
+    let pass = app
         .admit(
             req.map_revision,
             Work::Finish,
             items.iter().map(|d| d.partition),
         )
         .await?;
-    let records = app
+    let along = items.iter().any(|d| d.apply.is_some());
+    for d in &mut items {
+        d.apply = d
+            .apply
+            .take()
+            .filter(|leg| app.takes_along(&pass, Work::Finish, leg));
+    }
+    let results = app
         .store
         .batch(
             "decide",
             &items,
             Durability::Flushed,
-            |d| decisions::keys([d.transaction_id]),
-            |w, d| decisions::decide(w, d.transaction_id, &d.decision),
+            |d| decisions::keys_with(d.transaction_id, d.apply.as_ref()),
+            |w, d| decisions::decide_and_apply(w, d, d.apply.as_ref()),
         )
         .await?;
-    Ok(Json(DecideReply { records }))
+    let (records, applied) = results.into_iter().unzip();
+    Ok(Json(DecideReply {
+        records,
+        applied: if along { applied } else { Vec::new() },
+    }))
 }
 
 async fn complete<S: Store>(

@@ -102,6 +102,7 @@ fn a_one_node_transfer_and_movements_on_another_tenants_account_are_refused() {
         lease_ms: 5_000,
         attempt: uuid::Uuid::from_u128(1),
         kind: RecordKind::Transfer,
+        prepare: None,
     };
     let legs_ = Leg::both(&s, 0, 0, 0);
     match decisions::execute(&mut w, &begin, &legs_).unwrap() {

@@ -228,6 +228,12 @@ pub struct Begin {
     /// `spec.from` and `spec.to` both name its account).
     #[serde(default)]
     pub kind: RecordKind,
+    /// A leg the coordinator found on the decision partition's node: it is
+    /// prepared in the same local transaction as the claim, if the claim
+    /// proceeds and that node still owns the leg's partition (else the
+    /// answer is a plain `proceed` and the leg is prepared on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<Leg>,
 }
 
 impl Begin {
@@ -271,6 +277,9 @@ pub type Vote = Verdict<()>;
 pub enum Begun {
     /// The caller holds the lease: prepare, decide, commit.
     Proceed,
+    /// As `Proceed`, and the leg that came with the claim
+    /// ([`Begin::prepare`]) has voted.
+    Prepared { vote: Vote },
     /// Already decided: answer with this.
     Decided { record: TransferRecord },
 }
@@ -326,6 +335,11 @@ pub struct Decide {
     pub transaction_id: TransactionId,
     pub partition: PartitionId,
     pub decision: Decision,
+    /// A leg the coordinator found on the decision partition's node: the
+    /// winning decision is applied to it in the same local transaction, if
+    /// that node still owns the leg's partition ([`DecideReply::applied`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<Leg>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -338,6 +352,12 @@ pub struct DecideReply {
     /// The record after the compare-and-set: the winning decision. `None`
     /// when no transfer with that id began there.
     pub records: Vec<Option<TransferRecord>>,
+    /// For each decision, in order, the state its [`Decide::apply`] leg was
+    /// left in; `None` when it came without one or it was not applied here
+    /// (the caller then sends it as a commit or abort of its own). Empty
+    /// when no decision came with a leg.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<Option<LegState>>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -488,6 +508,7 @@ impl Movement {
             lease_ms,
             attempt,
             kind: self.kind.into(),
+            prepare: None,
         }
     }
 

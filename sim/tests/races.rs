@@ -44,10 +44,10 @@ impl Node {
     /// Delivers one message, as the participant's routes do.
     fn deliver(&mut self, message: &Message) -> Option<Reply> {
         Some(match message {
-            Message::Begin(b) => Reply::Begun(judged(Ok(self
-                .tx(decisions::keys([b.spec.transaction_id]), |w| {
-                    decisions::begin(w, b)
-                })))),
+            Message::Begin(b) => Reply::Begun(judged(Ok(self.tx(
+                decisions::keys_with(b.spec.transaction_id, b.prepare.as_ref()),
+                |w| decisions::begin_and_prepare(w, b, b.prepare.as_ref()),
+            )))),
             Message::Execute(_) => unreachable!("these transfers run in two phases"),
             Message::Prepare(both) => Reply::Voted(
                 both.iter()
@@ -58,14 +58,19 @@ impl Node {
                     })
                     .collect(),
             ),
-            Message::Decide(d) => Reply::Decided(
-                self.tx(decisions::keys([d.transaction_id]), |w| {
-                    decisions::decide(w, d.transaction_id, &d.decision)
-                })
-                .ok_or_else(|| coordinator::client::CallError::Unknown("no record".into())),
-            ),
-            Message::Commit(both) => Reply::Applied(self.finish(both, Finish::Commit)),
-            Message::Abort(both) => Reply::Applied(self.finish(both, Finish::Abort)),
+            Message::Decide(d) => {
+                let (record, applied) = self.tx(
+                    decisions::keys_with(d.transaction_id, d.apply.as_ref()),
+                    |w| decisions::decide_and_apply(w, d, d.apply.as_ref()),
+                );
+                Reply::Decided(
+                    record
+                        .ok_or_else(|| coordinator::client::CallError::Unknown("no record".into())),
+                    applied,
+                )
+            }
+            Message::Commit(legs_) => Reply::Applied(self.finish(legs_, Finish::Commit)),
+            Message::Abort(legs_) => Reply::Applied(self.finish(legs_, Finish::Abort)),
             Message::Complete(r) => {
                 self.tx(decisions::keys([r.transaction_id]), |w| {
                     decisions::complete(w, r.transaction_id);
@@ -78,10 +83,11 @@ impl Node {
 
     fn finish(
         &mut self,
-        both: &[Leg; 2],
+        legs_: &[Leg],
         how: Finish,
     ) -> Vec<Result<LegState, coordinator::client::CallError>> {
-        both.iter()
+        legs_
+            .iter()
             .map(|l| {
                 Ok(self.tx(legs::keys(std::slice::from_ref(l)), |w| {
                     legs::finish(w, l, how)
@@ -188,8 +194,10 @@ fn setup() -> (Node, Plan) {
             lease_ms: 5_000,
             attempt: uuid::Uuid::from_u128(1),
             kind: RecordKind::Transfer,
+            prepare: None,
         },
         one_node: false,
+        along: None,
     };
     (node, plan)
 }

@@ -209,6 +209,7 @@ impl Universe {
             lease_ms,
             attempt: attempt(attempt_),
             kind: RecordKind::Transfer,
+            prepare: None,
         }
     }
 

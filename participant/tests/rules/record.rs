@@ -41,6 +41,7 @@ fn a_begin() -> impl Strategy<Value = Begin> {
                     lease_ms,
                     attempt: attempt(attempt_),
                     kind,
+                    prepare: None,
                 },
                 Some(kind) => Movement {
                     transaction_id: id,

@@ -98,6 +98,7 @@ fn two_phase(home: &MemStore, debit: &MemStore, credit: &MemStore, spec: &Transf
         lease_ms: 5000,
         attempt: uuid::Uuid::nil(),
         kind: RecordKind::Transfer,
+        prepare: None,
     };
     let began = tx(home, decisions::keys([id]), |w| decisions::begin(w, &begin));
     assert_eq!(began, Ok(Begun::Proceed));
@@ -246,6 +247,7 @@ impl Fixture {
             lease_ms: 5000,
             attempt: uuid::Uuid::nil(),
             kind: RecordKind::Transfer,
+            prepare: None,
         };
         let both = Leg::both(&t2, 0, 0, 0);
         let executed = tx(n1, decisions::execute_keys(&begin, &both), |w| {
