@@ -59,7 +59,11 @@ impl Coordinator {
         let map = self.participants.map.current();
         let home = map.decision_partition(id);
         m.partition = map.account_partition(&m.account_id);
-        let claim = m.claim(home, self.lease.as_millis() as u64, uuid::Uuid::new_v4());
+        let claim = m.claim(
+            home,
+            self.lease.as_millis() as u64,
+            crate::transfer::new_attempt(),
+        );
         if map.owner(home) == map.owner(m.partition) {
             let partitions = [m.partition, home];
             let req = MovementRequest {

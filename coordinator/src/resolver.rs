@@ -155,7 +155,7 @@ pub async fn resolve_one(
             spec: record.spec.clone(),
             partition: home,
             lease_ms: coordinator.lease.as_millis() as u64,
-            attempt: uuid::Uuid::new_v4(),
+            attempt: crate::transfer::new_attempt(),
             kind: record.kind,
             prepare: None,
         };

@@ -92,10 +92,7 @@ impl Coordinator {
                 spec,
                 partition: home,
                 lease_ms: self.lease.as_millis() as u64,
-                // Names this attempt; unique enough from the thread's
-                // generator, which the simulation seeds so that its runs
-                // replay (a v4 UUID from the OS made them differ).
-                attempt: uuid::Uuid::from_u128(fastrand::u128(..)),
+                attempt: new_attempt(),
                 kind: RecordKind::Transfer,
                 prepare: None,
             },
@@ -142,7 +139,13 @@ impl Coordinator {
     async fn send_now(&self, message: Message) -> Option<Reply> {
         let b = &self.batches;
         Some(match message {
-            Message::Begin(begin) => Reply::Begun(judged(b.begin.submit(begin).await)),
+            Message::Begin(begin) => {
+                let begun = judged(b.begin.submit(begin).await);
+                if let Ok(Begun::Prepared { .. }) = begun {
+                    metrics::counter!("wallet_legs_along_total", "with" => "begin").increment(1);
+                }
+                Reply::Begun(begun)
+            }
             Message::Execute(req) => Reply::Executed(judged(b.execute.submit(*req).await)),
             Message::Prepare(legs) => Reply::Voted(
                 b.prepare
@@ -153,7 +156,13 @@ impl Coordinator {
                     .collect(),
             ),
             Message::Decide(decide) => match self.submit_decide(decide).await {
-                Ok((record, applied)) => Reply::Decided(Ok(record), applied),
+                Ok((record, applied)) => {
+                    if applied.is_some() {
+                        metrics::counter!("wallet_legs_along_total", "with" => "decide")
+                            .increment(1);
+                    }
+                    Reply::Decided(Ok(record), applied)
+                }
                 Err(e) => Reply::Decided(Err(e), None),
             },
             Message::Commit(legs) => Reply::Applied(b.commit.submit_all(legs.to_vec()).await),
@@ -203,6 +212,14 @@ impl Coordinator {
             (None, _) => Err(CallError::Unknown(format!("no decision record for {id}"))),
         }
     }
+}
+
+/// A new attempt's name ([`Begin::attempt`]): 128 bits from the thread's
+/// generator, which the simulation seeds so that a seed replays exactly (a
+/// v4 UUID from the OS made runs of one seed differ). It names an attempt
+/// to its own retries; it guards nothing.
+pub fn new_attempt() -> uuid::Uuid {
+    uuid::Uuid::from_u128(fastrand::u128(..))
 }
 
 /// `wallet_transfers_total`'s labels: `outcome` (committed, aborted,

@@ -72,7 +72,8 @@ async fn metrics_agree_with_the_traffic_sent() {
         1.0
     );
     // Every transfer that got past parsing began once and prepared both
-    // legs (one on each node: one item in each node's prepare lane).
+    // legs: one on each node, in that node's prepare lane, or, for the leg
+    // on the decision partition's node, with the begin.
     let begun = (COMMITTED + OVERDRAWN) as f64;
     let phase = "wallet_transfer_phase_duration_seconds_count";
     assert_eq!(count(phase, &[("phase", "begin")]), begun);
@@ -80,8 +81,10 @@ async fn metrics_agree_with_the_traffic_sent() {
     assert_eq!(count(phase, &[("phase", "decide")]), begun);
     assert_eq!(count(phase, &[("phase", "commit")]), COMMITTED as f64);
     assert_eq!(count(phase, &[("phase", "abort")]), OVERDRAWN as f64);
+    let along = count("wallet_legs_along_total", &[("with", "begin")]);
+    assert!(along <= begun, "{along} legs went with {begun} begins");
     assert_eq!(
-        count("wallet_batch_items_sum", &[("lane", "prepare")]),
+        count("wallet_batch_items_sum", &[("lane", "prepare")]) + along,
         2.0 * begun
     );
     assert!(count("wallet_batch_items_count", &[("lane", "prepare")]) >= begun);
