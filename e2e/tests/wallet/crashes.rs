@@ -23,11 +23,11 @@ async fn crashing_cluster(point: &str) -> TestCluster {
 /// then starts a healthy coordinator and switches the helpers to it.
 async fn transfer_into_crash(
     t: &mut TestCluster,
+    id: uuid::Uuid,
     from: &str,
     to: &str,
     amount: &str,
 ) -> uuid::Uuid {
-    let id = uuid::Uuid::new_v4();
     let body = TestCluster::transfer_body(id, from, to, amount, "USD");
     let url = format!(
         "{}/v1/wallet/balance_transfer",
@@ -68,7 +68,10 @@ async fn two_accounts(t: &TestCluster, prefix: &str) -> (String, String) {
 async fn coordinator_killed_before_the_decision_aborts_the_transfer() {
     let mut t = crashing_cluster("after_prepare").await;
     let (from, to) = two_accounts(&t, "undecided").await;
-    let id = transfer_into_crash(&mut t, &from, &to, "30").await;
+    // The debit's node holds the decision too: its prepare went with the
+    // claim, and it is held all the same.
+    let id = t.transaction_id_homed_on(0);
+    let id = transfer_into_crash(&mut t, id, &from, &to, "30").await;
 
     // It died holding the funds: the debit is prepared, nothing decided.
     let audit = t.audit().await;
@@ -101,11 +104,39 @@ async fn coordinator_killed_before_the_decision_aborts_the_transfer() {
 async fn coordinator_killed_after_the_decision_commits_the_transfer() {
     let mut t = crashing_cluster("after_decision").await;
     let (from, to) = two_accounts(&t, "decided").await;
-    let id = transfer_into_crash(&mut t, &from, &to, "30").await;
+    // The decision on a third node: no leg travels with it.
+    let id = t.transaction_id_homed_on(2);
+    let id = transfer_into_crash(&mut t, id, &from, &to, "30").await;
 
     // Decided, but no leg has heard of it yet.
     let audit = t.audit().await;
     assert_eq!(audit.accounts[&from].held, 3_000);
+    assert_eq!(audit.accounts[&to].posted, 0);
+
+    restart_coordinator(&mut t).await;
+    let status = t.settled(id, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "committed", "{status}");
+    let audit = t.wait_settled().await;
+    assert!(audit.applied(id).transferred_once());
+    assert_eq!(audit.posted(&from), 7_000);
+    assert_eq!(audit.posted(&to), 3_000);
+    assert_eq!(t.balance(&to).await, ("30.00".into(), "30.00".into()));
+}
+
+/// The decision on the debit's node: the debit is posted with the decision
+/// (in its local transaction), the credit has not heard of it when the
+/// coordinator dies; recovery posts the credit, and nothing is applied twice.
+#[tokio::test]
+async fn coordinator_killed_after_a_decision_that_took_its_leg_along_commits_the_other() {
+    let mut t = crashing_cluster("after_decision").await;
+    let (from, to) = two_accounts(&t, "along").await;
+    let id = t.transaction_id_homed_on(0);
+    let id = transfer_into_crash(&mut t, id, &from, &to, "30").await;
+
+    let audit = t.audit().await;
+    assert_eq!(audit.accounts[&from].posted, 7_000);
+    assert_eq!(audit.accounts[&from].held, 0);
+    assert_eq!(audit.accounts[&to].pending_credit, 3_000);
     assert_eq!(audit.accounts[&to].posted, 0);
 
     restart_coordinator(&mut t).await;
