@@ -215,9 +215,9 @@ impl Coordinator {
 }
 
 /// A new attempt's name ([`Begin::attempt`]): 128 bits from the thread's
-/// generator, which the simulation seeds so that a seed replays exactly (a
-/// v4 UUID from the OS made runs of one seed differ). It names an attempt
-/// to its own retries; it guards nothing.
+/// generator, which the simulation seeds, so that a run's values follow
+/// from its seed (a v4 UUID comes from the OS). It names an attempt to its
+/// own retries; it guards nothing.
 pub fn new_attempt() -> uuid::Uuid {
     uuid::Uuid::from_u128(fastrand::u128(..))
 }
