@@ -250,8 +250,8 @@ impl Machine {
                 }
                 Err(e) => vec![Effect::Done(Ending::Early(not_begun(e)))],
             },
-            (State::Preparing(mut votes), Reply::Voted(more)) => {
-                votes.extend(more);
+            (State::Preparing(heard), Reply::Voted(more)) => {
+                let votes = self.in_leg_order(heard, more);
                 let decision = decide_from(&votes);
                 tracing::info!(?decision, "votes counted");
                 vec![Effect::CrashPoint("after_prepare"), self.decide(decision)]
@@ -307,6 +307,31 @@ impl Machine {
             decision,
             apply: self.along.map(|i| self.legs[i].clone()),
         }))
+    }
+
+    /// The votes of both legs in the legs' order (debit, then credit),
+    /// whichever came with the claim: when both refuse, the debit's reason
+    /// is the one recorded, as when each leg goes alone.
+    fn in_leg_order(
+        &self,
+        mut heard: Vec<Result<(), CallError>>,
+        more: Vec<Result<(), CallError>>,
+    ) -> Vec<Result<(), CallError>> {
+        if heard.is_empty() {
+            return more;
+        }
+        let mut more = more.into_iter();
+        let mut votes: Vec<_> = (0..2)
+            .filter_map(|i| {
+                if Some(i) == self.along {
+                    heard.pop()
+                } else {
+                    more.next()
+                }
+            })
+            .collect();
+        votes.extend(more);
+        votes
     }
 
     /// The legs that do not travel with the record's messages.
@@ -569,6 +594,32 @@ mod tests {
             [_, Effect::Send(Message::Decide(Decide { decision: Decision::Abort { reason }, apply: Some(_), .. }))]
                 if reason.code == ErrorCode::CurrencyMismatch
         ));
+    }
+
+    #[test]
+    fn when_both_legs_refuse_the_debits_reason_is_recorded_whichever_came_along() {
+        let (mut m, _) = Machine::new(plan_along(false, Some(1)));
+        m.on(Reply::Begun(Ok(Begun::Prepared {
+            vote: Err(Rejection::new(ErrorCode::CurrencyMismatch, "credit")),
+        })));
+        match m
+            .on(Reply::Voted(vec![refused(ErrorCode::InsufficientFunds)]))
+            .as_slice()
+        {
+            [_, Effect::Send(Message::Decide(d))] => {
+                assert_eq!(code(d.decision.clone()), Some(ErrorCode::InsufficientFunds))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A vote that never came still aborts.
+        let (mut m, _) = Machine::new(plan_along(false, Some(0)));
+        m.on(Reply::Begun(Ok(Begun::Prepared { vote: Ok(()) })));
+        match m.on(Reply::Voted(Vec::new())).as_slice() {
+            [_, Effect::Send(Message::Decide(d))] => {
+                assert_eq!(code(d.decision.clone()), Some(ErrorCode::TransferAborted))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
