@@ -46,8 +46,12 @@ async fn generated_requests_get_no_server_error_and_no_answer_outside_the_docume
         "20261130".into(),
         "--request-timeout".into(),
         "30".into(),
+        // One worker: with two, hypothesis (under schemathesis) parses
+        // source in both threads at once, and Debian's Python 3.11 fails
+        // that now and then ("AST constructor recursion depth mismatch",
+        // CPython gh-106905): a failure of the tool, not of the API.
         "--workers".into(),
-        "2".into(),
+        "1".into(),
     ];
     // The operator's key (scope admin): every operation is open to it, the
     // global feed included. The refusals of other keys are auth.rs's.
