@@ -100,6 +100,19 @@ async fn coordinator_killed_before_the_decision_aborts_the_transfer() {
     assert_eq!(audit.posted(&to), 0);
 }
 
+/// After a coordinator died past its decision (commit, 30.00 out of
+/// 100.00): a healthy one's recovery commits the transfer, once.
+async fn recovery_commits_it_once(t: &mut TestCluster, id: uuid::Uuid, from: &str, to: &str) {
+    restart_coordinator(t).await;
+    let status = t.settled(id, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "committed", "{status}");
+    let audit = t.wait_settled().await;
+    assert!(audit.applied(id).transferred_once());
+    assert_eq!(audit.posted(from), 7_000);
+    assert_eq!(audit.posted(to), 3_000);
+    assert_eq!(t.balance(to).await, ("30.00".into(), "30.00".into()));
+}
+
 #[tokio::test]
 async fn coordinator_killed_after_the_decision_commits_the_transfer() {
     let mut t = crashing_cluster("after_decision").await;
@@ -113,14 +126,7 @@ async fn coordinator_killed_after_the_decision_commits_the_transfer() {
     assert_eq!(audit.accounts[&from].held, 3_000);
     assert_eq!(audit.accounts[&to].posted, 0);
 
-    restart_coordinator(&mut t).await;
-    let status = t.settled(id, Duration::from_secs(30)).await;
-    assert_eq!(status["status"], "committed", "{status}");
-    let audit = t.wait_settled().await;
-    assert!(audit.applied(id).transferred_once());
-    assert_eq!(audit.posted(&from), 7_000);
-    assert_eq!(audit.posted(&to), 3_000);
-    assert_eq!(t.balance(&to).await, ("30.00".into(), "30.00".into()));
+    recovery_commits_it_once(&mut t, id, &from, &to).await;
 }
 
 /// The decision on the debit's node: the debit is posted with the decision
@@ -139,14 +145,7 @@ async fn coordinator_killed_after_a_decision_that_took_its_leg_along_commits_the
     assert_eq!(audit.accounts[&to].pending_credit, 3_000);
     assert_eq!(audit.accounts[&to].posted, 0);
 
-    restart_coordinator(&mut t).await;
-    let status = t.settled(id, Duration::from_secs(30)).await;
-    assert_eq!(status["status"], "committed", "{status}");
-    let audit = t.wait_settled().await;
-    assert!(audit.applied(id).transferred_once());
-    assert_eq!(audit.posted(&from), 7_000);
-    assert_eq!(audit.posted(&to), 3_000);
-    assert_eq!(t.balance(&to).await, ("30.00".into(), "30.00".into()));
+    recovery_commits_it_once(&mut t, id, &from, &to).await;
 }
 
 /// A deposit whose coordinator dies after claiming its id, and one whose
