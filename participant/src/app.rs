@@ -69,15 +69,19 @@ impl<S: Store> App<S> {
         Ok(pass)
     }
 
-    /// Whether `leg`, riding along with a request admitted by `pass` for
-    /// its decision partition, may be worked on here too: its partition is
-    /// its account's, no fence forbids `work` on it, and this node owns it
-    /// (at the newest map, at least the request's revision). When not, the
-    /// leg is left out and the coordinator sends it on its own.
-    pub(crate) fn takes_along(&self, pass: &Admitted, work: Work, leg: &Leg) -> bool {
-        self.check_partition(&leg.account, leg.partition).is_ok()
-            && fence::check(pass, work, [leg.partition]).is_ok()
-            && self.map.current().owner(leg.partition).map(|o| o.as_str()) == Some(&*self.node_id)
+    /// `leg`, riding along with a request admitted by `pass` for its
+    /// decision partition, if it may be worked on here too: its partition
+    /// is its account's, no fence forbids `work` on it, and this node owns
+    /// it (at the newest map, at least the request's revision). `None`
+    /// when not: the leg is left out and the coordinator sends it on its
+    /// own.
+    pub(crate) fn takes_along(&self, pass: &Admitted, work: Work, leg: Option<Leg>) -> Option<Leg> {
+        leg.filter(|leg| {
+            self.check_partition(&leg.account, leg.partition).is_ok()
+                && fence::check(pass, work, [leg.partition]).is_ok()
+                && self.map.current().owner(leg.partition).map(|o| o.as_str())
+                    == Some(&*self.node_id)
+        })
     }
 
     /// Every leg in its account's partition, and every partition ours.

@@ -50,10 +50,7 @@ async fn begin<S: Store>(
         )
         .await?;
     for b in &mut items {
-        b.prepare = b
-            .prepare
-            .take()
-            .filter(|leg| app.takes_along(&pass, Work::New, leg));
+        b.prepare = app.takes_along(&pass, Work::New, b.prepare.take());
     }
     let results = app
         .store
@@ -84,10 +81,7 @@ async fn decide<S: Store>(
         .await?;
     let along = items.iter().any(|d| d.apply.is_some());
     for d in &mut items {
-        d.apply = d
-            .apply
-            .take()
-            .filter(|leg| app.takes_along(&pass, Work::Finish, leg));
+        d.apply = app.takes_along(&pass, Work::Finish, d.apply.take());
     }
     let results = app
         .store
