@@ -95,12 +95,10 @@ pub fn begin(w: &mut Working, b: &Begin) -> Result<Verdict<Begun>, Broken> {
 /// The record, and `leg` with its account when one rides along
 /// ([`begin_and_prepare`], [`decide_and_apply`]).
 pub fn keys_with(id: TransactionId, leg: Option<&Leg>) -> Keys {
-    let mut keys = keys([id]);
-    if let Some(leg) = leg {
-        keys.legs.insert(legs::key(leg));
-        keys.accounts.insert(leg.account.clone());
+    Keys {
+        transfers: [id].into(),
+        ..legs::keys(leg.map_or(&[], std::slice::from_ref))
     }
-    keys
 }
 
 /// [`begin`], and when the claim proceeds, the prepare of `leg` (a leg of
