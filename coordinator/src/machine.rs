@@ -28,11 +28,11 @@
 
 use wallet_shared::protocol::{
     Begin, Begun, Decide, Decision, ExecuteRequest, Leg, LegState, TransferRecord, TransferRef,
-    TransferState, Vote,
+    TransferState,
 };
 use wallet_shared::{ErrorCode, PartitionId, Rejection, TransactionId};
 
-use crate::client::CallError;
+use crate::client::{judged, CallError};
 
 /// What a transfer request comes to, as the client hears it.
 #[derive(Debug)]
@@ -240,7 +240,7 @@ impl Machine {
                     vec![Effect::Send(Message::Prepare(self.legs.to_vec()))]
                 }
                 Ok(Begun::Prepared { vote }) => {
-                    self.state = State::Preparing(vec![heard(vote)]);
+                    self.state = State::Preparing(vec![judged(Ok(vote))]);
                     vec![Effect::Send(Message::Prepare(self.others()))]
                 }
                 Ok(Begun::Decided { record }) => {
@@ -373,11 +373,6 @@ fn wanted(record: &TransferRecord) -> LegState {
         TransferState::Committed => LegState::Committed,
         _ => LegState::Aborted,
     }
-}
-
-/// A vote as the participant said it, as the decision reads it.
-fn heard(vote: Vote) -> Result<(), CallError> {
-    vote.map_err(CallError::Rejected)
 }
 
 /// Commit only on two known yes votes; a refusal aborts with its reason; a
