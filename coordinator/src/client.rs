@@ -170,21 +170,21 @@ impl Participants {
     /// owner refuses it anyway (its fence), so this only spares callers
     /// refusals during the short moves.
     pub async fn await_moves(&self, partitions: &[PartitionId]) -> Result<(), Rejection> {
-        let mut changes = self.map.subscribe();
         let deadline = tokio::time::Instant::now() + self.move_wait;
+        let mut map = self.map.current();
         loop {
-            let map = changes.borrow_and_update().clone();
             let Some(&p) = partitions.iter().find(|&&p| map.is_moving(p)) else {
                 return Ok(());
             };
-            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
-            if !matches!(waited, Ok(Ok(()))) {
+            let waited = tokio::time::timeout_at(deadline, self.map.newer_than(map.revision)).await;
+            let Ok(newer) = waited else {
                 let to = map.moves.get(&p).map_or("another node", |m| m.to.as_str());
                 return Err(Rejection::new(
                     ErrorCode::PartitionMoving,
                     format!("partition {p} is moving to {to}; nothing was done, try again shortly"),
                 ));
-            }
+            };
+            map = newer;
         }
     }
 

@@ -22,7 +22,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::ids::{AccountId, TransactionId};
 use crate::partition::{account_partition, decision_partition, PartitionId};
@@ -484,12 +484,7 @@ impl MapStore {
             |e| !matches!(e, MapError::Invalid { .. }),
         )
         .await?;
-        let (tx, _) = watch::channel(Arc::new(first));
-        let handle = MapHandle {
-            store: Some(Arc::new(self)),
-            tx: Arc::new(tx),
-            confirmed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
-        };
+        let handle = MapHandle::holding(first, Some(Arc::new(self)));
         tokio::spawn(handle.clone().watch_loop());
         Ok(handle)
     }
@@ -517,8 +512,12 @@ pub struct MapHandle {
     /// client is about 3.5 KB, and every request's handler holds a clone of
     /// this handle (in its service's state).
     store: Option<Arc<MapStore>>,
-    /// Holds the newest map seen; readers borrow it without locking etcd.
-    tx: Arc<watch::Sender<Arc<PartitionMap>>>,
+    /// The newest map seen; readers clone it without asking etcd.
+    held: Arc<std::sync::RwLock<Arc<PartitionMap>>>,
+    /// Rings each time a newer map is held. A `Notify` wakes its waiters
+    /// in the order they began to wait (a `tokio::sync::watch` wakes them
+    /// in a random order), so the deterministic simulation replays.
+    newer: Arc<Notify>,
     /// When etcd last confirmed the map we hold (a read of it succeeded):
     /// how stale it may be, for `/metrics` and `/readyz`.
     confirmed: Arc<std::sync::Mutex<std::time::Instant>>,
@@ -528,30 +527,49 @@ impl MapHandle {
     /// A map that never changes, with no etcd behind it (the deterministic
     /// simulation's).
     pub fn fixed(map: PartitionMap) -> Self {
-        let (tx, _) = watch::channel(Arc::new(map));
+        Self::holding(map, None)
+    }
+
+    fn holding(map: PartitionMap, store: Option<Arc<MapStore>>) -> Self {
         MapHandle {
-            store: None,
-            tx: Arc::new(tx),
+            store,
+            held: Arc::new(std::sync::RwLock::new(Arc::new(map))),
+            newer: Arc::new(Notify::new()),
             confirmed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         }
     }
 
     pub fn current(&self) -> Arc<PartitionMap> {
-        self.tx.borrow().clone()
+        self.held.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Holds `map` from now on if it is newer than the one held: the
     /// deterministic simulation's etcd, for a map it changes (a partition
     /// move). Every clone of this handle sees it at once.
     pub fn replace(&self, map: PartitionMap) {
-        self.tx.send_if_modified(|cur| {
-            if map.revision > cur.revision {
-                *cur = Arc::new(map);
-                true
-            } else {
-                false
+        {
+            let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+            if map.revision <= held.revision {
+                return;
             }
-        });
+            *held = Arc::new(map);
+        }
+        self.newer.notify_waiters();
+    }
+
+    /// Waits until a map newer than `revision` is held, and answers it.
+    pub async fn newer_than(&self, revision: i64) -> Arc<PartitionMap> {
+        loop {
+            let rang = self.newer.notified();
+            tokio::pin!(rang);
+            // Waiting from here: a map held after this check rings it.
+            rang.as_mut().enable();
+            let map = self.current();
+            if map.revision > revision {
+                return map;
+            }
+            rang.await;
+        }
     }
 
     /// The etcd side, to change the map (`None` for a fixed map).
@@ -566,14 +584,7 @@ impl MapHandle {
         };
         let fresh = store.load().await?;
         *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
-        self.tx.send_if_modified(|cur| {
-            if fresh.revision > cur.revision {
-                *cur = Arc::new(fresh);
-                true
-            } else {
-                false
-            }
-        });
+        self.replace(fresh);
         Ok(self.current())
     }
 
@@ -597,10 +608,6 @@ impl MapHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .elapsed()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Arc<PartitionMap>> {
-        self.tx.subscribe()
     }
 
     async fn watch_loop(self) {
@@ -690,5 +697,50 @@ mod tests {
                 other => panic!("{count}: {other:?}"),
             }
         }
+    }
+
+    fn map_at(revision: i64) -> PartitionMap {
+        PartitionMap {
+            revision,
+            owners: vec!["a".into()],
+            nodes: BTreeMap::from([("a".into(), "http://a".into())]),
+            moves: BTreeMap::new(),
+        }
+    }
+
+    /// Those who wait for a newer map wake in the order they began to
+    /// wait, every run: the simulation's replay depends on it (a
+    /// `tokio::sync::watch` woke them in a random order).
+    #[test]
+    fn waiters_for_a_newer_map_wake_in_the_order_they_came() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let handle = MapHandle::fixed(map_at(1));
+            let woke = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for i in 0..64 {
+                let (handle, woke) = (handle.clone(), woke.clone());
+                tasks.push(tokio::spawn(async move {
+                    let map = handle.newer_than(1).await;
+                    woke.lock().unwrap().push((i, map.revision));
+                }));
+                // Each one waiting before the next starts.
+                tokio::task::yield_now().await;
+            }
+            handle.replace(map_at(1));
+            tokio::task::yield_now().await;
+            assert!(woke.lock().unwrap().is_empty(), "not newer: nobody wakes");
+            handle.replace(map_at(2));
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let woke = woke.lock().unwrap().clone();
+            assert_eq!(woke, (0..64).map(|i| (i, 2)).collect::<Vec<_>>());
+            // Newer already held: no wait at all.
+            assert_eq!(handle.newer_than(1).await.revision, 2);
+        });
     }
 }

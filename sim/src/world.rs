@@ -93,10 +93,8 @@ const BATCH_LIMITS: Limits = Limits {
     max_batch: 8,
     max_in_flight: 2,
     max_queued: 1 << 20,
-    // None: with a linger, a seed's run came to depend on how busy the
-    // machine was (the same seed twice in one process under load gave two
-    // runs), and a complete's delay is the network's to make here.
-    linger: Duration::ZERO,
+    // As configured by default (`complete_linger_ms`).
+    linger: Duration::from_millis(100),
 };
 /// The coordinator's edge: its config's body limit; no shedding and no
 /// request timeout (the simulation's clients wait as long as it takes).

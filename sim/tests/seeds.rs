@@ -36,12 +36,17 @@ fn the_promises_hold_under_faults_for_every_seed() {
 
 #[test]
 fn a_seed_replays_exactly() {
+    // Several seeds: one in four or so once went two ways now and then
+    // (transfers waiting out a partition move woke in a random order).
+    for seed in 4242..=4245 {
+        let a = run(&Options::new(seed));
+        let b = run(&Options::new(seed));
+        assert_eq!(a.digest, b.digest, "seed {seed}");
+        assert_eq!(a.ops, b.ops, "seed {seed}");
+        assert_eq!(a.faults, b.faults, "seed {seed}");
+        assert_eq!(a.sim_ms, b.sim_ms, "seed {seed}");
+    }
     let a = run(&Options::new(4242));
-    let b = run(&Options::new(4242));
-    assert_eq!(a.digest, b.digest);
-    assert_eq!(a.ops, b.ops);
-    assert_eq!(a.faults, b.faults);
-    assert_eq!(a.sim_ms, b.sim_ms);
     let c = run(&Options::new(4243));
     assert_ne!(a.digest, c.digest, "another seed, another run");
 }
