@@ -11,13 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use wallet_shared::protocol::{
     Event, EventKind, FeedEntry, FeedKind, LegState, RecordKind, Snapshot, TransferRecord,
     TransferState,
 };
 use wallet_shared::{AccountId, Currency, PartitionId, Rejection, TransactionId};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRow {
     pub account_id: AccountId,
     pub partition: PartitionId,
@@ -48,7 +49,8 @@ impl Broken {
 }
 
 /// What a row of `legs` is for: the two legs of a transfer, or a movement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RowRole {
     Debit,
     Credit,
@@ -79,7 +81,7 @@ impl RowRole {
 
 pub type LegKey = (TransactionId, RowRole);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegRow {
     pub transaction_id: TransactionId,
     pub role: RowRole,
@@ -105,7 +107,7 @@ impl LegRow {
 }
 
 /// A transfer's dedup record and decision, at its decision partition.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferRow {
     pub record: TransferRecord,
     pub partition: PartitionId,

@@ -1,9 +1,11 @@
 //! Moving a partition to another node while it serves (driven by
 //! `walletctl partitions move`). The shape of Vitess's `MoveTables`: copy,
-//! catch up, short cut-over. The node's own steps ([`set_fence`],
-//! [`release`], [`discard_some`], [`expire_cutovers`]) run over any
-//! [`Store`], and the simulation runs them too; the copy's routes read and
-//! write the Postgres tables directly.
+//! catch up, short cut-over. Every step of the node's side is a function
+//! over any [`Store`] ([`set_fence`], [`mark`], [`rows`], [`copy_rows`],
+//! [`copy_finish`], [`release`], [`discard_some`], ...), which the routes
+//! parse for and render, and which the simulation runs too; the store does
+//! only the reads and writes ([`crate::store::PartitionRead`],
+//! [`crate::store::CopyWrite`]).
 //!
 //! 1. **Copy** (phase `copying` in etcd; the old owner serves as usual): the
 //!    new owner pulls the partition's rows table by table in chunks, oldest
@@ -34,10 +36,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use sqlx::{PgConnection, Row};
 use wallet_shared::admin::{
-    AccountsSummary, CopyBegin, CopyFinish, CopyRows, CopyState, CutoverCheck, Discarded, Fence,
-    FenceState, Mark, MarkRequest, PartitionSummary, RowsChunk, PARTITION_TABLES,
+    CopyBegin, CopyFinish, CopyRows, CopyState, CutoverCheck, Discarded, Fence, FenceState, Mark,
+    MarkRequest, PartitionSummary, RowsChunk, PARTITION_TABLES,
 };
 use wallet_shared::map::{MovePhase, PartitionMap};
 use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
@@ -45,20 +46,7 @@ use wallet_shared::{routes, ErrorCode, PartitionId, Rejection};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult, StoreError};
 use crate::fence::{self, FenceMap};
-use crate::pg::{allow_long_reads, PgStore};
-use crate::store::Store;
-
-/// How to select a partition's rows in each of [`PARTITION_TABLES`] (`$1`
-/// is the partition).
-fn filter(table: &str) -> Option<&'static str> {
-    Some(match table {
-        "accounts" | "legs" | "transfers" => "partition = $1",
-        "events" | "snapshots" => {
-            "account_id IN (SELECT account_id FROM accounts WHERE partition = $1)"
-        }
-        _ => return None,
-    })
-}
+use crate::store::{CopyWrite, PartitionRead, PartitionTable, ReadSpan, Store};
 
 /// Largest chunk a caller may ask for.
 const MAX_CHUNK: i64 = 20_000;
@@ -67,24 +55,27 @@ const DROP_BUDGET: Duration = Duration::from_secs(1);
 
 /// The moving routes' state: the node, and how long a cut-over may last.
 #[derive(Clone)]
-pub struct Mover {
-    pub app: App<PgStore>,
+pub struct Mover<S> {
+    pub app: App<S>,
     /// From fencing `draining` to the owner switch, at most this long.
     pub cutover_deadline: Duration,
 }
 
 /// The moving routes, merged into the participant's router by `main`.
-pub fn router(mover: Mover) -> Router {
+pub fn router<S: Store>(mover: Mover<S>) -> Router {
     // A chunk of rows can be above the API's body limit.
     let big = axum::extract::DefaultBodyLimit::max(64 << 20);
     Router::new()
         .route(routes::FENCE.pattern(), post(fence).delete(release_route))
-        .route(routes::MARK.pattern(), post(mark))
-        .route(routes::ROWS.pattern(), get(rows))
-        .route(routes::SUMMARY.pattern(), get(summary))
-        .route(routes::COPY.pattern(), post(copy_begin))
-        .route(routes::COPY_ROWS.pattern(), post(copy_rows).layer(big))
-        .route(routes::COPY_FINISH.pattern(), post(copy_finish))
+        .route(routes::MARK.pattern(), post(mark_route))
+        .route(routes::ROWS.pattern(), get(rows_route))
+        .route(routes::SUMMARY.pattern(), get(summary_route))
+        .route(routes::COPY.pattern(), post(copy_begin_route))
+        .route(
+            routes::COPY_ROWS.pattern(),
+            post(copy_rows_route).layer(big),
+        )
+        .route(routes::COPY_FINISH.pattern(), post(copy_finish_route))
         .route(routes::DISCARD.pattern(), post(discard))
         .with_state(mover)
         .layer(axum::middleware::from_fn(crate::app::run_to_completion))
@@ -124,8 +115,8 @@ async fn fresh_map<S>(app: &App<S>, p: PartitionId) -> ApiResult<(PartitionMap, 
 }
 
 /// `POST .../fence {state, to}`: [`set_fence`].
-async fn fence(
-    State(m): State<Mover>,
+async fn fence<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
     Json(want): Json<Fence>,
 ) -> ApiResult<Json<Fence>> {
@@ -183,8 +174,8 @@ pub async fn set_fence<S: Store>(
 }
 
 /// `DELETE .../fence`: [`release`].
-async fn release_route(
-    State(m): State<Mover>,
+async fn release_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
 ) -> ApiResult<StatusCode> {
     release(&m.app, p).await?;
@@ -213,17 +204,24 @@ pub async fn lift_fence<S: Store>(
     Ok(())
 }
 
-/// `POST .../mark`: the end of a copy pass on the old owner. Taken under
-/// the fences' write guard, which waits for every request between its
-/// fence check and its commit: every `change_no` up to the mark belongs to
-/// a committed row (or to none), so a pass that copies up to it misses
-/// nothing that a later pass would not see.
-async fn mark(
-    State(m): State<Mover>,
+/// `POST .../mark`: [`mark`].
+async fn mark_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
     Json(req): Json<MarkRequest>,
 ) -> ApiResult<Json<Mark>> {
-    let app = &m.app;
+    Ok(Json(mark(&m.app, p, &req).await?))
+}
+
+/// The end of a copy pass on the old owner, with what is left to copy
+/// after `req.after` and the counts `req` asks for. The mark is the last
+/// change number at a quiet point (under the fences' write guard, which
+/// waits for every request between its fence check and its commit): every
+/// `change_no` up to it belongs to a committed row (or to none), so a pass
+/// that copies up to it misses nothing that a later pass would not see.
+/// Every count is read in the snapshot taken there, of the partition
+/// exactly as it stands at the mark.
+pub async fn mark<S: Store>(app: &App<S>, p: PartitionId, req: &MarkRequest) -> ApiResult<Mark> {
     let map = app
         .map
         .at_least(req.map_revision)
@@ -236,135 +234,81 @@ async fn mark(
             format!("node {} does not own partition {p}", app.node_id),
         ));
     }
-    // One snapshot, taken at a quiet point (under the guard), so every
-    // count below is of the partition exactly as it stands at the mark.
-    let mut tx = app.store.begin().await.map_err(StoreError::from)?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
     // A first pass's counts, and a whole count, read the partition whole.
-    allow_long_reads(&mut tx).await.map_err(StoreError::from)?;
-    let mark: i64 = {
-        let _quiet = app.fences.write().await;
-        sqlx::query_scalar("SELECT last_value FROM row_changes")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?
-    };
+    let (mut read, mark) = app
+        .store
+        .read_partition_quiet(p, ReadSpan::Whole, app.fences.write())
+        .await?;
     let mut left = BTreeMap::new();
-    for table in PARTITION_TABLES {
-        let after = req.after.get(table).copied().unwrap_or(0);
-        let upto = (table != "accounts").then_some(mark);
-        left.insert(
-            table.to_string(),
-            count_changed(&mut tx, table, p, after, upto).await?,
-        );
+    for table in PartitionTable::ALL {
+        let after = req.after.get(table.as_str()).copied().unwrap_or(0);
+        // Accounts are copied whole every pass (an event copied finds its
+        // account), so not only up to the mark.
+        let upto = (table != PartitionTable::Accounts).then_some(mark);
+        let n = read.count_changed(table, after, upto).await?;
+        left.insert(table.as_str().to_string(), n);
     }
     let whole = match req.whole {
         true => Some(PartitionSummary {
             change_no: mark,
-            ..summarize(&mut tx, p).await?
+            ..summarize(&mut read).await?
         }),
         false => None,
     };
     let (mut inserted, mut accounts) = (None, None);
     if let Some(after) = req.inserted_after {
-        inserted = Some(count_inserted(&mut tx, p, after).await?);
-        accounts = Some(sum_accounts(&mut tx, p).await?);
+        inserted = Some(read.count_inserted(after).await?);
+        accounts = Some(read.sum_accounts().await?);
     }
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(Mark {
+    read.finish().await?;
+    Ok(Mark {
         mark,
         left,
         whole,
         inserted,
         accounts,
-    }))
+    })
 }
 
-/// The tables a move counts the rows of (accounts are summed up instead;
-/// snapshots are derived from the events).
-const COUNTED: [&str; 3] = ["events", "legs", "transfers"];
-
-/// Per table of [`COUNTED`], the partition's rows inserted after change
-/// number `after`: found through the change index, so it takes as long as
-/// there were changes since, however long the history. Events are never
-/// changed (their `change_no` is their insertion); legs and transfer
-/// records keep theirs in `created_no` (migration 0008; none before it).
-async fn count_inserted(
-    conn: &mut PgConnection,
-    p: PartitionId,
-    after: i64,
-) -> Result<BTreeMap<String, i64>, StoreError> {
-    let mut counts = BTreeMap::new();
-    for table in COUNTED {
-        let inserted = match table {
-            "events" => "",
-            _ => "AND created_no > $2",
-        };
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} WHERE {} AND change_no > $2 {inserted}",
-            filter(table).expect("a partition table")
-        ))
-        .bind(p as i32)
-        .bind(after)
-        .fetch_one(&mut *conn)
-        .await?;
-        counts.insert(table.to_string(), n);
-    }
-    Ok(counts)
-}
-
-/// Rows of the partition in `table` changed after `after` (and at most up
-/// to `upto`), by this node's change numbers.
-async fn count_changed(
-    conn: &mut PgConnection,
-    table: &str,
-    p: PartitionId,
-    after: i64,
-    upto: Option<i64>,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {table} WHERE {} AND change_no > $2
-           AND ($3::int8 IS NULL OR change_no <= $3)",
-        filter(table).expect("a partition table")
-    ))
-    .bind(p as i32)
-    .bind(after)
-    .bind(upto)
-    .fetch_one(&mut *conn)
-    .await?)
-}
-
-#[derive(Debug, Deserialize)]
-struct RowsQuery {
-    table: String,
+/// The chunk of rows `GET .../rows` asks for.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RowsQuery {
+    pub table: String,
+    /// The cursor: rows changed after this change number.
     #[serde(default)]
-    after: i64,
-    upto: Option<i64>,
-    limit: Option<i64>,
+    pub after: i64,
+    /// At most up to this change number (a mark); none: every row.
+    pub upto: Option<i64>,
+    /// At most this many rows (2,000 when not given; 1 to [`MAX_CHUNK`]).
+    pub limit: Option<i64>,
 }
 
-/// `GET .../rows`: one chunk of the partition's rows of one table, changed
-/// after the cursor (and at most up to `upto`), oldest change first.
-async fn rows(
-    State(m): State<Mover>,
+/// The table a copy names, or a refusal.
+fn partition_table(table: &str) -> ApiResult<PartitionTable> {
+    PartitionTable::parse(table).ok_or_else(|| {
+        refuse(
+            ErrorCode::InvalidRequest,
+            format!("no table {table:?} in a partition (one of {PARTITION_TABLES:?})"),
+        )
+    })
+}
+
+/// `GET .../rows`: [`rows`].
+async fn rows_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
     Query(q): Query<RowsQuery>,
 ) -> ApiResult<Json<RowsChunk>> {
-    let Some(filter) = filter(&q.table) else {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!(
-                "no table {:?} in a partition (one of {PARTITION_TABLES:?})",
-                q.table
-            ),
-        ));
-    };
+    Ok(Json(rows(&m.app, p, &q).await?))
+}
+
+/// One chunk of the partition's rows of one table, changed after the
+/// cursor (and at most up to `upto`), oldest change first.
+pub async fn rows<S: Store>(app: &App<S>, p: PartitionId, q: &RowsQuery) -> ApiResult<RowsChunk> {
+    let table = partition_table(&q.table)?;
     let limit = q.limit.unwrap_or(2_000).clamp(1, MAX_CHUNK);
-    let mut tx = m.app.store.begin().await.map_err(StoreError::from)?;
-    if q.upto.is_none() {
+    let mut read = match q.upto {
+        Some(_) => app.store.read_partition(p, ReadSpan::Chunk).await?,
         // No mark bounds this read (accounts: every one is copied, so that
         // each event copied finds its account), and the cursor it returns
         // must not pass a change still uncommitted: a row numbered below
@@ -372,51 +316,50 @@ async fn rows(
         // read in a snapshot taken at a quiet point (as a mark is): no
         // request is in flight, so every change numbered so far is in the
         // snapshot and every later one is numbered above it.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        let _quiet = m.app.fences.write().await;
-        sqlx::query("SELECT 1")
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-    }
-    let (rows, last, count): (serde_json::Value, Option<i64>, i64) = sqlx::query_as(&format!(
-        "SELECT coalesce(json_agg(to_jsonb(t) - 'change_no' - 'created_no' ORDER BY t.change_no), '[]'::json),
-                max(t.change_no), count(*)
-         FROM (SELECT * FROM {} WHERE {filter} AND change_no > $2
-                 AND ($3::int8 IS NULL OR change_no <= $3)
-               ORDER BY change_no LIMIT $4) t",
-        q.table
-    ))
-    .bind(p as i32)
-    .bind(q.after)
-    .bind(q.upto)
-    .bind(limit)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(RowsChunk {
-        table: q.table,
-        after: q.after,
-        last: last.unwrap_or(q.after),
-        count,
-        rows,
-    }))
+        None => {
+            app.store
+                .read_partition_quiet(p, ReadSpan::Chunk, app.fences.write())
+                .await?
+                .0
+        }
+    };
+    let chunk = read.chunk(table, q.after, q.upto, limit).await?;
+    read.finish().await?;
+    Ok(chunk)
 }
 
-/// `GET .../summary`: what this node holds of the partition.
-async fn summary(
-    State(m): State<Mover>,
+/// `GET .../summary`: [`summary`].
+async fn summary_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
 ) -> ApiResult<Json<PartitionSummary>> {
-    let mut tx = m.app.store.begin().await.map_err(StoreError::from)?;
-    allow_long_reads(&mut tx).await.map_err(StoreError::from)?;
-    let summary = summarize(&mut tx, p).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(summary))
+    Ok(Json(summary(&m.app, p).await?))
+}
+
+/// What this node holds of the partition, counted whole.
+pub async fn summary<S: Store>(app: &App<S>, p: PartitionId) -> ApiResult<PartitionSummary> {
+    let mut read = app.store.read_partition(p, ReadSpan::Whole).await?;
+    let summary = summarize(&mut read).await?;
+    read.finish().await?;
+    Ok(summary)
+}
+
+/// The whole partition, every row counted (a move checks it while the
+/// partition serves, never while it is frozen).
+async fn summarize(read: &mut impl PartitionRead) -> Result<PartitionSummary, StoreError> {
+    // Read first: whatever is inserted while it counts is numbered above.
+    let change_no = read.last_change().await?;
+    let rows = read.count_whole().await?;
+    let accounts = read.sum_accounts().await?;
+    let count = |table: PartitionTable| rows.get(table.as_str()).copied().unwrap_or(0);
+    Ok(PartitionSummary {
+        accounts: accounts.accounts,
+        events: count(PartitionTable::Events),
+        legs: count(PartitionTable::Legs),
+        transfers: count(PartitionTable::Transfers),
+        posted: accounts.posted,
+        change_no,
+    })
 }
 
 /// Refuses to copy into, or drop, a partition this node owns or is moving
@@ -450,38 +393,22 @@ pub fn not_ours<S>(
     Ok(())
 }
 
-async fn copy_state(
-    conn: &mut PgConnection,
-    p: PartitionId,
-) -> Result<Option<CopyState>, StoreError> {
-    let row = sqlx::query(
-        "SELECT source, move_id, cursors, rows, bytes FROM partition_copies WHERE partition = $1",
-    )
-    .bind(p as i32)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|r| {
-        let cursors: serde_json::Value = r.try_get("cursors")?;
-        Ok(CopyState {
-            from: r.try_get("source")?,
-            move_id: r.try_get("move_id")?,
-            cursors: serde_json::from_value(cursors).map_err(StoreError::corrupt)?,
-            rows: r.try_get("rows")?,
-            bytes: r.try_get("bytes")?,
-            older_copy: false,
-        })
-    })
-    .transpose()
-}
-
-/// `POST .../copy` on the new owner: starts the copy of a move, or says how
-/// far it has come. Rows of an older copy must be discarded first.
-async fn copy_begin(
-    State(m): State<Mover>,
+/// `POST .../copy`: [`copy_begin`].
+async fn copy_begin_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
     Json(req): Json<CopyBegin>,
 ) -> ApiResult<Json<CopyState>> {
-    let app = &m.app;
+    Ok(Json(copy_begin(&m.app, p, req).await?))
+}
+
+/// On the new owner: starts the copy of a move, or says how far it has
+/// come. Rows of an older copy must be discarded first (`older_copy`).
+pub async fn copy_begin<S: Store>(
+    app: &App<S>,
+    p: PartitionId,
+    req: CopyBegin,
+) -> ApiResult<CopyState> {
     let map = app
         .map
         .at_least(req.map_revision)
@@ -489,177 +416,106 @@ async fn copy_begin(
         .map_err(map_unavailable)?;
     let fences = app.fences.read().await;
     not_ours(app, &map, &fences, p)?;
-    let mut conn = app.store.acquire().await.map_err(StoreError::from)?;
-    let older = match copy_state(&mut conn, p).await? {
-        Some(s) if (&s.from, &s.move_id) == (&req.from, &req.move_id) => return Ok(Json(s)),
+    let older = match app.store.copy_state(p).await? {
+        Some(s) if (&s.from, &s.move_id) == (&req.from, &req.move_id) => return Ok(s),
         Some(_) => true,
-        None => sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM accounts WHERE partition = $1)
-                     OR EXISTS (SELECT 1 FROM legs WHERE partition = $1)
-                     OR EXISTS (SELECT 1 FROM transfers WHERE partition = $1)",
-        )
-        .bind(p as i32)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(StoreError::from)?,
+        None => app.store.holds_rows(p).await?,
     };
     if older {
-        return Ok(Json(CopyState {
+        return Ok(CopyState {
             older_copy: true,
             ..CopyState::default()
-        }));
+        });
     }
-    sqlx::query("INSERT INTO partition_copies (partition, source, move_id) VALUES ($1, $2, $3)")
-        .bind(p as i32)
-        .bind(&req.from)
-        .bind(&req.move_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::from)?;
+    app.store.start_copy(p, &req.from, &req.move_id).await?;
     tracing::info!(partition = p, from = %req.from, "partition copy started");
-    Ok(Json(CopyState {
+    Ok(CopyState {
         from: req.from,
         move_id: req.move_id,
         ..CopyState::default()
-    }))
+    })
 }
 
-/// The columns a copy writes (all but `change_no` and `created_no`, which
-/// are this node's),
-/// and the primary key's, read from the catalog so a column added to a
-/// table is copied too.
-async fn columns(
-    conn: &mut PgConnection,
-    table: &str,
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
-    let cols: Vec<String> = sqlx::query_scalar(
-        "SELECT attname::text FROM pg_attribute
-         WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
-           AND attname NOT IN ('change_no', 'created_no')
-         ORDER BY attnum",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await?;
-    let key: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-         WHERE i.indrelid = $1::regclass AND i.indisprimary",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok((cols, key))
-}
-
-/// `POST .../copy/rows` on the new owner: one chunk, inserted or written
-/// over by primary key, with the cursor moved past it, in one local
-/// transaction; refused unless the cursor is where the chunk starts.
-async fn copy_rows(
-    State(m): State<Mover>,
+/// `POST .../copy/rows`: [`copy_rows`].
+async fn copy_rows_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
     Json(req): Json<CopyRows>,
 ) -> ApiResult<Json<CopyState>> {
-    let app = &m.app;
-    let table = req.chunk.table.as_str();
-    if filter(table).is_none() {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!("no table {table:?} in a partition"),
-        ));
-    }
+    Ok(Json(copy_rows(&m.app, p, &req).await?))
+}
+
+/// On the new owner: one chunk, inserted or written over by primary key,
+/// with the cursor moved past it, in one local transaction; refused unless
+/// the cursor is where the chunk starts and every row of it was applied.
+pub async fn copy_rows<S: Store>(
+    app: &App<S>,
+    p: PartitionId,
+    req: &CopyRows,
+) -> ApiResult<CopyState> {
+    let chunk = &req.chunk;
+    let table = partition_table(&chunk.table)?;
     let fences = app.fences.read().await;
     not_ours(app, &app.map.current(), &fences, p)?;
-    let mut tx = app.store.begin().await.map_err(StoreError::from)?;
-    sqlx::query("SELECT 1 FROM partition_copies WHERE partition = $1 FOR UPDATE")
-        .bind(p as i32)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    let state = copy_state(&mut tx, p).await?;
-    let Some(state) = state.filter(|s| s.move_id == req.move_id) else {
+    let mut copy = app.store.write_copy(p).await?;
+    let Some(state) = copy.state().await?.filter(|s| s.move_id == req.move_id) else {
         return Err(refuse(
             ErrorCode::InvalidRequest,
             format!("no copy of partition {p} for this move here; start it first"),
         ));
     };
-    let cursor = state.cursors.get(table).copied().unwrap_or(0);
-    if cursor != req.chunk.after {
+    let cursor = state.cursors.get(table.as_str()).copied().unwrap_or(0);
+    if cursor != chunk.after {
         return Err(refuse(
             ErrorCode::InvalidRequest,
             format!(
-                "the copy of {table} is at {cursor}, not {}; read the copy's state again",
-                req.chunk.after
+                "the copy of {} is at {cursor}, not {}; read the copy's state again",
+                chunk.table, chunk.after
             ),
         ));
     }
-    let body = req.chunk.rows.to_string();
-    if req.chunk.count > 0 {
-        let (cols, key) = columns(&mut tx, table).await?;
-        let list = cols.join(", ");
-        let set: Vec<String> = cols
-            .iter()
-            .filter(|c| !key.contains(c))
-            .map(|c| format!("{c} = excluded.{c}"))
-            .chain(["change_no = nextval('row_changes')".to_string()])
-            .collect();
-        let applied = sqlx::query(&format!(
-            "INSERT INTO {table} ({list})
-             SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json)
-             ON CONFLICT ({}) DO UPDATE SET {}",
-            key.join(", "),
-            set.join(", ")
-        ))
-        .bind(&body)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected();
-        if applied as i64 != req.chunk.count {
+    let body = chunk.rows.to_string();
+    if chunk.count > 0 {
+        let applied = copy.apply(table, &body).await?;
+        if applied != chunk.count {
             return Err(refuse(
                 ErrorCode::InvalidRequest,
                 format!(
-                    "the chunk of {table} says {} rows, it holds {applied}",
-                    req.chunk.count
+                    "the chunk of {} says {} rows, it holds {applied}",
+                    chunk.table, chunk.count
                 ),
             ));
         }
     }
-    sqlx::query(
-        "UPDATE partition_copies
-         SET cursors = jsonb_set(cursors, ARRAY[$2::text], to_jsonb($3::int8)),
-             rows = rows + $4, bytes = bytes + $5, updated_at = now()
-         WHERE partition = $1",
-    )
-    .bind(p as i32)
-    .bind(table)
-    .bind(req.chunk.last)
-    .bind(req.chunk.count)
-    .bind(body.len() as i64)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    let state = copy_state(&mut tx, p).await?.unwrap_or_default();
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(state))
+    let state = copy
+        .advance(table, chunk.last, chunk.count, body.len() as i64)
+        .await?;
+    copy.commit().await?;
+    Ok(state)
 }
 
-/// `POST .../copy/finish` on the new owner: the old owner is frozen and the
-/// last changes are here; the copy must hold what it holds
-/// ([`CutoverCheck`]: the accounts summed up, and the rows counted whole
-/// before the cut-over plus those inserted since, never the whole history
-/// again). Lifts an old `moved` fence of this
-/// partition here, so it serves it once it owns it.
-async fn copy_finish(
-    State(m): State<Mover>,
+/// `POST .../copy/finish`: [`copy_finish`].
+async fn copy_finish_route<S: Store>(
+    State(m): State<Mover<S>>,
     Path(p): Path<PartitionId>,
     Json(req): Json<CopyFinish>,
 ) -> ApiResult<Json<CutoverCheck>> {
-    let app = &m.app;
+    Ok(Json(copy_finish(&m.app, p, &req).await?))
+}
+
+/// On the new owner, once the old owner is frozen and the last changes
+/// are here: the copy must hold what it holds ([`CutoverCheck`]: the
+/// accounts summed up, and the rows counted whole before the cut-over plus
+/// those inserted since, never the whole history again). Lifts an old
+/// `moved` fence of this partition here, so it serves it once it owns it.
+pub async fn copy_finish<S: Store>(
+    app: &App<S>,
+    p: PartitionId,
+    req: &CopyFinish,
+) -> ApiResult<CutoverCheck> {
     let mut fences = app.fences.write().await;
     not_ours(app, &app.map.current(), &fences, p)?;
-    let mut conn = app.store.acquire().await.map_err(StoreError::from)?;
-    match copy_state(&mut conn, p).await? {
+    match app.store.copy_state(p).await? {
         Some(s) if s.move_id == req.move_id => {}
         _ => {
             return Err(refuse(
@@ -668,13 +524,15 @@ async fn copy_finish(
             ))
         }
     }
-    let inserted = count_inserted(&mut conn, p, req.counted.change_no).await?;
+    let mut read = app.store.read_partition(p, ReadSpan::Chunk).await?;
+    let inserted = read.count_inserted(req.counted.change_no).await?;
     let found = CutoverCheck {
-        accounts: sum_accounts(&mut conn, p).await?,
+        accounts: read.sum_accounts().await?,
         rows: req.counted.plus(inserted),
     };
-    let expected = req.expected;
-    if found != expected {
+    read.finish().await?;
+    let expected = &req.expected;
+    if found != *expected {
         return Err(refuse(
             ErrorCode::Internal,
             format!(
@@ -691,12 +549,15 @@ async fn copy_finish(
         events = found.rows.get("events").copied().unwrap_or(0),
         "partition copy complete"
     );
-    Ok(Json(found))
+    Ok(found)
 }
 
 /// `POST .../discard`: [`discard_some`] for about a second; called again
 /// until `done`.
-async fn discard(State(m): State<Mover>, Path(p): Path<PartitionId>) -> ApiResult<Json<Discarded>> {
+async fn discard<S: Store>(
+    State(m): State<Mover<S>>,
+    Path(p): Path<PartitionId>,
+) -> ApiResult<Json<Discarded>> {
     Ok(Json(discard_some(&m.app, p, DROP_BUDGET).await?))
 }
 
@@ -722,65 +583,6 @@ pub async fn discard_some<S: Store>(
         );
     }
     Ok(discarded)
-}
-
-/// The whole partition here, every row counted (a move checks it while
-/// the partition serves, never while it is frozen).
-async fn summarize(
-    conn: &mut PgConnection,
-    p: PartitionId,
-) -> Result<PartitionSummary, StoreError> {
-    let count = |table: &str| {
-        format!(
-            "(SELECT count(*) FROM {table} WHERE {})",
-            filter(table).expect("a partition table")
-        )
-    };
-    let sql = format!(
-        "SELECT {}, {}, {}",
-        count("events"),
-        count("legs"),
-        count("transfers"),
-    );
-    // Read first: whatever is inserted while it counts is numbered above.
-    let change_no: i64 = sqlx::query_scalar("SELECT last_value FROM row_changes")
-        .fetch_one(&mut *conn)
-        .await?;
-    let (events, legs, transfers): (i64, i64, i64) = sqlx::query_as(&sql)
-        .bind(p as i32)
-        .fetch_one(&mut *conn)
-        .await?;
-    let accounts = sum_accounts(conn, p).await?;
-    Ok(PartitionSummary {
-        accounts: accounts.accounts,
-        events,
-        legs,
-        transfers,
-        posted: accounts.posted,
-        change_no,
-    })
-}
-
-/// The partition's accounts summed up: one row per account, however long
-/// its history.
-async fn sum_accounts(
-    conn: &mut PgConnection,
-    p: PartitionId,
-) -> Result<AccountsSummary, StoreError> {
-    let mut summary = AccountsSummary::default();
-    let rows = sqlx::query_as::<_, (String, i64, i64, i64)>(
-        "SELECT currency, count(*), sum(last_seq)::bigint, sum(posted)::bigint
-         FROM accounts WHERE partition = $1 GROUP BY currency",
-    )
-    .bind(p as i32)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (currency, accounts, last_seqs, posted) in rows {
-        summary.accounts += accounts;
-        summary.last_seqs += last_seqs;
-        summary.posted.insert(currency, posted);
-    }
-    Ok(summary)
 }
 
 /// The cut-over's deadline, enforced by the old owner on its own: a

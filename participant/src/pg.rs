@@ -28,7 +28,9 @@ use crate::config::ParticipantConfig;
 use crate::error::StoreError;
 use crate::fence::FenceMap;
 use crate::model::{AccountRow, Broken, Changes, Keys, LegRow, RowRole, TransferRow, Working};
-use crate::store::{Durability, Store};
+use crate::store::{Durability, ReadSpan, Store};
+
+mod copy;
 
 /// Key of the advisory lock that serialises the feed publisher's rounds.
 const PUBLISHER_LOCK: i64 = 0x7761_6c6c_6574_0001;
@@ -233,6 +235,50 @@ impl Store for PgStore {
             tx.commit().await?;
         }
         Ok(out)
+    }
+
+    type PartitionRead = copy::PgRead;
+    type CopyWrite = copy::PgCopy;
+
+    async fn read_partition(
+        &self,
+        p: PartitionId,
+        span: ReadSpan,
+    ) -> Result<copy::PgRead, StoreError> {
+        self.read(p, span).await
+    }
+
+    async fn read_partition_quiet<G: Send>(
+        &self,
+        p: PartitionId,
+        span: ReadSpan,
+        quiet: impl std::future::Future<Output = G> + Send,
+    ) -> Result<(copy::PgRead, i64), StoreError> {
+        self.read_quiet(p, span, quiet).await
+    }
+
+    async fn copy_state(
+        &self,
+        p: PartitionId,
+    ) -> Result<Option<wallet_shared::admin::CopyState>, StoreError> {
+        self.copy_record(p).await
+    }
+
+    async fn holds_rows(&self, p: PartitionId) -> Result<bool, StoreError> {
+        self.partition_rows_exist(p).await
+    }
+
+    async fn start_copy(
+        &self,
+        p: PartitionId,
+        from: &str,
+        move_id: &str,
+    ) -> Result<(), StoreError> {
+        self.insert_copy(p, from, move_id).await
+    }
+
+    async fn write_copy(&self, p: PartitionId) -> Result<copy::PgCopy, StoreError> {
+        self.begin_copy_write(p).await
     }
 
     async fn lookup(&self, id: TransactionId) -> Result<Option<TransferRecord>, StoreError> {

@@ -2,11 +2,15 @@
 //! ([`crate::pg::PgStore`]); the deterministic simulation plugs in an
 //! in-memory store. Both run the same rules on the same [`Working`] set.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use wallet_shared::admin::{AuditRequest, Discarded, Fence, NodeAudit, PartitionStats};
+use wallet_shared::admin::{
+    AccountsSummary, AuditRequest, CopyState, Discarded, Fence, NodeAudit, PartitionStats,
+    RowsChunk, PARTITION_TABLES,
+};
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, Snapshot, TransferRecord};
 use wallet_shared::{retry, AccountId, PartitionId, TransactionId};
 
@@ -213,6 +217,65 @@ pub trait Store: Clone + Send + Sync + 'static {
         budget: Duration,
     ) -> impl Future<Output = Result<Discarded, StoreError>> + Send;
 
+    /// What a move reads of partition `p` here ([`PartitionRead`]); each
+    /// read sees what is committed when it runs.
+    type PartitionRead: PartitionRead;
+
+    /// A move's writes of its copy here ([`CopyWrite`]).
+    type CopyWrite: CopyWrite;
+
+    /// Starts a read of partition `p`, its statements limited as `span` says.
+    fn read_partition(
+        &self,
+        p: PartitionId,
+        span: ReadSpan,
+    ) -> impl Future<Output = Result<Self::PartitionRead, StoreError>> + Send;
+
+    /// Starts a read of partition `p` in one snapshot, taken at a quiet
+    /// point: the snapshot is begun, then `quiet` is awaited (the fences'
+    /// write guard, which waits until no request is between its fence
+    /// check and its commit), then the snapshot is taken with its first
+    /// read, the last change number handed out, and the guard is let go.
+    /// So every change numbered up to that number is in the snapshot, and
+    /// every later one is numbered above it. And all of them are on disk
+    /// before the read ends: a commit that does not wait for the disk
+    /// ([`Durability::Redo`]) is visible before it is flushed, and a copy
+    /// that carried it to the new owner before a crash of this database
+    /// lost it would hold what the old owner no longer has (and the
+    /// changes numbered anew after the crash could hide under its cursor).
+    /// A chunk bounded by a mark reads only changes up to it, so they are
+    /// on disk too. Answers the read and the number.
+    fn read_partition_quiet<G: Send>(
+        &self,
+        p: PartitionId,
+        span: ReadSpan,
+        quiet: impl Future<Output = G> + Send,
+    ) -> impl Future<Output = Result<(Self::PartitionRead, i64), StoreError>> + Send;
+
+    /// The copy of partition `p` started here, if any (`partition_copies`).
+    fn copy_state(
+        &self,
+        p: PartitionId,
+    ) -> impl Future<Output = Result<Option<CopyState>, StoreError>> + Send;
+
+    /// Whether this node holds any account, leg or decision record of `p`.
+    fn holds_rows(&self, p: PartitionId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records the start of a copy of `p` from node `from` for the move
+    /// `move_id`, with no row copied yet; flushed before it answers.
+    fn start_copy(
+        &self,
+        p: PartitionId,
+        from: &str,
+        move_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Begins one local transaction of `p`'s copy ([`CopyWrite`]).
+    fn write_copy(
+        &self,
+        p: PartitionId,
+    ) -> impl Future<Output = Result<Self::CopyWrite, StoreError>> + Send;
+
     /// The one way to run a local transaction: retried (bounded, with
     /// backoff) on deadlocks, conflicting inserts and lost connections. The
     /// rules run again on fresh rows, so a retry is always consistent.
@@ -279,4 +342,137 @@ pub trait Store: Clone + Send + Sync + 'static {
             items.iter().map(|item| step(w, item)).collect()
         })
     }
+}
+
+// ---- a partition's copy (a move) ------------------------------------------
+
+/// The tables a partition's rows live in ([`PARTITION_TABLES`], in the
+/// order a copy imports them: an event needs its account first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PartitionTable {
+    Accounts,
+    Events,
+    Snapshots,
+    Legs,
+    Transfers,
+}
+
+impl PartitionTable {
+    /// Every one, in [`PARTITION_TABLES`]' order.
+    pub const ALL: [PartitionTable; 5] = [
+        PartitionTable::Accounts,
+        PartitionTable::Events,
+        PartitionTable::Snapshots,
+        PartitionTable::Legs,
+        PartitionTable::Transfers,
+    ];
+
+    /// The tables whose rows a move counts (accounts are summed up instead;
+    /// snapshots are derived from the events).
+    pub const COUNTED: [PartitionTable; 3] = [
+        PartitionTable::Events,
+        PartitionTable::Legs,
+        PartitionTable::Transfers,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        PARTITION_TABLES[self as usize]
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// How long one statement of a partition's read may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSpan {
+    /// A chunk, or rows found through an index: the node's usual limit.
+    Chunk,
+    /// The partition read whole (a move's counts): a long read's limit,
+    /// since it runs beside the traffic.
+    Whole,
+}
+
+/// What a move reads of one partition on one node, by this node's change
+/// numbers (`change_no`: every insert and update of a partition's row
+/// takes the next one from one counter; `created_no`: the one a leg or a
+/// decision record got when it was inserted). Postgres reads in one
+/// transaction ([`Store::read_partition`]) or one snapshot
+/// ([`Store::read_partition_quiet`]); [`PartitionRead::finish`] ends it.
+pub trait PartitionRead: Send {
+    /// The last change number handed out.
+    fn last_change(&mut self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Rows of `table` changed after `after` (and at most up to `upto`).
+    fn count_changed(
+        &mut self,
+        table: PartitionTable,
+        after: i64,
+        upto: Option<i64>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Per table of [`PartitionTable::COUNTED`], its rows.
+    fn count_whole(
+        &mut self,
+    ) -> impl Future<Output = Result<BTreeMap<String, i64>, StoreError>> + Send;
+
+    /// Per table of [`PartitionTable::COUNTED`], its rows inserted after
+    /// change number `after` (found through the change numbers, so it
+    /// takes as long as there were changes since, however long the
+    /// history). Events are never changed (their change number is their
+    /// insertion); legs and decision records keep theirs in `created_no`.
+    fn count_inserted(
+        &mut self,
+        after: i64,
+    ) -> impl Future<Output = Result<BTreeMap<String, i64>, StoreError>> + Send;
+
+    /// The accounts summed up: one row per account, however long its history.
+    fn sum_accounts(&mut self) -> impl Future<Output = Result<AccountsSummary, StoreError>> + Send;
+
+    /// At most `limit` rows of `table` changed after `after` (and at most
+    /// up to `upto`), oldest change first, without their change numbers.
+    /// The rows are as this kind of store writes them back
+    /// ([`CopyWrite::apply`]): a chunk only goes between two stores of
+    /// the same kind.
+    fn chunk(
+        &mut self,
+        table: PartitionTable,
+        after: i64,
+        upto: Option<i64>,
+        limit: i64,
+    ) -> impl Future<Output = Result<RowsChunk, StoreError>> + Send;
+
+    /// Ends the read.
+    fn finish(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// One local transaction of a copy on the node a partition moves to: its
+/// copy record (`partition_copies`) stays locked until [`CopyWrite::commit`],
+/// flushed before it answers; dropped uncommitted, nothing is written.
+pub trait CopyWrite: Send {
+    /// The copy's state, if one was started.
+    fn state(&mut self) -> impl Future<Output = Result<Option<CopyState>, StoreError>> + Send;
+
+    /// Inserts the rows of `table` (a chunk's JSON array, as
+    /// [`PartitionRead::chunk`] reads them), or writes them over the rows
+    /// with the same primary key, each with a new change number of this
+    /// node. Answers how many rows it applied.
+    fn apply(
+        &mut self,
+        table: PartitionTable,
+        rows: &str,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Moves the copy's cursor of `table` to `last` and counts `rows` rows
+    /// and `bytes` bytes more; answers the copy's state.
+    fn advance(
+        &mut self,
+        table: PartitionTable,
+        last: i64,
+        rows: i64,
+        bytes: i64,
+    ) -> impl Future<Output = Result<CopyState, StoreError>> + Send;
+
+    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -14,9 +14,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use participant::error::StoreError;
 use participant::fence::FenceMap;
+use participant::memory::{CopiedRows, PartitionSnapshot};
 use participant::model::{self, AccountRow, Broken, Keys, LegRow, TransferRow, Working};
-use participant::store::{Durability, Store};
-use wallet_shared::admin::{Discarded, Fence, PartitionStats};
+use participant::store::{CopyWrite, Durability, PartitionTable, ReadSpan, Store};
+use wallet_shared::admin::{CopyState, Discarded, Fence, PartitionStats};
 use wallet_shared::protocol::{Event, EventKind, FeedEntry, LegState, Snapshot, TransferRecord};
 use wallet_shared::{AccountId, PartitionId, TransactionId};
 
@@ -142,6 +143,71 @@ impl Store for MemStore {
         Ok(Discarded {
             dropped,
             done: true,
+        })
+    }
+
+    type PartitionRead = PartitionSnapshot;
+    type CopyWrite = MemCopy;
+
+    async fn read_partition(
+        &self,
+        p: PartitionId,
+        _span: ReadSpan,
+    ) -> Result<PartitionSnapshot, StoreError> {
+        self.check_up()?;
+        self.tables.lock().unwrap().snapshot(p)
+    }
+
+    async fn read_partition_quiet<G: Send>(
+        &self,
+        p: PartitionId,
+        _span: ReadSpan,
+        quiet: impl std::future::Future<Output = G> + Send,
+    ) -> Result<(PartitionSnapshot, i64), StoreError> {
+        self.check_up()?;
+        let _quiet = quiet.await;
+        self.check_up()?;
+        let t = self.tables.lock().unwrap();
+        // Every change so far on disk, as the trait asks.
+        self.flush();
+        Ok((t.snapshot(p)?, t.last_change))
+    }
+
+    async fn copy_state(&self, p: PartitionId) -> Result<Option<CopyState>, StoreError> {
+        self.check_up()?;
+        Ok(self.tables.lock().unwrap().copies.get(&p).cloned())
+    }
+
+    async fn holds_rows(&self, p: PartitionId) -> Result<bool, StoreError> {
+        self.check_up()?;
+        Ok(self.tables.lock().unwrap().holds_rows(p))
+    }
+
+    async fn start_copy(
+        &self,
+        p: PartitionId,
+        from: &str,
+        move_id: &str,
+    ) -> Result<(), StoreError> {
+        self.check_up()?;
+        let state = CopyState {
+            from: from.to_string(),
+            move_id: move_id.to_string(),
+            ..CopyState::default()
+        };
+        self.tables.lock().unwrap().copies.insert(p, state);
+        self.flush();
+        Ok(())
+    }
+
+    async fn write_copy(&self, p: PartitionId) -> Result<MemCopy, StoreError> {
+        self.check_up()?;
+        let state = self.tables.lock().unwrap().copies.get(&p).cloned();
+        Ok(MemCopy {
+            store: self.clone(),
+            p,
+            state,
+            rows: None,
         })
     }
 
@@ -317,5 +383,65 @@ impl Store for MemStore {
             .cloned()
             .collect();
         Ok((entries, t.outbox.len() as i64))
+    }
+}
+
+/// One local transaction of a copy on the in-memory store: the chunk's rows
+/// and the copy's next state wait here and are written at
+/// [`CopyWrite::commit`], all at once, as one flushed commit. None of its
+/// steps waits, so nothing runs between its first read and its commit (as
+/// the record's row lock makes it on Postgres).
+pub struct MemCopy {
+    store: MemStore,
+    p: PartitionId,
+    /// The copy's state as read, then as advanced.
+    state: Option<CopyState>,
+    /// The rows to write.
+    rows: Option<CopiedRows>,
+}
+
+impl CopyWrite for MemCopy {
+    async fn state(&mut self) -> Result<Option<CopyState>, StoreError> {
+        Ok(self.state.clone())
+    }
+
+    /// Every row of the chunk is written, all or nothing.
+    async fn apply(&mut self, table: PartitionTable, rows: &str) -> Result<i64, StoreError> {
+        let rows = CopiedRows::parse(table, rows)?;
+        let n = rows.len() as i64;
+        match &mut self.rows {
+            Some(all) => all.append(rows),
+            None => self.rows = Some(rows),
+        }
+        Ok(n)
+    }
+
+    async fn advance(
+        &mut self,
+        table: PartitionTable,
+        last: i64,
+        rows: i64,
+        bytes: i64,
+    ) -> Result<CopyState, StoreError> {
+        let Some(state) = &mut self.state else {
+            return Ok(CopyState::default());
+        };
+        state.cursors.insert(table.as_str().to_string(), last);
+        state.rows += rows;
+        state.bytes += bytes;
+        Ok(state.clone())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.store.check_up()?;
+        let mut t = self.store.tables.lock().unwrap();
+        if let Some(rows) = self.rows {
+            t.write_rows(rows)?;
+        }
+        if let Some(state) = self.state {
+            t.copies.insert(self.p, state);
+        }
+        self.store.flush();
+        Ok(())
     }
 }

@@ -87,10 +87,21 @@ impl Db {
         self.tables.transaction(now, SNAPSHOT_EVERY, &keys, rules)
     }
 
-    /// The tables with the feed in a canonical order (a batch writes its
-    /// aborted transfers after all its events, one by one after each).
-    fn canonical(&self) -> Db {
+    /// The tables without their change numbers, which count the writes
+    /// (a retry renewing a lease with the same value, a batch numbering in
+    /// another order), not what they wrote.
+    fn unnumbered(&self) -> Db {
         let mut db = self.clone();
+        db.last_change = 0;
+        db.change_nos.clear();
+        db
+    }
+
+    /// The tables with the feed in a canonical order (a batch writes its
+    /// aborted transfers after all its events, one by one after each),
+    /// unnumbered.
+    fn canonical(&self) -> Db {
+        let mut db = self.unnumbered();
         db.outbox.iter_mut().for_each(|e| e.position = 0);
         db.outbox.sort_by_key(|e| format!("{e:?}"));
         db

@@ -917,7 +917,7 @@ proptest! {
         let (first, _) = raw.run(&mut db, &u)?;
         let once = db.clone();
         let (second, wrote) = raw.run(&mut db, &u)?;
-        prop_assert_eq!(&db, &once, "{:?} applied twice", raw);
+        prop_assert_eq!(db.unnumbered(), once.unnumbered(), "{:?} applied twice", raw);
         match (&raw, &first, &second) {
             // The account exists either way; the answer says whether this
             // request created it.
