@@ -923,6 +923,22 @@ pub async fn write_partition_map(
                     "the kept map names a different number of nodes (make clean-data starts afresh)"
                 );
             }
+            // A node's address is this run's, not data: with other ports
+            // (`--free-ports`, `--base-port`) the kept map would send every
+            // request to the last run's.
+            let moved: Vec<(String, String)> = nodes
+                .iter()
+                .filter(|(id, url)| map.nodes.get(id).is_some_and(|old| old != url))
+                .map(|(id, url)| (format!("nodes/{id}"), url.clone()))
+                .collect();
+            if moved.is_empty() {
+                return Ok(map);
+            }
+            let map = store
+                .update(map.revision, &moved, &[])
+                .await
+                .context("pointing the kept map at this run's node addresses")?;
+            tracing::info!(nodes = moved.len(), "kept map's node addresses updated");
             return Ok(map);
         }
         Err(MapError::Missing(_)) => {}

@@ -200,6 +200,19 @@ async fn etcd_holds_the_partition_map_across_kill9() {
         .await
         .unwrap();
     assert_eq!(kept, written);
+    // Kept data, other ports (`--free-ports`): the same map, this run's
+    // addresses for the nodes it names.
+    let moved = vec![
+        ("node-1".to_string(), "http://127.0.0.1:11".to_string()),
+        ("node-2".to_string(), "http://127.0.0.1:2".to_string()),
+    ];
+    let readdressed = write_partition_map(&endpoints, "/wallet/", 8, &moved)
+        .await
+        .unwrap();
+    assert_eq!(readdressed.owners, written.owners);
+    assert_eq!(readdressed.url("node-1"), Some("http://127.0.0.1:11"));
+    assert_eq!(readdressed.url("node-2"), Some("http://127.0.0.1:2"));
+    assert_eq!(store.load().await.unwrap(), readdressed);
     // Larger than etcd's 128 operations per transaction.
     let big = write_partition_map(&endpoints, "/big/", 300, &nodes)
         .await
@@ -218,7 +231,7 @@ async fn etcd_holds_the_partition_map_across_kill9() {
         .unwrap();
     let loaded = store.load().await.unwrap();
     assert_eq!(loaded.owners, written.owners);
-    assert_eq!(loaded.nodes, written.nodes);
+    assert_eq!(loaded.nodes, readdressed.nodes);
 
     etcd.stop().await.unwrap();
     assert_eq!(etcd.pid(), None);
