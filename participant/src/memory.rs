@@ -335,7 +335,7 @@ impl CopiedRow {
 }
 
 /// A chunk's rows of one table, read back ([`Tables::write_rows`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CopiedRows(Vec<CopiedRow>);
 
 impl CopiedRows {
@@ -436,12 +436,7 @@ impl PartitionRead for PartitionSnapshot {
         let mut summary = AccountsSummary::default();
         for (_, row) in self.of(PartitionTable::Accounts) {
             if let CopiedRow::Account(a) = row {
-                summary.accounts += 1;
-                summary.last_seqs += a.last_seq;
-                *summary
-                    .posted
-                    .entry(a.currency.code().to_string())
-                    .or_default() += a.posted;
+                summary.add(a.currency.code(), 1, a.last_seq, a.posted);
             }
         }
         Ok(summary)

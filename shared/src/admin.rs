@@ -173,6 +173,16 @@ pub struct AccountsSummary {
     pub posted: std::collections::BTreeMap<String, i64>,
 }
 
+impl AccountsSummary {
+    /// Counts in `accounts` accounts of `currency` whose `last_seq`s sum to
+    /// `last_seqs` and posted balances to `posted`.
+    pub fn add(&mut self, currency: &str, accounts: i64, last_seqs: i64, posted: i64) {
+        self.accounts += accounts;
+        self.last_seqs += last_seqs;
+        *self.posted.entry(currency.to_string()).or_default() += posted;
+    }
+}
+
 /// What the new owner checks its copy by at the cut-over, in time that
 /// does not grow with the partition's history: the partition was counted
 /// whole on both nodes while it served ([`PartitionSummary`], the old owner

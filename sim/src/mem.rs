@@ -207,7 +207,7 @@ impl Store for MemStore {
             store: self.clone(),
             p,
             state,
-            rows: None,
+            rows: CopiedRows::default(),
         })
     }
 
@@ -397,7 +397,7 @@ pub struct MemCopy {
     /// The copy's state as read, then as advanced.
     state: Option<CopyState>,
     /// The rows to write.
-    rows: Option<CopiedRows>,
+    rows: CopiedRows,
 }
 
 impl CopyWrite for MemCopy {
@@ -409,10 +409,7 @@ impl CopyWrite for MemCopy {
     async fn apply(&mut self, table: PartitionTable, rows: &str) -> Result<i64, StoreError> {
         let rows = CopiedRows::parse(table, rows)?;
         let n = rows.len() as i64;
-        match &mut self.rows {
-            Some(all) => all.append(rows),
-            None => self.rows = Some(rows),
-        }
+        self.rows.append(rows);
         Ok(n)
     }
 
@@ -435,9 +432,7 @@ impl CopyWrite for MemCopy {
     async fn commit(self) -> Result<(), StoreError> {
         self.store.check_up()?;
         let mut t = self.store.tables.lock().unwrap();
-        if let Some(rows) = self.rows {
-            t.write_rows(rows)?;
-        }
+        t.write_rows(self.rows)?;
         if let Some(state) = self.state {
             t.copies.insert(self.p, state);
         }

@@ -196,9 +196,7 @@ impl PartitionRead for PgRead {
         .fetch_all(&mut *self.tx)
         .await?;
         for (currency, accounts, last_seqs, posted) in rows {
-            summary.accounts += accounts;
-            summary.last_seqs += last_seqs;
-            summary.posted.insert(currency, posted);
+            summary.add(&currency, accounts, last_seqs, posted);
         }
         Ok(summary)
     }
