@@ -32,8 +32,12 @@ use crate::store::{Durability, ReadSpan, Store};
 
 mod copy;
 
-/// Key of the advisory lock that serialises the feed publisher's rounds.
-const PUBLISHER_LOCK: i64 = 0x7761_6c6c_6574_0001;
+/// Opens a round of the feed publisher: the advisory lock (key
+/// 0x77616c6c65740001) that serialises the rounds, in the BEGIN's round trip.
+/// An advisory lock rather than the row lock on `outbox_head` that the
+/// pruner and the consumers' acknowledgements take: a round does not wait
+/// for a pruning pass.
+const PUBLISHER_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(x'77616c6c65740001'::int8)";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -151,8 +155,8 @@ impl PgStore {
 
     /// One round of the feed's publisher: numbers the committed, unnumbered
     /// outbox rows (at most `limit` of them), oldest insertion first, after
-    /// the last position handed out. Rounds are serialised by the lock on
-    /// `outbox_head`; a row committed after this round's snapshot is invisible
+    /// the last position handed out. Rounds are serialised by the
+    /// publisher's advisory lock; a row committed after this round's snapshot is invisible
     /// here and gets a later round's higher position, so positions follow
     /// commit order (rows of transactions that touched the same account are
     /// in the order they committed: the later one inserted after the earlier
@@ -168,38 +172,33 @@ impl PgStore {
         if !waiting {
             return Ok(0);
         }
-        let mut tx = self.begin().await?;
-        // An advisory lock rather than a row lock: an idle round writes nothing.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(PUBLISHER_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let head: i64 = sqlx::query_scalar("SELECT last_position FROM outbox_head")
-            .fetch_one(&mut *tx)
-            .await?;
-        // Read committed: each statement's snapshot is taken after the lock,
-        // so it sees the previous round's numbers and everything it saw.
-        let (rows, numbered): (i64, i64) = sqlx::query_as(
-            "WITH n AS (
-                 UPDATE outbox o SET first_position = $1 + n.before + 1
-                 FROM (SELECT id, sum(entries) OVER (ORDER BY id) - entries AS before
-                       FROM (SELECT id, entries FROM outbox WHERE first_position IS NULL
-                             ORDER BY id LIMIT $2) u) n
+        // The lock is taken in the BEGIN's round trip; the numbering reads the
+        // head, numbers and moves the head in one statement. Read committed:
+        // that statement's snapshot is taken after the lock, so it sees the
+        // previous round's numbers and everything that round saw.
+        let mut tx = {
+            let _waiting = Waiting::enter(&self.waiting);
+            self.pool.begin_with(PUBLISHER_BEGIN).await?
+        };
+        let (rows,): (i64,) = sqlx::query_as(
+            "WITH h AS (SELECT last_position FROM outbox_head WHERE only_row),
+             n AS (
+                 UPDATE outbox o SET first_position = h.last_position + n.before + 1
+                 FROM h, (SELECT id, sum(entries) OVER (ORDER BY id) - entries AS before
+                          FROM (SELECT id, entries FROM outbox WHERE first_position IS NULL
+                                ORDER BY id LIMIT $1) u) n
                  WHERE o.id = n.id AND o.first_position IS NULL
-                 RETURNING o.entries)
-             SELECT count(*)::int8, COALESCE(sum(entries), 0)::int8 FROM n",
+                 RETURNING o.entries),
+             moved AS (
+                 UPDATE outbox_head SET last_position = last_position + s.numbered
+                 FROM (SELECT sum(entries) AS numbered FROM n) s
+                 WHERE only_row AND s.numbered > 0)
+             SELECT count(*)::int8 FROM n",
         )
-        .bind(head)
         .bind(limit)
         .fetch_one(&mut *tx)
         .await?;
-        if numbered > 0 {
-            sqlx::query("UPDATE outbox_head SET last_position = $1 WHERE only_row")
-                .bind(head + numbered)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
+        tx.commit().await?;
         Ok(rows as u64)
     }
 }
