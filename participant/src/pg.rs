@@ -106,6 +106,16 @@ impl PgStore {
         self.pool.begin().await
     }
 
+    /// [`PgStore::begin`] with `statement` (a `BEGIN` and what goes with it
+    /// in its round trip) instead of a plain `BEGIN`.
+    async fn begin_with(
+        &self,
+        statement: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let _waiting = Waiting::enter(&self.waiting);
+        self.pool.begin_with(statement).await
+    }
+
     /// Acquires of a connection in progress now.
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Relaxed)
@@ -156,11 +166,12 @@ impl PgStore {
     /// One round of the feed's publisher: numbers the committed, unnumbered
     /// outbox rows (at most `limit` of them), oldest insertion first, after
     /// the last position handed out. Rounds are serialised by the
-    /// publisher's advisory lock; a row committed after this round's snapshot is invisible
-    /// here and gets a later round's higher position, so positions follow
-    /// commit order (rows of transactions that touched the same account are
-    /// in the order they committed: the later one inserted after the earlier
-    /// one committed). Returns how many rows (transactions) it numbered.
+    /// publisher's advisory lock; a row committed after this round's
+    /// snapshot is invisible here and gets a later round's higher position,
+    /// so positions follow commit order (rows of transactions that touched
+    /// the same account are in the order they committed: the later one
+    /// inserted after the earlier one committed). Returns how many rows
+    /// (transactions) it numbered.
     pub async fn publish(&self, limit: i64) -> Result<u64, StoreError> {
         // Nothing to number (an idle node, twenty rounds a second): one
         // statement and no transaction. A row committed just after it is
@@ -176,10 +187,7 @@ impl PgStore {
         // head, numbers and moves the head in one statement. Read committed:
         // that statement's snapshot is taken after the lock, so it sees the
         // previous round's numbers and everything that round saw.
-        let mut tx = {
-            let _waiting = Waiting::enter(&self.waiting);
-            self.pool.begin_with(PUBLISHER_BEGIN).await?
-        };
+        let mut tx = self.begin_with(PUBLISHER_BEGIN).await?;
         let (rows,): (i64,) = sqlx::query_as(
             "WITH h AS (SELECT last_position FROM outbox_head WHERE only_row),
              n AS (
@@ -229,9 +237,7 @@ impl Store for PgStore {
             Durability::Flushed => self.begin().await?,
             // Said with the BEGIN, in its round trip.
             Durability::Redo => {
-                let _waiting = Waiting::enter(&self.waiting);
-                self.pool
-                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                self.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
                     .await?
             }
         };
